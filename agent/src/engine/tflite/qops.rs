@@ -1,0 +1,185 @@
+//! Quantisation ops for the TFLite importer.
+//!
+//! Quantised TFLite graphs run here in "real" f32: every int8/uint8/int16 activation is
+//! carried as the real number it stands for, `scale * (q - zero_point)`, and each op whose
+//! output is quantised is followed by [`FakeQuant`], which snaps the value onto the output
+//! grid (round half away from zero, clamp to the integer range). Integer products summed
+//! in f32 are exact up to 2^24, so results match the integer kernels to within an LSB
+//! while running on tract's fast f32 paths. At the graph edges, [`Dequantize`] turns the
+//! caller's integers into reals and [`Quantize`] turns reals back into integers.
+
+use tract_core::internal::*;
+
+/// One tensor's per-tensor affine quantisation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QParams {
+    /// Real value of one step.
+    pub scale: f32,
+    /// Integer that stands for real zero.
+    pub zero_point: i64,
+    /// Integer type on the wire.
+    pub dt: DatumType,
+}
+
+impl QParams {
+    fn range(&self) -> (f32, f32) {
+        match self.dt {
+            DatumType::I8 => (i8::MIN as f32, i8::MAX as f32),
+            DatumType::U8 => (0.0, u8::MAX as f32),
+            DatumType::I16 => (i16::MIN as f32, i16::MAX as f32),
+            DatumType::I32 => (i32::MIN as f32, i32::MAX as f32),
+            _ => (f32::MIN, f32::MAX),
+        }
+    }
+
+    /// Integer level for a real value.
+    pub fn quantize(&self, x: f32) -> f32 {
+        let (lo, hi) = self.range();
+        ((x / self.scale).round() + self.zero_point as f32).clamp(lo, hi)
+    }
+
+    /// Real value for an integer level.
+    pub fn dequantize(&self, q: f32) -> f32 {
+        self.scale * (q - self.zero_point as f32)
+    }
+}
+
+impl Eq for QParams {}
+
+impl std::hash::Hash for QParams {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.scale.to_bits().hash(state);
+        self.zero_point.hash(state);
+        self.dt.hash(state);
+    }
+}
+
+macro_rules! simple_op {
+    ($name: ident, $label: expr) => {
+        impl Op for $name {
+            fn name(&self) -> StaticName {
+                $label.into()
+            }
+            fn info(&self) -> TractResult<Vec<String>> {
+                Ok(vec![format!("{:?}", self.0)])
+            }
+            op_as_typed_op!();
+        }
+    };
+}
+
+/// Snaps real f32 values onto a quantisation grid, staying in f32.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FakeQuant(pub QParams);
+simple_op!(FakeQuant, "TfliteFakeQuant");
+
+impl EvalOp for FakeQuant {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let mut t = args_1!(inputs).into_tensor();
+        let q = self.0;
+        {
+            let mut view = t.try_as_plain_ram_mut()?;
+            for x in view.as_slice_mut::<f32>()? {
+                *x = q.dequantize(q.quantize(*x));
+            }
+        }
+        Ok(tvec!(t.into_tvalue()))
+    }
+}
+
+impl TypedOp for FakeQuant {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == f32::datum_type());
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+    }
+    as_op!();
+}
+
+/// Integers in (any integer type), real f32 out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Dequantize(pub QParams);
+simple_op!(Dequantize, "TfliteDequantize");
+
+impl EvalOp for Dequantize {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let mut t = input.cast_to_dt(f32::datum_type().unquantized())?.into_owned();
+        {
+            let mut view = t.try_as_plain_ram_mut()?;
+            for x in view.as_slice_mut::<f32>()? {
+                *x = self.0.dequantize(*x);
+            }
+        }
+        Ok(tvec!(t.into_tvalue()))
+    }
+}
+
+impl TypedOp for Dequantize {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+    }
+    as_op!();
+}
+
+/// Real f32 in, integers of the quantised type out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Quantize(pub QParams);
+simple_op!(Quantize, "TfliteQuantize");
+
+impl EvalOp for Quantize {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let mut t = args_1!(inputs).into_tensor();
+        {
+            let mut view = t.try_as_plain_ram_mut()?;
+            for x in view.as_slice_mut::<f32>()? {
+                *x = self.0.quantize(*x);
+            }
+        }
+        Ok(tvec!(t.cast_to_dt(self.0.dt)?.into_owned().into_tvalue()))
+    }
+}
+
+impl TypedOp for Quantize {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == f32::datum_type());
+        Ok(tvec!(self.0.dt.fact(inputs[0].shape.clone())))
+    }
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Q: QParams = QParams { scale: 0.5, zero_point: -3, dt: DatumType::I8 };
+
+    fn run(op: impl TypedOp, t: Tensor) -> Tensor {
+        let out = op.eval_out_of_plan(tvec!(t.into_tvalue())).unwrap().unwrap();
+        out[0].clone().into_tensor()
+    }
+
+    #[test]
+    fn quantize_rounds_half_away_from_zero_and_saturates() {
+        let t = run(Quantize(Q), tensor1(&[0.25f32, -0.25, 1000.0, -1000.0, 1.0]));
+        // 0.25/0.5 = 0.5 -> 1, -0.5 -> -1, then + zero point.
+        assert_eq!(t, tensor1(&[-2i8, -4, 127, -128, -1]));
+    }
+
+    #[test]
+    fn dequantize_applies_scale_and_zero_point() {
+        let t = run(Dequantize(Q), tensor1(&[-3i8, -1, 127]));
+        assert_eq!(t, tensor1(&[0.0f32, 1.0, 65.0]));
+    }
+
+    #[test]
+    fn fake_quant_snaps_to_grid_and_clamps() {
+        let t = run(FakeQuant(Q), tensor1(&[0.3f32, 0.74, 1000.0]));
+        assert_eq!(t, tensor1(&[0.5f32, 0.5, 65.0]));
+    }
+}

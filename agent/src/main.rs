@@ -1,0 +1,291 @@
+//! `edge-agent`: the daemon binary and its model tools.
+//!
+//! `main` stays thin: parse flags, call the library, turn the result into an exit code and
+//! a one-line reason on stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use edge_agent::engine::{self, LoadOptions, Model, TensorSpec};
+use edge_agent::npy;
+use tract_core::internal::{DatumType, Tensor};
+
+#[derive(Parser)]
+#[command(name = "edge-agent", version, about = "Inference agent for fleets of small Linux boxes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a model's format, signature, operators and whether it is supported.
+    Inspect {
+        /// Model file (.onnx, .tflite, .nnef.tgz).
+        #[arg(long)]
+        model: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Fix an input at load: NAME=VALUE.
+        #[arg(long = "pin", value_name = "NAME=VALUE")]
+        pins: Vec<String>,
+    },
+    /// Run a model on .npy inputs and write its outputs as .npy files.
+    Infer {
+        /// Model file (.onnx, .tflite, .nnef.tgz).
+        #[arg(long)]
+        model: PathBuf,
+        /// An input tensor: NAME=FILE.npy, or FILE.npy to go by position.
+        #[arg(long = "input", value_name = "[NAME=]FILE.npy")]
+        inputs: Vec<String>,
+        /// Fix an input at load: NAME=VALUE.
+        #[arg(long = "pin", value_name = "NAME=VALUE")]
+        pins: Vec<String>,
+        /// Carry an ONNX state output into an input from step to step: INPUT=OUTPUT.
+        #[arg(long = "state", value_name = "INPUT=OUTPUT")]
+        state: Vec<String>,
+        /// Inputs have a leading steps axis, fed one step at a time to one session.
+        #[arg(long)]
+        sequence: bool,
+        /// Where output.K.npy files go.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        /// Time N runs after one warm-up and print median_ms, min_ms and p95_ms.
+        #[arg(long, value_name = "N")]
+        repeat: Option<usize>,
+        /// Matmul threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+fn dtype_from_name(name: &str) -> Option<DatumType> {
+    Some(match name {
+        "F16" => DatumType::F16,
+        "F32" => DatumType::F32,
+        "F64" => DatumType::F64,
+        "I8" => DatumType::I8,
+        "U8" => DatumType::U8,
+        "I16" => DatumType::I16,
+        "U16" => DatumType::U16,
+        "I32" => DatumType::I32,
+        "U32" => DatumType::U32,
+        "I64" => DatumType::I64,
+        "U64" => DatumType::U64,
+        "Bool" => DatumType::Bool,
+        _ => return None,
+    })
+}
+
+fn split_pair<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str)> {
+    s.split_once('=').with_context(|| format!("{what} {s:?}: expected NAME=VALUE"))
+}
+
+/// Pins become scalars of the input's declared type, or the contents of a .npy file.
+fn parse_pins(pins: &[String], declared: &[TensorSpec]) -> Result<Vec<(String, Tensor)>> {
+    pins.iter()
+        .map(|p| {
+            let (name, value) = split_pair(p, "--pin")?;
+            let spec = declared
+                .iter()
+                .find(|s| s.name == name)
+                .with_context(|| format!("--pin {name}: no such input (inputs: {})", names(declared)))?;
+            let tensor = if value.ends_with(".npy") {
+                npy::read(Path::new(value))?
+            } else {
+                let v: f64 = value.parse().with_context(|| format!("--pin {name}: {value:?} is not a number"))?;
+                let dt = dtype_from_name(&spec.dtype).with_context(|| format!("--pin {name}: input type {} unknown", spec.dtype))?;
+                Tensor::from(v).cast_to_dt(dt)?.into_owned()
+            };
+            Ok((name.to_string(), tensor))
+        })
+        .collect()
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn inspect(model: &Path, json: bool, pins: &[String]) -> Result<()> {
+    let declared = engine::declared_inputs(model)?;
+    let options = LoadOptions { pins: parse_pins(pins, &declared)?, ..Default::default() };
+    let report = engine::inspect(model, &options)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("format: {:?}", report.format);
+    let show = |label: &str, specs: &[TensorSpec]| {
+        println!("{label}:");
+        for s in specs {
+            println!("  {} {} [{}]", s.name, s.dtype, s.shape.join(","));
+        }
+    };
+    show("inputs", &report.inputs);
+    show("outputs", &report.outputs);
+    println!("ops:");
+    for (op, n) in &report.ops {
+        println!("  {op} x{n}");
+    }
+    if report.supported {
+        println!("supported: yes");
+    } else {
+        println!("supported: no");
+        if !report.missing_ops.is_empty() {
+            println!("missing ops: {}", report.missing_ops.join(", "));
+        }
+        if let Some(e) = &report.error {
+            println!("error: {e}");
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn infer(
+    model_path: &Path,
+    input_args: &[String],
+    pins: &[String],
+    state: &[String],
+    sequence: bool,
+    output_dir: Option<&Path>,
+    repeat: Option<usize>,
+    threads: usize,
+) -> Result<()> {
+    let declared = engine::declared_inputs(model_path)?;
+    let pins = parse_pins(pins, &declared)?;
+    let state = state
+        .iter()
+        .map(|s| split_pair(s, "--state").map(|(a, b)| (a.to_string(), b.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    // Public inputs, in order: declared ones minus pinned and state-bound ones.
+    let open: Vec<&TensorSpec> = declared
+        .iter()
+        .filter(|d| !pins.iter().any(|(n, _)| *n == d.name) && !state.iter().any(|(i, _)| *i == d.name))
+        .collect();
+    let mut by_name: Vec<Option<Tensor>> = vec![None; open.len()];
+    for (pos, arg) in input_args.iter().enumerate() {
+        let (slot, file) = match arg.split_once('=') {
+            Some((name, file)) if !name.ends_with(".npy") => {
+                let slot = open
+                    .iter()
+                    .position(|d| d.name == name)
+                    .with_context(|| format!("--input {name}: no such input (inputs: {})", open.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")))?;
+                (slot, file)
+            }
+            _ => (pos, arg.as_str()),
+        };
+        if slot >= open.len() {
+            bail!("--input {arg}: the model takes {} inputs", open.len());
+        }
+        by_name[slot] = Some(npy::read(Path::new(file))?);
+    }
+    let inputs: Vec<Tensor> = by_name
+        .into_iter()
+        .zip(&open)
+        .map(|(t, d)| t.with_context(|| format!("missing --input for {:?}", d.name)))
+        .collect::<Result<_>>()?;
+    let steps = if sequence {
+        let steps = inputs.first().map(|t| t.shape().first().copied().unwrap_or(0)).unwrap_or(0);
+        if inputs.iter().any(|t| t.rank() == 0 || t.shape()[0] != steps) {
+            bail!("--sequence: every input needs the same leading steps axis");
+        }
+        Some(steps)
+    } else {
+        None
+    };
+    let shapes = open
+        .iter()
+        .zip(&inputs)
+        .map(|(d, t)| {
+            let shape = if sequence { t.shape()[1..].to_vec() } else { t.shape().to_vec() };
+            (d.name.clone(), shape)
+        })
+        .collect();
+    let options = LoadOptions { threads, pins, state, shapes };
+    let model = Arc::new(Model::load(model_path, &options)?);
+    let mut session = model.session()?;
+    let outputs = match steps {
+        Some(steps) => {
+            let mut per_output: Vec<Vec<Tensor>> = vec![vec![]; model.outputs().len()];
+            for step in 0..steps {
+                let step_inputs = inputs
+                    .iter()
+                    .map(|t| {
+                        let mut s = t.slice(0, step, step + 1)?;
+                        s.remove_axis(0)?;
+                        Ok(s)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                for (k, o) in session.run(step_inputs)?.into_iter().enumerate() {
+                    per_output[k].push(o);
+                }
+            }
+            per_output
+                .into_iter()
+                .map(|ts| Ok(Tensor::stack_tensors(0, &ts)?))
+                .collect::<Result<Vec<_>>>()?
+        }
+        None => session.run(inputs.clone())?,
+    };
+    if let Some(n) = repeat {
+        if sequence {
+            bail!("--repeat times single runs; it does not combine with --sequence");
+        }
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let feed = inputs.clone();
+            let start = Instant::now();
+            session.run(feed)?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        if times.is_empty() {
+            bail!("--repeat needs at least 1");
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        let median = times[times.len() / 2];
+        let p95 = times[((times.len() as f64 * 0.95).ceil() as usize).clamp(1, times.len()) - 1];
+        println!("runs={n} median_ms={median:.4} min_ms={:.4} p95_ms={p95:.4}", times[0]);
+    }
+    match output_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (k, t) in outputs.iter().enumerate() {
+                npy::write(&dir.join(format!("output.{k}.npy")), t)?;
+            }
+        }
+        None if repeat.is_none() => {
+            for (spec, t) in model.outputs().iter().zip(&outputs) {
+                println!("{} {:?} {:?}", spec.name, t.datum_type(), t.shape());
+            }
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect { model, json, pins } => inspect(&model, json, &pins),
+        Command::Infer { model, inputs, pins, state, sequence, output_dir, repeat, threads } => {
+            infer(&model, &inputs, &pins, &state, sequence, output_dir.as_deref(), repeat, threads)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("edge-agent: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
