@@ -168,12 +168,17 @@ impl Graph<'_, '_> {
     /// Translates one operator and records its outputs.
     pub(crate) fn translate(&mut self, n: &Node) -> TractResult<()> {
         let outs = self.translate_op(n)?;
-        ensure!(outs.len() >= n.outputs.iter().filter(|o| **o >= 0).count(), "translator produced too few outputs");
-        for (k, (t, o)) in n.outputs.iter().zip(outs).enumerate() {
-            if *t < 0 {
-                continue;
-            }
+        // Resource handles are tracked by the importer, not carried as graph values.
+        let mut valued = vec![];
+        for t in n.outputs.iter().filter(|t| **t >= 0) {
             let info = self.info(*t)?;
+            if info.dt != DatumType::Blob {
+                valued.push((*t, info));
+            }
+        }
+        ensure!(outs.len() >= valued.len(), "translator produced {} outputs for {}", outs.len(), valued.len());
+        for (k, ((t, info), o)) in valued.into_iter().zip(outs).enumerate() {
+            let t = &t;
             let mut o = o;
             if let Some(q) = info.qparams() {
                 let keeps = moves_data_only(&n.code)
