@@ -222,7 +222,9 @@ fn infer(
                         Ok(s)
                     })
                     .collect::<Result<Vec<_>>>()?;
-                for (k, o) in session.run(step_inputs)?.into_iter().enumerate() {
+                for (k, mut o) in session.run(step_inputs)?.into_iter().enumerate() {
+                    // Stacked along a new leading steps axis.
+                    o.insert_axis(0)?;
                     per_output[k].push(o);
                 }
             }

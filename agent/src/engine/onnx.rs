@@ -257,6 +257,70 @@ fn resolve_ifs(proto: &mut pb::ModelProto, shapes: &[(String, Vec<usize>)]) -> R
     Err(invalid(format!("more than {MAX_IF_RESOLUTIONS} nested If nodes")))
 }
 
+fn elem_size(data_type: i32) -> Option<usize> {
+    Some(match data_type {
+        1 | 6 => 4,
+        2 | 3 | 9 => 1,
+        4 | 5 | 10 | 16 => 2,
+        7 | 11 | 12 | 13 => 8,
+        _ => return None,
+    })
+}
+
+/// Checks that every tensor stored in the file holds as many elements as its dims declare,
+/// before tract allocates anything for it.
+fn check_tensor(t: &pb::TensorProto) -> Result<(), EngineError> {
+    let bad = |m: String| invalid(format!("tensor {:?}: {m}", t.name));
+    if !t.external_data.is_empty() || t.data_location == Some(1) {
+        return Err(bad("external data is not supported".into()));
+    }
+    let count = t
+        .dims
+        .iter()
+        .try_fold(1usize, |acc, d| usize::try_from(*d).ok().and_then(|d| acc.checked_mul(d)))
+        .ok_or_else(|| bad(format!("bad dims {:?}", t.dims)))?;
+    let stored = if !t.raw_data.is_empty() {
+        let size = elem_size(t.data_type).ok_or_else(|| bad(format!("unsupported data type {}", t.data_type)))?;
+        if t.raw_data.len() % size != 0 {
+            return Err(bad(format!("{} raw bytes is not a whole number of elements", t.raw_data.len())));
+        }
+        t.raw_data.len() / size
+    } else {
+        t.float_data.len() + t.int32_data.len() + t.int64_data.len() + t.double_data.len() + t.uint64_data.len() + t.string_data.len()
+    };
+    if stored != count && !(stored == 0 && count == 0) {
+        return Err(bad(format!("dims {:?} declare {count} elements, the file holds {stored}", t.dims)));
+    }
+    Ok(())
+}
+
+fn check_tensors(graph: &pb::GraphProto) -> Result<(), EngineError> {
+    graph.initializer.iter().try_for_each(check_tensor)?;
+    let mut result = Ok(());
+    visit_nodes(graph, &mut |n| {
+        for a in &n.attribute {
+            if let Some(t) = &a.t {
+                if result.is_ok() {
+                    result = check_tensor(t);
+                }
+            }
+        }
+    });
+    result?;
+    // Initializers of subgraphs.
+    let mut sub = Ok(());
+    visit_nodes(graph, &mut |n| {
+        for a in &n.attribute {
+            for g in a.g.iter().chain(&a.graphs) {
+                if sub.is_ok() {
+                    sub = g.initializer.iter().try_for_each(check_tensor);
+                }
+            }
+        }
+    });
+    sub
+}
+
 fn missing_ops(graph: &pb::GraphProto) -> Vec<String> {
     let onnx = onnx();
     let mut missing = BTreeSet::new();
@@ -272,6 +336,7 @@ fn missing_ops(graph: &pb::GraphProto) -> Vec<String> {
 
 pub(crate) fn import(bytes: &[u8], options: &LoadOptions) -> Result<Imported, EngineError> {
     let mut proto = decode(bytes)?;
+    check_tensors(proto.graph.as_ref().expect("checked by decode"))?;
     let missing = missing_ops(proto.graph.as_ref().expect("checked by decode"));
     if !missing.is_empty() {
         return Err(EngineError::Unsupported(missing));

@@ -1,0 +1,201 @@
+//! The `inspect` and `infer` commands, as scripts call them.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use edge_agent::npy;
+
+fn edge_agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edge-agent")).args(args).output().expect("run edge-agent")
+}
+
+fn model(name: &str) -> String {
+    models_dir().join(name).display().to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn infer_writes_outputs_matching_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = edge_agent(&[
+        "infer",
+        "--model",
+        &model("openwakeword-js__hello_deepa.onnx"),
+        "--input",
+        &model("openwakeword-js__hello_deepa.input.npy"),
+        "--output-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = npy::read(&dir.path().join("output.0.npy")).unwrap();
+    let want = npy::read(&models_dir().join("openwakeword-js__hello_deepa.output.npy")).unwrap();
+    assert_close("hello_deepa via CLI", &got, &want, 0.0);
+}
+
+#[test]
+fn infer_matches_inputs_by_name_and_pins_silero_sample_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = "silero-vad__silero_vad_16k_op15";
+    // Named inputs, given out of order, with `sr` pinned at load.
+    let out = edge_agent(&[
+        "infer",
+        "--model",
+        &model(&format!("{prefix}.onnx")),
+        "--input",
+        &format!("state={}", model(&format!("{prefix}.input.1.npy"))),
+        "--input",
+        &format!("input={}", model(&format!("{prefix}.input.0.npy"))),
+        "--pin",
+        "sr=16000",
+        "--output-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for k in 0..2 {
+        let got = npy::read(&dir.path().join(format!("output.{k}.npy"))).unwrap();
+        let want = npy::read(&models_dir().join(format!("{prefix}.output.{k}.npy"))).unwrap();
+        assert_close(&format!("silero output {k}"), &got, &want, 0.0);
+    }
+}
+
+#[test]
+fn okay_nabu_sequence_detects_at_the_reference_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = edge_agent(&[
+        "infer",
+        "--model",
+        &model("pymicro-wakeword__okay_nabu.tflite"),
+        "--input",
+        &model("pymicro-wakeword__okay_nabu.seq_input.npy"),
+        "--sequence",
+        "--output-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = npy::read(&dir.path().join("output.0.npy")).unwrap();
+    let want = npy::read(&models_dir().join("pymicro-wakeword__okay_nabu.seq_output.npy")).unwrap();
+    assert_eq!(got.shape(), want.shape());
+    let detections = |t: &tract_core::internal::Tensor| -> Vec<usize> {
+        let v = t.try_as_plain_ram().unwrap().as_slice::<u8>().unwrap().to_vec();
+        v.iter().enumerate().filter(|(_, x)| **x >= 128).map(|(i, _)| i).collect()
+    };
+    let (g, w) = (detections(&got), detections(&want));
+    assert!(!w.is_empty(), "the reference sequence holds a wake word");
+    assert_eq!(g, w, "detection steps");
+}
+
+#[test]
+fn a_fresh_session_starts_from_the_initial_state() {
+    // Two sequence runs of the same input give the same outputs: nothing leaks between
+    // sessions, and the state does move within one (the outputs vary step to step).
+    let run = || {
+        let dir = tempfile::tempdir().unwrap();
+        let out = edge_agent(&[
+            "infer",
+            "--model",
+            &model("pymicro-wakeword__okay_nabu.tflite"),
+            "--input",
+            &model("pymicro-wakeword__okay_nabu.seq_input.npy"),
+            "--sequence",
+            "--output-dir",
+            dir.path().to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        npy::read(&dir.path().join("output.0.npy")).unwrap()
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a, b);
+    let v = a.try_as_plain_ram().unwrap().as_slice::<u8>().unwrap().to_vec();
+    assert!(v.iter().any(|x| *x != v[0]), "state never changed the output");
+}
+
+#[test]
+fn repeat_prints_timing_figures() {
+    let out = edge_agent(&[
+        "infer",
+        "--model",
+        &model("openwakeword-js__hello_deepa.onnx"),
+        "--input",
+        &model("openwakeword-js__hello_deepa.input.npy"),
+        "--repeat",
+        "5",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let median: f64 = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("median_ms="))
+        .expect("median_ms= in output")
+        .parse()
+        .unwrap();
+    assert!(median > 0.0);
+    assert!(text.contains("min_ms=") && text.contains("p95_ms="), "{text}");
+}
+
+#[test]
+fn face_landmark_with_attention_is_refused_naming_its_three_custom_ops() {
+    let path = model("mediapipe__face_landmark_with_attention.tflite");
+    let out = edge_agent(&["inspect", "--model", &path, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["supported"], false);
+    let missing: Vec<&str> = report["missing_ops"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(
+        missing,
+        ["CUSTOM:Landmarks2TransformMatrix", "CUSTOM:TransformLandmarks", "CUSTOM:TransformTensorBilinear"]
+    );
+    // PRELU and DEQUANTIZE are implemented, so only the custom ops are named.
+    assert!(report["ops"].as_array().unwrap().iter().any(|op| op[0] == "PRELU"));
+
+    let input = models_dir().join("mediapipe__face_detection_full_range_sparse.input.npy");
+    let out = edge_agent(&["infer", "--model", &path, "--input", input.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "one-line reason: {err}");
+    for op in missing {
+        assert!(err.contains(op), "{op} not named in: {err}");
+    }
+}
+
+#[test]
+fn inspect_prints_signature_with_symbolic_dims_and_support() {
+    let out = edge_agent(&["inspect", "--model", &model("pyopen-wakeword__melspectrogram.tflite")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("format: Tflite"), "{text}");
+    assert!(text.contains("serving_default_input:0 F32 [batch,d0_1]"), "{text}");
+    assert!(text.contains("BATCH_MATMUL x1"), "{text}");
+    assert!(text.contains("supported: yes"), "{text}");
+}
+
+#[test]
+fn failures_exit_non_zero_with_one_line() {
+    let missing = edge_agent(&["infer", "--model", "/nonexistent/model.onnx"]);
+    let wrong_input = edge_agent(&[
+        "infer",
+        "--model",
+        &model("openwakeword-js__hello_deepa.onnx"),
+        "--input",
+        &model("pymicro-wakeword__okay_nabu.input.npy"),
+    ]);
+    let unknown_name = edge_agent(&[
+        "infer",
+        "--model",
+        &model("openwakeword-js__hello_deepa.onnx"),
+        "--input",
+        &format!("nope={}", model("openwakeword-js__hello_deepa.input.npy")),
+    ]);
+    for (what, out) in [("missing file", missing), ("wrong input", wrong_input), ("unknown name", unknown_name)] {
+        assert!(!out.status.success(), "{what}");
+        let err = stderr(&out);
+        assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
+        assert!(err.starts_with("edge-agent: "), "{what}: {err}");
+    }
+    assert!(Path::new(&model("openwakeword-js__hello_deepa.onnx")).exists());
+}
