@@ -99,7 +99,8 @@ fn parse_pins(pins: &[String], declared: &[TensorSpec]) -> Result<Vec<(String, T
                 npy::read(Path::new(value))?
             } else {
                 let v: f64 = value.parse().with_context(|| format!("--pin {name}: {value:?} is not a number"))?;
-                let dt = dtype_from_name(&spec.dtype).with_context(|| format!("--pin {name}: input type {} unknown", spec.dtype))?;
+                let dt = dtype_from_name(&spec.dtype)
+                    .with_context(|| format!("--pin {name}: input type {} unknown", spec.dtype))?;
                 Tensor::from(v).cast_to_dt(dt)?.into_owned()
             };
             Ok((name.to_string(), tensor))
@@ -172,10 +173,12 @@ fn infer(
     for (pos, arg) in input_args.iter().enumerate() {
         let (slot, file) = match arg.split_once('=') {
             Some((name, file)) if !name.ends_with(".npy") => {
-                let slot = open
-                    .iter()
-                    .position(|d| d.name == name)
-                    .with_context(|| format!("--input {name}: no such input (inputs: {})", open.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")))?;
+                let slot = open.iter().position(|d| d.name == name).with_context(|| {
+                    format!(
+                        "--input {name}: no such input (inputs: {})",
+                        open.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                })?;
                 (slot, file)
             }
             _ => (pos, arg.as_str()),
@@ -228,10 +231,7 @@ fn infer(
                     per_output[k].push(o);
                 }
             }
-            per_output
-                .into_iter()
-                .map(|ts| Ok(Tensor::stack_tensors(0, &ts)?))
-                .collect::<Result<Vec<_>>>()?
+            per_output.into_iter().map(|ts| Tensor::stack_tensors(0, &ts)).collect::<Result<Vec<_>, _>>()?
         }
         None => session.run(inputs.clone())?,
     };

@@ -78,15 +78,13 @@ fn descr_for_dtype(dt: DatumType) -> Result<&'static str, NpyError> {
 /// Pulls the value of `'key':` out of the header dict, as raw text.
 fn header_field<'h>(header: &'h str, key: &str) -> Result<&'h str, NpyError> {
     let pat = format!("'{key}':");
-    let start = header
-        .find(&pat)
-        .ok_or_else(|| format_err(format!("npy header has no {key:?}: {header}")))?
-        + pat.len();
+    let start =
+        header.find(&pat).ok_or_else(|| format_err(format!("npy header has no {key:?}: {header}")))? + pat.len();
     let rest = header[start..].trim_start();
     let end = if rest.starts_with('(') {
         rest.find(')').map(|e| e + 1)
-    } else if rest.starts_with('\'') {
-        rest[1..].find('\'').map(|e| e + 2)
+    } else if let Some(quoted) = rest.strip_prefix('\'') {
+        quoted.find('\'').map(|e| e + 2)
     } else {
         rest.find([',', '}'])
     }
@@ -113,8 +111,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Tensor, NpyError> {
     if header_len > MAX_HEADER || offset + header_len > bytes.len() {
         return Err(format_err("truncated or oversized npy header"));
     }
-    let header = std::str::from_utf8(&bytes[offset..offset + header_len])
-        .map_err(|_| format_err("npy header is not text"))?;
+    let header =
+        std::str::from_utf8(&bytes[offset..offset + header_len]).map_err(|_| format_err("npy header is not text"))?;
     let descr = header_field(header, "descr")?.trim_matches('\'');
     let dt = dtype_for_descr(descr)?;
     if header_field(header, "fortran_order")? != "False" {
@@ -141,8 +139,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Tensor, NpyError> {
     }
     // SAFETY: the length was checked against the shape and element size above, and every
     // dtype accepted here is plain old data (bool bytes are validated below).
-    let tensor = unsafe { Tensor::from_raw_dt(dt, &shape, data) }
-        .map_err(|e| format_err(format!("npy data: {e}")))?;
+    let tensor = unsafe { Tensor::from_raw_dt(dt, &shape, data) }.map_err(|e| format_err(format!("npy data: {e}")))?;
     if dt == DatumType::Bool && data.iter().any(|b| *b > 1) {
         return Err(format_err("npy bool array holds bytes other than 0 and 1"));
     }
@@ -167,19 +164,14 @@ pub fn to_bytes(tensor: &Tensor) -> Result<Vec<u8>, NpyError> {
     let shape = match tensor.rank() {
         0 => "()".to_string(),
         1 => format!("({},)", tensor.shape()[0]),
-        _ => format!(
-            "({})",
-            tensor.shape().iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-        ),
+        _ => format!("({})", tensor.shape().iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     // The whole preamble is padded to a multiple of 64 bytes, ending with a newline.
     let unpadded = MAGIC.len() + 4 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let data = tensor
-        .try_as_plain_ram()
-        .map_err(|e| format_err(format!("tensor not in plain memory: {e}")))?;
+    let data = tensor.try_as_plain_ram().map_err(|e| format_err(format!("tensor not in plain memory: {e}")))?;
     let raw = data.as_bytes();
     let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + raw.len());
     out.extend_from_slice(MAGIC);

@@ -66,12 +66,18 @@ fn tflite_with_huge_tensor() -> Vec<u8> {
     let empty = tfl::Buffer::create(&mut fbb, &tfl::BufferArgs { data: None });
     let data = fbb.create_vector(&[0u8; 16]);
     let weights = tfl::Buffer::create(&mut fbb, &tfl::BufferArgs { data: Some(data) });
-    let mut tensor = |fbb: &mut flatbuffers::FlatBufferBuilder<'static>, name: &str, shape: &[i32], buffer: u32| {
+    let tensor = |fbb: &mut flatbuffers::FlatBufferBuilder<'static>, name: &str, shape: &[i32], buffer: u32| {
         let shape = fbb.create_vector(shape);
         let name = fbb.create_string(name);
         tfl::Tensor::create(
             fbb,
-            &tfl::TensorArgs { shape: Some(shape), type_: tfl::TensorType::FLOAT32, buffer, name: Some(name), ..Default::default() },
+            &tfl::TensorArgs {
+                shape: Some(shape),
+                type_: tfl::TensorType::FLOAT32,
+                buffer,
+                name: Some(name),
+                ..Default::default()
+            },
         )
     };
     let input = tensor(&mut fbb, "input", &[1, 1], 0);
@@ -97,18 +103,35 @@ fn tflite_with_huge_tensor() -> Vec<u8> {
     let sg_out = fbb.create_vector(&[2]);
     let sg = tfl::SubGraph::create(
         &mut fbb,
-        &tfl::SubGraphArgs { tensors: Some(tensors), inputs: Some(sg_in), outputs: Some(sg_out), operators: Some(operators), ..Default::default() },
+        &tfl::SubGraphArgs {
+            tensors: Some(tensors),
+            inputs: Some(sg_in),
+            outputs: Some(sg_out),
+            operators: Some(operators),
+            ..Default::default()
+        },
     );
     let subgraphs = fbb.create_vector(&[sg]);
     let code = tfl::OperatorCode::create(
         &mut fbb,
-        &tfl::OperatorCodeArgs { deprecated_builtin_code: 0, builtin_code: tfl::BuiltinOperator::ADD, version: 1, ..Default::default() },
+        &tfl::OperatorCodeArgs {
+            deprecated_builtin_code: 0,
+            builtin_code: tfl::BuiltinOperator::ADD,
+            version: 1,
+            ..Default::default()
+        },
     );
     let codes = fbb.create_vector(&[code]);
     let buffers = fbb.create_vector(&[empty, weights]);
     let model = tfl::Model::create(
         &mut fbb,
-        &tfl::ModelArgs { version: 3, operator_codes: Some(codes), subgraphs: Some(subgraphs), buffers: Some(buffers), ..Default::default() },
+        &tfl::ModelArgs {
+            version: 3,
+            operator_codes: Some(codes),
+            subgraphs: Some(subgraphs),
+            buffers: Some(buffers),
+            ..Default::default()
+        },
     );
     tfl::finish_model_buffer(&mut fbb, model);
     fbb.finished_data().to_vec()
@@ -147,7 +170,13 @@ fn onnx_with_huge_initializer() -> Vec<u8> {
             output: vec!["y".into()],
             ..Default::default()
         }],
-        initializer: vec![pb::TensorProto { name: "huge".into(), dims: vec![1 << 20, 1 << 20], data_type: 1, raw_data: vec![0; 16], ..Default::default() }],
+        initializer: vec![pb::TensorProto {
+            name: "huge".into(),
+            dims: vec![1 << 20, 1 << 20],
+            data_type: 1,
+            raw_data: vec![0; 16],
+            ..Default::default()
+        }],
         input: vec![pb::ValueInfoProto { name: "x".into(), r#type: Some(tensor_type(&[1, 1])), ..Default::default() }],
         output: vec![pb::ValueInfoProto { name: "y".into(), r#type: None, ..Default::default() }],
         ..Default::default()

@@ -287,11 +287,7 @@ impl Model {
     /// Opens a session: one reusable tract state, starting from the initial model state.
     pub fn session(self: &Arc<Self>) -> Result<Session, EngineError> {
         let state = self.plan.spawn().map_err(|e| EngineError::Run(format!("{e:#}")))?;
-        Ok(Session {
-            model: self.clone(),
-            state,
-            carried: self.states.iter().map(|s| s.initial.clone()).collect(),
-        })
+        Ok(Session { model: self.clone(), state, carried: self.states.iter().map(|s| s.initial.clone()).collect() })
     }
 }
 
@@ -409,9 +405,7 @@ pub(crate) fn bind_state(model: &TypedModel, pairs: &[(String, String)]) -> Resu
             .output_outlets()
             .map_err(invalid_chain)?
             .iter()
-            .position(|o| {
-                model.outlet_label(*o) == Some(output.as_str()) || model.node(o.node).name == *output
-            })
+            .position(|o| model.outlet_label(*o) == Some(output.as_str()) || model.node(o.node).name == *output)
             .ok_or_else(|| invalid(format!("state output {output:?} is not a model output")))?;
         let fact = model.input_fact(in_ix).map_err(invalid_chain)?;
         let shape: Vec<usize> = fact.shape.iter().map(|d| d.to_usize().unwrap_or(1)).collect();

@@ -55,7 +55,11 @@ fn visit_nodes<'g>(graph: &'g pb::GraphProto, f: &mut dyn FnMut(&'g pb::NodeProt
 fn op_counts(graph: &pb::GraphProto) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     visit_nodes(graph, &mut |n| {
-        let name = if n.domain.is_empty() || n.domain == "ai.onnx" { n.op_type.clone() } else { format!("{}:{}", n.domain, n.op_type) };
+        let name = if n.domain.is_empty() || n.domain == "ai.onnx" {
+            n.op_type.clone()
+        } else {
+            format!("{}:{}", n.domain, n.op_type)
+        };
         *counts.entry(name).or_insert(0) += 1;
     });
     counts
@@ -160,8 +164,7 @@ fn onnx() -> tract_onnx::Onnx {
 /// Parses a model proto into a typed model, with the given input shapes and dtypes.
 fn typed(proto: &pb::ModelProto, shapes: &[(String, Vec<usize>)]) -> TractResult<TypedModel> {
     let mut model = onnx().model_for_proto_model(proto)?;
-    let names: Vec<String> =
-        model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
+    let names: Vec<String> = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
     for (ix, name) in names.iter().enumerate() {
         if let Some((_, shape)) = shapes.iter().find(|(n, _)| n == name) {
             let fact = model.input_fact(ix)?.clone().with_shape(shape.clone());
@@ -221,7 +224,12 @@ fn inline_branch(graph: &mut pb::GraphProto, ix: usize, take_then: bool) -> Resu
         .and_then(|a| a.g.clone())
         .ok_or_else(|| invalid(format!("If {:?} has no {branch_name}", node.name)))?;
     if branch.output.len() != node.output.len() {
-        return Err(invalid(format!("If {:?}: branch has {} outputs for {}", node.name, branch.output.len(), node.output.len())));
+        return Err(invalid(format!(
+            "If {:?}: branch has {} outputs for {}",
+            node.name,
+            branch.output.len(),
+            node.output.len()
+        )));
     }
     let mut nodes = branch.node.clone();
     for (k, (from, to)) in branch.output.iter().zip(&node.output).enumerate() {
@@ -281,12 +289,17 @@ fn check_tensor(t: &pb::TensorProto) -> Result<(), EngineError> {
         .ok_or_else(|| bad(format!("bad dims {:?}", t.dims)))?;
     let stored = if !t.raw_data.is_empty() {
         let size = elem_size(t.data_type).ok_or_else(|| bad(format!("unsupported data type {}", t.data_type)))?;
-        if t.raw_data.len() % size != 0 {
+        if !t.raw_data.len().is_multiple_of(size) {
             return Err(bad(format!("{} raw bytes is not a whole number of elements", t.raw_data.len())));
         }
         t.raw_data.len() / size
     } else {
-        t.float_data.len() + t.int32_data.len() + t.int64_data.len() + t.double_data.len() + t.uint64_data.len() + t.string_data.len()
+        t.float_data.len()
+            + t.int32_data.len()
+            + t.int64_data.len()
+            + t.double_data.len()
+            + t.uint64_data.len()
+            + t.string_data.len()
     };
     if stored != count && !(stored == 0 && count == 0) {
         return Err(bad(format!("dims {:?} declare {count} elements, the file holds {stored}", t.dims)));
@@ -325,8 +338,9 @@ fn missing_ops(graph: &pb::GraphProto) -> Vec<String> {
     let onnx = onnx();
     let mut missing = BTreeSet::new();
     visit_nodes(graph, &mut |n| {
-        let known = (n.domain.is_empty() || n.domain == "ai.onnx" || n.domain == "ai.onnx.ml" || n.domain == "com.microsoft")
-            && onnx.op_register.0.contains_key(&n.op_type);
+        let known =
+            (n.domain.is_empty() || n.domain == "ai.onnx" || n.domain == "ai.onnx.ml" || n.domain == "com.microsoft")
+                && onnx.op_register.0.contains_key(&n.op_type);
         if !known {
             missing.insert(if n.domain.is_empty() { n.op_type.clone() } else { format!("{}:{}", n.domain, n.op_type) });
         }

@@ -54,7 +54,11 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, lsb: f64) {
     let max_diff = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     if want.datum_type().is_float() {
         let scale = w.iter().map(|x| x.abs()).fold(0.0, f64::max).max(1e-12);
-        assert!(max_diff <= 1e-3 * scale, "{what}: max diff {max_diff:e} over {:e} (1e-3 of max |ref| {scale:e})", 1e-3 * scale);
+        assert!(
+            max_diff <= 1e-3 * scale,
+            "{what}: max diff {max_diff:e} over {:e} (1e-3 of max |ref| {scale:e})",
+            1e-3 * scale
+        );
     } else {
         assert!(max_diff <= lsb, "{what}: {max_diff} LSB off, over {lsb}");
     }

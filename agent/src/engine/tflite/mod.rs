@@ -8,7 +8,8 @@
 //! - [`tensors`]: tensor descriptions, constants (size-checked before allocation), per-axis
 //!   dequantisation and DENSIFY of sparse constants;
 //! - [`ops`]: one translator per operator;
-//! - [`qops`]: quantised graphs run in real f32 with explicit requantisation.
+//! - [`qops`]: quantised graphs run in real f32 with explicit requantisation;
+//! - [`pool`]: global average pooling with an f64 accumulator.
 //!
 //! Resource variables become explicit state: a READ before any ASSIGN in the main subgraph
 //! adds a state input, the variable's final value becomes a state output, and the
@@ -19,6 +20,7 @@
 //! operators not implemented here is refused with all of their names.
 
 mod ops;
+pub mod pool;
 pub mod qops;
 pub mod tensors;
 
@@ -309,14 +311,15 @@ impl<'a, 'm> Graph<'a, 'm> {
     /// A constant value, for operator parameters that must be known at load.
     pub fn konst(&mut self, ix: i32, what: &str) -> TractResult<Arc<Tensor>> {
         let o = self.value(ix)?;
-        self.target
-            .outlet_fact(o)?
-            .konst
-            .clone()
-            .with_context(|| format!("{what} must be a constant"))
+        self.target.outlet_fact(o)?.konst.clone().with_context(|| format!("{what} must be a constant"))
     }
 
-    pub fn wire(&mut self, base: &str, op: impl Into<Box<dyn TypedOp>>, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+    pub fn wire(
+        &mut self,
+        base: &str,
+        op: impl Into<Box<dyn TypedOp>>,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
         let name = self.name(base);
         self.target.wire_node(name, op, inputs)
     }
@@ -333,8 +336,7 @@ impl<'a, 'm> Graph<'a, 'm> {
                 None => String::new(),
             };
             let node = ops::Node { code: code.clone(), flat: op, inputs, outputs, label: label.clone() };
-            self.translate(&node)
-                .with_context(|| format!("operator #{i} {} (output {label:?})", code.name()))?;
+            self.translate(&node).with_context(|| format!("operator #{i} {} (output {label:?})", code.name()))?;
         }
         Ok(())
     }
@@ -447,7 +449,10 @@ pub(crate) fn import(bytes: &[u8], options: &LoadOptions) -> Result<Imported, En
                 let fits = shape.len() == info.signature.len()
                     && shape.iter().zip(&info.signature).all(|(s, d)| d.is_none_or(|d| d == *s));
                 if !fits {
-                    return Err(invalid(format!("input {:?}: shape {shape:?} does not fit {:?}", info.name, info.signature)));
+                    return Err(invalid(format!(
+                        "input {:?}: shape {shape:?} does not fit {:?}",
+                        info.name, info.signature
+                    )));
                 }
                 info.dt.fact(shape.clone())
             }
@@ -489,7 +494,8 @@ pub(crate) fn import(bytes: &[u8], options: &LoadOptions) -> Result<Imported, En
     let mut states = vec![];
     for slot in &vars.slots {
         let Some(source) = slot.source else { continue };
-        let input = target.input_outlets().map_err(chain)?.iter().position(|o| *o == source).expect("state source is an input");
+        let input =
+            target.input_outlets().map_err(chain)?.iter().position(|o| *o == source).expect("state source is an input");
         let fact = target.outlet_fact(source).map_err(chain)?.clone();
         let shape: Vec<usize> = fact.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default();
         let init = match initial.remove(&slot.key) {

@@ -15,6 +15,7 @@ use tract_core::ops::math;
 use tract_core::ops::nn::{self as nn, CoordTransformer, DataFormat, Interpolator, Nearest, Reduce, Reducer, Resize};
 use tract_tflite::tflite::{self as tfl, ActivationFunctionType, BuiltinOperator as B, MirrorPadMode, Padding};
 
+use super::pool::GlobalAveragePool;
 use super::qops::FakeQuant;
 use super::{Graph, OpCode};
 
@@ -29,7 +30,10 @@ pub(crate) struct Node<'o> {
 
 macro_rules! options {
     ($node: expr, $accessor: ident) => {
-        $node.flat.$accessor().with_context(|| format!("missing or mistyped options ({:?})", $node.flat.builtin_options_type()))?
+        $node
+            .flat
+            .$accessor()
+            .with_context(|| format!("missing or mistyped options ({:?})", $node.flat.builtin_options_type()))?
     };
 }
 
@@ -111,7 +115,13 @@ impl Graph<'_, '_> {
         self.target.add_const(name, tensor0(v))
     }
 
-    fn binary(&mut self, base: &str, op: tract_core::ops::binary::TypedBinOp, a: OutletId, b: OutletId) -> TractResult<OutletId> {
+    fn binary(
+        &mut self,
+        base: &str,
+        op: tract_core::ops::binary::TypedBinOp,
+        a: OutletId,
+        b: OutletId,
+    ) -> TractResult<OutletId> {
         let name = self.name(base);
         Ok(wire_with_rank_broadcast(name, self.target, op, &[a, b])?[0])
     }
@@ -182,7 +192,11 @@ impl Graph<'_, '_> {
             let mut o = o;
             if let Some(q) = info.qparams() {
                 let keeps = moves_data_only(&n.code)
-                    && n.inputs.first().filter(|i| **i >= 0).map(|i| self.info(*i).ok().and_then(|i| i.qparams()) == Some(q)).unwrap_or(false);
+                    && n.inputs
+                        .first()
+                        .filter(|i| **i >= 0)
+                        .map(|i| self.info(*i).ok().and_then(|i| i.qparams()) == Some(q))
+                        .unwrap_or(false);
                 if !keeps {
                     o = self.wire(&format!("{}.requant{k}", n.label), FakeQuant(q), &[o])?[0];
                 }
@@ -204,16 +218,27 @@ impl Graph<'_, '_> {
             let x = g.input(n, 0)?;
             g.wire(l, op, &[x])
         };
-        let binary = |g: &mut Self, op: tract_core::ops::binary::TypedBinOp, act: ActivationFunctionType| -> TractResult<TVec<OutletId>> {
+        let binary = |g: &mut Self,
+                      op: tract_core::ops::binary::TypedBinOp,
+                      act: ActivationFunctionType|
+         -> TractResult<TVec<OutletId>> {
             let (a, b) = (g.input(n, 0)?, g.input(n, 1)?);
             let y = g.binary(l, op, a, b)?;
             Ok(tvec!(g.activation(l, y, act)?))
         };
         match code {
-            B::ADD => binary(self, math::add(), options!(n, builtin_options_as_add_options).fused_activation_function()),
-            B::SUB => binary(self, math::sub(), options!(n, builtin_options_as_sub_options).fused_activation_function()),
-            B::MUL => binary(self, math::mul(), options!(n, builtin_options_as_mul_options).fused_activation_function()),
-            B::DIV => binary(self, math::div(), options!(n, builtin_options_as_div_options).fused_activation_function()),
+            B::ADD => {
+                binary(self, math::add(), options!(n, builtin_options_as_add_options).fused_activation_function())
+            }
+            B::SUB => {
+                binary(self, math::sub(), options!(n, builtin_options_as_sub_options).fused_activation_function())
+            }
+            B::MUL => {
+                binary(self, math::mul(), options!(n, builtin_options_as_mul_options).fused_activation_function())
+            }
+            B::DIV => {
+                binary(self, math::div(), options!(n, builtin_options_as_div_options).fused_activation_function())
+            }
             B::MAXIMUM => binary(self, math::max(), ActivationFunctionType::NONE),
             B::MINIMUM => binary(self, math::min(), ActivationFunctionType::NONE),
             B::POW => binary(self, math::pow(), ActivationFunctionType::NONE),
@@ -288,7 +313,12 @@ impl Graph<'_, '_> {
                     Some(_) => ints(&*self.input_konst(n, 1, "new shape")?)?,
                     None => match n.flat.builtin_options_as_reshape_options().and_then(|o| o.new_shape()) {
                         Some(s) => s.iter().map(|d| d as i64).collect(),
-                        None => self.info(n.outputs[0])?.signature.iter().map(|d| d.map(|d| d as i64).unwrap_or(-1)).collect(),
+                        None => self
+                            .info(n.outputs[0])?
+                            .signature
+                            .iter()
+                            .map(|d| d.map(|d| d as i64).unwrap_or(-1))
+                            .collect(),
                     },
                 };
                 let dims = self.reshape_dims(x, &spec)?;
@@ -368,7 +398,10 @@ impl Graph<'_, '_> {
             }
             B::STRIDED_SLICE => {
                 let opts = options!(n, builtin_options_as_strided_slice_options);
-                ensure!(opts.ellipsis_mask() == 0 && opts.new_axis_mask() == 0, "ellipsis and new-axis masks are not supported");
+                ensure!(
+                    opts.ellipsis_mask() == 0 && opts.new_axis_mask() == 0,
+                    "ellipsis and new-axis masks are not supported"
+                );
                 let inputs = (0..4).map(|k| self.input(n, k)).collect::<TractResult<Vec<_>>>()?;
                 let op = StridedSlice {
                     optional_axes_input: None,
@@ -388,7 +421,8 @@ impl Graph<'_, '_> {
                 let mut x = x;
                 for axis in 0..fact.rank() {
                     let start = begin[axis].to_dim();
-                    let end = if size[axis] < 0 { fact.shape[axis].clone() } else { (begin[axis] + size[axis]).to_dim() };
+                    let end =
+                        if size[axis] < 0 { fact.shape[axis].clone() } else { (begin[axis] + size[axis]).to_dim() };
                     if start == 0.to_dim() && end == fact.shape[axis] {
                         continue;
                     }
@@ -415,7 +449,10 @@ impl Graph<'_, '_> {
                 if let Some(s) = sizes.iter_mut().find(|s| **s < 0) {
                     *s = dim - known;
                 }
-                ensure!(sizes.iter().sum::<i64>() == dim && sizes.iter().all(|s| *s >= 0), "split sizes {sizes:?} do not add up to {dim}");
+                ensure!(
+                    sizes.iter().sum::<i64>() == dim && sizes.iter().all(|s| *s >= 0),
+                    "split sizes {sizes:?} do not add up to {dim}"
+                );
                 let sizes: Vec<usize> = sizes.iter().map(|s| *s as usize).collect();
                 self.split(l, x, axis, &sizes)
             }
@@ -513,7 +550,12 @@ impl Graph<'_, '_> {
                 if let Some(src) = source {
                     let want = self.fact(src)?;
                     let got = self.fact(v)?;
-                    ensure!(want.shape == got.shape, "variable {key:?} assigned shape {:?}, holds {:?}", got.shape, want.shape);
+                    ensure!(
+                        want.shape == got.shape,
+                        "variable {key:?} assigned shape {:?}, holds {:?}",
+                        got.shape,
+                        want.shape
+                    );
                     if want.datum_type != got.datum_type {
                         v = self.wire(&format!("{l}.cast"), cast(want.datum_type), &[v])?[0];
                     }
@@ -547,8 +589,10 @@ impl Graph<'_, '_> {
         let x = self.input(n, 0)?;
         let fact = self.fact(x)?;
         let keep = options!(n, builtin_options_as_reducer_options).keep_dims();
-        let mut axes: Vec<usize> =
-            ints(&*self.input_konst(n, 1, "axes")?)?.iter().map(|a| normalize_axis(*a, fact.rank())).collect::<TractResult<_>>()?;
+        let mut axes: Vec<usize> = ints(&*self.input_konst(n, 1, "axes")?)?
+            .iter()
+            .map(|a| normalize_axis(*a, fact.rank()))
+            .collect::<TractResult<_>>()?;
         axes.sort();
         axes.dedup();
         let reducer = match code {
@@ -572,7 +616,13 @@ impl Graph<'_, '_> {
         Ok(tvec!(y))
     }
 
-    fn conv_inputs(&mut self, n: &Node, out_channels: usize, kernel_ix: usize, bias_ix: usize) -> TractResult<(OutletId, OutletId)> {
+    fn conv_inputs(
+        &mut self,
+        n: &Node,
+        out_channels: usize,
+        kernel_ix: usize,
+        bias_ix: usize,
+    ) -> TractResult<(OutletId, OutletId)> {
         let k = self.input(n, kernel_ix)?;
         let k = if self.fact(k)?.datum_type != f32::datum_type() {
             self.wire(&format!("{}.kernel_f32", n.label), cast(f32::datum_type()), &[k])?[0]
@@ -756,8 +806,13 @@ impl Graph<'_, '_> {
             input_channels: c,
             output_channels: c,
         };
+        let (kh, kw) = (pool_spec.kernel_shape[0], pool_spec.kernel_shape[1]);
+        let shape = self.fact(x)?.shape;
+        let global = shape[1] == kh.to_dim() && shape[2] == kw.to_dim() && pool_spec.padding == PaddingSpec::Valid;
         let y = if max {
             self.wire(l, MaxPool { pool_spec, with_index_outputs: None }, &[x])?[0]
+        } else if global {
+            self.wire(l, GlobalAveragePool, &[x])?[0]
         } else {
             self.wire(l, SumPool { pool_spec, normalize: true, count_include_pad: false }, &[x])?[0]
         };
@@ -767,7 +822,10 @@ impl Graph<'_, '_> {
     fn fully_connected(&mut self, n: &Node) -> TractResult<TVec<OutletId>> {
         let l = n.label.as_str();
         let o = options!(n, builtin_options_as_fully_connected_options);
-        ensure!(o.weights_format() == tfl::FullyConnectedOptionsWeightsFormat::DEFAULT, "shuffled weights are not supported");
+        ensure!(
+            o.weights_format() == tfl::FullyConnectedOptionsWeightsFormat::DEFAULT,
+            "shuffled weights are not supported"
+        );
         let x = self.input(n, 0)?;
         let (w, bias) = {
             let wshape = self.input_shape(n, 1, "weights shape must be known")?;
@@ -834,7 +892,13 @@ impl Graph<'_, '_> {
         self.wire(l, EinSum::new(expr.parse()?, f32::datum_type()), &[a, b])
     }
 
-    fn resize(&mut self, n: &Node, ct: CoordTransformer, interpolator: Interpolator, nearest: Nearest) -> TractResult<TVec<OutletId>> {
+    fn resize(
+        &mut self,
+        n: &Node,
+        ct: CoordTransformer,
+        interpolator: Interpolator,
+        nearest: Nearest,
+    ) -> TractResult<TVec<OutletId>> {
         let l = n.label.as_str();
         let x = self.input(n, 0)?;
         let fact = self.fact(x)?;
@@ -844,7 +908,13 @@ impl Graph<'_, '_> {
         let full = tensor1(&[fact.shape[0].clone(), size[0].to_dim(), size[1].to_dim(), fact.shape[3].clone()]);
         let name = self.name(&format!("{l}.sizes"));
         let sizes = self.target.add_const(name, full)?;
-        let op = Resize { coord_transformer: ct, interpolator, nearest, optional_scales_input: None, optional_sizes_input: Some(1) };
+        let op = Resize {
+            coord_transformer: ct,
+            interpolator,
+            nearest,
+            optional_scales_input: None,
+            optional_sizes_input: Some(1),
+        };
         self.wire(l, op, &[x, sizes])
     }
 
@@ -857,9 +927,15 @@ impl Graph<'_, '_> {
         ensure!(c % (b * b) == 0, "{c} channels do not split in blocks of {b}x{b}");
         let (h, w) = (f.shape[1].clone(), f.shape[2].clone());
         // [N,H,W,(by,bx,c)] -> [N,H,W,by,bx,c] -> [N,H,by,W,bx,c] -> [N,H*b,W*b,c]
-        let y = self.wire(&format!("{l}.split"), AxisOp::Reshape(3, tvec!(c.to_dim()), tvec!(b.to_dim(), b.to_dim(), (c / (b * b)).to_dim())), &[x])?[0];
+        let y = self.wire(
+            &format!("{l}.split"),
+            AxisOp::Reshape(3, tvec!(c.to_dim()), tvec!(b.to_dim(), b.to_dim(), (c / (b * b)).to_dim())),
+            &[x],
+        )?[0];
         let y = self.wire(&format!("{l}.move"), AxisOp::Move(3, 2), &[y])?[0];
-        let y = self.wire(&format!("{l}.merge_h"), AxisOp::Reshape(1, tvec!(h.clone(), b.to_dim()), tvec!(h * b)), &[y])?[0];
+        let y =
+            self.wire(&format!("{l}.merge_h"), AxisOp::Reshape(1, tvec!(h.clone(), b.to_dim()), tvec!(h * b)), &[y])?
+                [0];
         self.wire(l, AxisOp::Reshape(2, tvec!(w.clone(), b.to_dim()), tvec!(w * b)), &[y])
     }
 
@@ -873,8 +949,16 @@ impl Graph<'_, '_> {
         let c = f.shape[3].clone();
         ensure!(h % b == 0 && w % b == 0, "{h}x{w} does not split in blocks of {b}");
         // [N,H,W,C] -> [N,H/b,by,W/b,bx,C] -> [N,H/b,W/b,by,bx,C] -> [N,H/b,W/b,b*b*C]
-        let y = self.wire(&format!("{l}.split_h"), AxisOp::Reshape(1, tvec!(h.to_dim()), tvec!((h / b).to_dim(), b.to_dim())), &[x])?[0];
-        let y = self.wire(&format!("{l}.split_w"), AxisOp::Reshape(3, tvec!(w.to_dim()), tvec!((w / b).to_dim(), b.to_dim())), &[y])?[0];
+        let y = self.wire(
+            &format!("{l}.split_h"),
+            AxisOp::Reshape(1, tvec!(h.to_dim()), tvec!((h / b).to_dim(), b.to_dim())),
+            &[x],
+        )?[0];
+        let y = self.wire(
+            &format!("{l}.split_w"),
+            AxisOp::Reshape(3, tvec!(w.to_dim()), tvec!((w / b).to_dim(), b.to_dim())),
+            &[y],
+        )?[0];
         let y = self.wire(&format!("{l}.move"), AxisOp::Move(2, 3), &[y])?[0];
         self.wire(l, AxisOp::Reshape(3, tvec!(b.to_dim(), b.to_dim(), c.clone()), tvec!(c * (b * b))), &[y])
     }

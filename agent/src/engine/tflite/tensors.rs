@@ -39,8 +39,7 @@ impl TensorInfo {
     /// Whether values of this tensor are integers standing for reals. The importer carries
     /// those as real f32.
     pub fn is_quantized(&self) -> bool {
-        self.quant.is_some()
-            && matches!(self.dt, DatumType::I8 | DatumType::U8 | DatumType::I16 | DatumType::I32)
+        self.quant.is_some() && matches!(self.dt, DatumType::I8 | DatumType::U8 | DatumType::I16 | DatumType::I32)
     }
 
     /// Per-tensor parameters, for activations.
@@ -87,9 +86,7 @@ pub fn tensor_info(sg: &tfl::SubGraph, ix: i32) -> Result<TensorInfo, EngineErro
     let t = tensors.get(ix as usize);
     let name = t.name().unwrap_or("").to_string();
     let dt = datum_type(t.type_()).map_err(|e| invalid(format!("tensor {name:?}: {e}")))?;
-    let dims = |v: Option<flatbuffers::Vector<i32>>| -> Vec<i32> {
-        v.map(|v| v.iter().collect()).unwrap_or_default()
-    };
+    let dims = |v: Option<flatbuffers::Vector<i32>>| -> Vec<i32> { v.map(|v| v.iter().collect()).unwrap_or_default() };
     let raw_shape = dims(t.shape());
     if raw_shape.iter().any(|d| *d < -1) {
         return Err(invalid(format!("tensor {name:?}: bad shape {raw_shape:?}")));
@@ -192,22 +189,35 @@ pub fn dequantize_constant(info: &TensorInfo, t: &Tensor) -> Result<Tensor, Engi
 }
 
 /// Indices of a sparse dimension, whatever integer width the file uses.
-fn index_vector(
-    dm: &tfl::DimensionMetadata,
-    segments: bool,
-) -> Result<Vec<usize>, EngineError> {
+fn index_vector(dm: &tfl::DimensionMetadata, segments: bool) -> Result<Vec<usize>, EngineError> {
     let v: Option<Vec<usize>> = if segments {
         dm.array_segments_as_int_32_vector()
             .and_then(|v| v.values())
             .map(|v| v.iter().map(|x| x.max(0) as usize).collect())
-            .or_else(|| dm.array_segments_as_uint_16_vector().and_then(|v| v.values()).map(|v| v.iter().map(|x| x as usize).collect()))
-            .or_else(|| dm.array_segments_as_uint_8_vector().and_then(|v| v.values()).map(|v| v.iter().map(|x| x as usize).collect()))
+            .or_else(|| {
+                dm.array_segments_as_uint_16_vector()
+                    .and_then(|v| v.values())
+                    .map(|v| v.iter().map(|x| x as usize).collect())
+            })
+            .or_else(|| {
+                dm.array_segments_as_uint_8_vector()
+                    .and_then(|v| v.values())
+                    .map(|v| v.iter().map(|x| x as usize).collect())
+            })
     } else {
         dm.array_indices_as_int_32_vector()
             .and_then(|v| v.values())
             .map(|v| v.iter().map(|x| x.max(0) as usize).collect())
-            .or_else(|| dm.array_indices_as_uint_16_vector().and_then(|v| v.values()).map(|v| v.iter().map(|x| x as usize).collect()))
-            .or_else(|| dm.array_indices_as_uint_8_vector().and_then(|v| v.values()).map(|v| v.iter().map(|x| x as usize).collect()))
+            .or_else(|| {
+                dm.array_indices_as_uint_16_vector()
+                    .and_then(|v| v.values())
+                    .map(|v| v.iter().map(|x| x as usize).collect())
+            })
+            .or_else(|| {
+                dm.array_indices_as_uint_8_vector()
+                    .and_then(|v| v.values())
+                    .map(|v| v.iter().map(|x| x as usize).collect())
+            })
     };
     v.ok_or_else(|| invalid("sparse dimension without index vector"))
 }
@@ -224,8 +234,10 @@ pub fn densify(info: &TensorInfo, sp: &tfl::SparsityParameters, data: &[u8]) -> 
     let name = &info.name;
     let bad = |m: &str| invalid(format!("sparse tensor {name:?}: {m}"));
     let rank = info.shape.len();
-    let order: Vec<usize> = sp.traversal_order().map(|v| v.iter().map(|x| x.max(0) as usize).collect()).unwrap_or_default();
-    let block_map: Vec<usize> = sp.block_map().map(|v| v.iter().map(|x| x.max(0) as usize).collect()).unwrap_or_default();
+    let order: Vec<usize> =
+        sp.traversal_order().map(|v| v.iter().map(|x| x.max(0) as usize).collect()).unwrap_or_default();
+    let block_map: Vec<usize> =
+        sp.block_map().map(|v| v.iter().map(|x| x.max(0) as usize).collect()).unwrap_or_default();
     let metas = sp.dim_metadata().ok_or_else(|| bad("no dimension metadata"))?;
     if order.len() != metas.len() || order.len() != rank + block_map.len() {
         return Err(bad("traversal order, block map and metadata disagree"));
@@ -255,7 +267,7 @@ pub fn densify(info: &TensorInfo, sp: &tfl::SparsityParameters, data: &[u8]) -> 
     }
     let esize = info.dt.size_of();
     let total = checked_bytes(name, info.dt, &info.shape)?;
-    if data.len() % esize != 0 {
+    if !data.len().is_multiple_of(esize) {
         return Err(bad("data length is not a whole number of elements"));
     }
     let mut dense = vec![0u8; total];
@@ -275,7 +287,14 @@ pub fn densify(info: &TensorInfo, sp: &tfl::SparsityParameters, data: &[u8]) -> 
         data: &'a [u8],
     }
 
-    fn walk(w: &Walk, level: usize, prev: usize, idx: &mut [usize], src: &mut usize, dense: &mut [u8]) -> Result<(), EngineError> {
+    fn walk(
+        w: &Walk,
+        level: usize,
+        prev: usize,
+        idx: &mut [usize],
+        src: &mut usize,
+        dense: &mut [u8],
+    ) -> Result<(), EngineError> {
         if level == w.levels.len() {
             let mut orig = vec![0usize; w.rank];
             for (i, o) in w.order.iter().enumerate().take(w.rank) {
@@ -291,7 +310,8 @@ pub fn densify(info: &TensorInfo, sp: &tfl::SparsityParameters, data: &[u8]) -> 
             }
             let flat: usize = orig.iter().zip(w.strides).map(|(i, s)| i * s).sum();
             let from = *src * w.esize;
-            let chunk = w.data.get(from..from + w.esize).ok_or_else(|| invalid("sparse data shorter than its indices"))?;
+            let chunk =
+                w.data.get(from..from + w.esize).ok_or_else(|| invalid("sparse data shorter than its indices"))?;
             dense[flat * w.esize..(flat + 1) * w.esize].copy_from_slice(chunk);
             *src += 1;
             return Ok(());
