@@ -246,13 +246,18 @@ fn inline_branch(graph: &mut pb::GraphProto, ix: usize, take_then: bool) -> Resu
     Ok(())
 }
 
-/// Resolves every `If` whose condition is known at load, outermost first.
-fn resolve_ifs(proto: &mut pb::ModelProto, shapes: &[(String, Vec<usize>)]) -> Result<(), EngineError> {
+/// Resolves every `If` whose condition is known at load, outermost first. Returns the
+/// outputs of those left undecided.
+fn resolve_ifs(proto: &mut pb::ModelProto, shapes: &[(String, Vec<usize>)]) -> Result<Vec<String>, EngineError> {
     let mut undecidable: HashSet<String> = HashSet::new();
     for _ in 0..MAX_IF_RESOLUTIONS {
         let graph = proto.graph.as_ref().expect("checked by decode");
         let next = graph.node.iter().position(|n| n.op_type == "If" && !undecidable.contains(&n.output[0]));
-        let Some(ix) = next else { return Ok(()) };
+        let Some(ix) = next else {
+            let mut left: Vec<String> = undecidable.into_iter().collect();
+            left.sort();
+            return Ok(left);
+        };
         let node = graph.node[ix].clone();
         let cond = node.input.first().cloned().unwrap_or_default();
         match constant_value(proto, &cond, shapes).and_then(|t| t.cast_to_scalar::<bool>().ok()) {
@@ -356,8 +361,18 @@ pub(crate) fn import(bytes: &[u8], options: &LoadOptions) -> Result<Imported, En
         return Err(EngineError::Unsupported(missing));
     }
     apply_pins(proto.graph.as_mut().expect("checked by decode"), &options.pins)?;
-    resolve_ifs(&mut proto, &options.shapes)?;
-    let model = typed(&proto, &options.shapes).map_err(chain)?;
+    let undecided = resolve_ifs(&mut proto, &options.shapes)?;
+    let model = typed(&proto, &options.shapes).map_err(|e| {
+        if undecided.is_empty() {
+            chain(e)
+        } else {
+            invalid(format!(
+                "{e:#} ({} If nodes undecided at load, producing {}: if their conditions depend on input shapes, give concrete input shapes)",
+                undecided.len(),
+                undecided.join(", ")
+            ))
+        }
+    })?;
     let states = bind_state(&model, &options.state)?;
     Ok(Imported { model, states })
 }
