@@ -10,7 +10,9 @@ use edge_agent::engine::{EngineError, LoadOptions, Model};
 use tract_core::internal::*;
 use tract_onnx::prelude::{Framework, InferenceModelExt};
 
-fn reference(prefix: &str) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
+type Named = Vec<(String, Tensor)>;
+
+fn reference(prefix: &str) -> (Named, Named) {
     let e = entry(prefix);
     (references(&e, "ref_inputs"), references(&e, "ref_outputs"))
 }
