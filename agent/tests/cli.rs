@@ -64,8 +64,8 @@ fn infer_matches_inputs_by_name_and_pins_silero_sample_rate() {
     }
 }
 
-#[test]
-fn okay_nabu_sequence_detects_at_the_reference_steps() {
+/// Runs the okay_nabu wake-word sequence through `infer --sequence`.
+fn okay_nabu_sequence() -> tract_core::internal::Tensor {
     let dir = tempfile::tempdir().unwrap();
     let out = edge_agent(&[
         "infer",
@@ -78,7 +78,12 @@ fn okay_nabu_sequence_detects_at_the_reference_steps() {
         dir.path().to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let got = npy::read(&dir.path().join("output.0.npy")).unwrap();
+    npy::read(&dir.path().join("output.0.npy")).unwrap()
+}
+
+#[test]
+fn okay_nabu_sequence_detects_at_the_reference_steps() {
+    let got = okay_nabu_sequence();
     let want = npy::read(&models_dir().join("pymicro-wakeword__okay_nabu.seq_output.npy")).unwrap();
     assert_eq!(got.shape(), want.shape());
     let detections = |t: &tract_core::internal::Tensor| -> Vec<usize> {
@@ -94,22 +99,7 @@ fn okay_nabu_sequence_detects_at_the_reference_steps() {
 fn a_fresh_session_starts_from_the_initial_state() {
     // Two sequence runs of the same input give the same outputs: nothing leaks between
     // sessions, and the state does move within one (the outputs vary step to step).
-    let run = || {
-        let dir = tempfile::tempdir().unwrap();
-        let out = edge_agent(&[
-            "infer",
-            "--model",
-            &model("pymicro-wakeword__okay_nabu.tflite"),
-            "--input",
-            &model("pymicro-wakeword__okay_nabu.seq_input.npy"),
-            "--sequence",
-            "--output-dir",
-            dir.path().to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        npy::read(&dir.path().join("output.0.npy")).unwrap()
-    };
-    let (a, b) = (run(), run());
+    let (a, b) = (okay_nabu_sequence(), okay_nabu_sequence());
     assert_eq!(a, b);
     let v = a.try_as_plain_ram().unwrap().as_slice::<u8>().unwrap().to_vec();
     assert!(v.iter().any(|x| *x != v[0]), "state never changed the output");
