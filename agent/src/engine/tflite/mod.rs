@@ -19,6 +19,8 @@
 //! Before building anything, every reachable subgraph is scanned, and a model that needs
 //! operators not implemented here is refused with all of their names.
 
+#[cfg(test)]
+mod op_tests;
 mod ops;
 pub mod pool;
 pub mod qops;
