@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# The main job, end to end: inspect a shipped wake-word model and run it on its reference
-# audio features, one step at a time through one session.
+# The main job, end to end: inspect a shipped wake-word model, run it over 90 steps of
+# spoken "okay nabu" through one stateful session, then time a small ONNX model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release -q -p edge-agent
 bin=target/release/edge-agent
 model=models/pymicro-wakeword__okay_nabu.tflite
+
+echo "== inspect $model"
 $bin inspect --model "$model"
-out=$(mktemp -d)
-$bin infer --model "$model" --input models/pymicro-wakeword__okay_nabu.seq_input.npy --sequence --output-dir "$out"
-echo "wrote $out/output.0.npy (wake-word probability per 30 ms step, uint8)"
+
+echo
+echo "== infer: wake-word probability (0..255) after each 30 ms step; >= 128 is a detection"
+$bin infer --model "$model" --input models/pymicro-wakeword__okay_nabu.seq_input.npy --sequence
+
+echo
+echo "== infer --repeat: hello_deepa (ONNX), one thread"
 $bin infer --model models/openwakeword-js__hello_deepa.onnx --input models/openwakeword-js__hello_deepa.input.npy --repeat 100

@@ -263,12 +263,29 @@ fn infer(
         }
         None if repeat.is_none() => {
             for (spec, t) in model.outputs().iter().zip(&outputs) {
-                println!("{} {:?} {:?}", spec.name, t.datum_type(), t.shape());
+                println!("{} {:?} {:?}: {}", spec.name, t.datum_type(), t.shape(), preview(t)?);
             }
         }
         None => {}
     }
     Ok(())
+}
+
+/// Small outputs in full; large ones as min/mean/max.
+fn preview(t: &Tensor) -> Result<String> {
+    let values = t.cast_to::<f64>()?;
+    let values = values.try_as_plain_ram()?;
+    let v = values.as_slice::<f64>()?;
+    if v.len() <= 100 {
+        let items: Vec<String> = v
+            .iter()
+            .map(|x| if t.datum_type().is_integer() { format!("{}", *x as i64) } else { format!("{x}") })
+            .collect();
+        return Ok(format!("[{}]", items.join(", ")));
+    }
+    let (min, max) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(*x), b.max(*x)));
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    Ok(format!("min={min:.6} mean={mean:.6} max={max:.6}"))
 }
 
 fn run(cli: Cli) -> Result<()> {
