@@ -61,6 +61,9 @@ enum Command {
         /// Matmul threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Profile N runs and print the slowest plan nodes.
+        #[arg(long, value_name = "N")]
+        profile: Option<usize>,
     },
 }
 
@@ -157,6 +160,7 @@ fn infer(
     output_dir: Option<&Path>,
     repeat: Option<usize>,
     threads: usize,
+    profile: Option<usize>,
 ) -> Result<()> {
     let declared = engine::declared_inputs(model_path)?;
     let pins = parse_pins(pins, &declared)?;
@@ -254,6 +258,15 @@ fn infer(
         let p95 = times[((times.len() as f64 * 0.95).ceil() as usize).clamp(1, times.len()) - 1];
         println!("runs={n} median_ms={median:.4} min_ms={:.4} p95_ms={p95:.4}", times[0]);
     }
+    if let Some(runs) = profile {
+        let times = session.profile(inputs.clone(), runs.max(1))?;
+        let total: f64 = times.iter().map(|t| t.total.as_secs_f64()).sum();
+        println!("profile over {runs} runs, {:.4} ms per run:", total * 1e3 / runs.max(1) as f64);
+        for t in times.iter().take(25) {
+            let ms = t.total.as_secs_f64() * 1e3 / runs.max(1) as f64;
+            println!("  {ms:9.4} ms {:5.1}%  {} ({})", 100.0 * t.total.as_secs_f64() / total.max(1e-12), t.op, t.node);
+        }
+    }
     match output_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -261,7 +274,7 @@ fn infer(
                 npy::write(&dir.join(format!("output.{k}.npy")), t)?;
             }
         }
-        None if repeat.is_none() => {
+        None if repeat.is_none() && profile.is_none() => {
             for (spec, t) in model.outputs().iter().zip(&outputs) {
                 println!("{} {:?} {:?}: {}", spec.name, t.datum_type(), t.shape(), preview(t)?);
             }
@@ -291,8 +304,8 @@ fn preview(t: &Tensor) -> Result<String> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect { model, json, pins } => inspect(&model, json, &pins),
-        Command::Infer { model, inputs, pins, state, sequence, output_dir, repeat, threads } => {
-            infer(&model, &inputs, &pins, &state, sequence, output_dir.as_deref(), repeat, threads)
+        Command::Infer { model, inputs, pins, state, sequence, output_dir, repeat, threads, profile } => {
+            infer(&model, &inputs, &pins, &state, sequence, output_dir.as_deref(), repeat, threads, profile)
         }
     }
 }

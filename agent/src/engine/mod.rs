@@ -291,6 +291,17 @@ impl Model {
     }
 }
 
+/// Time spent in one plan node over a profile.
+#[derive(Debug, Clone)]
+pub struct NodeTime {
+    /// Node name.
+    pub node: String,
+    /// Operator name.
+    pub op: String,
+    /// Total time over all runs.
+    pub total: std::time::Duration,
+}
+
 /// One caller's use of a model: a spawned tract state reused across calls, plus the model
 /// state carried between calls.
 pub struct Session {
@@ -373,6 +384,43 @@ impl Session {
             self.carried[ix] = outputs[slot.output].clone().into_tensor();
         }
         Ok(model.output_slots.iter().map(|ix| outputs[*ix].clone().into_tensor()).collect())
+    }
+
+    /// Runs `runs` steps on the same inputs and returns the time spent in each plan node,
+    /// slowest first: where the time goes, for tuning.
+    pub fn profile(&mut self, inputs: Vec<Tensor>, runs: usize) -> Result<Vec<NodeTime>, EngineError> {
+        let model = self.model.clone();
+        let mut feed: Vec<Option<TValue>> = vec![None; model.input_slots.len() + model.states.len()];
+        for ((spec, slot), t) in model.inputs.iter().zip(&model.input_slots).zip(inputs) {
+            check_input(spec, &t)?;
+            feed[*slot] = Some(t.into_tvalue());
+        }
+        for (slot, value) in model.states.iter().zip(&self.carried) {
+            feed[slot.input] = Some(value.clone().into_tvalue());
+        }
+        let feed: TVec<TValue> = feed.into_iter().map(|v| v.expect("every plan input is fed")).collect();
+        let mut times: Vec<Option<NodeTime>> = vec![];
+        for _ in 0..runs {
+            self.state
+                .run_plan_with_eval(feed.clone(), |ctx, op_state, node, inputs| {
+                    let start = std::time::Instant::now();
+                    let out = tract_core::plan::eval(ctx, op_state, node, inputs);
+                    if times.len() <= node.id {
+                        times.resize(node.id + 1, None);
+                    }
+                    let entry = times[node.id].get_or_insert_with(|| NodeTime {
+                        node: node.name.clone(),
+                        op: node.op.name().to_string(),
+                        total: std::time::Duration::ZERO,
+                    });
+                    entry.total += start.elapsed();
+                    out
+                })
+                .map_err(|e| EngineError::Run(format!("{e:#}")))?;
+        }
+        let mut times: Vec<NodeTime> = times.into_iter().flatten().collect();
+        times.sort_by(|a, b| b.total.cmp(&a.total));
+        Ok(times)
     }
 
     /// Puts the state back where a fresh session starts.
