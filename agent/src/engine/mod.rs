@@ -287,7 +287,11 @@ impl Model {
     /// Opens a session: one reusable tract state, starting from the initial model state.
     pub fn session(self: &Arc<Self>) -> Result<Session, EngineError> {
         let state = self.plan.spawn().map_err(|e| EngineError::Run(format!("{e:#}")))?;
-        Ok(Session { model: self.clone(), state, carried: self.states.iter().map(|s| s.initial.clone()).collect() })
+        Ok(Session {
+            model: self.clone(),
+            state,
+            carried: self.states.iter().map(|s| s.initial.clone().into_tvalue()).collect(),
+        })
     }
 }
 
@@ -307,7 +311,7 @@ pub struct NodeTime {
 pub struct Session {
     model: Arc<Model>,
     state: TypedSimpleState,
-    carried: Vec<Tensor>,
+    carried: Vec<TValue>,
 }
 
 impl std::fmt::Debug for Session {
@@ -345,9 +349,9 @@ impl Session {
         &self.model
     }
 
-    /// Runs one step: public inputs in, public outputs out. State moves forward.
-    pub fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
-        let model = self.model.clone();
+    /// The plan's inputs for one step: the caller's, checked, then the carried state.
+    fn feed(&self, inputs: Vec<Tensor>) -> Result<TVec<TValue>, EngineError> {
+        let model = &self.model;
         if inputs.len() != model.inputs.len() {
             return Err(EngineError::BadInput(format!(
                 "expected {} inputs ({}), got {}",
@@ -356,24 +360,22 @@ impl Session {
                 inputs.len()
             )));
         }
-        let total = model.input_slots.len() + model.states.len();
-        let mut feed: Vec<Option<TValue>> = vec![None; total];
+        let mut feed: Vec<Option<TValue>> = vec![None; model.input_slots.len() + model.states.len()];
         for ((spec, slot), t) in model.inputs.iter().zip(&model.input_slots).zip(inputs) {
             check_input(spec, &t)?;
-            // Quantized inputs arrive as plain integers; the plan knows their parameters.
-            let t = if t.datum_type() != spec.fact.datum_type {
-                let mut t = t;
-                unsafe { t.set_datum_type(spec.fact.datum_type) };
-                t
-            } else {
-                t
-            };
             feed[*slot] = Some(t.into_tvalue());
         }
         for (slot, value) in model.states.iter().zip(&self.carried) {
-            feed[slot.input] = Some(value.clone().into_tvalue());
+            // A shared handle, not a copy: the plan only reads its inputs.
+            feed[slot.input] = Some(value.clone());
         }
-        let feed: TVec<TValue> = feed.into_iter().map(|v| v.expect("every plan input is fed")).collect();
+        Ok(feed.into_iter().map(|v| v.expect("every plan input is fed")).collect())
+    }
+
+    /// Runs one step: public inputs in, public outputs out. State moves forward.
+    pub fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
+        let feed = self.feed(inputs)?;
+        let model = self.model.clone();
         let state = &mut self.state;
         let outputs = guarded(|| {
             tract_linalg::multithread::multithread_tract_scope(model.executor.clone(), || {
@@ -381,24 +383,20 @@ impl Session {
             })
         })?;
         for (ix, slot) in model.states.iter().enumerate() {
-            self.carried[ix] = outputs[slot.output].clone().into_tensor();
+            self.carried[ix] = outputs[slot.output].clone();
         }
-        Ok(model.output_slots.iter().map(|ix| outputs[*ix].clone().into_tensor()).collect())
+        let mut outputs: Vec<Option<TValue>> = outputs.into_iter().map(Some).collect();
+        Ok(model
+            .output_slots
+            .iter()
+            .map(|ix| outputs[*ix].take().expect("distinct output slots").into_tensor())
+            .collect())
     }
 
     /// Runs `runs` steps on the same inputs and returns the time spent in each plan node,
     /// slowest first: where the time goes, for tuning.
     pub fn profile(&mut self, inputs: Vec<Tensor>, runs: usize) -> Result<Vec<NodeTime>, EngineError> {
-        let model = self.model.clone();
-        let mut feed: Vec<Option<TValue>> = vec![None; model.input_slots.len() + model.states.len()];
-        for ((spec, slot), t) in model.inputs.iter().zip(&model.input_slots).zip(inputs) {
-            check_input(spec, &t)?;
-            feed[*slot] = Some(t.into_tvalue());
-        }
-        for (slot, value) in model.states.iter().zip(&self.carried) {
-            feed[slot.input] = Some(value.clone().into_tvalue());
-        }
-        let feed: TVec<TValue> = feed.into_iter().map(|v| v.expect("every plan input is fed")).collect();
+        let feed = self.feed(inputs)?;
         let mut times: Vec<Option<NodeTime>> = vec![];
         for _ in 0..runs {
             self.state
@@ -425,7 +423,7 @@ impl Session {
 
     /// Puts the state back where a fresh session starts.
     pub fn reset(&mut self) {
-        self.carried = self.model.states.iter().map(|s| s.initial.clone()).collect();
+        self.carried = self.model.states.iter().map(|s| s.initial.clone().into_tvalue()).collect();
     }
 }
 

@@ -9,7 +9,8 @@
 //!   dequantisation and DENSIFY of sparse constants;
 //! - [`ops`]: one translator per operator;
 //! - [`qops`]: quantised graphs run in real f32 with explicit requantisation;
-//! - [`pool`]: global average pooling with an f64 accumulator.
+//! - [`pool`]: global average pooling with an f64 accumulator;
+//! - [`channel`]: one-pass per-channel element-wise ops (PRELU, squeeze-and-excitation).
 //!
 //! Resource variables become explicit state: a READ before any ASSIGN in the main subgraph
 //! adds a state input, the variable's final value becomes a state output, and the
@@ -19,6 +20,7 @@
 //! Before building anything, every reachable subgraph is scanned, and a model that needs
 //! operators not implemented here is refused with all of their names.
 
+pub mod channel;
 #[cfg(test)]
 mod op_tests;
 mod ops;

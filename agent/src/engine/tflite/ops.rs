@@ -15,9 +15,51 @@ use tract_core::ops::math;
 use tract_core::ops::nn::{self as nn, CoordTransformer, DataFormat, Interpolator, Nearest, Reduce, Reducer, Resize};
 use tract_tflite::tflite::{self as tfl, ActivationFunctionType, BuiltinOperator as B, MirrorPadMode, Padding};
 
+use super::channel::{ChannelOp, PerChannel};
 use super::pool::GlobalAveragePool;
 use super::qops::FakeQuant;
 use super::{Graph, OpCode};
+
+/// Element-wise binary operators.
+#[derive(Debug, Clone, Copy)]
+enum Arith {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+    Pow,
+}
+
+impl Arith {
+    fn tract(self) -> tract_core::ops::binary::TypedBinOp {
+        match self {
+            Arith::Add => math::add(),
+            Arith::Sub => math::sub(),
+            Arith::Mul => math::mul(),
+            Arith::Div => math::div(),
+            Arith::Max => math::max(),
+            Arith::Min => math::min(),
+            Arith::Pow => math::pow(),
+        }
+    }
+
+    /// The per-channel form; `swapped` when the full tensor is the right-hand operand.
+    fn channel(self, swapped: bool) -> Option<ChannelOp> {
+        Some(match (self, swapped) {
+            (Arith::Add, _) => ChannelOp::Add,
+            (Arith::Mul, _) => ChannelOp::Mul,
+            (Arith::Max, _) => ChannelOp::Max,
+            (Arith::Min, _) => ChannelOp::Min,
+            (Arith::Sub, false) => ChannelOp::Sub,
+            (Arith::Sub, true) => ChannelOp::SubFrom,
+            (Arith::Div, false) => ChannelOp::Div,
+            (Arith::Div, true) => ChannelOp::DivInto,
+            (Arith::Pow, _) => return None,
+        })
+    }
+}
 
 /// An operator being translated.
 pub(crate) struct Node<'o> {
@@ -126,6 +168,45 @@ impl Graph<'_, '_> {
         Ok(wire_with_rank_broadcast(name, self.target, op, &[a, b])?[0])
     }
 
+    /// When `small` holds one value per channel of `big` (shape `[1,..,1,C]` against
+    /// `[..,C]`), `small` flattened to `[C]`.
+    fn channel_operand(&mut self, base: &str, big: OutletId, small: OutletId) -> TractResult<Option<OutletId>> {
+        let (fb, fs) = (self.fact(big)?, self.fact(small)?);
+        if fb.datum_type != f32::datum_type() || fs.datum_type != f32::datum_type() || fb.rank() < 2 || fs.rank() == 0 {
+            return Ok(None);
+        }
+        let Some(c) = fb.shape.last().and_then(|d| d.to_usize().ok()) else { return Ok(None) };
+        let dims: Vec<Option<usize>> = fs.shape.iter().map(|d| d.to_usize().ok()).collect();
+        let (last, lead) = dims.split_last().expect("rank checked");
+        let per_channel = fs.rank() <= fb.rank()
+            && *last == Some(c)
+            && lead.iter().all(|d| *d == Some(1))
+            && fb.shape.iter().rev().skip(1).any(|d| *d != 1.to_dim());
+        if !per_channel {
+            return Ok(None);
+        }
+        if fs.rank() == 1 {
+            return Ok(Some(small));
+        }
+        Ok(Some(self.reshape(&format!("{base}.channels"), small, &[c.to_dim()])?))
+    }
+
+    /// An element-wise binary op. A per-channel operand computed at run time (a
+    /// squeeze-and-excitation scale) goes through [`PerChannel`]; constants stay with tract,
+    /// which folds them into the convolution before.
+    fn arith(&mut self, base: &str, op: Arith, a: OutletId, b: OutletId) -> TractResult<OutletId> {
+        let (ka, kb) = (self.fact(a)?.konst.is_some(), self.fact(b)?.konst.is_some());
+        if let (false, false, Some(forward), Some(swapped)) = (ka, kb, op.channel(false), op.channel(true)) {
+            if let Some(v) = self.channel_operand(base, a, b)? {
+                return Ok(self.wire(base, PerChannel(forward), &[a, v])?[0]);
+            }
+            if let Some(v) = self.channel_operand(base, b, a)? {
+                return Ok(self.wire(base, PerChannel(swapped), &[b, v])?[0]);
+            }
+        }
+        self.binary(base, op.tract(), a, b)
+    }
+
     fn clamp(&mut self, base: &str, x: OutletId, lo: Option<f32>, hi: Option<f32>) -> TractResult<OutletId> {
         let mut x = x;
         if let Some(lo) = lo {
@@ -218,32 +299,21 @@ impl Graph<'_, '_> {
             let x = g.input(n, 0)?;
             g.wire(l, op, &[x])
         };
-        let binary = |g: &mut Self,
-                      op: tract_core::ops::binary::TypedBinOp,
-                      act: ActivationFunctionType|
-         -> TractResult<TVec<OutletId>> {
+        let binary = |g: &mut Self, op: Arith, act: ActivationFunctionType| -> TractResult<TVec<OutletId>> {
             let (a, b) = (g.input(n, 0)?, g.input(n, 1)?);
-            let y = g.binary(l, op, a, b)?;
+            let y = g.arith(l, op, a, b)?;
             Ok(tvec!(g.activation(l, y, act)?))
         };
         match code {
-            B::ADD => {
-                binary(self, math::add(), options!(n, builtin_options_as_add_options).fused_activation_function())
-            }
-            B::SUB => {
-                binary(self, math::sub(), options!(n, builtin_options_as_sub_options).fused_activation_function())
-            }
-            B::MUL => {
-                binary(self, math::mul(), options!(n, builtin_options_as_mul_options).fused_activation_function())
-            }
-            B::DIV => {
-                binary(self, math::div(), options!(n, builtin_options_as_div_options).fused_activation_function())
-            }
-            B::MAXIMUM => binary(self, math::max(), ActivationFunctionType::NONE),
-            B::MINIMUM => binary(self, math::min(), ActivationFunctionType::NONE),
-            B::POW => binary(self, math::pow(), ActivationFunctionType::NONE),
+            B::ADD => binary(self, Arith::Add, options!(n, builtin_options_as_add_options).fused_activation_function()),
+            B::SUB => binary(self, Arith::Sub, options!(n, builtin_options_as_sub_options).fused_activation_function()),
+            B::MUL => binary(self, Arith::Mul, options!(n, builtin_options_as_mul_options).fused_activation_function()),
+            B::DIV => binary(self, Arith::Div, options!(n, builtin_options_as_div_options).fused_activation_function()),
+            B::MAXIMUM => binary(self, Arith::Max, ActivationFunctionType::NONE),
+            B::MINIMUM => binary(self, Arith::Min, ActivationFunctionType::NONE),
+            B::POW => binary(self, Arith::Pow, ActivationFunctionType::NONE),
             B::SQUARED_DIFFERENCE => {
-                let d = binary(self, math::sub(), ActivationFunctionType::NONE)?;
+                let d = binary(self, Arith::Sub, ActivationFunctionType::NONE)?;
                 self.wire(&format!("{l}.square"), math::square(), &d)
             }
             B::ABS => unary(self, Box::new(math::abs())),
@@ -277,8 +347,11 @@ impl Graph<'_, '_> {
                 Ok(tvec!(self.clamp(l, x, Some(-1.0), Some(1.0))?))
             }
             B::PRELU => {
-                // prelu(x) = max(x, 0) + alpha * min(x, 0)
+                // prelu(x) = max(x, 0) + alpha * min(x, 0), in one pass when alpha is per channel.
                 let (x, alpha) = (self.input(n, 0)?, self.input(n, 1)?);
+                if let Some(v) = self.channel_operand(l, x, alpha)? {
+                    return self.wire(l, PerChannel(ChannelOp::PRelu), &[x, v]);
+                }
                 let pos = self.clamp(&format!("{l}.pos"), x, Some(0.0), None)?;
                 let neg = self.clamp(&format!("{l}.neg"), x, None, Some(0.0))?;
                 let scaled = self.binary(&format!("{l}.scaled"), math::mul(), alpha, neg)?;
