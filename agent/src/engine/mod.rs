@@ -417,7 +417,7 @@ impl Session {
                 .map_err(|e| EngineError::Run(format!("{e:#}")))?;
         }
         let mut times: Vec<NodeTime> = times.into_iter().flatten().collect();
-        times.sort_by(|a, b| b.total.cmp(&a.total));
+        times.sort_by_key(|t| std::cmp::Reverse(t.total));
         Ok(times)
     }
 
