@@ -122,3 +122,34 @@ fn silero_without_input_shapes_says_which_if_nodes_need_them() {
     let err = Model::load(&path, &LoadOptions::default()).unwrap_err().to_string();
     assert!(err.contains("If nodes undecided at load") && err.contains("input shapes"), "{err}");
 }
+
+#[test]
+fn checking_in_a_child_reports_support_and_survives_what_kills_the_child() {
+    use edge_agent::engine::isolate::{check_in_child, Limits};
+    use std::time::Duration;
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_edge-agent"));
+
+    let good = check_in_child(program, &models_dir().join("mediapipe__hand_recrop.tflite"), Limits::default()).unwrap();
+    assert!(good.supported);
+    assert_eq!(good.inputs[0].shape, ["1", "256", "256", "3"]);
+
+    let refused = check_in_child(
+        program,
+        &models_dir().join("mediapipe__face_landmark_with_attention.tflite"),
+        Limits::default(),
+    )
+    .unwrap();
+    assert!(!refused.supported);
+    assert_eq!(refused.missing_ops.len(), 3);
+
+    // 8 MiB of address space cannot even map the loader: the child dies, the caller gets an
+    // error and carries on.
+    let starved = Limits { memory_bytes: 8 << 20, timeout: Duration::from_secs(30) };
+    let err = check_in_child(program, &models_dir().join("rapidocr__PP-OCRv6_det_small.onnx"), starved).unwrap_err();
+    assert!(matches!(err, EngineError::Invalid(_)), "{err}");
+
+    // A deadline too short for the load kills the child.
+    let hurried = Limits { memory_bytes: 1 << 30, timeout: Duration::from_millis(1) };
+    let err = check_in_child(program, &models_dir().join("rapidocr__PP-OCRv6_det_small.onnx"), hurried).unwrap_err();
+    assert!(err.to_string().contains("did not finish"), "{err}");
+}

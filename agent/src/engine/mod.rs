@@ -12,6 +12,7 @@
 //! `(inputs.., state..) -> (outputs.., state'..)`. The session feeds `state` and keeps
 //! `state'`, so the same plan serves stateless and stateful models alike.
 
+pub mod isolate;
 pub mod onnx;
 pub mod tflite;
 
@@ -65,7 +66,7 @@ fn invalid_chain(e: TractError) -> EngineError {
 }
 
 /// Model file formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// ONNX protobuf.
@@ -115,7 +116,7 @@ impl Default for LoadOptions {
 }
 
 /// One input or output of a model's public signature.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TensorSpec {
     /// Tensor name in the model.
     pub name: String,
@@ -123,8 +124,13 @@ pub struct TensorSpec {
     pub dtype: String,
     /// Dimensions; symbolic ones keep their name.
     pub shape: Vec<String>,
-    #[serde(skip)]
+    #[serde(skip, default = "unknown_fact")]
     pub(crate) fact: TypedFact,
+}
+
+/// The fact of a spec read back from JSON, which carries names only.
+fn unknown_fact() -> TypedFact {
+    f32::fact([0usize; 0])
 }
 
 impl TensorSpec {
@@ -462,7 +468,7 @@ pub(crate) fn bind_state(model: &TypedModel, pairs: &[(String, String)]) -> Resu
 }
 
 /// Checks a file without keeping it: the format, the signature and the operator summary.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Inspection {
     /// File format.
     pub format: Format,

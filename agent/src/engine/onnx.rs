@@ -87,7 +87,7 @@ fn declared_spec(v: &pb::ValueInfoProto) -> TensorSpec {
         }
         _ => ("?".to_string(), vec![]),
     };
-    TensorSpec { name: v.name.clone(), dtype: dt, shape, fact: f32::fact([0usize; 0]) }
+    TensorSpec { name: v.name.clone(), dtype: dt, shape, fact: super::unknown_fact() }
 }
 
 fn elem_type_name(t: i32) -> String {

@@ -1,0 +1,95 @@
+//! Checking an untrusted model file in a child process.
+//!
+//! `catch_unwind` stops panics, but not what a hostile or broken file can do beyond them: an
+//! allocation failure aborts, a stack overflow kills the process, a pathological graph can
+//! spin for minutes. Before the agent adopts a file it did not ship with, it can have a
+//! child process (`edge-agent inspect --json`) load it under an address-space limit and a
+//! deadline. Whatever happens to the child, the agent gets an error and keeps running.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{EngineError, Inspection};
+
+/// Resource limits for the checking child.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Address-space limit (`RLIMIT_AS`) in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock deadline; the child is killed after it.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_bytes: 1 << 30, timeout: Duration::from_secs(60) }
+    }
+}
+
+/// Runs `program inspect --model FILE --json` under `limits` and returns its report.
+/// `program` is normally `std::env::current_exe()`.
+pub fn check_in_child(program: &Path, model: &Path, limits: Limits) -> Result<Inspection, EngineError> {
+    let mut cmd = Command::new(program);
+    cmd.arg("inspect").arg("--model").arg(model).arg("--json");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let memory = limits.memory_bytes;
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls (setrlimit) run between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit { rlim_cur: memory as libc::rlim_t, rlim_max: memory as libc::rlim_t };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let io = |source| EngineError::Io { path: program.display().to_string(), source };
+    let mut child = cmd.spawn().map_err(io)?;
+    let deadline = Instant::now() + limits.timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(io)? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(EngineError::Invalid(format!(
+                "{}: model check did not finish within {:?}",
+                model.display(),
+                limits.timeout
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut stdout);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    if !status.success() && stdout.trim().is_empty() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            if let Some(signal) = status.signal() {
+                return Err(EngineError::Invalid(format!(
+                    "{}: model check crashed (signal {signal}) under a {} MiB memory limit",
+                    model.display(),
+                    memory >> 20
+                )));
+            }
+        }
+        let reason = stderr.lines().last().unwrap_or("no output").to_string();
+        return Err(EngineError::Invalid(format!("{}: model check failed: {reason}", model.display())));
+    }
+    serde_json::from_str(&stdout)
+        .map_err(|e| EngineError::Invalid(format!("{}: unreadable model check report: {e}", model.display())))
+}
