@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use edge_agent::config::Config;
 use edge_agent::engine::{self, LoadOptions, Model, TensorSpec};
 use edge_agent::npy;
-use tract_core::internal::{DatumType, Tensor};
+use tract_core::internal::Tensor;
 
 #[derive(Parser)]
 #[command(name = "edge-agent", version, about = "Inference agent for fleets of small Linux boxes")]
@@ -23,6 +24,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Validate a configuration file and the models it names; exit 2 with one line if wrong.
+    CheckConfig {
+        /// The TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Print a model's format, signature, operators and whether it is supported.
     Inspect {
         /// Model file (.onnx, .tflite, .nnef.tgz).
@@ -67,24 +74,6 @@ enum Command {
     },
 }
 
-fn dtype_from_name(name: &str) -> Option<DatumType> {
-    Some(match name {
-        "F16" => DatumType::F16,
-        "F32" => DatumType::F32,
-        "F64" => DatumType::F64,
-        "I8" => DatumType::I8,
-        "U8" => DatumType::U8,
-        "I16" => DatumType::I16,
-        "U16" => DatumType::U16,
-        "I32" => DatumType::I32,
-        "U32" => DatumType::U32,
-        "I64" => DatumType::I64,
-        "U64" => DatumType::U64,
-        "Bool" => DatumType::Bool,
-        _ => return None,
-    })
-}
-
 fn split_pair<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str)> {
     s.split_once('=').with_context(|| format!("{what} {s:?}: expected NAME=VALUE"))
 }
@@ -94,17 +83,14 @@ fn parse_pins(pins: &[String], declared: &[TensorSpec]) -> Result<Vec<(String, T
     pins.iter()
         .map(|p| {
             let (name, value) = split_pair(p, "--pin")?;
-            let spec = declared
-                .iter()
-                .find(|s| s.name == name)
-                .with_context(|| format!("--pin {name}: no such input (inputs: {})", names(declared)))?;
+            if !declared.iter().any(|s| s.name == name) {
+                bail!("--pin {name}: no such input (inputs: {})", names(declared));
+            }
             let tensor = if value.ends_with(".npy") {
                 npy::read(Path::new(value))?
             } else {
                 let v: f64 = value.parse().with_context(|| format!("--pin {name}: {value:?} is not a number"))?;
-                let dt = dtype_from_name(&spec.dtype)
-                    .with_context(|| format!("--pin {name}: input type {} unknown", spec.dtype))?;
-                Tensor::from(v).cast_to_dt(dt)?.into_owned()
+                engine::scalar_pin(declared, name, v)?
             };
             Ok((name.to_string(), tensor))
         })
@@ -301,8 +287,23 @@ fn preview(t: &Tensor) -> Result<String> {
     Ok(format!("min={min:.6} mean={mean:.6} max={max:.6}"))
 }
 
+/// Exit code for an invalid configuration.
+const EXIT_BAD_CONFIG: u8 = 2;
+
+fn check_config(path: &Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    for (i, m) in config.models.iter().enumerate() {
+        let what = format!("config {}: [[models]] #{} ({:?})", path.display(), i + 1, m.name);
+        let options = engine::options_for(m).map_err(|e| format!("{what}: {e}"))?;
+        Model::load(&m.path, &options).map_err(|e| format!("{what}: {e}"))?;
+    }
+    println!("config {}: ok (device {}, {} models)", path.display(), config.device_id, config.models.len());
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::CheckConfig { .. } => unreachable!("handled in main"),
         Command::Inspect { model, json, pins } => inspect(&model, json, &pins),
         Command::Infer { model, inputs, pins, state, sequence, output_dir, repeat, threads, profile } => {
             infer(&model, &inputs, &pins, &state, sequence, output_dir.as_deref(), repeat, threads, profile)
@@ -312,6 +313,15 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CheckConfig { config } = &cli.command {
+        return match check_config(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(line) => {
+                eprintln!("edge-agent: {}", line.replace('\n', " "));
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

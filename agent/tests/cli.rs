@@ -189,3 +189,55 @@ fn failures_exit_non_zero_with_one_line() {
     }
     assert!(Path::new(&model("openwakeword-js__hello_deepa.onnx")).exists());
 }
+
+/// A config in a temporary directory, with placeholder certificate files beside it.
+fn config_with(models: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["ca.pem", "device.pem", "device.key"] {
+        std::fs::write(dir.path().join(f), "placeholder").unwrap();
+    }
+    let text = format!(
+        "device_id = \"dev-1\"\nstate_dir = \"state\"\n[mqtt]\nurl = \"mqtts://127.0.0.1:8883\"\n\
+         ca_file = \"ca.pem\"\ncert_file = \"device.pem\"\nkey_file = \"device.key\"\n{models}"
+    );
+    let path = dir.path().join("edge-agent.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn check_config_loads_every_model_with_its_pins_and_shapes() {
+    let models = format!(
+        "[[models]]\nname = \"wake\"\npath = \"{}\"\n[[models]]\nname = \"vad\"\npath = \"{}\"\n\
+         pins = {{ sr = 16000 }}\nshapes = {{ input = [1, 576] }}\nstate = {{ state = \"stateN\" }}\n",
+        model("pymicro-wakeword__okay_nabu.tflite"),
+        model("silero-vad__silero_vad_16k_op15.onnx"),
+    );
+    let (_dir, path) = config_with(&models);
+    let out = edge_agent(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 models"));
+}
+
+#[test]
+fn check_config_exits_2_with_one_line_naming_the_problem() {
+    let cases = [
+        ("[telemetry]\nintervall = 3\n".to_string(), "intervall"),
+        ("[[models]]\nname = \"m\"\npath = \"missing.tflite\"\n".to_string(), "missing.tflite"),
+        (
+            format!(
+                "[[models]]\nname = \"face\"\npath = \"{}\"\n",
+                model("mediapipe__face_landmark_with_attention.tflite")
+            ),
+            "CUSTOM:TransformTensorBilinear",
+        ),
+    ];
+    for (models, needle) in cases {
+        let (_dir, path) = config_with(&models);
+        let out = edge_agent(&["check-config", "--config", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{needle}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{needle} not in {err}");
+    }
+}

@@ -530,3 +530,49 @@ pub fn declared_inputs(path: &Path) -> Result<Vec<TensorSpec>, EngineError> {
         }
     }
 }
+
+/// A pinned scalar in the type the model declares for that input.
+pub fn scalar_pin(declared: &[TensorSpec], name: &str, value: f64) -> Result<Tensor, EngineError> {
+    let spec = declared.iter().find(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<&str> = declared.iter().map(|s| s.name.as_str()).collect();
+        EngineError::BadInput(format!("pin {name}: no such input (inputs: {})", names.join(", ")))
+    })?;
+    let dt = datum_type_from_name(&spec.dtype)
+        .ok_or_else(|| EngineError::BadInput(format!("pin {name}: input type {} unknown", spec.dtype)))?;
+    Ok(Tensor::from(value).cast_to_dt(dt).map_err(|e| EngineError::BadInput(format!("pin {name}: {e}")))?.into_owned())
+}
+
+/// The element type a [`TensorSpec`] names.
+pub fn datum_type_from_name(name: &str) -> Option<DatumType> {
+    Some(match name {
+        "F16" => DatumType::F16,
+        "F32" => DatumType::F32,
+        "F64" => DatumType::F64,
+        "I8" => DatumType::I8,
+        "U8" => DatumType::U8,
+        "I16" => DatumType::I16,
+        "U16" => DatumType::U16,
+        "I32" => DatumType::I32,
+        "U32" => DatumType::U32,
+        "I64" => DatumType::I64,
+        "U64" => DatumType::U64,
+        "Bool" => DatumType::Bool,
+        _ => return None,
+    })
+}
+
+/// Load options for a model entry of the configuration.
+pub fn options_for(model: &crate::config::ModelConfig) -> Result<LoadOptions, EngineError> {
+    let declared = if model.pins.is_empty() { vec![] } else { declared_inputs(&model.path)? };
+    let pins = model
+        .pins
+        .iter()
+        .map(|(name, v)| Ok((name.clone(), scalar_pin(&declared, name, *v)?)))
+        .collect::<Result<Vec<_>, EngineError>>()?;
+    Ok(LoadOptions {
+        threads: model.threads,
+        pins,
+        state: model.state.iter().map(|(i, o)| (i.clone(), o.clone())).collect(),
+        shapes: model.shapes.iter().map(|(n, s)| (n.clone(), s.clone())).collect(),
+    })
+}

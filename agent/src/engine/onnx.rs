@@ -361,8 +361,21 @@ pub(crate) fn import(bytes: &[u8], options: &LoadOptions) -> Result<Imported, En
         return Err(EngineError::Unsupported(missing));
     }
     apply_pins(proto.graph.as_mut().expect("checked by decode"), &options.pins)?;
-    let undecided = resolve_ifs(&mut proto, &options.shapes)?;
-    let model = typed(&proto, &options.shapes).map_err(|e| {
+    // A bound state starts as zeros with its symbolic dimensions at 1; its input takes that
+    // shape unless the caller gave one.
+    let mut shapes = options.shapes.clone();
+    for (input, _) in &options.state {
+        if shapes.iter().any(|(n, _)| n == input) {
+            continue;
+        }
+        let graph = proto.graph.as_ref().expect("checked by decode");
+        if let Some(v) = real_inputs(graph).find(|i| i.name == *input) {
+            let dims = declared_spec(v).shape.iter().map(|d| d.parse::<usize>().unwrap_or(1)).collect();
+            shapes.push((input.clone(), dims));
+        }
+    }
+    let undecided = resolve_ifs(&mut proto, &shapes)?;
+    let model = typed(&proto, &shapes).map_err(|e| {
         if undecided.is_empty() {
             chain(e)
         } else {

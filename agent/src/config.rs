@@ -1,0 +1,430 @@
+//! The agent's configuration file (TOML), checked in full before anything starts.
+//!
+//! Every error names what is wrong and where: the key (with its table), the file, and the
+//! line when the TOML itself is at fault. Relative paths are relative to the config file.
+//! Deploy-time values can be overridden from the environment:
+//! `EDGE_AGENT_DEVICE_ID` and `EDGE_AGENT_MQTT_URL`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Environment variable that overrides `device_id`.
+pub const ENV_DEVICE_ID: &str = "EDGE_AGENT_DEVICE_ID";
+/// Environment variable that overrides `[mqtt] url`.
+pub const ENV_MQTT_URL: &str = "EDGE_AGENT_MQTT_URL";
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse, or a key is unknown, missing or of the wrong type.
+    #[error("config {path}: {message}")]
+    Syntax {
+        /// The config file.
+        path: String,
+        /// The parser's one-line account, with the line number.
+        message: String,
+    },
+    /// A value is present and well-typed but not acceptable.
+    #[error("config {path}: {key}: {message}")]
+    Value {
+        /// The config file.
+        path: String,
+        /// The key, as `[table] key`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This device's id: the MQTT client id and the topic segment.
+    pub device_id: String,
+    /// Where the agent keeps its state (outbox, models, sequence numbers).
+    pub state_dir: PathBuf,
+    /// The broker link.
+    pub mqtt: MqttConfig,
+    /// Telemetry.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// The local HTTP endpoint.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Models loaded at start.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtts://host:port` (or `mqtt://` with `allow_insecure`).
+    pub url: String,
+    /// CA certificate(s) that sign the broker's certificate, PEM.
+    pub ca_file: PathBuf,
+    /// This device's certificate, PEM.
+    pub cert_file: PathBuf,
+    /// This device's private key, PKCS#8 or SEC1 PEM.
+    pub key_file: PathBuf,
+    /// First topic segment.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Accept `mqtt://` (plaintext). Logged as a warning.
+    #[serde(default)]
+    pub allow_insecure: bool,
+    /// Largest MQTT packet, both ways, in bytes.
+    #[serde(default = "default_max_packet_bytes")]
+    pub max_packet_bytes: usize,
+    /// Network timeout in seconds.
+    #[serde(default = "default_network_timeout_secs")]
+    pub network_timeout_secs: u64,
+    /// MQTT keep-alive in seconds.
+    #[serde(default = "default_keep_alive_secs")]
+    pub keep_alive_secs: u64,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Seconds between samples.
+    #[serde(default = "default_interval_secs")]
+    pub interval_secs: u64,
+    /// Outbox size limit in bytes while offline.
+    #[serde(default = "default_outbox_bytes")]
+    pub outbox_max_bytes: u64,
+    /// How long a queued sample stays worth sending, in seconds.
+    #[serde(default = "default_outbox_ttl_secs")]
+    pub outbox_ttl_secs: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            interval_secs: default_interval_secs(),
+            outbox_max_bytes: default_outbox_bytes(),
+            outbox_ttl_secs: default_outbox_ttl_secs(),
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: default_listen() }
+    }
+}
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name the model is served under.
+    pub name: String,
+    /// Model file.
+    pub path: PathBuf,
+    /// Matmul threads per run.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Inputs fixed at load: `{ sr = 16000 }`.
+    #[serde(default)]
+    pub pins: BTreeMap<String, f64>,
+    /// Concrete input shapes: `{ input = [1, 576] }`.
+    #[serde(default)]
+    pub shapes: BTreeMap<String, Vec<usize>>,
+    /// ONNX state bindings, input to output: `{ state = "stateN" }`.
+    #[serde(default)]
+    pub state: BTreeMap<String, String>,
+}
+
+fn default_topic_prefix() -> String {
+    "edge".into()
+}
+fn default_max_packet_bytes() -> usize {
+    256 * 1024
+}
+fn default_network_timeout_secs() -> u64 {
+    30
+}
+fn default_keep_alive_secs() -> u64 {
+    30
+}
+fn default_interval_secs() -> u64 {
+    10
+}
+fn default_outbox_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_outbox_ttl_secs() -> u64 {
+    7 * 24 * 3600
+}
+fn default_listen() -> String {
+    "127.0.0.1:9898".into()
+}
+fn default_threads() -> usize {
+    1
+}
+
+/// Characters allowed in a device id and topic prefix: one MQTT topic level, no wildcards.
+fn valid_segment(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+impl Config {
+    /// Reads, parses, applies environment overrides and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Config::parse(&text, path, |k| std::env::var(k).ok())
+    }
+
+    /// Parses and validates config text; `env` supplies overrides (tests pass their own).
+    pub fn parse(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let message = e.message().replace('\n', " ");
+            ConfigError::Syntax {
+                path: shown.clone(),
+                message: match line {
+                    Some(l) => format!("line {l}: {message}"),
+                    None => message,
+                },
+            }
+        })?;
+        if let Some(id) = env(ENV_DEVICE_ID) {
+            config.device_id = id;
+        }
+        if let Some(url) = env(ENV_MQTT_URL) {
+            config.mqtt.url = url;
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve(base);
+        config.validate(&shown)?;
+        Ok(config)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.state_dir);
+        fix(&mut self.mqtt.ca_file);
+        fix(&mut self.mqtt.cert_file);
+        fix(&mut self.mqtt.key_file);
+        for m in &mut self.models {
+            fix(&mut m.path);
+        }
+    }
+
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Value { path: path.into(), key: key.into(), message };
+        if !valid_segment(&self.device_id) {
+            return Err(bad(
+                "device_id",
+                format!("{:?} must be 1-128 characters of A-Z a-z 0-9 - _ .", self.device_id),
+            ));
+        }
+        if !valid_segment(&self.mqtt.topic_prefix) {
+            return Err(bad(
+                "[mqtt] topic_prefix",
+                format!("{:?} must be one topic level of A-Z a-z 0-9 - _ .", self.mqtt.topic_prefix),
+            ));
+        }
+        let url = &self.mqtt.url;
+        match url.split_once("://").map(|(scheme, _)| scheme) {
+            Some("mqtts") => {}
+            Some("mqtt") if self.mqtt.allow_insecure => {}
+            Some("mqtt") => {
+                return Err(bad(
+                    "[mqtt] url",
+                    format!("{url:?} is plaintext; use mqtts://, or set allow_insecure = true to accept it"),
+                ))
+            }
+            _ => return Err(bad("[mqtt] url", format!("{url:?} is not an mqtts:// URL"))),
+        }
+        if crate::config::host_port(url).is_none() {
+            return Err(bad("[mqtt] url", format!("{url:?} has no host:port")));
+        }
+        for (key, file) in [
+            ("[mqtt] ca_file", &self.mqtt.ca_file),
+            ("[mqtt] cert_file", &self.mqtt.cert_file),
+            ("[mqtt] key_file", &self.mqtt.key_file),
+        ] {
+            if !file.is_file() {
+                return Err(bad(key, format!("{:?}: no such file", file.display().to_string())));
+            }
+        }
+        if self.mqtt.max_packet_bytes < 1024 {
+            return Err(bad("[mqtt] max_packet_bytes", format!("{} is below 1024", self.mqtt.max_packet_bytes)));
+        }
+        if self.mqtt.network_timeout_secs == 0 {
+            return Err(bad("[mqtt] network_timeout_secs", "must be at least 1".into()));
+        }
+        if self.telemetry.interval_secs == 0 {
+            return Err(bad("[telemetry] interval_secs", "must be at least 1".into()));
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad("[http] listen", format!("{:?} is not an address:port", self.http.listen)));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let key = format!("[[models]] #{} ({:?})", i + 1, m.name);
+            if !valid_segment(&m.name) {
+                return Err(bad(&format!("{key} name"), "must be 1-128 characters of A-Z a-z 0-9 - _ .".into()));
+            }
+            if !names.insert(&m.name) {
+                return Err(bad(&format!("{key} name"), "used twice".into()));
+            }
+            if !m.path.is_file() {
+                return Err(bad(&format!("{key} path"), format!("{:?}: no such file", m.path.display().to_string())));
+            }
+            if m.threads == 0 {
+                return Err(bad(&format!("{key} threads"), "must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` of an `mqtt(s)://host:port` URL.
+pub fn host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.split_once("://")?.1.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(tempfile::TempDir);
+
+    fn setup() -> Dir {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "dev.pem", "dev.key", "m.onnx"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        Dir(dir)
+    }
+
+    const GOOD: &str = r#"
+device_id = "dev-1"
+state_dir = "state"
+[mqtt]
+url = "mqtts://broker.example:8883"
+ca_file = "ca.pem"
+cert_file = "dev.pem"
+key_file = "dev.key"
+[telemetry]
+interval_secs = 1
+[http]
+listen = "127.0.0.1:9898"
+[[models]]
+name = "wake"
+path = "m.onnx"
+pins = { sr = 16000 }
+"#;
+
+    fn parse(dir: &Dir, text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, &dir.0.path().join("agent.toml"), |_| None)
+    }
+
+    #[test]
+    fn accepts_the_documented_keys_and_resolves_paths() {
+        let d = setup();
+        let c = parse(&d, GOOD).unwrap();
+        assert_eq!(c.mqtt.topic_prefix, "edge");
+        assert_eq!(c.telemetry.interval_secs, 1);
+        assert_eq!(c.models[0].pins["sr"], 16000.0);
+        assert_eq!(c.mqtt.ca_file, d.0.path().join("ca.pem"));
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid_once_its_files_exist() {
+        let d = setup();
+        let example = include_str!("../../deploy/edge-agent.example.toml");
+        let text = example
+            .replace("/etc/edge-agent/ca.pem", "ca.pem")
+            .replace("/etc/edge-agent/device.pem", "dev.pem")
+            .replace("/etc/edge-agent/device.key", "dev.key")
+            .replace("/usr/share/edge-agent/models/pymicro-wakeword__okay_nabu.tflite", "m.onnx");
+        parse(&d, &text).unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let d = setup();
+        let err =
+            parse(&d, &GOOD.replace("interval_secs = 1", "interval_secs = 1\nintervall = 2")).unwrap_err().to_string();
+        assert!(err.contains("intervall") && err.contains("line 11"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_and_missing_key_are_named() {
+        let d = setup();
+        let err = parse(&d, &GOOD.replace("interval_secs = 1", "interval_secs = \"fast\"")).unwrap_err().to_string();
+        assert!(err.contains("interval_secs") || err.contains("invalid type"), "{err}");
+        let err = parse(&d, &GOOD.replace("device_id = \"dev-1\"\n", "")).unwrap_err().to_string();
+        assert!(err.contains("device_id"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let d = setup();
+        let err = parse(&d, &GOOD.replace("ca.pem", "nope.pem")).unwrap_err().to_string();
+        assert!(err.contains("[mqtt] ca_file") && err.contains("nope.pem"), "{err}");
+        let err = parse(&d, &GOOD.replace("m.onnx", "gone.onnx")).unwrap_err().to_string();
+        assert!(err.contains("[[models]] #1") && err.contains("gone.onnx"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_mqtt_needs_allow_insecure() {
+        let d = setup();
+        let plain = GOOD.replace("mqtts://", "mqtt://");
+        let err = parse(&d, &plain).unwrap_err().to_string();
+        assert!(err.contains("[mqtt] url") && err.contains("allow_insecure"), "{err}");
+        let allowed = plain.replace("key_file = \"dev.key\"", "key_file = \"dev.key\"\nallow_insecure = true");
+        assert!(parse(&d, &allowed).is_ok());
+    }
+
+    #[test]
+    fn environment_overrides_device_id_and_url() {
+        let d = setup();
+        let env = |k: &str| match k {
+            ENV_DEVICE_ID => Some("dev-42".to_string()),
+            ENV_MQTT_URL => Some("mqtts://other:1883".to_string()),
+            _ => None,
+        };
+        let c = Config::parse(GOOD, &d.0.path().join("agent.toml"), env).unwrap();
+        assert_eq!(c.device_id, "dev-42");
+        assert_eq!(host_port(&c.mqtt.url), Some(("other".into(), 1883)));
+        let bad = |k: &str| (k == ENV_DEVICE_ID).then(|| "a/b".to_string());
+        let err = Config::parse(GOOD, &d.0.path().join("agent.toml"), bad).unwrap_err().to_string();
+        assert!(err.contains("device_id"), "{err}");
+    }
+}
