@@ -1,4 +1,20 @@
-//! Wire types shared by `edge-agent` and `edgectl`.
+//! Wire types shared by `edge-agent` and `edgectl`: the topic layout and the messages.
 //!
-//! Empty for now: the fleet link fills it (topics, telemetry and command envelopes).
+//! # Layout
+//!
+//! - [`topics`]: every topic, built in one place under `{prefix}/{device}/…`.
+//! - [`telemetry`]: the periodic sample of the box, its models and its link.
+//! - [`status`]: the retained online/offline status.
+//! - [`codec`]: postcard encoding with an explicit schema version, and a size bound
+//!   checked before decoding.
+//!
+//! postcard has no schema evolution: every message starts with a version, enums grow only
+//! at the end, and a receiver refuses versions it does not know.
 #![deny(missing_docs)]
+
+pub mod codec;
+pub mod status;
+pub mod telemetry;
+pub mod topics;
+
+pub use codec::{decode, encode, ProtoError, MAX_MESSAGE_BYTES};

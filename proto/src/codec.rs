@@ -1,0 +1,54 @@
+//! postcard encoding with a leading schema version and a size bound.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Largest message accepted, checked before decoding.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// What can go wrong decoding a message.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    /// The payload is larger than the receiver accepts.
+    #[error("message of {0} bytes is over the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// The message carries a schema version this build does not know.
+    #[error("unknown message version {found} (this build reads version {expected})")]
+    UnknownVersion {
+        /// Version in the message.
+        found: u16,
+        /// Version this build reads.
+        expected: u16,
+    },
+    /// The bytes do not decode.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// A message type with a schema version.
+pub trait Versioned {
+    /// Current schema version.
+    const VERSION: u16;
+    /// The version this value carries.
+    fn version(&self) -> u16;
+}
+
+/// Encodes a message.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    postcard::to_stdvec(msg).expect("wire types always serialize")
+}
+
+/// Decodes a message, checking its size first and its version after.
+pub fn decode<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, ProtoError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(ProtoError::TooLarge(bytes.len()));
+    }
+    // The version is the first field of every message: read it alone first, so that a
+    // newer message is reported as such rather than as garbage.
+    let (found, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    if found != T::VERSION {
+        return Err(ProtoError::UnknownVersion { found, expected: T::VERSION });
+    }
+    let msg: T = postcard::from_bytes(bytes).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    Ok(msg)
+}

@@ -1,0 +1,197 @@
+//! Telemetry: one sample of the box, the agent, its models and its link.
+//!
+//! JSON field names (as `edgectl watch --json` prints them) are the Rust field names, so
+//! scripts can rely on `device`, `seq`, `ts`, `cpu.total_pct`, `mem.used_bytes` and
+//! `agent.rss_bytes`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Versioned;
+
+/// One telemetry message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Telemetry {
+    /// Schema version, [`Telemetry::VERSION`].
+    pub version: u16,
+    /// Device id.
+    pub device: String,
+    /// Sequence number: increases by one per sample, across restarts.
+    pub seq: u64,
+    /// Sample time, milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// Seconds since the box booted.
+    pub uptime_secs: u64,
+    /// CPU usage.
+    pub cpu: Cpu,
+    /// Load average over 1, 5 and 15 minutes.
+    pub load: [f32; 3],
+    /// Memory.
+    pub mem: Mem,
+    /// The agent process itself.
+    pub agent: Agent,
+    /// Space where the agent keeps its state.
+    pub disk: Disk,
+    /// Temperatures the board reports.
+    pub temps: Vec<Temp>,
+    /// Network bytes over all interfaces since boot.
+    pub net: Net,
+    /// Inference statistics per model.
+    pub models: Vec<ModelStats>,
+    /// The MQTT link.
+    pub link: Link,
+}
+
+impl Versioned for Telemetry {
+    const VERSION: u16 = 1;
+    fn version(&self) -> u16 {
+        self.version
+    }
+}
+
+/// CPU usage in percent of one core's capacity per core, and overall.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cpu {
+    /// All cores, 0-100.
+    pub total_pct: f32,
+    /// Each core, 0-100.
+    pub per_core_pct: Vec<f32>,
+}
+
+/// Memory in bytes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Mem {
+    /// Installed.
+    pub total_bytes: u64,
+    /// In use.
+    pub used_bytes: u64,
+    /// Available to new allocations without swapping.
+    pub available_bytes: u64,
+    /// Swap size.
+    pub swap_total_bytes: u64,
+    /// Swap in use.
+    pub swap_used_bytes: u64,
+}
+
+/// The agent process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    /// Agent version.
+    pub version: String,
+    /// Resident set size.
+    pub rss_bytes: u64,
+    /// CPU usage in percent of one core.
+    pub cpu_pct: f32,
+    /// Seconds since the agent started.
+    pub uptime_secs: u64,
+}
+
+/// Free and total space of the filesystem holding `state_dir`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Disk {
+    /// Free bytes.
+    pub free_bytes: u64,
+    /// Total bytes.
+    pub total_bytes: u64,
+}
+
+/// One temperature sensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Temp {
+    /// Sensor label.
+    pub label: String,
+    /// Degrees Celsius.
+    pub celsius: f32,
+}
+
+/// Network totals.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Net {
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// Inference statistics of one model since the agent started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelStats {
+    /// Model name.
+    pub name: String,
+    /// Requests served.
+    pub requests: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Requests running now.
+    pub in_flight: u32,
+    /// Latency percentiles in milliseconds.
+    pub p50_ms: f32,
+    /// 95th percentile.
+    pub p95_ms: f32,
+    /// 99th percentile.
+    pub p99_ms: f32,
+}
+
+/// The MQTT link since the agent started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// Reconnections after the first connection.
+    pub reconnects: u64,
+    /// Messages waiting in the outbox.
+    pub queued: u64,
+    /// Messages dropped from a full or expired outbox.
+    pub dropped: u64,
+    /// Payload bytes published.
+    pub bytes_sent: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode, ProtoError, MAX_MESSAGE_BYTES};
+
+    fn sample() -> Telemetry {
+        Telemetry {
+            version: Telemetry::VERSION,
+            device: "dev-1".into(),
+            seq: 42,
+            ts: 1_700_000_000_000,
+            uptime_secs: 100,
+            cpu: Cpu { total_pct: 12.5, per_core_pct: vec![10.0, 15.0] },
+            load: [0.1, 0.2, 0.3],
+            mem: Mem { total_bytes: 1 << 30, used_bytes: 1 << 29, ..Default::default() },
+            agent: Agent { version: "0.1.0".into(), rss_bytes: 5 << 20, cpu_pct: 0.1, uptime_secs: 10 },
+            disk: Disk::default(),
+            temps: vec![Temp { label: "cpu".into(), celsius: 45.0 }],
+            net: Net::default(),
+            models: vec![ModelStats { name: "wake".into(), requests: 3, ..Default::default() }],
+            link: Link::default(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_postcard() {
+        let t = sample();
+        assert_eq!(decode::<Telemetry>(&encode(&t)).unwrap(), t);
+    }
+
+    #[test]
+    fn refuses_unknown_versions_oversized_and_truncated_payloads() {
+        let mut t = sample();
+        t.version = 9;
+        assert!(matches!(decode::<Telemetry>(&encode(&t)), Err(ProtoError::UnknownVersion { found: 9, .. })));
+        assert!(matches!(decode::<Telemetry>(&vec![1u8; MAX_MESSAGE_BYTES + 1]), Err(ProtoError::TooLarge(_))));
+        let bytes = encode(&sample());
+        assert!(matches!(decode::<Telemetry>(&bytes[..bytes.len() / 2]), Err(ProtoError::Malformed(_))));
+    }
+
+    #[test]
+    fn json_has_the_fields_scripts_rely_on() {
+        let v = serde_json::to_value(sample()).unwrap();
+        assert_eq!(v["device"], "dev-1");
+        assert_eq!(v["seq"], 42);
+        assert!(v["ts"].is_u64());
+        assert_eq!(v["cpu"]["total_pct"], 12.5);
+        assert_eq!(v["mem"]["used_bytes"], 1u64 << 29);
+        assert_eq!(v["agent"]["rss_bytes"], 5u64 << 20);
+    }
+}

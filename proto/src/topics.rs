@@ -1,0 +1,82 @@
+//! The topic layout. Everything a device publishes or receives lives under
+//! `{prefix}/{device}/`, so a broker ACL `pattern readwrite edge/%u/#` (with the device
+//! certificate's CN as user name) confines a device to its own topics.
+//!
+//! | topic | direction | retained | payload |
+//! |---|---|---|---|
+//! | `{prefix}/{device}/telemetry` | device → fleet | no | [`crate::telemetry::Telemetry`] |
+//! | `{prefix}/{device}/status` | device → fleet | yes | [`crate::status::Status`] (also the last will) |
+
+/// Topic builder for one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+    device: String,
+}
+
+/// Whether `s` can be one topic level: non-empty, no `/`, no wildcards, no NUL.
+pub fn valid_level(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['/', '+', '#', '\0'])
+}
+
+impl Topics {
+    /// Topics of `device` under `prefix`. Both must be single topic levels.
+    pub fn new(prefix: &str, device: &str) -> Option<Topics> {
+        (valid_level(prefix) && valid_level(device)).then(|| Topics { prefix: prefix.into(), device: device.into() })
+    }
+
+    /// The device id.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Periodic telemetry.
+    pub fn telemetry(&self) -> String {
+        format!("{}/{}/telemetry", self.prefix, self.device)
+    }
+
+    /// Retained online/offline status.
+    pub fn status(&self) -> String {
+        format!("{}/{}/status", self.prefix, self.device)
+    }
+}
+
+/// Subscription filters for an operator watching the fleet.
+pub mod fleet {
+    /// Telemetry of every device, or of one.
+    pub fn telemetry(prefix: &str, device: Option<&str>) -> String {
+        format!("{prefix}/{}/telemetry", device.unwrap_or("+"))
+    }
+
+    /// Status of every device, or of one.
+    pub fn status(prefix: &str, device: Option<&str>) -> String {
+        format!("{prefix}/{}/status", device.unwrap_or("+"))
+    }
+
+    /// The device segment of a device topic.
+    pub fn device_of(topic: &str) -> Option<&str> {
+        topic.split('/').nth(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_device_topic_is_under_prefix_and_device() {
+        let t = Topics::new("edge", "dev-1").unwrap();
+        for topic in [t.telemetry(), t.status()] {
+            assert!(topic.starts_with("edge/dev-1/"), "{topic}");
+        }
+        assert_eq!(fleet::device_of(&t.telemetry()), Some("dev-1"));
+        assert_eq!(fleet::telemetry("edge", None), "edge/+/telemetry");
+    }
+
+    #[test]
+    fn refuses_levels_that_would_escape_the_device_subtree() {
+        assert!(Topics::new("edge", "a/b").is_none());
+        assert!(Topics::new("edge", "+").is_none());
+        assert!(Topics::new("", "dev").is_none());
+    }
+}
