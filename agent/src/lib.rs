@@ -8,6 +8,7 @@
 //!   sessions that carry model state.
 //! - [`config`]: the TOML configuration, checked in full with errors that name the key.
 //! - [`npy`]: `.npy` tensors in and out, for the CLI and tests.
+//! - [`outbox`]: the on-disk store-and-forward queue that holds telemetry while the broker is away.
 //!
 //! The fleet link, telemetry, OTA and the local API build on the engine; they arrive with
 //! their own modules.
@@ -15,3 +16,4 @@
 pub mod config;
 pub mod engine;
 pub mod npy;
+pub mod outbox;
