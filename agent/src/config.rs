@@ -94,6 +94,10 @@ pub struct MqttConfig {
     /// MQTT keep-alive in seconds.
     #[serde(default = "default_keep_alive_secs")]
     pub keep_alive_secs: u64,
+    /// Longest wait between reconnection attempts, in seconds (delays start at 0.5 s and
+    /// double, with jitter).
+    #[serde(default = "default_reconnect_max_secs")]
+    pub reconnect_max_secs: u64,
 }
 
 /// `[telemetry]`
@@ -169,6 +173,9 @@ fn default_network_timeout_secs() -> u64 {
 }
 fn default_keep_alive_secs() -> u64 {
     30
+}
+fn default_reconnect_max_secs() -> u64 {
+    60
 }
 fn default_interval_secs() -> u64 {
     10
@@ -283,6 +290,9 @@ impl Config {
         }
         if self.mqtt.network_timeout_secs == 0 {
             return Err(bad("[mqtt] network_timeout_secs", "must be at least 1".into()));
+        }
+        if self.mqtt.reconnect_max_secs == 0 {
+            return Err(bad("[mqtt] reconnect_max_secs", "must be at least 1".into()));
         }
         if self.telemetry.interval_secs == 0 {
             return Err(bad("[telemetry] interval_secs", "must be at least 1".into()));

@@ -9,11 +9,21 @@
 //! - [`config`]: the TOML configuration, checked in full with errors that name the key.
 //! - [`npy`]: `.npy` tensors in and out, for the CLI and tests.
 //! - [`outbox`]: the on-disk store-and-forward queue that holds telemetry while the broker is away.
-//!
-//! The fleet link, telemetry, OTA and the local API build on the engine; they arrive with
-//! their own modules.
+//! - [`daemon`]: `edge-agent run`, which wires the components below and shuts them down in
+//!   order on SIGTERM:
+//!   - [`telemetry`] samples the box (sysinfo), the agent and [`stats`] on an interval;
+//!   - [`link`] carries samples to the broker over mutual-TLS MQTT, through the [`outbox`]
+//!     on disk, with the topic layout and messages of `edge-proto`;
+//!   - [`http`] serves `/metrics`, `/healthz` and `/readyz`.
+//! - [`fsutil`]: atomic, durable file replacement.
 
 pub mod config;
+pub mod daemon;
 pub mod engine;
+pub mod fsutil;
+pub mod http;
+pub mod link;
 pub mod npy;
 pub mod outbox;
+pub mod stats;
+pub mod telemetry;

@@ -24,6 +24,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent daemon.
+    Run {
+        /// The TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
     /// Validate a configuration file and the models it names; exit 2 with one line if wrong.
     CheckConfig {
         /// The TOML configuration.
@@ -287,15 +296,45 @@ fn preview(t: &Tensor) -> Result<String> {
     Ok(format!("min={min:.6} mean={mean:.6} max={max:.6}"))
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr (journald captures it under systemd); `RUST_LOG` filters, default info.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A failure and its exit code: 2 for a bad configuration, 1 for anything else.
+type Failure = (u8, String);
+
+fn run_daemon(config_path: &Path, format: LogFormat) -> Result<(), Failure> {
+    let config = Config::load(config_path).map_err(|e| (EXIT_BAD_CONFIG, e.to_string()))?;
+    init_logging(format);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (1, format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(edge_agent::daemon::run(config)).map_err(|e| (1, format!("{e:#}")))
+}
+
 /// Exit code for an invalid configuration.
 const EXIT_BAD_CONFIG: u8 = 2;
 
-fn check_config(path: &Path) -> Result<(), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+fn check_config(path: &Path) -> Result<(), Failure> {
+    let config = Config::load(path).map_err(|e| (EXIT_BAD_CONFIG, e.to_string()))?;
     for (i, m) in config.models.iter().enumerate() {
         let what = format!("config {}: [[models]] #{} ({:?})", path.display(), i + 1, m.name);
-        let options = engine::options_for(m).map_err(|e| format!("{what}: {e}"))?;
-        Model::load(&m.path, &options).map_err(|e| format!("{what}: {e}"))?;
+        let options = engine::options_for(m).map_err(|e| (EXIT_BAD_CONFIG, format!("{what}: {e}")))?;
+        Model::load(&m.path, &options).map_err(|e| (EXIT_BAD_CONFIG, format!("{what}: {e}")))?;
     }
     println!("config {}: ok (device {}, {} models)", path.display(), config.device_id, config.models.len());
     Ok(())
@@ -303,7 +342,7 @@ fn check_config(path: &Path) -> Result<(), String> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::CheckConfig { .. } => unreachable!("handled in main"),
+        Command::CheckConfig { .. } | Command::Run { .. } => unreachable!("handled in main"),
         Command::Inspect { model, json, pins } => inspect(&model, json, &pins),
         Command::Infer { model, inputs, pins, state, sequence, output_dir, repeat, threads, profile } => {
             infer(&model, &inputs, &pins, &state, sequence, output_dir.as_deref(), repeat, threads, profile)
@@ -313,12 +352,17 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::CheckConfig { config } = &cli.command {
-        return match check_config(config) {
+    let config_outcome = match &cli.command {
+        Command::CheckConfig { config } => Some(check_config(config)),
+        Command::Run { config, log_format } => Some(run_daemon(config, *log_format)),
+        _ => None,
+    };
+    if let Some(outcome) = config_outcome {
+        return match outcome {
             Ok(()) => ExitCode::SUCCESS,
-            Err(line) => {
+            Err((code, line)) => {
                 eprintln!("edge-agent: {}", line.replace('\n', " "));
-                ExitCode::from(EXIT_BAD_CONFIG)
+                ExitCode::from(code)
             }
         };
     }

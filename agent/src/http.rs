@@ -1,0 +1,148 @@
+//! The local HTTP endpoint: `/metrics` (Prometheus), `/healthz` and `/readyz`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::link::LinkStats;
+use crate::stats::InferenceStats;
+
+/// Label for outbox drops.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+/// Everything `/metrics` exports.
+pub struct Metrics {
+    registry: Registry,
+    link: Arc<LinkStats>,
+    connected: Gauge,
+    reconnects: Counter,
+    queued: Gauge,
+    dropped: Family<Reason, Counter>,
+    bytes_sent: Counter,
+    messages_sent: Counter,
+    outbox_errors: Counter,
+    models_loaded: Gauge,
+}
+
+/// Moves a counter up to a total kept elsewhere (counters only grow).
+fn sync_counter(c: &Counter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}
+
+impl Metrics {
+    /// Registers the agent's metrics.
+    pub fn new(link: Arc<LinkStats>, models: &InferenceStats, samples: Counter, models_loaded: usize) -> Metrics {
+        let mut registry = Registry::default();
+        registry.register(
+            "edge_agent_inference_duration_seconds",
+            "Time to run one inference request",
+            models.duration.clone(),
+        );
+        registry.register("edge_agent_inference_requests", "Inference requests served", models.requests.clone());
+        registry.register("edge_agent_inference_errors", "Inference requests that failed", models.errors.clone());
+        registry.register("edge_agent_inference_in_flight", "Inference requests running", models.in_flight.clone());
+        let m = Metrics {
+            registry,
+            link,
+            connected: Gauge::default(),
+            reconnects: Counter::default(),
+            queued: Gauge::default(),
+            dropped: Family::default(),
+            bytes_sent: Counter::default(),
+            messages_sent: Counter::default(),
+            outbox_errors: Counter::default(),
+            models_loaded: Gauge::default(),
+        };
+        m.models_loaded.set(models_loaded as i64);
+        let mut m = m;
+        let r = &mut m.registry;
+        r.register("edge_agent_mqtt_connected", "1 when the broker connection is up", m.connected.clone());
+        r.register("edge_agent_mqtt_reconnects", "Reconnections to the broker", m.reconnects.clone());
+        r.register("edge_agent_mqtt_sent_bytes", "Telemetry bytes acknowledged by the broker", m.bytes_sent.clone());
+        r.register(
+            "edge_agent_mqtt_sent_messages",
+            "Telemetry messages acknowledged by the broker",
+            m.messages_sent.clone(),
+        );
+        r.register("edge_agent_outbox_queued_messages", "Telemetry messages waiting in the outbox", m.queued.clone());
+        r.register(
+            "edge_agent_outbox_dropped_messages",
+            "Telemetry messages dropped from the outbox",
+            m.dropped.clone(),
+        );
+        r.register("edge_agent_outbox_errors", "Telemetry messages that could not be stored", m.outbox_errors.clone());
+        r.register("edge_agent_telemetry_samples", "Telemetry samples taken", samples);
+        r.register("edge_agent_models_loaded", "Models loaded and serving", m.models_loaded.clone());
+        m
+    }
+
+    /// The Prometheus text exposition, with link figures read now.
+    pub fn render(&self) -> String {
+        let l = &self.link;
+        self.connected.set(l.connected.load(Ordering::Relaxed) as i64);
+        sync_counter(&self.reconnects, l.reconnects.load(Ordering::Relaxed));
+        sync_counter(&self.bytes_sent, l.bytes_sent.load(Ordering::Relaxed));
+        sync_counter(&self.messages_sent, l.messages_sent.load(Ordering::Relaxed));
+        sync_counter(&self.outbox_errors, l.outbox_errors.load(Ordering::Relaxed));
+        self.queued.set(l.queued.load(Ordering::Relaxed) as i64);
+        for (reason, total) in [("full", &l.dropped_full), ("expired", &l.dropped_expired)] {
+            sync_counter(&self.dropped.get_or_create(&Reason { reason: reason.into() }), total.load(Ordering::Relaxed));
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    fn ready(&self) -> Result<(), &'static str> {
+        if !self.link.connected.load(Ordering::Relaxed) {
+            return Err("not connected to the broker");
+        }
+        Ok(())
+    }
+}
+
+async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render())
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    match m.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
+}
+
+/// Serves until `cancel`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await?;
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! Telemetry: samples the box, the agent and its models on an interval, and hands each
+//! encoded sample to the link.
+//!
+//! One `sysinfo::System` lives for the agent's lifetime and refreshes only what is
+//! reported: CPU usage (which needs two refreshes at least `MINIMUM_CPU_UPDATE_INTERVAL`
+//! apart, so the first sample primes it), memory, and this process. Free disk space comes
+//! from one `statvfs` of `state_dir`, not a scan of every mount.
+//!
+//! Sequence numbers only increase, across restarts too: blocks of numbers are reserved in
+//! `state_dir/telemetry.seq` before use, so a restart skips ahead instead of reusing.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edge_proto::telemetry::{Agent, Cpu, Disk, Link, Mem, Net, Telemetry as Sample, Temp};
+use sysinfo::{Components, Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+use tokio_util::sync::CancellationToken;
+
+use crate::link::{LinkHandle, LinkStats};
+use crate::stats::InferenceStats;
+
+/// How many sequence numbers are reserved on disk at a time.
+const SEQ_BLOCK: u64 = 64;
+
+/// Sequence numbers that survive restarts without reuse.
+#[derive(Debug)]
+pub struct SeqStore {
+    path: PathBuf,
+    next: u64,
+    reserved: u64,
+}
+
+/// What can go wrong with the sequence file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct SeqError {
+    path: String,
+    source: std::io::Error,
+}
+
+impl SeqStore {
+    /// Opens (or creates) the store; the first number handed out is above any handed out
+    /// before.
+    pub fn open(path: &Path) -> Result<SeqStore, SeqError> {
+        let err = |source| SeqError { path: path.display().to_string(), source };
+        let start = match std::fs::read_to_string(path) {
+            Ok(text) => text.trim().parse::<u64>().unwrap_or_else(|_| {
+                tracing::warn!("{}: unreadable sequence file, starting after the current time", path.display());
+                // Milliseconds since the epoch are above any count a device could reach.
+                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1 << 40)
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(err(e)),
+        };
+        let mut store = SeqStore { path: path.to_path_buf(), next: start, reserved: start };
+        store.reserve().map_err(err)?;
+        Ok(store)
+    }
+
+    fn reserve(&mut self) -> std::io::Result<()> {
+        let reserved = self.next + SEQ_BLOCK;
+        crate::fsutil::write_atomic(&self.path, format!("{reserved}\n").as_bytes())?;
+        self.reserved = reserved;
+        Ok(())
+    }
+
+    /// The next sequence number.
+    pub fn take(&mut self) -> Result<u64, SeqError> {
+        if self.next >= self.reserved {
+            self.reserve().map_err(|source| SeqError { path: self.path.display().to_string(), source })?;
+        }
+        let n = self.next;
+        self.next += 1;
+        Ok(n)
+    }
+}
+
+/// Samples the box.
+pub struct Sampler {
+    device: String,
+    state_dir: PathBuf,
+    sys: System,
+    networks: Option<Networks>,
+    components: Option<Components>,
+    pid: Option<Pid>,
+    started: Instant,
+}
+
+fn statvfs(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+}
+
+impl Sampler {
+    /// A sampler for this process; the first CPU figures appear from the second sample.
+    pub fn new(device: &str, state_dir: &Path) -> Result<Sampler, sysinfo::Error> {
+        let mut sys = System::new()?;
+        sys.refresh_cpu_usage();
+        let pid = sysinfo::get_current_pid().ok();
+        let components = Components::new_with_refreshed_list().ok().filter(|c| !c.is_empty());
+        let networks = Networks::new_with_refreshed_list().ok();
+        Ok(Sampler {
+            device: device.to_string(),
+            state_dir: state_dir.to_path_buf(),
+            sys,
+            networks,
+            components,
+            pid,
+            started: Instant::now(),
+        })
+    }
+
+    /// One sample, numbered `seq`.
+    pub fn sample(&mut self, seq: u64, link: &LinkStats, models: &InferenceStats) -> Sample {
+        self.sys.refresh_cpu_usage();
+        self.sys.refresh_memory();
+        let (rss_bytes, cpu_pct) = match self.pid {
+            Some(pid) => {
+                self.sys.refresh_processes_specifics(
+                    ProcessesToUpdate::Some(&[pid]),
+                    false,
+                    ProcessRefreshKind::nothing().with_memory().with_cpu(),
+                );
+                self.sys.process(pid).map(|p| (p.memory(), p.cpu_usage())).unwrap_or((0, 0.0))
+            }
+            None => (0, 0.0),
+        };
+        let (rx_bytes, tx_bytes) = match &mut self.networks {
+            Some(networks) => {
+                networks.refresh(true);
+                networks.iter().fold((0, 0), |(rx, tx), (_, n)| (rx + n.total_received(), tx + n.total_transmitted()))
+            }
+            None => (0, 0),
+        };
+        let temps = match &mut self.components {
+            Some(c) => {
+                c.refresh(false);
+                c.iter()
+                    .filter_map(|c| c.temperature().map(|t| Temp { label: c.label().to_string(), celsius: t }))
+                    .collect()
+            }
+            None => vec![],
+        };
+        let (free_bytes, total_bytes) = statvfs(&self.state_dir).unwrap_or((0, 0));
+        let load = System::load_average().map(|l| [l.one as f32, l.five as f32, l.fifteen as f32]).unwrap_or_default();
+        Sample {
+            version: 1,
+            device: self.device.clone(),
+            seq,
+            ts: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            uptime_secs: System::uptime().unwrap_or(0),
+            cpu: Cpu {
+                total_pct: self.sys.global_cpu_usage(),
+                per_core_pct: self.sys.cpus().iter().map(|c| c.usage()).collect(),
+            },
+            load,
+            mem: Mem {
+                total_bytes: self.sys.total_memory(),
+                used_bytes: self.sys.used_memory(),
+                available_bytes: self.sys.available_memory(),
+                swap_total_bytes: self.sys.total_swap(),
+                swap_used_bytes: self.sys.used_swap(),
+            },
+            agent: Agent {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                rss_bytes,
+                cpu_pct,
+                uptime_secs: self.started.elapsed().as_secs(),
+            },
+            disk: Disk { free_bytes, total_bytes },
+            temps,
+            net: Net { rx_bytes, tx_bytes },
+            models: models.snapshot(),
+            link: Link {
+                reconnects: link.reconnects.load(Ordering::Relaxed),
+                queued: link.queued.load(Ordering::Relaxed),
+                dropped: link.dropped(),
+                bytes_sent: link.bytes_sent.load(Ordering::Relaxed),
+            },
+        }
+    }
+}
+
+/// The telemetry component: samples every `interval` and sends the encoded sample to the
+/// link.
+pub struct Telemetry {
+    /// Sampler.
+    pub sampler: Sampler,
+    /// Sequence numbers.
+    pub seq: SeqStore,
+    /// Time between samples.
+    pub interval: Duration,
+    /// Where samples go.
+    pub link: LinkHandle,
+    /// Link counters, reported in each sample.
+    pub link_stats: Arc<LinkStats>,
+    /// Model counters, reported in each sample.
+    pub models: Arc<InferenceStats>,
+    /// Samples taken, for `/metrics`.
+    pub samples: prometheus_client::metrics::counter::Counter,
+}
+
+impl Telemetry {
+    /// Samples until `cancel`.
+    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        // The first CPU reading needs a second refresh at least this far from the first.
+        tokio::time::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL).await;
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let seq = match self.seq.take() {
+                Ok(seq) => seq,
+                Err(e) => {
+                    tracing::error!("telemetry: cannot reserve a sequence number: {e}");
+                    continue;
+                }
+            };
+            let sample = self.sampler.sample(seq, &self.link_stats, &self.models);
+            self.samples.inc();
+            if !self.link.send(edge_proto::encode(&sample)).await {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_never_repeat_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("telemetry.seq");
+        let mut seen = vec![];
+        for _ in 0..3 {
+            let mut s = SeqStore::open(&path).unwrap();
+            for _ in 0..100 {
+                seen.push(s.take().unwrap());
+            }
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+        assert_eq!(&seen[..100], &(0..100).collect::<Vec<_>>()[..], "consecutive within a run");
+    }
+
+    #[test]
+    fn a_corrupt_sequence_file_skips_ahead_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("telemetry.seq");
+        std::fs::write(&path, "garbage").unwrap();
+        let mut s = SeqStore::open(&path).unwrap();
+        assert!(s.take().unwrap() > 1_000_000);
+    }
+
+    #[test]
+    fn samples_report_plausible_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sampler = Sampler::new("dev-1", dir.path()).unwrap();
+        std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+        let models = InferenceStats::default();
+        models.register("wake");
+        let s = sampler.sample(7, &LinkStats::default(), &models);
+        assert_eq!((s.device.as_str(), s.seq), ("dev-1", 7));
+        assert!(s.mem.total_bytes > 0 && s.mem.used_bytes <= s.mem.total_bytes);
+        assert!(s.agent.rss_bytes > 0);
+        assert!(!s.cpu.per_core_pct.is_empty() && (0.0..=100.0).contains(&s.cpu.total_pct));
+        assert!(s.disk.total_bytes > 0 && s.disk.free_bytes <= s.disk.total_bytes);
+        assert_eq!(s.models[0].name, "wake");
+        assert!(s.ts > 1_600_000_000_000);
+    }
+}
