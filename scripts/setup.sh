@@ -6,6 +6,13 @@ set -euo pipefail
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# The integration tests (crate `edge-it` in tests/) start their own Mosquitto on a free
+# loopback port with a generated config. Debian installs it as /usr/sbin/mosquitto, which is
+# not on a normal user's PATH, so look there too. If apt also starts the packaged systemd
+# service, it is left alone: it listens on 1883 and the tests never use it.
+if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+    need_apt+=(mosquitto)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
