@@ -1,0 +1,303 @@
+//! The daemon against a real Mosquitto over mutual TLS: telemetry, store-and-forward,
+//! refusal of insecure or untrusted links.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edge_it::{mqtt_options, unique_client_id, Broker, Pki};
+use edge_proto::status::{State, Status};
+use edge_proto::telemetry::Telemetry;
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+
+/// A running `edge-agent run`, killed on drop.
+struct Agent {
+    child: Child,
+    http: String,
+}
+
+impl Agent {
+    fn start(config: &Path, http: &str) -> Agent {
+        let child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start edge-agent");
+        Agent { child, http: http.to_string() }
+    }
+
+    fn kill9(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    fn metrics(&self) -> String {
+        http_get(&self.http, "/metrics").1
+    }
+
+    /// Stops the agent and returns its log.
+    fn stop(mut self) -> String {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let mut log = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut log);
+        }
+        log
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    pki: Pki,
+    broker: Broker,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
+    let broker = Broker::start(&pki).unwrap();
+    Setup { dir, pki, broker }
+}
+
+/// Writes an agent config for `device` and returns its path and HTTP address.
+fn agent_config(s: &Setup, device: &str, url: &str, ca: &Path, extra: &str) -> (PathBuf, String) {
+    let files = s.pki.client(device).unwrap();
+    let http = free_addr();
+    let text = format!(
+        "device_id = \"{device}\"\nstate_dir = \"{state}\"\n\
+         [mqtt]\nurl = \"{url}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
+         keep_alive_secs = 5\nnetwork_timeout_secs = 5\nreconnect_max_secs = 2\n{extra}\n\
+         [telemetry]\ninterval_secs = 1\n\
+         [http]\nlisten = \"{http}\"\n",
+        state = s.dir.path().join(format!("state-{device}")).display(),
+        ca = ca.display(),
+        cert = files.cert.display(),
+        key = files.key.display(),
+    );
+    let path = s.dir.path().join(format!("{device}.toml"));
+    std::fs::write(&path, text).unwrap();
+    (path, http)
+}
+
+/// An operator subscribed to `filter`.
+async fn operator(s: &Setup, filter: &str) -> (AsyncClient, EventLoop) {
+    let tls = s.pki.client_config("operator").unwrap();
+    let (client, mut ev) = AsyncClient::new(mqtt_options(&unique_client_id("op"), s.broker.port(), tls), 64);
+    loop {
+        if let Event::Incoming(Packet::ConnAck(_)) = ev.poll().await.expect("operator connects") {
+            break;
+        }
+    }
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    (client, ev)
+}
+
+/// Collects telemetry until `done` says enough, or the deadline passes.
+async fn collect(ev: &mut EventLoop, deadline: Duration, mut done: impl FnMut(&[Telemetry]) -> bool) -> Vec<Telemetry> {
+    let mut got = vec![];
+    let end = Instant::now() + deadline;
+    while !done(&got) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                if let Ok(t) = edge_proto::decode::<Telemetry>(&p.payload) {
+                    got.push(t);
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+fn seqs(t: &[Telemetry]) -> Vec<u64> {
+    t.iter().map(|t| t.seq).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_arrives_decodes_and_is_plausible() {
+    let s = setup();
+    let (config, http) = agent_config(&s, "dev-1", &s.broker.url(), s.pki.ca_pem(), "");
+    let (_op, mut ev) = operator(&s, "edge/dev-1/#").await;
+    let agent = Agent::start(&config, &http);
+    let got = collect(&mut ev, Duration::from_secs(20), |g| g.len() >= 3).await;
+    assert!(got.len() >= 3, "only {} samples; agent log:\n{}", got.len(), agent.stop());
+    let t = &got[2];
+    assert_eq!(t.device, "dev-1");
+    assert!(seqs(&got).windows(2).all(|w| w[1] == w[0] + 1), "consecutive: {:?}", seqs(&got));
+    assert!(t.mem.total_bytes > 0 && t.mem.used_bytes > 0 && t.mem.used_bytes <= t.mem.total_bytes);
+    assert!(t.agent.rss_bytes > 1 << 20 && t.agent.rss_bytes < 1 << 30, "rss {}", t.agent.rss_bytes);
+    assert!((0.0..=100.0).contains(&t.cpu.total_pct) && !t.cpu.per_core_pct.is_empty());
+    assert!(t.disk.total_bytes > 0);
+    assert!(t.ts > 1_600_000_000_000);
+    let (code, body) = http_get(&http, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    let metrics = agent.metrics();
+    assert!(metrics.contains("edge_agent_mqtt_connected 1"), "{metrics}");
+    assert!(metrics.contains("edge_agent_telemetry_samples_total"), "{metrics}");
+    let log = agent.stop();
+    assert!(log.contains("connected to broker"), "{log}");
+
+    // After an orderly stop the retained status says offline.
+    let (_op2, mut ev2) = operator(&s, "edge/dev-1/status").await;
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut last = None;
+    while Instant::now() < end {
+        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+            tokio::time::timeout(Duration::from_secs(1), ev2.poll()).await
+        {
+            last = edge_proto::decode::<Status>(&p.payload).ok();
+            break;
+        }
+    }
+    assert_eq!(last.map(|s| s.state), Some(State::Offline));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_for_10_s_loses_no_sequence_number_and_keeps_order() {
+    let mut s = setup();
+    let (config, http) = agent_config(&s, "dev-2", &s.broker.url(), s.pki.ca_pem(), "");
+    let agent = Agent::start(&config, &http);
+    let (_op, mut ev) = operator(&s, "edge/dev-2/telemetry").await;
+    let before = collect(&mut ev, Duration::from_secs(20), |g| !g.is_empty()).await;
+    assert!(!before.is_empty(), "no telemetry before the outage");
+    s.broker.stop().unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    let queued_during = agent.metrics();
+    s.broker.restart().unwrap();
+    let first = before[0].seq;
+    let (_op, mut ev) = operator(&s, "edge/dev-2/telemetry").await;
+    // The outage queued ~10 samples; wait until the link has caught up past them.
+    let after = collect(&mut ev, Duration::from_secs(30), |g| g.iter().any(|t| t.seq >= first + 15)).await;
+    let mut all: Vec<u64> = seqs(&before);
+    all.extend(seqs(&after));
+    // At least once: a sample may arrive twice, but never out of order and never missing.
+    let mut dedup = all.clone();
+    dedup.dedup();
+    assert!(dedup.windows(2).all(|w| w[1] > w[0]), "order kept: {all:?}");
+    let set: BTreeSet<u64> = all.iter().copied().collect();
+    let last = *set.iter().next_back().unwrap();
+    let missing: Vec<u64> = (first..=last).filter(|n| !set.contains(n)).collect();
+    assert!(last >= first + 15, "did not catch up: {all:?}\n{}", agent.stop());
+    assert!(missing.is_empty(), "missing {missing:?} of {all:?}");
+    assert!(queued_during.contains("edge_agent_mqtt_connected 0"), "{queued_during}");
+    assert!(agent.metrics().contains("edge_agent_mqtt_reconnects_total 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_queued_offline_survive_kill_9() {
+    let mut s = setup();
+    let (config, http) = agent_config(&s, "dev-3", &s.broker.url(), s.pki.ca_pem(), "");
+    let mut agent = Agent::start(&config, &http);
+    let (_op, mut ev) = operator(&s, "edge/dev-3/telemetry").await;
+    let before = collect(&mut ev, Duration::from_secs(20), |g| !g.is_empty()).await;
+    let last_online = before.last().expect("telemetry before going offline").seq;
+    s.broker.stop().unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    agent.kill9();
+    s.broker.restart().unwrap();
+    let (_op, mut ev) = operator(&s, "edge/dev-3/telemetry").await;
+    let agent = Agent::start(&config, &http);
+    // Samples from after the restart number from a fresh reserved block, well above.
+    let got = collect(&mut ev, Duration::from_secs(30), |g| g.iter().any(|t| t.seq > last_online + 40)).await;
+    let set: BTreeSet<u64> = seqs(&got).into_iter().collect();
+    let queued: Vec<u64> = (last_online + 1..=last_online + 3).collect();
+    for n in &queued {
+        assert!(set.contains(n), "sample {n} queued before kill -9 never arrived: {:?}\n{}", seqs(&got), agent.stop());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_drops_the_oldest_and_counts_them() {
+    let mut s = setup();
+    // Room for about three samples.
+    let (config, http) = agent_config(&s, "dev-4", &s.broker.url(), s.pki.ca_pem(), "");
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("[telemetry]\n", "[telemetry]\noutbox_max_bytes = 600\n");
+    std::fs::write(&config, text).unwrap();
+    s.broker.stop().unwrap();
+    let agent = Agent::start(&config, &http);
+    std::thread::sleep(Duration::from_secs(8));
+    let metrics = agent.metrics();
+    let dropped: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("edge_agent_outbox_dropped_messages_total{reason=\"full\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped >= 2, "expected drops when full:\n{metrics}");
+    s.broker.restart().unwrap();
+    let (_op, mut ev) = operator(&s, "edge/dev-4/telemetry").await;
+    let got = collect(&mut ev, Duration::from_secs(20), |g| g.len() >= 3).await;
+    let got = seqs(&got);
+    assert!(!got.is_empty());
+    // The survivors are the newest: the first delivered sample is not sample 0.
+    assert!(got[0] >= dropped, "oldest not dropped: {got:?} after {dropped} drops");
+    assert!(got.windows(2).all(|w| w[1] > w[0]), "in order: {got:?}");
+}
+
+#[test]
+fn plaintext_mqtt_is_refused_by_run_and_check_config() {
+    let s = setup();
+    let url = format!("mqtt://127.0.0.1:{}", s.broker.port());
+    let (config, _) = agent_config(&s, "dev-5", &url, s.pki.ca_pem(), "");
+    for cmd in ["run", "check-config"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .args([cmd, "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("[mqtt] url") && err.contains("allow_insecure"), "{cmd}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_signed_by_an_unknown_ca_is_refused() {
+    let s = setup();
+    // The agent trusts the rogue CA only: the real broker's certificate must not verify.
+    let (config, http) = agent_config(&s, "dev-6", &s.broker.url(), s.pki.rogue_ca_pem(), "");
+    let (_op, mut ev) = operator(&s, "edge/dev-6/#").await;
+    let agent = Agent::start(&config, &http);
+    let got = collect(&mut ev, Duration::from_secs(5), |g| !g.is_empty()).await;
+    assert!(got.is_empty(), "telemetry crossed an untrusted link");
+    let (code, _) = http_get(&http, "/readyz");
+    assert_eq!(code, 503);
+    let log = agent.stop();
+    assert!(log.contains("cannot connect to broker") && log.to_lowercase().contains("certificate"), "{log}");
+}
