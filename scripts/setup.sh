@@ -13,11 +13,14 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
     need_apt+=(mosquitto)
 fi
+# promtool (Debian's `prometheus` package) checks the agent's /metrics exposition in the tests.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq "${need_apt[@]}"
+    # --no-install-recommends, and no service start: only the binaries are wanted.
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -106,7 +106,7 @@ impl Metrics {
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
-        out
+        openmetrics_to_prometheus_text(&out)
     }
 
     fn ready(&self) -> Result<(), &'static str> {
@@ -115,6 +115,28 @@ impl Metrics {
         }
         Ok(())
     }
+}
+
+/// prometheus-client writes OpenMetrics, where a counter's HELP and TYPE name the family
+/// (`x`) and its samples `x_total`. The Prometheus text format (what `promtool check
+/// metrics` and older scrapers read) names them all `x_total` and has no `# EOF`.
+fn openmetrics_to_prometheus_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        om.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
@@ -145,4 +167,20 @@ pub async fn serve(
         .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_with_total_and_eof_is_dropped() {
+        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total 3\n\
+                  # HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus_text(om),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total 3\n\
+             # HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n"
+        );
+    }
 }

@@ -71,6 +71,26 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// `promtool check metrics` (Debian's `prometheus` package; scripts/setup.sh installs it).
+fn promtool_accepts(metrics: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: run scripts/setup.sh");
+    child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
@@ -153,6 +173,10 @@ fn seqs(t: &[Telemetry]) -> Vec<u64> {
 async fn telemetry_arrives_decodes_and_is_plausible() {
     let s = setup();
     let (config, http) = agent_config(&s, "dev-1", &s.broker.url(), s.pki.ca_pem(), "");
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/pymicro-wakeword__okay_nabu.tflite");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("[[models]]\nname = \"wake\"\npath = \"{}\"\n", model.display()));
+    std::fs::write(&config, text).unwrap();
     let (_op, mut ev) = operator(&s, "edge/dev-1/#").await;
     let agent = Agent::start(&config, &http);
     let got = collect(&mut ev, Duration::from_secs(20), |g| g.len() >= 3).await;
@@ -165,11 +189,19 @@ async fn telemetry_arrives_decodes_and_is_plausible() {
     assert!((0.0..=100.0).contains(&t.cpu.total_pct) && !t.cpu.per_core_pct.is_empty());
     assert!(t.disk.total_bytes > 0);
     assert!(t.ts > 1_600_000_000_000);
+    assert_eq!(t.models.len(), 1);
+    assert_eq!((t.models[0].name.as_str(), t.models[0].requests), ("wake", 0));
     let (code, body) = http_get(&http, "/readyz");
     assert_eq!(code, 200, "{body}");
     let metrics = agent.metrics();
     assert!(metrics.contains("edge_agent_mqtt_connected 1"), "{metrics}");
     assert!(metrics.contains("edge_agent_telemetry_samples_total"), "{metrics}");
+    assert!(
+        metrics.contains("edge_agent_inference_duration_seconds_bucket{le=\"+Inf\",model=\"wake\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("edge_agent_models_loaded 1"), "{metrics}");
+    promtool_accepts(&metrics);
     let log = agent.stop();
     assert!(log.contains("connected to broker"), "{log}");
 
