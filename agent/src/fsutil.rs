@@ -3,13 +3,19 @@
 use std::io::Write;
 use std::path::Path;
 
+/// The temporary file [`write_atomic`] writes beside `path`: a crash can leave it behind,
+/// and whoever owns the directory may remove it.
+pub fn temporary_for(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    path.with_file_name(format!("{name}.tmp"))
+}
+
 /// Replaces `path` with `data` atomically: write a temporary file beside it, fsync it,
 /// rename it over `path`, fsync the directory. After a crash the file holds either the old
 /// or the new contents, never a mix.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = temporary_for(path);
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;

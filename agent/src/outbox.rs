@@ -69,7 +69,6 @@ const HEADER_BYTES: u64 = 16;
 /// The largest payload a frame can describe.
 const MAX_PAYLOAD: u64 = u32::MAX as u64;
 const CURSOR_FILE: &str = "cursor";
-const CURSOR_TMP: &str = "cursor.tmp";
 const CURSOR_MAGIC: &[u8; 4] = b"OBX1";
 const CURSOR_BYTES: usize = 24;
 
@@ -327,7 +326,7 @@ impl Outbox {
         }
         fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         // A leftover tmp is a cursor write that never got renamed: the old cursor stands.
-        let _ = fs::remove_file(dir.join(CURSOR_TMP));
+        let _ = fs::remove_file(crate::fsutil::temporary_for(&dir.join(CURSOR_FILE)));
 
         let mut ids = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_err("list directory", dir))? {
@@ -742,16 +741,8 @@ impl Outbox {
     fn commit(&mut self) -> Result<(), OutboxError> {
         self.settle_head();
         let (seg, off) = self.head_position();
-        let tmp = self.dir.join(CURSOR_TMP);
         let dst = self.dir.join(CURSOR_FILE);
-        File::create(&tmp)
-            .and_then(|mut f| {
-                f.write_all(&encode_cursor(seg, off))?;
-                f.sync_all()
-            })
-            .map_err(io_err("write cursor", &tmp))?;
-        fs::rename(&tmp, &dst).map_err(io_err("replace cursor", &dst))?;
-        fsync_dir(&self.dir)?;
+        crate::fsutil::write_atomic(&dst, &encode_cursor(seg, off)).map_err(io_err("replace cursor", &dst))?;
         // Only now that the cursor is past them: a crash before this point leaves them for
         // `open` to delete.
         for id in self.retired.drain(..) {
