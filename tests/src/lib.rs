@@ -42,8 +42,8 @@
 //! then as `/usr/sbin/mosquitto`, where Debian puts it.
 
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Write as _};
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -58,8 +58,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 
 /// How long [`Broker::start`] and [`Broker::restart`] wait for the port to accept TCP.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -471,41 +470,13 @@ fn free_port() -> Result<u16> {
 }
 
 /// A rustls client configuration for mutual TLS: trusts the CA certificates in `ca_pem`
-/// and presents the chain in `cert_pem` with the key in `key_pem` (PKCS#8, SEC1 or PKCS#1).
+/// and presents the chain in `cert_pem` with the key in `key_pem`.
 ///
-/// Built with the ring provider passed explicitly, as the agent does: no process-wide
-/// default provider is installed or needed.
+/// The agent's own builder (ring provider passed explicitly, no process-wide default), so
+/// test clients connect exactly as devices do.
 pub fn client_config(ca_pem: &Path, cert_pem: &Path, key_pem: &Path) -> Result<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in read_certs(ca_pem)? {
-        roots.add(cert).with_context(|| format!("tls: CA certificate in {}", ca_pem.display()))?;
-    }
-    let chain = read_certs(cert_pem)?;
-    let key = read_key(key_pem)?;
-    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .context("tls: protocol versions")?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .with_context(|| format!("tls: client certificate {} with key {}", cert_pem.display(), key_pem.display()))
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let f = File::open(path).with_context(|| format!("tls: opening {}", path.display()))?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(f))
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("tls: reading certificates from {}", path.display()))?;
-    if certs.is_empty() {
-        bail!("tls: no certificate in {}", path.display());
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let f = File::open(path).with_context(|| format!("tls: opening {}", path.display()))?;
-    rustls_pemfile::private_key(&mut BufReader::new(f))
-        .with_context(|| format!("tls: reading the key in {}", path.display()))?
-        .ok_or_else(|| anyhow!("tls: no private key in {}", path.display()))
+    let config = edge_agent::link::tls::client_config(ca_pem, cert_pem, key_pem)?;
+    Ok(Arc::unwrap_or_clone(config))
 }
 
 /// MQTT options for a test client of the broker on `127.0.0.1:port` over `tls`.
