@@ -242,6 +242,52 @@ pub struct Broker {
     server: CertFiles,
     port: u16,
     child: Option<Child>,
+    /// Holds the port while the broker is stopped, so that a broker started meanwhile by
+    /// another test cannot take it (and answer for this one).
+    guard: Option<PortGuard>,
+}
+
+/// A listener that refuses every connection on a port by accepting and closing it at once.
+#[derive(Debug)]
+struct PortGuard {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PortGuard {
+    fn hold(port: u16) -> Result<PortGuard> {
+        // The broker's socket was just closed; std sets SO_REUSEADDR, so this only waits out
+        // the kernel finishing the close.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let listener = loop {
+            match TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() >= deadline => return Err(e).context("broker: holding the port while down"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        listener.set_nonblocking(true)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(PortGuard { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for PortGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Broker {
@@ -254,8 +300,15 @@ impl Broker {
     pub fn start(pki: &Pki) -> Result<Broker> {
         let exe = find_mosquitto()?;
         let dir = tempfile::Builder::new().prefix("edge-it-broker-").tempdir().context("broker: temp dir")?;
-        let mut broker =
-            Broker { exe, dir, ca_pem: pki.ca_pem.clone(), server: pki.server.clone(), port: 0, child: None };
+        let mut broker = Broker {
+            exe,
+            dir,
+            ca_pem: pki.ca_pem.clone(),
+            server: pki.server.clone(),
+            port: 0,
+            child: None,
+            guard: None,
+        };
         let mut last = None;
         for _ in 0..5 {
             broker.port = free_port()?;
@@ -290,8 +343,17 @@ impl Broker {
     }
 
     /// SIGTERM, then waits for the process to exit (SIGKILL after [`STOP_TIMEOUT`]).
-    /// Mosquitto saves its persistence file on the way out. Does nothing if stopped.
+    /// Mosquitto saves its persistence file on the way out. Does nothing if stopped. While
+    /// stopped, the port stays reserved and refuses connections.
     pub fn stop(&mut self) -> Result<()> {
+        self.stop_process()?;
+        if self.guard.is_none() {
+            self.guard = Some(PortGuard::hold(self.port)?);
+        }
+        Ok(())
+    }
+
+    fn stop_process(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else { return Ok(()) };
         if child.try_wait()?.is_some() {
             return Ok(());
@@ -316,7 +378,8 @@ impl Broker {
     /// configuration and persistence directory (retained messages and persistent sessions
     /// survive, as on a real broker restart).
     pub fn restart(&mut self) -> Result<()> {
-        self.stop()?;
+        self.stop_process()?;
+        self.guard = None;
         self.spawn_and_wait()
     }
 
@@ -516,6 +579,7 @@ mod tests {
             server: pki.server().clone(),
             port: 4242,
             child: None,
+            guard: None,
         };
         let conf = broker.render_conf().unwrap();
         assert!(conf.contains("\nlistener 4242 127.0.0.1\n"), "{conf}");
