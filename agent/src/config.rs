@@ -132,11 +132,25 @@ pub struct HttpConfig {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Largest request body, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// How long a predict may wait for its answer, in seconds.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// How long an unused session lives, in seconds.
+    #[serde(default = "default_session_ttl_secs")]
+    pub session_ttl_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen() }
+        HttpConfig {
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            request_timeout_secs: default_request_timeout_secs(),
+            session_ttl_secs: default_session_ttl_secs(),
+        }
     }
 }
 
@@ -160,6 +174,15 @@ pub struct ModelConfig {
     /// ONNX state bindings, input to output: `{ state = "stateN" }`.
     #[serde(default)]
     pub state: BTreeMap<String, String>,
+    /// Version label; changing it (or `path`) and sending SIGHUP activates the new file.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// Worker threads serving this model.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Requests that may wait for a worker; beyond that, HTTP 503.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
 }
 
 fn default_topic_prefix() -> String {
@@ -191,6 +214,24 @@ fn default_listen() -> String {
 }
 fn default_threads() -> usize {
     1
+}
+fn default_version() -> String {
+    "1".into()
+}
+fn default_workers() -> usize {
+    1
+}
+fn default_queue() -> usize {
+    16
+}
+fn default_max_body_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_request_timeout_secs() -> u64 {
+    10
+}
+fn default_session_ttl_secs() -> u64 {
+    300
 }
 
 /// Characters allowed in a device id and topic prefix: one MQTT topic level, no wildcards.
@@ -312,8 +353,13 @@ impl Config {
             if !m.path.is_file() {
                 return Err(bad(&format!("{key} path"), format!("{:?}: no such file", m.path.display().to_string())));
             }
-            if m.threads == 0 {
-                return Err(bad(&format!("{key} threads"), "must be at least 1".into()));
+            for (field, value) in [("threads", m.threads), ("workers", m.workers), ("queue", m.queue)] {
+                if value == 0 {
+                    return Err(bad(&format!("{key} {field}"), "must be at least 1".into()));
+                }
+            }
+            if !valid_segment(&m.version) {
+                return Err(bad(&format!("{key} version"), "must be 1-128 characters of A-Z a-z 0-9 - _ .".into()));
             }
         }
         Ok(())

@@ -3,7 +3,9 @@
 //! ```text
 //! telemetry ──> link (MQTT) ──> broker
 //!                 └── outbox (disk) while offline
-//! http (/metrics, /healthz, /readyz) reads the shared counters
+//! http: /v1 inference API ──> serving registry (worker pools per model version)
+//!       /metrics, /healthz, /readyz read the shared counters
+//! SIGHUP ──> reload: activate changed model versions
 //! ```
 //!
 //! SIGTERM or Ctrl-C cancels one token; every component drains and returns, and the daemon
@@ -18,11 +20,15 @@ use edge_proto::topics::Topics;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{host_port, Config};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::config::{host_port, Config, ModelConfig};
 use crate::engine::{self, Model};
 use crate::http::{self, Metrics};
 use crate::link::{Link, LinkSettings, LinkStats};
 use crate::outbox::Outbox;
+use crate::serving::{PoolSettings, Registry};
 use crate::stats::InferenceStats;
 use crate::telemetry::{Sampler, SeqStore, Telemetry};
 
@@ -71,25 +77,85 @@ async fn shutdown_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
-/// Loads the configured models; one that fails is logged and left out, the rest serve.
-fn load_models(config: &Config, stats: &InferenceStats) -> Vec<(String, Arc<Model>)> {
-    let mut loaded = vec![];
-    for m in &config.models {
-        let result = engine::options_for(m).and_then(|o| Model::load(&m.path, &o));
-        match result {
-            Ok(model) => {
-                stats.register(&m.name);
-                tracing::info!(model = %m.name, path = %m.path.display(), "model loaded");
-                loaded.push((m.name.clone(), Arc::new(model)));
-            }
-            Err(e) => tracing::error!(model = %m.name, path = %m.path.display(), "model not loaded: {e}"),
-        }
-    }
-    loaded
+/// What identifies a configured model version: a change means a new activation.
+fn identity(m: &ModelConfig) -> (PathBuf, String) {
+    (m.path.clone(), m.version.clone())
 }
 
-/// Runs the agent until a shutdown signal.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Loads and activates the configured models that are not active in that version yet; one
+/// that fails is logged and left as it was (the previous version keeps serving), the rest
+/// serve. Models no longer configured stop.
+fn apply_models(
+    config: &Config,
+    registry: &Registry,
+    active: &mut HashMap<String, (PathBuf, String)>,
+    failures: &prometheus_client::metrics::counter::Counter,
+) {
+    for m in &config.models {
+        if active.get(&m.name) == Some(&identity(m)) {
+            continue;
+        }
+        let settings = PoolSettings { workers: m.workers, queue: m.queue };
+        let result = engine::options_for(m).and_then(|o| Model::load(&m.path, &o)).map_err(|e| e.to_string()).and_then(
+            |model| registry.activate(&m.name, &m.version, Arc::new(model), settings).map_err(|e| e.to_string()),
+        );
+        match result {
+            Ok(()) => {
+                tracing::info!(model = %m.name, version = %m.version, path = %m.path.display(), "model loaded");
+                active.insert(m.name.clone(), identity(m));
+            }
+            Err(e) => {
+                failures.inc();
+                tracing::error!(model = %m.name, version = %m.version, path = %m.path.display(), "model not loaded: {e}");
+            }
+        }
+    }
+    let configured: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
+    active.retain(|name, _| {
+        let keep = configured.contains(&name.as_str());
+        if !keep {
+            registry.deactivate(name);
+        }
+        keep
+    });
+}
+
+/// Re-reads the configuration on SIGHUP and activates changed models. A configuration that
+/// no longer checks out is logged and ignored: the agent keeps its last good state.
+async fn reload_on_sighup(
+    path: PathBuf,
+    registry: Arc<Registry>,
+    mut active: HashMap<String, (PathBuf, String)>,
+    mut failures: prometheus_client::metrics::counter::Counter,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = hup.recv() => {}
+        }
+        tracing::info!("SIGHUP: reloading models from {}", path.display());
+        let config = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.inc();
+                tracing::error!("reload refused, keeping the running models: {e}");
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            apply_models(&config, &registry, &mut active, &failures);
+            (active, failures)
+        })
+        .await?;
+        (active, failures) = done;
+    }
+}
+
+/// Runs the agent until a shutdown signal. `config_path` is re-read on SIGHUP.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("state_dir {}: cannot create", config.state_dir.display()))?;
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.device_id).context("device_id or topic_prefix")?;
@@ -105,7 +171,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     let inference = Arc::new(InferenceStats::default());
-    let models = load_models(&config, &inference);
+    let registry = Arc::new(Registry::new(
+        inference.clone(),
+        Duration::from_secs(config.http.request_timeout_secs),
+        Duration::from_secs(config.http.session_ttl_secs),
+    ));
+    let load_failures = prometheus_client::metrics::counter::Counter::default();
+    let mut active = HashMap::new();
+    apply_models(&config, &registry, &mut active, &load_failures);
     let link_stats = Arc::new(LinkStats::default());
     let outbox_dir = config.state_dir.join("outbox");
     let outbox = Outbox::open(
@@ -122,7 +195,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_packet_bytes: config.mqtt.max_packet_bytes,
         network_timeout: Duration::from_secs(config.mqtt.network_timeout_secs),
         keep_alive: Duration::from_secs(config.mqtt.keep_alive_secs),
-        models: models.iter().map(|(n, _)| n.clone()).collect(),
+        models: registry.list().iter().map(|s| s.name.clone()).collect(),
         backoff_base: Duration::from_millis(500),
         backoff_max: Duration::from_secs(config.mqtt.reconnect_max_secs),
     };
@@ -137,7 +210,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         models: inference.clone(),
         samples: samples.clone(),
     };
-    let metrics = Arc::new(Metrics::new(link_stats, &inference, samples, models.len()));
+    let metrics = Arc::new(Metrics::new(link_stats, &inference, samples, registry.clone(), load_failures.clone()));
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("[http] listen {}: cannot bind", config.http.listen))?;
@@ -147,7 +220,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     supervise(&tracker, &cancel, "link", link.run(cancel.clone()));
     supervise(&tracker, &cancel, "telemetry", telemetry.run(cancel.clone()));
-    supervise(&tracker, &cancel, "http", http::serve(listener, metrics, cancel.clone()));
+    let api = crate::serving::api::router(registry.clone(), config.http.max_body_bytes);
+    supervise(&tracker, &cancel, "http", http::serve(listener, metrics, api, cancel.clone()));
+    if let Some(path) = config_path {
+        supervise(&tracker, &cancel, "reload", reload_on_sighup(path, registry, active, load_failures, cancel.clone()));
+    }
     tracker.close();
     shutdown_signal(cancel.clone()).await;
     if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait()).await.is_err() {

@@ -35,6 +35,7 @@ pub struct Metrics {
     messages_sent: Counter,
     outbox_errors: Counter,
     models_loaded: Gauge,
+    models: Arc<crate::serving::Registry>,
 }
 
 /// Moves a counter up to a total kept elsewhere (counters only grow).
@@ -47,7 +48,13 @@ fn sync_counter(c: &Counter, total: u64) {
 
 impl Metrics {
     /// Registers the agent's metrics.
-    pub fn new(link: Arc<LinkStats>, models: &InferenceStats, samples: Counter, models_loaded: usize) -> Metrics {
+    pub fn new(
+        link: Arc<LinkStats>,
+        models: &InferenceStats,
+        samples: Counter,
+        serving: Arc<crate::serving::Registry>,
+        load_failures: Counter,
+    ) -> Metrics {
         let mut registry = Registry::default();
         registry.register(
             "edge_agent_inference_duration_seconds",
@@ -68,8 +75,8 @@ impl Metrics {
             messages_sent: Counter::default(),
             outbox_errors: Counter::default(),
             models_loaded: Gauge::default(),
+            models: serving,
         };
-        m.models_loaded.set(models_loaded as i64);
         let mut m = m;
         let r = &mut m.registry;
         r.register("edge_agent_mqtt_connected", "1 when the broker connection is up", m.connected.clone());
@@ -89,6 +96,7 @@ impl Metrics {
         r.register("edge_agent_outbox_errors", "Telemetry messages that could not be stored", m.outbox_errors.clone());
         r.register("edge_agent_telemetry_samples", "Telemetry samples taken", samples);
         r.register("edge_agent_models_loaded", "Models loaded and serving", m.models_loaded.clone());
+        r.register("edge_agent_model_load_failures", "Model files that failed to load", load_failures);
         m
     }
 
@@ -101,6 +109,7 @@ impl Metrics {
         sync_counter(&self.messages_sent, l.messages_sent.load(Ordering::Relaxed));
         sync_counter(&self.outbox_errors, l.outbox_errors.load(Ordering::Relaxed));
         self.queued.set(l.queued.load(Ordering::Relaxed) as i64);
+        self.models_loaded.set(self.models.list().len() as i64);
         for (reason, total) in [("full", &l.dropped_full), ("expired", &l.dropped_expired)] {
             sync_counter(&self.dropped.get_or_create(&Reason { reason: reason.into() }), total.load(Ordering::Relaxed));
         }
@@ -154,17 +163,19 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     }
 }
 
-/// Serves until `cancel`.
+/// Serves the metrics and health routes plus `api` (the inference API) until `cancel`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<Metrics>,
+    api: Router,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(state);
+        .with_state(state)
+        .merge(api);
     axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await?;
     Ok(())
 }

@@ -25,5 +25,6 @@ pub mod http;
 pub mod link;
 pub mod npy;
 pub mod outbox;
+pub mod serving;
 pub mod stats;
 pub mod telemetry;

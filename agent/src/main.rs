@@ -323,7 +323,9 @@ fn run_daemon(config_path: &Path, format: LogFormat) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| (1, format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(edge_agent::daemon::run(config)).map_err(|e| (1, format!("{e:#}")))
+    runtime
+        .block_on(edge_agent::daemon::run(config, Some(config_path.to_path_buf())))
+        .map_err(|e| (1, format!("{e:#}")))
 }
 
 /// Exit code for an invalid configuration.

@@ -94,6 +94,16 @@ fn header_field<'h>(header: &'h str, key: &str) -> Result<&'h str, NpyError> {
 
 /// Decodes a `.npy` image held in memory.
 pub fn from_bytes(bytes: &[u8]) -> Result<Tensor, NpyError> {
+    let (tensor, used) = read_prefix(bytes)?;
+    if used != bytes.len() {
+        return Err(format_err(format!("{} bytes after the npy data", bytes.len() - used)));
+    }
+    Ok(tensor)
+}
+
+/// Decodes the `.npy` image at the start of `bytes`, and says how many bytes it took:
+/// several images can follow each other in one buffer.
+pub fn read_prefix(bytes: &[u8]) -> Result<(Tensor, usize), NpyError> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(format_err("not an npy file (bad magic)"));
     }
@@ -131,19 +141,20 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Tensor, NpyError> {
         .iter()
         .try_fold(dt.size_of(), |acc, d| acc.checked_mul(*d))
         .ok_or_else(|| format_err(format!("npy shape {shape:?} overflows")))?;
-    if data.len() != expected {
+    if data.len() < expected {
         return Err(format_err(format!(
             "npy data is {} bytes, shape {shape:?} of {dt:?} needs {expected}",
             data.len()
         )));
     }
+    let data = &data[..expected];
     // SAFETY: the length was checked against the shape and element size above, and every
     // dtype accepted here is plain old data (bool bytes are validated below).
     let tensor = unsafe { Tensor::from_raw_dt(dt, &shape, data) }.map_err(|e| format_err(format!("npy data: {e}")))?;
     if dt == DatumType::Bool && data.iter().any(|b| *b > 1) {
         return Err(format_err("npy bool array holds bytes other than 0 and 1"));
     }
-    Ok(tensor)
+    Ok((tensor, offset + header_len + expected))
 }
 
 /// Reads a `.npy` file.
@@ -220,6 +231,18 @@ mod tests {
         bytes.truncate(bytes.len() - 2);
         let err = from_bytes(&bytes).unwrap_err().to_string();
         assert!(err.contains("needs 12"), "{err}");
+    }
+
+    #[test]
+    fn reads_images_that_follow_each_other() {
+        let (a, b) = (tensor1(&[1.0f32, 2.0]), tensor2(&[[3i8, 4], [5, 6]]));
+        let mut buf = to_bytes(&a).unwrap();
+        buf.extend(to_bytes(&b).unwrap());
+        let (first, used) = read_prefix(&buf).unwrap();
+        let (second, rest) = read_prefix(&buf[used..]).unwrap();
+        assert_eq!((first, second), (a, b));
+        assert_eq!(used + rest, buf.len());
+        assert!(from_bytes(&buf).is_err(), "trailing bytes are refused by from_bytes");
     }
 
     #[test]

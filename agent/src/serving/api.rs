@@ -1,0 +1,245 @@
+//! The TF-Serving-shaped HTTP API over the [`Registry`].
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /v1/models` | every model: name, version, state, signature |
+//! | `GET /v1/models/{name}` | one model |
+//! | `GET /v1/models/{name}/versions/{v}` | one version (only the active one is served) |
+//! | `POST /v1/models/{name}:predict` | JSON `{"inputs": ..}` or `{"instances": [..]}`; or, with `Content-Type: application/x-npy`, `.npy` images of the inputs back to back, answered the same way |
+//! | `POST /v1/models/{name}/versions/{v}:predict` | the same, pinned to the active version |
+//! | `POST /v1/models/{name}/sessions` | opens a session on a stateful model |
+//! | `DELETE /v1/models/{name}/sessions/{id}` | closes it |
+//!
+//! A predict names its session with `?session=ID`. Errors are `{"error": "..."}` with 400
+//! (bad input), 404 (unknown model, version or session), 413 (body too large), 415 (content
+//! type), 503 with `Retry-After` (queue full), 504 (timeout) or 500.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tract_core::internal::Tensor;
+
+use super::json::{parse_request, render_response, InputSpec, JsonError};
+use super::{Registry, ServeError, Served};
+use crate::engine::TensorSpec;
+use crate::npy;
+
+/// Media type of the binary predict route.
+pub const NPY_MEDIA_TYPE: &str = "application/x-npy";
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+fn serve_error(e: ServeError) -> Response {
+    let status = match &e {
+        ServeError::UnknownModel(_) | ServeError::UnknownSession(..) | ServeError::InactiveVersion(..) => {
+            StatusCode::NOT_FOUND
+        }
+        ServeError::BadInput(_) | ServeError::Stateless(_) => StatusCode::BAD_REQUEST,
+        ServeError::Busy(..) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e);
+            r.headers_mut().insert(header::RETRY_AFTER, "1".parse().expect("static header"));
+            return r;
+        }
+        ServeError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
+        ServeError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e)
+}
+
+fn spec_json(s: &TensorSpec) -> serde_json::Value {
+    json!({ "name": s.name, "dtype": s.dtype, "shape": s.shape })
+}
+
+fn describe(s: &Served) -> serde_json::Value {
+    json!({
+        "name": s.name,
+        "version": s.version,
+        "state": "AVAILABLE",
+        "stateful": s.model.is_stateful(),
+        "inputs": s.inputs().iter().map(spec_json).collect::<Vec<_>>(),
+        "outputs": s.outputs().iter().map(spec_json).collect::<Vec<_>>(),
+        "model_version_status": [{
+            "version": s.version,
+            "state": "AVAILABLE",
+            "status": { "error_code": "OK", "error_message": "" }
+        }],
+    })
+}
+
+async fn list(State(r): State<Arc<Registry>>) -> Response {
+    Json(json!({ "models": r.list().iter().map(|s| describe(s)).collect::<Vec<_>>() })).into_response()
+}
+
+async fn model(State(r): State<Arc<Registry>>, Path(name): Path<String>) -> Response {
+    match r.get(&name) {
+        Ok(s) => Json(describe(&s)).into_response(),
+        Err(e) => serve_error(e),
+    }
+}
+
+fn active_version(r: &Registry, name: &str, version: &str) -> Result<Arc<Served>, ServeError> {
+    let served = r.get(name)?;
+    if served.version != version {
+        return Err(ServeError::InactiveVersion(name.into(), version.into(), served.version.clone()));
+    }
+    Ok(served)
+}
+
+async fn version(State(r): State<Arc<Registry>>, Path((name, v)): Path<(String, String)>) -> Response {
+    match active_version(&r, &name, &v) {
+        Ok(s) => Json(describe(&s)).into_response(),
+        Err(e) => serve_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PredictQuery {
+    session: Option<String>,
+}
+
+fn input_specs(specs: &[TensorSpec]) -> Vec<(String, tract_core::internal::DatumType, Vec<Option<usize>>)> {
+    specs.iter().map(|s| (s.name.clone(), s.datum_type(), s.shape.iter().map(|d| d.parse().ok()).collect())).collect()
+}
+
+fn parse_npy_stream(mut body: &[u8], count: usize) -> Result<Vec<Tensor>, String> {
+    let mut out = vec![];
+    while !body.is_empty() {
+        let (t, used) = npy::read_prefix(body).map_err(|e| format!("input {}: {e}", out.len()))?;
+        out.push(t);
+        body = &body[used..];
+    }
+    if out.len() != count {
+        return Err(format!("expected {count} .npy inputs back to back, got {}", out.len()));
+    }
+    Ok(out)
+}
+
+async fn predict_on(r: &Registry, served: &Served, headers: &HeaderMap, query: PredictQuery, body: Bytes) -> Response {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let binary = content_type.starts_with(NPY_MEDIA_TYPE) || content_type.starts_with("application/octet-stream");
+    if !binary && !content_type.starts_with("application/json") {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type {content_type:?}: send application/json or {NPY_MEDIA_TYPE}"),
+        );
+    }
+    // An unknown session is the first thing to report, whatever the body holds.
+    if let Some(id) = &query.session {
+        if let Err(e) = r.session(&served.name, id) {
+            return serve_error(e);
+        }
+    }
+    let specs = input_specs(served.inputs());
+    let parsed = if binary {
+        parse_npy_stream(&body, specs.len()).map(|t| (None, t))
+    } else {
+        let views: Vec<InputSpec> =
+            specs.iter().map(|(name, dtype, shape)| InputSpec { name, dtype: *dtype, shape }).collect();
+        parse_request(&body, &views).map(|(form, t)| (Some(form), t)).map_err(|e: JsonError| e.to_string())
+    };
+    let (form, inputs) = match parsed {
+        Ok(p) => p,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    let outputs = match r.predict(&served.name, inputs, query.session.as_deref()).await {
+        Ok(o) => o,
+        Err(e) => return serve_error(e),
+    };
+    match form {
+        None => {
+            let mut buf = vec![];
+            for t in &outputs {
+                match npy::to_bytes(t) {
+                    Ok(b) => buf.extend(b),
+                    Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                }
+            }
+            (
+                [
+                    (header::CONTENT_TYPE, NPY_MEDIA_TYPE.to_string()),
+                    ("x-outputs".parse().unwrap(), outputs.len().to_string()),
+                ],
+                buf,
+            )
+                .into_response()
+        }
+        Some(form) => {
+            let names: Vec<&str> = served.outputs().iter().map(|s| s.name.as_str()).collect();
+            match render_response(form, &names, &outputs) {
+                Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
+    }
+}
+
+/// `POST /v1/models/{name}:predict`
+async fn predict(
+    State(r): State<Arc<Registry>>,
+    Path(target): Path<String>,
+    Query(query): Query<PredictQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(name) = target.strip_suffix(":predict") else {
+        return error(StatusCode::NOT_FOUND, format!("no route POST /v1/models/{target}: use /v1/models/NAME:predict"));
+    };
+    match r.get(name) {
+        Ok(served) => predict_on(&r, &served, &headers, query, body).await,
+        Err(e) => serve_error(e),
+    }
+}
+
+/// `POST /v1/models/{name}/versions/{v}:predict`
+async fn predict_version(
+    State(r): State<Arc<Registry>>,
+    Path((name, target)): Path<(String, String)>,
+    Query(query): Query<PredictQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(v) = target.strip_suffix(":predict") else {
+        return error(StatusCode::NOT_FOUND, format!("no route POST /v1/models/{name}/versions/{target}"));
+    };
+    match active_version(&r, &name, v) {
+        Ok(served) => predict_on(&r, &served, &headers, query, body).await,
+        Err(e) => serve_error(e),
+    }
+}
+
+async fn open_session(State(r): State<Arc<Registry>>, Path(name): Path<String>) -> Response {
+    match r.open_session(&name) {
+        Ok(id) => {
+            (StatusCode::CREATED, Json(json!({ "session": id, "ttl_secs": r.session_ttl.as_secs() }))).into_response()
+        }
+        Err(e) => serve_error(e),
+    }
+}
+
+async fn close_session(State(r): State<Arc<Registry>>, Path((name, id)): Path<(String, String)>) -> Response {
+    match r.close_session(&name, &id) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => serve_error(e),
+    }
+}
+
+/// The `/v1` routes; requests larger than `max_body_bytes` get 413.
+pub fn router(registry: Arc<Registry>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/models", get(list))
+        .route("/v1/models/{target}", get(model).post(predict))
+        .route("/v1/models/{name}/versions/{target}", get(version).post(predict_version))
+        .route("/v1/models/{name}/sessions", post(open_session))
+        .route("/v1/models/{name}/sessions/{id}", delete(close_session))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(registry)
+}

@@ -1,0 +1,327 @@
+//! Serving models to local applications: a registry of active model versions, per-model
+//! worker threads with bounded queues, and stateful sessions.
+//!
+//! - Each active version has its own [`Pool`]: worker threads that each keep a spawned tract
+//!   state, fed by a bounded queue. A full queue is an immediate [`ServeError::Busy`]
+//!   (HTTP 503 with `Retry-After`): backpressure instead of unbounded memory.
+//! - [`Registry::activate`] swaps a model's active version atomically. A request holds an
+//!   `Arc` of the version it started on, so in-flight requests finish there while new ones
+//!   go to the new version; the old pool drains its queue and stops when the last request
+//!   lets go.
+//! - Stateful models keep their state in a [`Sessions`] entry that requests name; idle
+//!   sessions expire.
+//!
+//! The HTTP API ([`crate::http`]) and the MQTT `infer` command use this same path.
+
+pub mod api;
+pub mod json;
+
+use std::collections::HashMap;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tract_core::internal::Tensor;
+
+use crate::engine::{EngineError, Model, Session, TensorSpec};
+use crate::stats::InferenceStats;
+
+/// Why a request was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// No such model.
+    #[error("no model named {0:?}")]
+    UnknownModel(String),
+    /// No such session.
+    #[error("no session {0:?} for model {1:?} (expired or never created)")]
+    UnknownSession(String, String),
+    /// The model's queue is full.
+    #[error("model {0:?} is busy: its queue of {1} requests is full")]
+    Busy(String, usize),
+    /// The request's inputs do not fit the model.
+    #[error("{0}")]
+    BadInput(String),
+    /// Inference itself failed.
+    #[error("inference failed: {0}")]
+    Failed(String),
+    /// The request waited longer than its deadline.
+    #[error("model {0:?} did not answer within {1:?}")]
+    Timeout(String, Duration),
+    /// The requested version is not the active one.
+    #[error("model {0:?} version {1:?} is not active (active: {2:?})")]
+    InactiveVersion(String, String, String),
+    /// The model is not stateful, so sessions make no sense.
+    #[error("model {0:?} keeps no state between calls; sessions are for stateful models")]
+    Stateless(String),
+}
+
+impl From<EngineError> for ServeError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::BadInput(m) => ServeError::BadInput(m),
+            other => ServeError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// Serving settings for one model.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Worker threads.
+    pub workers: usize,
+    /// Requests that may wait beyond the ones running.
+    pub queue: usize,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings { workers: 1, queue: 16 }
+    }
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<Vec<Tensor>, ServeError>>;
+
+struct Job {
+    inputs: Vec<Tensor>,
+    session: Option<Arc<Mutex<Session>>>,
+    reply: Reply,
+    queued_at: Instant,
+}
+
+/// Worker threads for one model version.
+struct Pool {
+    tx: SyncSender<Job>,
+    queue: usize,
+}
+
+impl Pool {
+    fn start(
+        name: &str,
+        model: &Arc<Model>,
+        settings: PoolSettings,
+        stats: Arc<InferenceStats>,
+    ) -> Result<Pool, ServeError> {
+        let (tx, rx) = sync_channel::<Job>(settings.queue);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..settings.workers.max(1) {
+            let mut own = model.session()?;
+            let rx = rx.clone();
+            let stats = stats.clone();
+            let name = name.to_string();
+            std::thread::Builder::new()
+                .name(format!("infer-{name}-{i}"))
+                .spawn(move || loop {
+                    // The queue closes when the pool is dropped; the worker then ends.
+                    let job = match rx.lock().expect("queue lock").recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    };
+                    stats.begin(&name);
+                    let result = match &job.session {
+                        Some(shared) => shared.lock().expect("session lock").run(job.inputs),
+                        None => {
+                            // A request without a session starts from the initial state.
+                            own.reset();
+                            own.run(job.inputs)
+                        }
+                    };
+                    stats.end(&name, job.queued_at.elapsed(), result.is_ok());
+                    let _ = job.reply.send(result.map_err(ServeError::from));
+                })
+                .map_err(|e| ServeError::Failed(format!("cannot start a worker thread: {e}")))?;
+        }
+        Ok(Pool { tx, queue: settings.queue })
+    }
+}
+
+/// One active model version.
+pub struct Served {
+    /// Model name.
+    pub name: String,
+    /// Version label.
+    pub version: String,
+    /// The loaded model.
+    pub model: Arc<Model>,
+    pool: Pool,
+    activated: Instant,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served").field("name", &self.name).field("version", &self.version).finish()
+    }
+}
+
+impl Served {
+    /// Public inputs.
+    pub fn inputs(&self) -> &[TensorSpec] {
+        self.model.inputs()
+    }
+
+    /// Public outputs.
+    pub fn outputs(&self) -> &[TensorSpec] {
+        self.model.outputs()
+    }
+
+    /// Seconds since this version became active.
+    pub fn active_secs(&self) -> u64 {
+        self.activated.elapsed().as_secs()
+    }
+}
+
+/// Stateful sessions, keyed by id.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, SessionEntry>>,
+}
+
+struct SessionEntry {
+    model: String,
+    session: Arc<Mutex<Session>>,
+    last_used: Instant,
+}
+
+/// Active model versions and their sessions.
+pub struct Registry {
+    models: RwLock<HashMap<String, Arc<Served>>>,
+    sessions: Sessions,
+    stats: Arc<InferenceStats>,
+    /// How long a request may wait for its answer.
+    pub timeout: Duration,
+    /// How long an unused session lives.
+    pub session_ttl: Duration,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(stats: Arc<InferenceStats>, timeout: Duration, session_ttl: Duration) -> Registry {
+        Registry { models: RwLock::new(HashMap::new()), sessions: Sessions::default(), stats, timeout, session_ttl }
+    }
+
+    /// Makes `version` of `name` the active one. Requests already running or queued finish
+    /// on the version they started on.
+    pub fn activate(
+        &self,
+        name: &str,
+        version: &str,
+        model: Arc<Model>,
+        settings: PoolSettings,
+    ) -> Result<(), ServeError> {
+        let pool = Pool::start(name, &model, settings, self.stats.clone())?;
+        self.stats.register(name);
+        let served = Arc::new(Served {
+            name: name.to_string(),
+            version: version.to_string(),
+            model,
+            pool,
+            activated: Instant::now(),
+        });
+        let old = self.models.write().expect("registry lock").insert(name.to_string(), served);
+        if let Some(old) = old {
+            tracing::info!(model = name, from = %old.version, to = version, "model version activated");
+        } else {
+            tracing::info!(model = name, version, "model activated");
+        }
+        Ok(())
+    }
+
+    /// Stops serving `name`; requests already running finish.
+    pub fn deactivate(&self, name: &str) -> bool {
+        let removed = self.models.write().expect("registry lock").remove(name).is_some();
+        if removed {
+            tracing::info!(model = name, "model deactivated");
+        }
+        removed
+    }
+
+    /// The active version of `name`.
+    pub fn get(&self, name: &str) -> Result<Arc<Served>, ServeError> {
+        self.models
+            .read()
+            .expect("registry lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ServeError::UnknownModel(name.into()))
+    }
+
+    /// Every active model, by name.
+    pub fn list(&self) -> Vec<Arc<Served>> {
+        let mut v: Vec<_> = self.models.read().expect("registry lock").values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Opens a session on the active version of a stateful model.
+    pub fn open_session(&self, name: &str) -> Result<String, ServeError> {
+        let served = self.get(name)?;
+        if !served.model.is_stateful() {
+            return Err(ServeError::Stateless(name.into()));
+        }
+        let session = served.model.session()?;
+        let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let mut map = self.sessions.map.lock().expect("sessions lock");
+        let ttl = self.session_ttl;
+        map.retain(|_, e| e.last_used.elapsed() < ttl);
+        map.insert(
+            id.clone(),
+            SessionEntry { model: name.into(), session: Arc::new(Mutex::new(session)), last_used: Instant::now() },
+        );
+        Ok(id)
+    }
+
+    /// Ends a session.
+    pub fn close_session(&self, name: &str, id: &str) -> Result<(), ServeError> {
+        let mut map = self.sessions.map.lock().expect("sessions lock");
+        match map.get(id) {
+            Some(e) if e.model == name => {
+                map.remove(id);
+                Ok(())
+            }
+            _ => Err(ServeError::UnknownSession(id.into(), name.into())),
+        }
+    }
+
+    /// The session `id` of model `name`, if it is alive; using it keeps it alive.
+    pub fn session(&self, name: &str, id: &str) -> Result<Arc<Mutex<Session>>, ServeError> {
+        let mut map = self.sessions.map.lock().expect("sessions lock");
+        let ttl = self.session_ttl;
+        match map.get_mut(id) {
+            Some(e) if e.model == name && e.last_used.elapsed() < ttl => {
+                e.last_used = Instant::now();
+                Ok(e.session.clone())
+            }
+            Some(e) if e.model == name => {
+                map.remove(id);
+                Err(ServeError::UnknownSession(id.into(), name.into()))
+            }
+            _ => Err(ServeError::UnknownSession(id.into(), name.into())),
+        }
+    }
+
+    /// Runs one request on the active version of `name`, in session `session` if given.
+    pub async fn predict(
+        &self,
+        name: &str,
+        inputs: Vec<Tensor>,
+        session: Option<&str>,
+    ) -> Result<Vec<Tensor>, ServeError> {
+        let served = self.get(name)?;
+        let session = session.map(|id| self.session(name, id)).transpose()?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job { inputs, session, reply, queued_at: Instant::now() };
+        match served.pool.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(ServeError::Busy(name.into(), served.pool.queue)),
+            Err(TrySendError::Disconnected(_)) => return Err(ServeError::Failed("model workers stopped".into())),
+        }
+        // `served` stays alive until the answer arrives: the version this request started
+        // on keeps running even if another version is activated meanwhile.
+        let result = tokio::time::timeout(self.timeout, answer).await;
+        drop(served);
+        match result {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ServeError::Failed("worker ended without answering".into())),
+            Err(_) => Err(ServeError::Timeout(name.into(), self.timeout)),
+        }
+    }
+}
