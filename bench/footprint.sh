@@ -78,65 +78,19 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
+# shellcheck source=../scripts/local-fleet.sh
+source "$ROOT/scripts/local-fleet.sh"
 
-# --- Throwaway PKI: ECDSA P-256 keys (PKCS#8), CA, broker cert for 127.0.0.1, device bench-1.
+# --- Throwaway PKI (device bench-1) and Mosquitto running the fleet configuration
+# (deploy/mosquitto) with only its machine-specific lines rewritten.
 PKI="$WORK/pki"
-mkdir -m 700 "$PKI"
-key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; chmod 600 "$1"; }
-key "$PKI/ca.key"
-openssl req -x509 -new -key "$PKI/ca.key" -sha256 -days 2 -subj "/CN=edge-bench CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -out "$PKI/ca.pem"
-leaf() { # name cn extensions
-    key "$PKI/$1.key"
-    openssl req -new -key "$PKI/$1.key" -subj "/CN=$2" -out "$PKI/$1.csr"
-    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" "$3" >"$PKI/$1.ext"
-    openssl x509 -req -in "$PKI/$1.csr" -CA "$PKI/ca.pem" -CAkey "$PKI/ca.key" -CAcreateserial \
-        -sha256 -days 2 -extfile "$PKI/$1.ext" -out "$PKI/$1.pem" 2>/dev/null
-}
-leaf broker localhost $'extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost'
-leaf device bench-1 "extendedKeyUsage=clientAuth"
-
-# --- Mosquitto: the fleet configuration (deploy/mosquitto/mosquitto.conf) with only the
-# machine-specific lines rewritten, as the integration tests do (tests/src/lib.rs), and the
-# repository's ACL as is. Logging stays at the fleet's levels.
-BROKER_PORT="$(free_port)"
-ACL="$ROOT/deploy/mosquitto/acl"
-mkdir -m 700 "$WORK/broker"
-awk -v port="$BROKER_PORT" -v ca="$PKI/ca.pem" -v cert="$PKI/broker.pem" -v key="$PKI/broker.key" -v acl="$ACL" '
-    $1 == "listener"  { print "listener " port " 127.0.0.1"; next }
-    $1 == "cafile"    { print "cafile " ca; next }
-    $1 == "certfile"  { print "certfile " cert; next }
-    $1 == "keyfile"   { print "keyfile " key; next }
-    $1 == "acl_file"  { print "acl_file " acl; next }
-    $1 == "pid_file" || $1 == "persistence_location" || $1 == "log_dest" { next }
-    { print }
-' deploy/mosquitto/mosquitto.conf >"$WORK/mosquitto.conf"
-{
-    echo
-    echo "# bench/footprint.sh overrides."
-    echo "persistence_location $WORK/broker/"
-    echo "log_dest file $WORK/mosquitto.log"
-    # As root, mosquitto would drop to the mosquitto user, which cannot read the 0600 keys.
-    [[ "$(id -u)" == 0 ]] && echo "user root"
-} >>"$WORK/mosquitto.conf"
-grep -q "^require_certificate true" "$WORK/mosquitto.conf"
-grep -q "^use_identity_as_username true" "$WORK/mosquitto.conf"
-
-"$MOSQUITTO" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.stderr" 2>&1 &
-BROKER_PID=$!
-for i in $(seq 100); do
-    kill -0 "$BROKER_PID" 2>/dev/null || { echo "footprint: mosquitto exited early" >&2; exit 1; }
-    (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null && break
-    [[ $i == 100 ]] && { echo "footprint: mosquitto not listening on $BROKER_PORT after 10 s" >&2; exit 1; }
-    sleep 0.1
-done
+lf_pki "$PKI" bench-1
+BROKER_PORT="$(lf_free_port)"
+lf_broker "$WORK" "$PKI" "$BROKER_PORT"
+BROKER_PID="$LF_BROKER_PID"
 
 # --- Agent: telemetry every second, no models.
-HTTP_PORT="$(free_port)"
+HTTP_PORT="$(lf_free_port)"
 cat >"$WORK/agent.toml" <<EOF
 device_id = "bench-1"
 state_dir = "$WORK/state"
@@ -144,8 +98,8 @@ state_dir = "$WORK/state"
 [mqtt]
 url = "mqtts://127.0.0.1:$BROKER_PORT"
 ca_file = "$PKI/ca.pem"
-cert_file = "$PKI/device.pem"
-key_file = "$PKI/device.key"
+cert_file = "$PKI/bench-1.pem"
+key_file = "$PKI/bench-1.key"
 
 [telemetry]
 interval_secs = 1
