@@ -28,6 +28,7 @@ use crate::engine::{self, Model};
 use crate::http::{self, Metrics};
 use crate::link::{Link, LinkSettings, LinkStats};
 use crate::outbox::Outbox;
+use crate::sdnotify::{self, Notifier};
 use crate::serving::{PoolSettings, Registry};
 use crate::stats::InferenceStats;
 use crate::telemetry::{Sampler, SeqStore, Telemetry};
@@ -210,6 +211,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         models: inference.clone(),
         samples: samples.clone(),
     };
+    let link_stats_for_status = link_stats.clone();
     let metrics = Arc::new(Metrics::new(link_stats, &inference, samples, registry.clone(), load_failures.clone()));
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
@@ -222,9 +224,29 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     supervise(&tracker, &cancel, "telemetry", telemetry.run(cancel.clone()));
     let api = crate::serving::api::router(registry.clone(), config.http.max_body_bytes);
     supervise(&tracker, &cancel, "http", http::serve(listener, metrics, api, cancel.clone()));
+    let status_registry = registry.clone();
     if let Some(path) = config_path {
         supervise(&tracker, &cancel, "reload", reload_on_sighup(path, registry, active, load_failures, cancel.clone()));
     }
+    // systemd: READY once everything runs, then STATUS and watchdog pings from this runtime.
+    let notifier = Arc::new(Notifier::from_env());
+    let link_status = link_stats_for_status.clone();
+    let status = move || {
+        let link =
+            if link_status.connected.load(std::sync::atomic::Ordering::Relaxed) { "connected" } else { "disconnected" };
+        format!(
+            "broker {link}, {} models, {} samples queued",
+            status_registry.list().len(),
+            link_status.queued.load(std::sync::atomic::Ordering::Relaxed)
+        )
+    };
+    notifier.notify("READY=1");
+    supervise(
+        &tracker,
+        &cancel,
+        "sd_notify",
+        sdnotify::supervise(notifier, Notifier::watchdog_interval(), status, cancel.clone()),
+    );
     tracker.close();
     shutdown_signal(cancel.clone()).await;
     if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait()).await.is_err() {

@@ -15,6 +15,7 @@
 //!   - [`link`] carries samples to the broker over mutual-TLS MQTT, through the [`outbox`]
 //!     on disk, with the topic layout and messages of `edge-proto`;
 //!   - [`http`] serves `/metrics`, `/healthz` and `/readyz`.
+//! - [`sdnotify`]: systemd READY/STATUS/WATCHDOG notifications.
 //! - [`fsutil`]: atomic, durable file replacement.
 
 pub mod config;
@@ -25,6 +26,7 @@ pub mod http;
 pub mod link;
 pub mod npy;
 pub mod outbox;
+pub mod sdnotify;
 pub mod serving;
 pub mod stats;
 pub mod telemetry;

@@ -302,11 +302,29 @@ enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr (journald captures it under systemd); `RUST_LOG` filters, default info.
+/// Under systemd (`JOURNAL_STREAM` set) logs go to journald with structured fields; if the
+/// journal socket is missing, or outside systemd, they go to stderr as text or JSON.
+/// `RUST_LOG` filters; the default is info.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        match tracing_journald::layer() {
+            Ok(journald) => {
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(journald.with_syslog_identifier("edge-agent".into()))
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("edge-agent: journald unavailable ({e}); logging to stderr"),
+        }
+    }
+    let builder = tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -20,9 +20,14 @@ struct Agent {
 
 impl Agent {
     fn start(config: &Path, http: &str) -> Agent {
+        Agent::start_with(config, http, &[])
+    }
+
+    fn start_with(config: &Path, http: &str, env: &[(&str, &str)]) -> Agent {
         let child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
             .args(["run", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -332,4 +337,46 @@ async fn a_broker_signed_by_an_unknown_ca_is_refused() {
     assert_eq!(code, 503);
     let log = agent.stop();
     assert!(log.contains("cannot connect to broker") && log.to_lowercase().contains("certificate"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_it_notifies_ready_status_and_watchdog() {
+    let s = setup();
+    let (config, http) = agent_config(&s, "dev-8", &s.broker.url(), s.pki.ca_pem(), "");
+    let socket_path = s.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // WATCHDOG_USEC of 2 s: pings every second. JOURNAL_STREAM without a journal socket here
+    // falls back to stderr.
+    let agent = Agent::start_with(
+        &config,
+        &http,
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "2000000"), ("JOURNAL_STREAM", "8:1")],
+    );
+    let mut seen = vec![];
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut buf = [0u8; 256];
+    while Instant::now() < end {
+        let Ok(n) = socket.recv(&mut buf) else { break };
+        seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        let pings = seen.iter().filter(|m| *m == "WATCHDOG=1").count();
+        if pings >= 2 && seen.iter().any(|m| m.starts_with("STATUS=broker connected")) {
+            break;
+        }
+    }
+    assert_eq!(seen.first().map(String::as_str), Some("READY=1"), "{seen:?}");
+    assert!(seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2, "{seen:?}");
+    assert!(seen.iter().any(|m| m.starts_with("STATUS=broker connected")), "{seen:?}");
+    let log = agent.stop();
+    let mut rest = vec![];
+    while let Ok(n) = socket.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        if rest.last().map(String::as_str) == Some("STOPPING=1") {
+            break;
+        }
+    }
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+    if !Path::new("/run/systemd/journal/socket").exists() {
+        assert!(log.contains("journald unavailable") && log.contains("connected to broker"), "{log}");
+    }
 }
