@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+bash scripts/check-systemd.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
