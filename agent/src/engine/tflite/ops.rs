@@ -118,7 +118,6 @@ fn moves_data_only(code: &OpCode) -> bool {
                 | B::PAD
                 | B::PADV2
                 | B::MAX_POOL_2D
-                | B::READ_VARIABLE
         )
     )
 }
@@ -272,12 +271,15 @@ impl Graph<'_, '_> {
             let t = &t;
             let mut o = o;
             if let Some(q) = info.qparams() {
-                let keeps = moves_data_only(&n.code)
-                    && n.inputs
-                        .first()
-                        .filter(|i| **i >= 0)
-                        .map(|i| self.info(*i).ok().and_then(|i| i.qparams()) == Some(q))
-                        .unwrap_or(false);
+                // A variable holds values already on its grid (assigned from quantised
+                // tensors, or initialised from integers), so reading it needs no snapping.
+                let keeps = n.code == OpCode::Builtin(B::READ_VARIABLE)
+                    || moves_data_only(&n.code)
+                        && n.inputs
+                            .first()
+                            .filter(|i| **i >= 0)
+                            .map(|i| self.info(*i).ok().and_then(|i| i.qparams()) == Some(q))
+                            .unwrap_or(false);
                 if !keeps {
                     o = self.wire(&format!("{}.requant{k}", n.label), FakeQuant(q), &[o])?[0];
                 }

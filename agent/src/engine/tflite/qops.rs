@@ -35,12 +35,43 @@ impl QParams {
     /// Integer level for a real value.
     pub fn quantize(&self, x: f32) -> f32 {
         let (lo, hi) = self.range();
-        ((x / self.scale).round() + self.zero_point as f32).clamp(lo, hi)
+        (round_half_away(x / self.scale) + self.zero_point as f32).clamp(lo, hi)
     }
 
     /// Real value for an integer level.
     pub fn dequantize(&self, q: f32) -> f32 {
         self.scale * (q - self.zero_point as f32)
+    }
+}
+
+/// `f32::round` (half away from zero) without a libm call: baseline x86_64 has no rounding
+/// instruction, and requantisation runs on every element of every quantised activation.
+/// Exact for |v| < 2^23; beyond that f32 holds no fraction, and `as` saturates.
+#[inline]
+fn round_half_away(v: f32) -> f32 {
+    if v.abs() >= 8_388_608.0 {
+        return v;
+    }
+    // The fraction `v - trunc(v)` is exact below 2^23, so comparing it with one half decides
+    // ties exactly (adding 0.5 first would round 0.49999997 up).
+    let t = v.trunc_fast();
+    let frac = v - t;
+    if frac.abs() >= 0.5 {
+        t + 1f32.copysign(v)
+    } else {
+        t
+    }
+}
+
+trait TruncFast {
+    fn trunc_fast(self) -> f32;
+}
+
+impl TruncFast for f32 {
+    #[inline]
+    fn trunc_fast(self) -> f32 {
+        // cvttss2si: truncation towards zero, exact for |v| < 2^23 (checked by the caller).
+        (self as i32) as f32
     }
 }
 
@@ -169,6 +200,22 @@ mod tests {
         let t = run(Quantize(Q), tensor1(&[0.25f32, -0.25, 1000.0, -1000.0, 1.0]));
         // 0.25/0.5 = 0.5 -> 1, -0.5 -> -1, then + zero point.
         assert_eq!(t, tensor1(&[-2i8, -4, 127, -128, -1]));
+    }
+
+    #[test]
+    fn fast_rounding_matches_f32_round() {
+        let mut v = -300.0f32;
+        while v < 300.0 {
+            for x in
+                [v, v + 0.5, v - 0.5, f32::from_bits((v + 0.5).to_bits() - 1), f32::from_bits((v + 0.5).to_bits() + 1)]
+            {
+                assert_eq!(round_half_away(x), x.round(), "{x}");
+            }
+            v += 0.37;
+        }
+        for x in [1e9f32, -1e9, 8_388_607.5, -0.49999997, 0.49999997, 0.0, -0.0] {
+            assert_eq!(round_half_away(x), x.round(), "{x}");
+        }
     }
 
     #[test]
