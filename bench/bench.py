@@ -348,7 +348,12 @@ def main():
     lines.append("")
 
     text = "\n".join(lines)
-    Path(args.out).write_text(text)
+    # This command owns the top of the file, up to the first "## " section; the other
+    # benchmarks (footprint, serving) append their own sections after it, which are kept.
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    rest = old[old.index("\n## ") + 1:] if "\n## " in old else ""
+    out.write_text(text + ("\n" + rest if rest else ""))
     print()
     print(text)
     print(f"written to {args.out}")
