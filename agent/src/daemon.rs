@@ -92,6 +92,7 @@ fn apply_models(
     active: &mut HashMap<String, (PathBuf, String)>,
     failures: &prometheus_client::metrics::counter::Counter,
 ) {
+    registry.expect(config.models.iter().map(|m| m.name.clone()).collect());
     for m in &config.models {
         if active.get(&m.name) == Some(&identity(m)) {
             continue;

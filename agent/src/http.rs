@@ -118,9 +118,14 @@ impl Metrics {
         openmetrics_to_prometheus_text(&out)
     }
 
-    fn ready(&self) -> Result<(), &'static str> {
+    /// Ready: connected to the broker, and every configured model active.
+    fn ready(&self) -> Result<(), String> {
         if !self.link.connected.load(Ordering::Relaxed) {
-            return Err("not connected to the broker");
+            return Err("not connected to the broker".into());
+        }
+        let missing = self.models.missing();
+        if !missing.is_empty() {
+            return Err(format!("models not loaded: {}", missing.join(", ")));
         }
         Ok(())
     }

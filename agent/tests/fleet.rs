@@ -380,3 +380,24 @@ async fn under_systemd_it_notifies_ready_status_and_watchdog() {
         assert!(log.contains("journald unavailable") && log.contains("connected to broker"), "{log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_fails_to_load_is_reported_and_the_agent_keeps_working() {
+    let s = setup();
+    let (config, http) = agent_config(&s, "dev-9", &s.broker.url(), s.pki.ca_pem(), "");
+    let bad =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/mediapipe__face_landmark_with_attention.tflite");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("[[models]]\nname = \"face\"\npath = \"{}\"\n", bad.display()));
+    std::fs::write(&config, text).unwrap();
+    let (_op, mut ev) = operator(&s, "edge/dev-9/telemetry").await;
+    let agent = Agent::start(&config, &http);
+    let got = collect(&mut ev, Duration::from_secs(20), |g| g.len() >= 2).await;
+    assert!(got.len() >= 2, "telemetry stopped: {}", agent.stop());
+    let (code, body) = http_get(&http, "/readyz");
+    assert_eq!(code, 503);
+    assert!(body.contains("models not loaded: face"), "{body}");
+    assert!(agent.metrics().contains("edge_agent_model_load_failures_total 1"));
+    let log = agent.stop();
+    assert!(log.contains("model not loaded") && log.contains("CUSTOM:TransformTensorBilinear"), "{log}");
+}

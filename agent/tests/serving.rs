@@ -304,3 +304,21 @@ fn swapping_versions_under_load_fails_no_request() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["version"], "4");
 }
+
+#[test]
+fn sessions_are_capped_and_expire() {
+    let mut registry =
+        Registry::new(Arc::new(InferenceStats::default()), Duration::from_secs(5), Duration::from_millis(300));
+    registry.max_sessions = 2;
+    let model = load("pymicro-wakeword__okay_nabu.tflite", LoadOptions::default());
+    registry.activate("wake", "1", model, PoolSettings::default()).unwrap();
+    let a = registry.open_session("wake").unwrap();
+    registry.open_session("wake").unwrap();
+    let err = registry.open_session("wake").unwrap_err();
+    assert!(matches!(err, edge_agent::serving::ServeError::TooManySessions(2)), "{err}");
+    // Idle past the TTL, both expire: a used session is gone and new ones fit again.
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(registry.session("wake", &a).is_err());
+    registry.open_session("wake").unwrap();
+    registry.open_session("wake").unwrap();
+}

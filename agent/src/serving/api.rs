@@ -44,7 +44,7 @@ fn serve_error(e: ServeError) -> Response {
             StatusCode::NOT_FOUND
         }
         ServeError::BadInput(_) | ServeError::Stateless(_) => StatusCode::BAD_REQUEST,
-        ServeError::Busy(..) => {
+        ServeError::Busy(..) | ServeError::TooManySessions(_) => {
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e);
             r.headers_mut().insert(header::RETRY_AFTER, "1".parse().expect("static header"));
             return r;

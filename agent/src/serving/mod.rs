@@ -50,6 +50,9 @@ pub enum ServeError {
     /// The requested version is not the active one.
     #[error("model {0:?} version {1:?} is not active (active: {2:?})")]
     InactiveVersion(String, String, String),
+    /// Every session slot is taken.
+    #[error("{0} sessions are open, the most this agent keeps; close one or wait for one to expire")]
+    TooManySessions(usize),
     /// The model is not stateful, so sessions make no sense.
     #[error("model {0:?} keeps no state between calls; sessions are for stateful models")]
     Stateless(String),
@@ -184,18 +187,29 @@ struct SessionEntry {
 /// Active model versions and their sessions.
 pub struct Registry {
     models: RwLock<HashMap<String, Arc<Served>>>,
+    expected: RwLock<Vec<String>>,
     sessions: Sessions,
     stats: Arc<InferenceStats>,
     /// How long a request may wait for its answer.
     pub timeout: Duration,
     /// How long an unused session lives.
     pub session_ttl: Duration,
+    /// Most sessions open at once: each holds a model state in memory.
+    pub max_sessions: usize,
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new(stats: Arc<InferenceStats>, timeout: Duration, session_ttl: Duration) -> Registry {
-        Registry { models: RwLock::new(HashMap::new()), sessions: Sessions::default(), stats, timeout, session_ttl }
+        Registry {
+            models: RwLock::new(HashMap::new()),
+            expected: RwLock::new(vec![]),
+            sessions: Sessions::default(),
+            stats,
+            timeout,
+            session_ttl,
+            max_sessions: 64,
+        }
     }
 
     /// Makes `version` of `name` the active one. Requests already running or queued finish
@@ -223,6 +237,17 @@ impl Registry {
             tracing::info!(model = name, version, "model activated");
         }
         Ok(())
+    }
+
+    /// The models the configuration asks for; readiness waits for all of them.
+    pub fn expect(&self, names: Vec<String>) {
+        *self.expected.write().expect("registry lock") = names;
+    }
+
+    /// Configured models that are not active.
+    pub fn missing(&self) -> Vec<String> {
+        let active = self.models.read().expect("registry lock");
+        self.expected.read().expect("registry lock").iter().filter(|n| !active.contains_key(*n)).cloned().collect()
     }
 
     /// Stops serving `name`; requests already running finish.
@@ -262,6 +287,9 @@ impl Registry {
         let mut map = self.sessions.map.lock().expect("sessions lock");
         let ttl = self.session_ttl;
         map.retain(|_, e| e.last_used.elapsed() < ttl);
+        if map.len() >= self.max_sessions {
+            return Err(ServeError::TooManySessions(self.max_sessions));
+        }
         map.insert(
             id.clone(),
             SessionEntry { model: name.into(), session: Arc::new(Mutex::new(session)), last_used: Instant::now() },
