@@ -118,27 +118,15 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
+# shellcheck source=../scripts/local-fleet.sh
+source "$ROOT/scripts/local-fleet.sh"
 
 # --- Throwaway PKI (ECDSA P-256, PKCS#8): only so that the [mqtt] TLS configuration loads.
 PKI="$WORK/pki"
-mkdir -m 700 "$PKI"
-key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; chmod 600 "$1"; }
-key "$PKI/ca.key"
-openssl req -x509 -new -key "$PKI/ca.key" -sha256 -days 2 -subj "/CN=edge-bench CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -out "$PKI/ca.pem" 2>/dev/null
-key "$PKI/device.key"
-openssl req -new -key "$PKI/device.key" -subj "/CN=bench-1" -out "$PKI/device.csr" 2>/dev/null
-printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
-    "extendedKeyUsage=clientAuth" >"$PKI/device.ext"
-openssl x509 -req -in "$PKI/device.csr" -CA "$PKI/ca.pem" -CAkey "$PKI/ca.key" -CAcreateserial \
-    -sha256 -days 2 -extfile "$PKI/device.ext" -out "$PKI/device.pem" 2>/dev/null
+lf_pki "$PKI" bench-1
 
 # --- Agent: broker unreachable (port 1 on loopback), one model.
-HTTP_PORT="$(free_port)"
+HTTP_PORT="$(lf_free_port)"
 BASE="http://127.0.0.1:$HTTP_PORT"
 cat >"$WORK/agent.toml" <<TOML
 device_id = "bench-1"
@@ -147,8 +135,8 @@ state_dir = "$WORK/state"
 [mqtt]
 url = "mqtts://127.0.0.1:1"
 ca_file = "$PKI/ca.pem"
-cert_file = "$PKI/device.pem"
-key_file = "$PKI/device.key"
+cert_file = "$PKI/bench-1.pem"
+key_file = "$PKI/bench-1.key"
 
 [http]
 listen = "127.0.0.1:$HTTP_PORT"
