@@ -5,6 +5,7 @@
 //! - [`topics`]: every topic, built in one place under `{prefix}/{device}/…`.
 //! - [`telemetry`]: the periodic sample of the box, its models and its link.
 //! - [`status`]: the retained online/offline status.
+//! - [`command`]: signed fleet commands (envelope, signing, verification) and their acks.
 //! - [`codec`]: postcard encoding with an explicit schema version, and a size bound
 //!   checked before decoding.
 //!
@@ -13,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod command;
 pub mod status;
 pub mod telemetry;
 pub mod topics;

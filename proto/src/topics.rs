@@ -6,6 +6,11 @@
 //! |---|---|---|---|
 //! | `{prefix}/{device}/telemetry` | device → fleet | no | [`crate::telemetry::Telemetry`] |
 //! | `{prefix}/{device}/status` | device → fleet | yes | [`crate::status::Status`] (also the last will) |
+//! | `{prefix}/{device}/cmd` | fleet → device | no | [`crate::command::Command`] |
+//! | `{prefix}/{device}/ack` | device → fleet | no | [`crate::command::Ack`] |
+//! | `{prefix}/group/{group}/cmd` | fleet → group | no | [`crate::command::Command`] |
+//!
+//! `group` is therefore reserved: it cannot be a device id.
 
 /// Topic builder for one device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +44,22 @@ impl Topics {
     pub fn status(&self) -> String {
         format!("{}/{}/status", self.prefix, self.device)
     }
+
+    /// Commands addressed to this device.
+    pub fn commands(&self) -> String {
+        format!("{}/{}/cmd", self.prefix, self.device)
+    }
+
+    /// Acknowledgements of this device's commands.
+    pub fn acks(&self) -> String {
+        format!("{}/{}/ack", self.prefix, self.device)
+    }
+
+    /// Commands addressed to `group`, which this device subscribes to when it is a member.
+    /// `None` when `group` is not a single topic level.
+    pub fn group_commands(&self, group: &str) -> Option<String> {
+        fleet::group_command(&self.prefix, group)
+    }
 }
 
 /// Subscription filters for an operator watching the fleet.
@@ -51,6 +72,22 @@ pub mod fleet {
     /// Status of every device, or of one.
     pub fn status(prefix: &str, device: Option<&str>) -> String {
         format!("{prefix}/{}/status", device.unwrap_or("+"))
+    }
+
+    /// Where an operator publishes a command for one device.
+    pub fn command(prefix: &str, device: &str) -> String {
+        format!("{prefix}/{device}/cmd")
+    }
+
+    /// Where an operator publishes a command for a group; `None` when `group` is not a
+    /// single topic level.
+    pub fn group_command(prefix: &str, group: &str) -> Option<String> {
+        super::valid_level(group).then(|| format!("{prefix}/group/{group}/cmd"))
+    }
+
+    /// Acknowledgements of every device, or of one.
+    pub fn acks(prefix: &str, device: Option<&str>) -> String {
+        format!("{prefix}/{}/ack", device.unwrap_or("+"))
     }
 
     /// The device segment of a device topic.
@@ -66,11 +103,22 @@ mod tests {
     #[test]
     fn every_device_topic_is_under_prefix_and_device() {
         let t = Topics::new("edge", "dev-1").unwrap();
-        for topic in [t.telemetry(), t.status()] {
+        for topic in [t.telemetry(), t.status(), t.commands(), t.acks()] {
             assert!(topic.starts_with("edge/dev-1/"), "{topic}");
         }
         assert_eq!(fleet::device_of(&t.telemetry()), Some("dev-1"));
         assert_eq!(fleet::telemetry("edge", None), "edge/+/telemetry");
+        assert_eq!(fleet::command("edge", "dev-1"), t.commands());
+        assert_eq!(fleet::acks("edge", Some("dev-1")), t.acks());
+        assert_eq!(fleet::acks("edge", None), "edge/+/ack");
+    }
+
+    #[test]
+    fn group_commands_have_their_own_subtree_and_refuse_wildcards() {
+        let t = Topics::new("edge", "dev-1").unwrap();
+        assert_eq!(t.group_commands("lab").as_deref(), Some("edge/group/lab/cmd"));
+        assert_eq!(fleet::group_command("edge", "+"), None);
+        assert_eq!(fleet::group_command("edge", "a/b"), None);
     }
 
     #[test]
