@@ -18,6 +18,7 @@
 //! - [`sdnotify`]: systemd READY/STATUS/WATCHDOG notifications.
 //! - [`fsutil`]: atomic, durable file replacement.
 
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod engine;
