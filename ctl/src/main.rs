@@ -2,7 +2,8 @@
 //!
 //! `edgectl --config ctl.toml watch` prints decoded telemetry; `edgectl status` lists the
 //! devices from their retained status messages. `ctl.toml` takes the same `[mqtt]` keys as
-//! the agent's configuration, and flags override them.
+//! the agent's configuration, and flags override them. `edgectl keygen --out DIR` makes the
+//! key pair that signs fleet commands (no configuration needed).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,8 @@ use edge_proto::telemetry::Telemetry;
 use edge_proto::topics::fleet;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde::Deserialize;
+
+mod keys;
 
 #[derive(Parser)]
 #[command(name = "edgectl", version, about = "Operate an edge-agent fleet")]
@@ -65,6 +68,13 @@ enum Command {
         /// JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Make the operator key pair that signs commands: DIR/operator.key (secret, 0600) and
+    /// DIR/operator.pub (for the devices' [ota] trusted_keys). Never overwrites.
+    Keygen {
+        /// Directory to write the two files into.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -206,12 +216,18 @@ async fn status(mqtt: &MqttConfig, wait: Duration, json: bool) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = (|| -> Result<()> {
+        if let Command::Keygen { out } = &cli.command {
+            let (key, public, id) = keys::keygen(out)?;
+            println!("wrote {} and {} (key id {id})", key.display(), public.display());
+            return Ok(());
+        }
         let mqtt = load_mqtt(&cli)?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async {
             match &cli.command {
                 Command::Watch { device, all: _, count, json } => watch(&mqtt, device.as_deref(), *count, *json).await,
                 Command::Status { wait, json } => status(&mqtt, Duration::from_secs(*wait), *json).await,
+                Command::Keygen { .. } => unreachable!("handled before loading the configuration"),
             }
         })
     })();
