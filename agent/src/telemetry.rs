@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edge_proto::telemetry::{Agent, Cpu, Disk, Link, Mem, Net, Telemetry as Sample, Temp};
-use sysinfo::{Components, Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+use sysinfo::{Components, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use tokio_util::sync::CancellationToken;
 
 use crate::link::{LinkHandle, LinkStats};
@@ -77,12 +77,27 @@ impl SeqStore {
     }
 }
 
+/// Bytes received and sent over every interface but loopback, from `/proc/net/dev`: one
+/// read, where sysinfo's network refresh reads a dozen sysfs files per interface and asks
+/// netlink for addresses the agent does not report.
+fn net_totals(proc_net_dev: &str) -> (u64, u64) {
+    proc_net_dev
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(iface, _)| iface.trim() != "lo")
+        .filter_map(|(_, counters)| {
+            let fields: Vec<u64> = counters.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+            // receive: bytes packets errs drop fifo frame compressed multicast; then transmit.
+            (fields.len() >= 16).then(|| (fields[0], fields[8]))
+        })
+        .fold((0, 0), |(rx, tx), (r, t)| (rx + r, tx + t))
+}
+
 /// Samples the box.
 pub struct Sampler {
     device: String,
     state_dir: PathBuf,
     sys: System,
-    networks: Option<Networks>,
     components: Option<Components>,
     pid: Option<Pid>,
     started: Instant,
@@ -107,12 +122,10 @@ impl Sampler {
         sys.refresh_cpu_usage();
         let pid = sysinfo::get_current_pid().ok();
         let components = Components::new_with_refreshed_list().ok().filter(|c| !c.is_empty());
-        let networks = Networks::new_with_refreshed_list().ok();
         Ok(Sampler {
             device: device.to_string(),
             state_dir: state_dir.to_path_buf(),
             sys,
-            networks,
             components,
             pid,
             started: Instant::now(),
@@ -134,13 +147,7 @@ impl Sampler {
             }
             None => (0, 0.0),
         };
-        let (rx_bytes, tx_bytes) = match &mut self.networks {
-            Some(networks) => {
-                networks.refresh(true);
-                networks.iter().fold((0, 0), |(rx, tx), (_, n)| (rx + n.total_received(), tx + n.total_transmitted()))
-            }
-            None => (0, 0),
-        };
+        let (rx_bytes, tx_bytes) = std::fs::read_to_string("/proc/net/dev").map(|t| net_totals(&t)).unwrap_or((0, 0));
         let temps = match &mut self.components {
             Some(c) => {
                 c.refresh(false);
@@ -263,6 +270,16 @@ mod tests {
         std::fs::write(&path, "garbage").unwrap();
         let mut s = SeqStore::open(&path).unwrap();
         assert!(s.take().unwrap() > 1_000_000);
+    }
+
+    #[test]
+    fn network_totals_skip_loopback_and_headers() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+                    face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+                    lo: 500 5 0 0 0 0 0 0 500 5 0 0 0 0 0 0\n  \
+                    eth0: 1000 10 0 0 0 0 0 0 2000 20 0 0 0 0 0 0\n  \
+                    wlan0: 30 1 0 0 0 0 0 0 40 1 0 0 0 0 0 0\n";
+        assert_eq!(net_totals(text), (1030, 2040));
     }
 
     #[test]
