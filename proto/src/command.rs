@@ -234,8 +234,7 @@ pub fn verify(bytes: &[u8], trusted: &[VerifyingKey]) -> Result<Command, Command
     if bytes.len() > MAX_COMMAND_BYTES {
         return Err(CommandError::TooLarge(bytes.len()));
     }
-    let (found, _) =
-        postcard::take_from_bytes::<u16>(bytes).map_err(|e| CommandError::Malformed(e.to_string()))?;
+    let (found, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|e| CommandError::Malformed(e.to_string()))?;
     if found != Command::VERSION {
         return Err(CommandError::UnknownVersion { found, expected: Command::VERSION });
     }
@@ -425,7 +424,13 @@ mod tests {
 
     #[test]
     fn ack_round_trips_through_the_codec() {
-        let ack = Ack { version: Ack::VERSION, command_id: [1; 16], device: "d".into(), state: AckState::Progress(40), ts: 5 };
+        let ack = Ack {
+            version: Ack::VERSION,
+            command_id: [1; 16],
+            device: "d".into(),
+            state: AckState::Progress(40),
+            ts: 5,
+        };
         assert_eq!(crate::decode::<Ack>(&encode(&ack)).unwrap(), ack);
     }
 }

@@ -36,7 +36,7 @@ pub fn parse_trusted_keys(entries: &[String]) -> Result<Vec<VerifyingKey>, Trust
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
@@ -86,7 +86,7 @@ mod tests {
                 out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
             }
         }
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push('=');
         }
         out
@@ -95,7 +95,8 @@ mod tests {
     #[test]
     fn hex_and_base64_entries_parse() {
         let (a, b) = (public(1), public(2));
-        let entries = vec![hex(a.as_bytes()), format!("  {}\n", base64(b.as_bytes())), hex(b.as_bytes()).to_uppercase()];
+        let entries =
+            vec![hex(a.as_bytes()), format!("  {}\n", base64(b.as_bytes())), hex(b.as_bytes()).to_uppercase()];
         assert_eq!(parse_trusted_keys(&entries).unwrap(), vec![a, b, b]);
         let unpadded = base64(a.as_bytes()).trim_end_matches('=').replace('+', "-").replace('/', "_");
         assert_eq!(parse_trusted_keys(&[unpadded]).unwrap(), vec![a]);

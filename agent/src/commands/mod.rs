@@ -61,7 +61,9 @@ pub enum Rejection {
         now: u64,
     },
     /// `issued_at` is further in the future than the allowed clock skew.
-    #[error("not yet valid: issued at {issued_at} ms, now is {now} ms (allowed skew {CLOCK_SKEW_MS} ms); check the clocks")]
+    #[error(
+        "not yet valid: issued at {issued_at} ms, now is {now} ms (allowed skew {CLOCK_SKEW_MS} ms); check the clocks"
+    )]
     NotYetValid {
         /// The command's issue time.
         issued_at: u64,
