@@ -28,3 +28,37 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# --- Cross builds (cross/build.sh, cross/test-qemu.sh) -------------------------------------
+# Not run by default: CI and a plain `scripts/setup.sh` never install cross toolchains. The
+# cross/ scripts source this file with SETUP_CROSS_TARGET set and call setup_cross; that is
+# the only way the block below runs.
+setup_cross() {
+    local target="$1" pkgs=()
+    case "$target" in
+        aarch64-unknown-linux-gnu)
+            pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user) ;;
+        armv7-unknown-linux-gnueabihf)
+            pkgs=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user) ;;
+        aarch64-unknown-linux-musl)
+            # No musl cross gcc in Debian: the gnu one compiles ring's C against glibc headers
+            # and drives the link; Rust's self-contained musl provides crt and libc.
+            pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user) ;;
+        host|"") return 0 ;;
+        *) echo "setup: no cross toolchain known for $target" >&2; return 1 ;;
+    esac
+    rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+    local missing=()
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        local sudo=""
+        [ "$(id -u)" -ne 0 ] && sudo="sudo"
+        $sudo apt-get update -qq
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+}
+if [ -n "${SETUP_CROSS_TARGET:-}" ]; then
+    setup_cross "$SETUP_CROSS_TARGET"
+fi
