@@ -55,16 +55,12 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/edge-footprint.XXXXXX")"
 chmod 700 "$WORK"
 AGENT_PID=""
 BROKER_PID=""
+# shellcheck source=../scripts/local-fleet.sh
+source "$ROOT/scripts/local-fleet.sh"
+
 cleanup() {
     local rc=$?
-    for pid in $AGENT_PID $BROKER_PID; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in $AGENT_PID $BROKER_PID; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    lf_stop "$AGENT_PID" "$BROKER_PID"
     if [[ $rc -ne 0 ]]; then
         echo "footprint: failed (exit $rc); logs:" >&2
         for f in "$WORK/mosquitto.log" "$WORK/mosquitto.stderr" "$WORK/agent.log"; do
@@ -77,9 +73,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# shellcheck source=../scripts/local-fleet.sh
-source "$ROOT/scripts/local-fleet.sh"
 
 # --- Throwaway PKI (device bench-1) and Mosquitto running the fleet configuration
 # (deploy/mosquitto) with only its machine-specific lines rewritten.

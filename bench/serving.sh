@@ -98,15 +98,13 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/edge-serving.XXXXXX")"
 chmod 700 "$WORK"
 AGENT_PID=""
 SPIN_PID=""
+# shellcheck source=../scripts/local-fleet.sh
+source "$ROOT/scripts/local-fleet.sh"
+
 cleanup() {
     local rc=$?
     [[ -n "$SPIN_PID" ]] && { kill -KILL "$SPIN_PID" 2>/dev/null || true; wait "$SPIN_PID" 2>/dev/null || true; }
-    if [[ -n "$AGENT_PID" ]]; then
-        kill -TERM "$AGENT_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$AGENT_PID" 2>/dev/null || true
-        wait "$AGENT_PID" 2>/dev/null || true
-    fi
+    lf_stop "$AGENT_PID"
     if [[ $rc -ne 0 && -s "$WORK/agent.log" ]]; then
         echo "serving: failed (exit $rc); agent log (last 20 lines):" >&2
         tail -n 20 "$WORK/agent.log" >&2
@@ -117,9 +115,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# shellcheck source=../scripts/local-fleet.sh
-source "$ROOT/scripts/local-fleet.sh"
 
 # --- Throwaway PKI (ECDSA P-256, PKCS#8): only so that the [mqtt] TLS configuration loads.
 PKI="$WORK/pki"
