@@ -123,7 +123,13 @@ fn parse_npy_stream(mut body: &[u8], count: usize) -> Result<Vec<Tensor>, String
     Ok(out)
 }
 
-async fn predict_on(r: &Registry, served: &Served, headers: &HeaderMap, query: PredictQuery, body: Bytes) -> Response {
+async fn predict_on(
+    r: &Registry,
+    served: Arc<Served>,
+    headers: &HeaderMap,
+    query: PredictQuery,
+    body: Bytes,
+) -> Response {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let binary = content_type.starts_with(NPY_MEDIA_TYPE) || content_type.starts_with("application/octet-stream");
     if !binary && !content_type.starts_with("application/json") {
@@ -133,11 +139,10 @@ async fn predict_on(r: &Registry, served: &Served, headers: &HeaderMap, query: P
         );
     }
     // An unknown session is the first thing to report, whatever the body holds.
-    if let Some(id) = &query.session {
-        if let Err(e) = r.session(&served.name, id) {
-            return serve_error(e);
-        }
-    }
+    let session = match query.session.as_deref().map(|id| r.session(&served.name, id)).transpose() {
+        Ok(session) => session,
+        Err(e) => return serve_error(e),
+    };
     let specs = input_specs(served.inputs());
     let parsed = if binary {
         parse_npy_stream(&body, specs.len()).map(|t| (None, t))
@@ -150,7 +155,7 @@ async fn predict_on(r: &Registry, served: &Served, headers: &HeaderMap, query: P
         Ok(p) => p,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
-    let outputs = match r.predict(&served.name, inputs, query.session.as_deref()).await {
+    let outputs = match r.predict_on(served.clone(), inputs, session).await {
         Ok(o) => o,
         Err(e) => return serve_error(e),
     };
@@ -194,7 +199,7 @@ async fn predict(
         return error(StatusCode::NOT_FOUND, format!("no route POST /v1/models/{target}: use /v1/models/NAME:predict"));
     };
     match r.get(name) {
-        Ok(served) => predict_on(&r, &served, &headers, query, body).await,
+        Ok(served) => predict_on(&r, served, &headers, query, body).await,
         Err(e) => serve_error(e),
     }
 }
@@ -211,7 +216,7 @@ async fn predict_version(
         return error(StatusCode::NOT_FOUND, format!("no route POST /v1/models/{name}/versions/{target}"));
     };
     match active_version(&r, &name, v) {
-        Ok(served) => predict_on(&r, &served, &headers, query, body).await,
+        Ok(served) => predict_on(&r, served, &headers, query, body).await,
         Err(e) => serve_error(e),
     }
 }

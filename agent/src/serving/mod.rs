@@ -333,13 +333,24 @@ impl Registry {
         inputs: Vec<Tensor>,
         session: Option<&str>,
     ) -> Result<Vec<Tensor>, ServeError> {
-        let served = self.get(name)?;
         let session = session.map(|id| self.session(name, id)).transpose()?;
+        self.predict_on(self.get(name)?, inputs, session).await
+    }
+
+    /// Runs one request on `served`, the version the caller already picked (a request
+    /// pinned to a version must not move to one activated meanwhile).
+    pub async fn predict_on(
+        &self,
+        served: Arc<Served>,
+        inputs: Vec<Tensor>,
+        session: Option<Arc<Mutex<Session>>>,
+    ) -> Result<Vec<Tensor>, ServeError> {
+        let name = served.name.clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job { inputs, session, reply, queued_at: Instant::now() };
         match served.pool.tx.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(ServeError::Busy(name.into(), served.pool.queue)),
+            Err(TrySendError::Full(_)) => return Err(ServeError::Busy(name, served.pool.queue)),
             Err(TrySendError::Disconnected(_)) => return Err(ServeError::Failed("model workers stopped".into())),
         }
         // `served` stays alive until the answer arrives: the version this request started
@@ -349,7 +360,7 @@ impl Registry {
         match result {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(ServeError::Failed("worker ended without answering".into())),
-            Err(_) => Err(ServeError::Timeout(name.into(), self.timeout)),
+            Err(_) => Err(ServeError::Timeout(name, self.timeout)),
         }
     }
 }
