@@ -10,7 +10,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
     /// The payload is larger than the receiver accepts.
-    #[error("message of {0} bytes is over the {MAX_MESSAGE_BYTES}-byte limit")]
+    #[error("message of {0} bytes is over the size limit")]
     TooLarge(usize),
     /// The message carries a schema version this build does not know.
     #[error("unknown message version {found} (this build reads version {expected})")]
@@ -40,7 +40,13 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 
 /// Decodes a message, checking its size first and its version after.
 pub fn decode<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, ProtoError> {
-    if bytes.len() > MAX_MESSAGE_BYTES {
+    decode_bounded(bytes, MAX_MESSAGE_BYTES)
+}
+
+/// [`decode`] with another size bound, for the few messages allowed to be larger (OTA
+/// chunks, validation vectors).
+pub fn decode_bounded<T: DeserializeOwned + Versioned>(bytes: &[u8], max: usize) -> Result<T, ProtoError> {
+    if bytes.len() > max {
         return Err(ProtoError::TooLarge(bytes.len()));
     }
     // The version is the first field of every message: read it alone first, so that a
@@ -49,6 +55,9 @@ pub fn decode<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, ProtoE
     if found != T::VERSION {
         return Err(ProtoError::UnknownVersion { found, expected: T::VERSION });
     }
-    let msg: T = postcard::from_bytes(bytes).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    let (msg, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(ProtoError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
     Ok(msg)
 }

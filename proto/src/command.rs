@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::codec::{Versioned, MAX_MESSAGE_BYTES};
+use crate::ota::Manifest;
 
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
@@ -28,7 +29,7 @@ const SIGNING_CONTEXT: &[u8] = b"edge-agent command v1\0";
 pub const MAX_COMMAND_BYTES: usize = MAX_MESSAGE_BYTES;
 
 /// A signed command to one device or to a group of devices.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Command {
     /// Schema version, [`Command::VERSION`]. First, so that it can be read alone.
     pub version: u16,
@@ -87,19 +88,11 @@ pub enum Target {
 pub struct NpyBytes(pub Vec<u8>);
 
 /// What a command asks for. Variants only ever grow at the end.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Payload {
-    /// Fetch and install a model (placeholder manifest until OTA lands).
-    DeployModel {
-        /// Model name.
-        name: String,
-        /// Model version.
-        version: String,
-        /// SHA-256 of the model file.
-        sha256: [u8; 32],
-        /// Size of the model file in bytes.
-        size: u64,
-    },
+    /// Receive the artifact the manifest describes over the `ota` topics, verify, validate
+    /// and install it, then watch its health.
+    DeployModel(Manifest),
     /// Make an installed version the active one.
     Activate {
         /// Model name.
@@ -137,10 +130,54 @@ pub enum Payload {
     Erase,
     /// Restart the agent.
     Restart,
+    /// Abandon a `deploy-model` still transferring or installing: its staging files are
+    /// deleted and it ends `failed("cancelled …")`. The running model is untouched.
+    Cancel {
+        /// [`Command::id`] of the deploy command.
+        command_id: [u8; 16],
+    },
+}
+
+/// What a command returns besides its state: `get-status` and `infer` answer with data.
+/// Variants only ever grow at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The answer to `get-status`.
+    Status(DeviceStatus),
+    /// The answer to `infer`: output tensors as `.npy` bytes, in the model's output order.
+    Outputs(Vec<NpyBytes>),
+}
+
+/// A device's models and configuration, as `get-status` reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Agent version.
+    pub agent_version: String,
+    /// Every model the device knows, by name.
+    pub models: Vec<ModelStatus>,
+    /// SHA-256 of the effective configuration (file plus runtime settings), hex.
+    pub config_digest: String,
+    /// Telemetry interval in seconds.
+    pub telemetry_interval_secs: u32,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// One model in a [`DeviceStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelStatus {
+    /// Model name.
+    pub name: String,
+    /// Version serving requests, if any.
+    pub active_version: Option<String>,
+    /// Versions on disk, oldest first.
+    pub installed_versions: Vec<String>,
+    /// `ok`, `watching` (inside a health window) or `failed: …`.
+    pub health: String,
 }
 
 /// A device's report on one command, published on its ack topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ack {
     /// Schema version, [`Ack::VERSION`].
     pub version: u16,
@@ -152,6 +189,8 @@ pub struct Ack {
     pub state: AckState,
     /// When, ms since the Unix epoch.
     pub ts: u64,
+    /// Data the command returns (`get-status`, `infer`), with `Succeeded`.
+    pub reply: Option<Reply>,
 }
 
 impl Versioned for Ack {
@@ -329,7 +368,9 @@ mod tests {
     fn every_payload_round_trips() {
         let k = key(1);
         let payloads = [
-            Payload::DeployModel { name: "m".into(), version: "1".into(), sha256: [9; 32], size: 123 },
+            Payload::DeployModel(
+                crate::ota::prepare([1; 16], "m", "1", crate::ota::ModelFormat::Onnx, &[1; 300], None, 100).0,
+            ),
             Payload::Activate { name: "m".into(), version: "1".into() },
             Payload::Rollback { name: "m".into() },
             Payload::RemoveModel { name: "m".into() },
@@ -338,6 +379,7 @@ mod tests {
             Payload::Infer { model: "m".into(), inputs: vec![NpyBytes(vec![1, 2, 3])] },
             Payload::Erase,
             Payload::Restart,
+            Payload::Cancel { command_id: [3; 16] },
         ];
         for p in payloads {
             let cmd = sign(Command { payload: p, target: Target::Group("g".into()), ..command() }, &k);
@@ -430,6 +472,7 @@ mod tests {
             device: "d".into(),
             state: AckState::Progress(40),
             ts: 5,
+            reply: Some(Reply::Outputs(vec![NpyBytes(vec![1, 2])])),
         };
         assert_eq!(crate::decode::<Ack>(&encode(&ack)).unwrap(), ack);
     }

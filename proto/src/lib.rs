@@ -6,6 +6,7 @@
 //! - [`telemetry`]: the periodic sample of the box, its models and its link.
 //! - [`status`]: the retained online/offline status.
 //! - [`command`]: signed fleet commands (envelope, signing, verification) and their acks.
+//! - [`ota`]: the model transfer: manifest, chunks, repair requests.
 //! - [`codec`]: postcard encoding with an explicit schema version, and a size bound
 //!   checked before decoding.
 //!
@@ -15,8 +16,9 @@
 
 pub mod codec;
 pub mod command;
+pub mod ota;
 pub mod status;
 pub mod telemetry;
 pub mod topics;
 
-pub use codec::{decode, encode, ProtoError, MAX_MESSAGE_BYTES};
+pub use codec::{decode, decode_bounded, encode, ProtoError, MAX_MESSAGE_BYTES};

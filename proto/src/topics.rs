@@ -8,7 +8,10 @@
 //! | `{prefix}/{device}/status` | device → fleet | yes | [`crate::status::Status`] (also the last will) |
 //! | `{prefix}/{device}/cmd` | fleet → device | no | [`crate::command::Command`] |
 //! | `{prefix}/{device}/ack` | device → fleet | no | [`crate::command::Ack`] |
+//! | `{prefix}/{device}/ota` | fleet → device | no | [`crate::ota::Chunk`] |
+//! | `{prefix}/{device}/need` | device → fleet | no | [`crate::ota::Need`] |
 //! | `{prefix}/group/{group}/cmd` | fleet → group | no | [`crate::command::Command`] |
+//! | `{prefix}/group/{group}/ota` | fleet → group | no | [`crate::ota::Chunk`] |
 //!
 //! `group` is therefore reserved: it cannot be a device id.
 
@@ -55,6 +58,21 @@ impl Topics {
         format!("{}/{}/ack", self.prefix, self.device)
     }
 
+    /// OTA chunks addressed to this device (repairs, single-device deploys).
+    pub fn ota(&self) -> String {
+        format!("{}/{}/ota", self.prefix, self.device)
+    }
+
+    /// This device's requests for missing chunks.
+    pub fn need(&self) -> String {
+        format!("{}/{}/need", self.prefix, self.device)
+    }
+
+    /// OTA chunks addressed to `group`; `None` when `group` is not a single topic level.
+    pub fn group_ota(&self, group: &str) -> Option<String> {
+        fleet::group_ota(&self.prefix, group)
+    }
+
     /// Commands addressed to `group`, which this device subscribes to when it is a member.
     /// `None` when `group` is not a single topic level.
     pub fn group_commands(&self, group: &str) -> Option<String> {
@@ -85,6 +103,22 @@ pub mod fleet {
         super::valid_level(group).then(|| format!("{prefix}/group/{group}/cmd"))
     }
 
+    /// Where an operator publishes OTA chunks for one device.
+    pub fn ota(prefix: &str, device: &str) -> String {
+        format!("{prefix}/{device}/ota")
+    }
+
+    /// Where an operator publishes OTA chunks for a group; `None` when `group` is not a
+    /// single topic level.
+    pub fn group_ota(prefix: &str, group: &str) -> Option<String> {
+        super::valid_level(group).then(|| format!("{prefix}/group/{group}/ota"))
+    }
+
+    /// Repair requests of every device, or of one.
+    pub fn need(prefix: &str, device: Option<&str>) -> String {
+        format!("{prefix}/{}/need", device.unwrap_or("+"))
+    }
+
     /// Acknowledgements of every device, or of one.
     pub fn acks(prefix: &str, device: Option<&str>) -> String {
         format!("{prefix}/{}/ack", device.unwrap_or("+"))
@@ -103,7 +137,7 @@ mod tests {
     #[test]
     fn every_device_topic_is_under_prefix_and_device() {
         let t = Topics::new("edge", "dev-1").unwrap();
-        for topic in [t.telemetry(), t.status(), t.commands(), t.acks()] {
+        for topic in [t.telemetry(), t.status(), t.commands(), t.acks(), t.ota(), t.need()] {
             assert!(topic.starts_with("edge/dev-1/"), "{topic}");
         }
         assert_eq!(fleet::device_of(&t.telemetry()), Some("dev-1"));
@@ -117,6 +151,9 @@ mod tests {
     fn group_commands_have_their_own_subtree_and_refuse_wildcards() {
         let t = Topics::new("edge", "dev-1").unwrap();
         assert_eq!(t.group_commands("lab").as_deref(), Some("edge/group/lab/cmd"));
+        assert_eq!(t.group_ota("lab").as_deref(), Some("edge/group/lab/ota"));
+        assert_eq!(fleet::ota("edge", "dev-1"), t.ota());
+        assert_eq!(fleet::need("edge", None), "edge/+/need");
         assert_eq!(fleet::group_command("edge", "+"), None);
         assert_eq!(fleet::group_command("edge", "a/b"), None);
     }

@@ -1,0 +1,349 @@
+//! Over-the-air model transfer: the manifest a `deploy-model` command carries, the chunks
+//! that follow it and the repair requests a device sends for what it is missing.
+//!
+//! # The artifact
+//!
+//! What is transferred is one byte string, the *artifact*: the model file followed by the
+//! postcard encoding of its [`Validation`] vector (absent when `validation_size` is 0). It
+//! is cut into `chunk_size`-byte chunks (the last may be shorter); the signed manifest
+//! carries the SHA-256 of every chunk, of the model and of the validation vector, so chunks
+//! themselves need no signature: a chunk whose hash does not match is dropped.
+//!
+//! # Flow
+//!
+//! 1. The operator publishes the signed command (device or group command topic).
+//! 2. It publishes every chunk once, on the device's `ota` topic or the group's: a
+//!    fleet-wide push costs one copy on the broker, not one per device.
+//! 3. A device writes chunks straight into a staging file and records them in a bitmap
+//!    that survives restarts. When nothing has arrived for a while and chunks are still
+//!    missing, it publishes a [`Need`] on its `need` topic with the missing ranges; the
+//!    operator answers on the device's own `ota` topic.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::codec::Versioned;
+use crate::command::NpyBytes;
+
+/// Largest chunk payload. Brokers must accept packets a little larger (the fleet
+/// Mosquitto configuration allows 1 MiB + 4 KiB).
+pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Default chunk size: fits the agent's default 256 KiB packet limit with room for the
+/// topic and the chunk header.
+pub const DEFAULT_CHUNK_BYTES: u32 = 240 * 1024;
+
+/// Largest validation vector, checked before decoding it.
+pub const MAX_VALIDATION_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Model file format, which decides how the device loads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelFormat {
+    /// TensorFlow Lite flatbuffer.
+    Tflite,
+    /// ONNX protobuf.
+    Onnx,
+}
+
+impl ModelFormat {
+    /// The file extension the device stores it under.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ModelFormat::Tflite => "tflite",
+            ModelFormat::Onnx => "onnx",
+        }
+    }
+
+    /// The format a file name's extension names.
+    pub fn from_file_name(name: &str) -> Option<ModelFormat> {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".tflite") {
+            Some(ModelFormat::Tflite)
+        } else if lower.ends_with(".onnx") {
+            Some(ModelFormat::Onnx)
+        } else {
+            None
+        }
+    }
+}
+
+/// What to install, carried inside the signed `deploy-model` command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Identifies the transfer: chunks and repair requests name it.
+    pub transfer_id: [u8; 16],
+    /// Model name it is served under.
+    pub name: String,
+    /// Version label.
+    pub version: String,
+    /// File format.
+    pub format: ModelFormat,
+    /// Size of the model file in bytes.
+    pub size: u64,
+    /// SHA-256 of the model file.
+    pub sha256: [u8; 32],
+    /// Size of the encoded [`Validation`] that follows the model in the artifact; 0 for none.
+    pub validation_size: u64,
+    /// SHA-256 of the encoded validation vector (zero when there is none).
+    pub validation_sha256: [u8; 32],
+    /// Chunk size in bytes; every chunk but the last has exactly this size.
+    pub chunk_size: u32,
+    /// SHA-256 of each chunk of the artifact, in order.
+    pub chunk_hashes: Vec<[u8; 32]>,
+    /// Scalar inputs fixed at load, as `[[models]] pins` in the agent's configuration.
+    pub pins: Vec<(String, f64)>,
+    /// Longest acceptable median latency of one validation run, in ms; 0 for no budget.
+    pub latency_budget_ms: u32,
+    /// Oldest agent version that may install it (`major.minor.patch`); empty for any.
+    pub min_agent_version: String,
+}
+
+impl Manifest {
+    /// Bytes in the artifact: model plus validation vector.
+    pub fn artifact_size(&self) -> u64 {
+        self.size + self.validation_size
+    }
+
+    /// Number of chunks.
+    pub fn chunk_count(&self) -> u32 {
+        self.chunk_hashes.len() as u32
+    }
+
+    /// The byte range of chunk `index` within the artifact.
+    pub fn chunk_range(&self, index: u32) -> std::ops::Range<u64> {
+        let start = index as u64 * self.chunk_size as u64;
+        start..(start + self.chunk_size as u64).min(self.artifact_size())
+    }
+
+    /// Whether the sizes, chunk size and hash count agree with each other: what a device
+    /// checks before creating anything on disk.
+    pub fn check_consistent(&self) -> Result<(), String> {
+        if self.chunk_size == 0 || self.chunk_size as usize > MAX_CHUNK_BYTES {
+            return Err(format!("chunk size {} is outside 1..={MAX_CHUNK_BYTES}", self.chunk_size));
+        }
+        if self.size == 0 {
+            return Err("model size is 0".into());
+        }
+        if self.validation_size > MAX_VALIDATION_BYTES {
+            return Err(format!(
+                "validation vector of {} bytes is over the {MAX_VALIDATION_BYTES}-byte limit",
+                self.validation_size
+            ));
+        }
+        let expected = self.artifact_size().div_ceil(self.chunk_size as u64);
+        if expected != self.chunk_hashes.len() as u64 {
+            return Err(format!(
+                "{} chunk hashes for {} bytes in chunks of {} (expected {expected})",
+                self.chunk_hashes.len(),
+                self.artifact_size(),
+                self.chunk_size
+            ));
+        }
+        if !crate::topics::valid_level(&self.name) || !valid_label(&self.version) {
+            return Err(format!(
+                "model name {:?} or version {:?} is not a plain label (letters, digits, '.', '-', '_')",
+                self.name, self.version
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` is a plain label that is safe as a file name: 1 to 64 of `[A-Za-z0-9._-]`,
+/// not starting with a dot.
+pub fn valid_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+/// The golden input a device runs before switching to a new model, and what it must give.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    /// Schema version, [`Validation::VERSION`].
+    pub version: u16,
+    /// Input tensors, in the model's input order.
+    pub inputs: Vec<NpyBytes>,
+    /// Expected outputs, in the model's output order.
+    pub expected: Vec<NpyBytes>,
+    /// Largest accepted absolute difference per element.
+    pub tolerance: f32,
+}
+
+impl Versioned for Validation {
+    const VERSION: u16 = 1;
+    fn version(&self) -> u16 {
+        self.version
+    }
+}
+
+/// One piece of an artifact, published on a device's or a group's `ota` topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Schema version, [`Chunk::VERSION`].
+    pub version: u16,
+    /// [`Manifest::transfer_id`].
+    pub transfer_id: [u8; 16],
+    /// Position, from 0.
+    pub index: u32,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+impl Versioned for Chunk {
+    const VERSION: u16 = 1;
+    fn version(&self) -> u16 {
+        self.version
+    }
+}
+
+/// A device's request for the chunks it is missing, on its `need` topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Need {
+    /// Schema version, [`Need::VERSION`].
+    pub version: u16,
+    /// Device id.
+    pub device: String,
+    /// [`Manifest::transfer_id`].
+    pub transfer_id: [u8; 16],
+    /// Missing chunk indices as half-open ranges `[start, end)`, in order.
+    pub missing: Vec<(u32, u32)>,
+}
+
+impl Versioned for Need {
+    const VERSION: u16 = 1;
+    fn version(&self) -> u16 {
+        self.version
+    }
+}
+
+/// Decodes a [`Chunk`]: bounded by [`MAX_CHUNK_BYTES`] plus its header, not by the
+/// general message bound.
+pub fn decode_chunk(bytes: &[u8]) -> Result<Chunk, crate::ProtoError> {
+    crate::codec::decode_bounded(bytes, MAX_CHUNK_BYTES + 64)
+}
+
+/// Splits `artifact` into chunks of `chunk_size` and hashes each.
+pub fn chunk_hashes(artifact: &[u8], chunk_size: u32) -> Vec<[u8; 32]> {
+    artifact.chunks(chunk_size as usize).map(|c| Sha256::digest(c).into()).collect()
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Builds the manifest and the artifact for `model` with an optional validation vector.
+/// The caller sets `pins`, `latency_budget_ms` and `min_agent_version` afterwards if needed.
+pub fn prepare(
+    transfer_id: [u8; 16],
+    name: &str,
+    version: &str,
+    format: ModelFormat,
+    model: &[u8],
+    validation: Option<&Validation>,
+    chunk_size: u32,
+) -> (Manifest, Vec<u8>) {
+    let encoded = validation.map(crate::codec::encode).unwrap_or_default();
+    let mut artifact = Vec::with_capacity(model.len() + encoded.len());
+    artifact.extend_from_slice(model);
+    artifact.extend_from_slice(&encoded);
+    let manifest = Manifest {
+        transfer_id,
+        name: name.into(),
+        version: version.into(),
+        format,
+        size: model.len() as u64,
+        sha256: sha256(model),
+        validation_size: encoded.len() as u64,
+        validation_sha256: if encoded.is_empty() { [0; 32] } else { sha256(&encoded) },
+        chunk_size,
+        chunk_hashes: chunk_hashes(&artifact, chunk_size),
+        pins: vec![],
+        latency_budget_ms: 0,
+        min_agent_version: String::new(),
+    };
+    (manifest, artifact)
+}
+
+/// Ranges `[start, end)` of the indices for which `have(i)` is false, among `0..count`.
+pub fn missing_ranges(count: u32, have: impl Fn(u32) -> bool) -> Vec<(u32, u32)> {
+    let mut out = vec![];
+    let mut i = 0;
+    while i < count {
+        if have(i) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < count && !have(i) {
+            i += 1;
+        }
+        out.push((start, i));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    fn validation() -> Validation {
+        Validation {
+            version: Validation::VERSION,
+            inputs: vec![NpyBytes(vec![1; 10])],
+            expected: vec![NpyBytes(vec![2; 5])],
+            tolerance: 1e-4,
+        }
+    }
+
+    #[test]
+    fn prepare_lays_out_model_then_validation_and_hashes_every_chunk() {
+        let model = vec![7u8; 1000];
+        let (m, artifact) = prepare([1; 16], "kws", "2", ModelFormat::Onnx, &model, Some(&validation()), 300);
+        assert_eq!(&artifact[..1000], &model[..]);
+        assert_eq!(decode::<Validation>(&artifact[1000..]).unwrap(), validation());
+        assert_eq!(m.artifact_size(), artifact.len() as u64);
+        assert_eq!(m.chunk_count() as usize, artifact.len().div_ceil(300));
+        m.check_consistent().unwrap();
+        for i in 0..m.chunk_count() {
+            let r = m.chunk_range(i);
+            assert_eq!(sha256(&artifact[r.start as usize..r.end as usize]), m.chunk_hashes[i as usize]);
+        }
+    }
+
+    #[test]
+    fn inconsistent_manifests_are_refused() {
+        let (m, _) = prepare([1; 16], "kws", "2", ModelFormat::Tflite, &[1; 100], None, 30);
+        let mut short = m.clone();
+        short.chunk_hashes.pop();
+        assert!(short.check_consistent().unwrap_err().contains("chunk hashes"));
+        let mut huge = m.clone();
+        huge.chunk_size = MAX_CHUNK_BYTES as u32 + 1;
+        assert!(huge.check_consistent().is_err());
+        let mut escape = m.clone();
+        escape.version = "../../etc".into();
+        assert!(escape.check_consistent().unwrap_err().contains("plain label"));
+        let mut name = m;
+        name.name = "a/b".into();
+        assert!(name.check_consistent().is_err());
+    }
+
+    #[test]
+    fn missing_ranges_are_half_open_and_ordered() {
+        let have = [true, false, false, true, false, true, true, false];
+        assert_eq!(missing_ranges(8, |i| have[i as usize]), vec![(1, 3), (4, 5), (7, 8)]);
+        assert_eq!(missing_ranges(3, |_| true), vec![]);
+        assert_eq!(missing_ranges(3, |_| false), vec![(0, 3)]);
+    }
+
+    #[test]
+    fn a_full_size_chunk_decodes_under_its_own_bound() {
+        let chunk = Chunk { version: 1, transfer_id: [3; 16], index: 9, data: vec![5; MAX_CHUNK_BYTES] };
+        assert_eq!(decode_chunk(&encode(&chunk)).unwrap(), chunk);
+        let too_big = Chunk { data: vec![5; MAX_CHUNK_BYTES + 100], ..chunk };
+        assert!(matches!(decode_chunk(&encode(&too_big)), Err(crate::ProtoError::TooLarge(_))));
+    }
+}
