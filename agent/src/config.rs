@@ -65,6 +65,81 @@ pub struct Config {
     /// Models loaded at start.
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// Groups this device belongs to: it accepts commands and OTA transfers sent to them.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Fleet commands and over-the-air model updates.
+    #[serde(default)]
+    pub ota: OtaConfig,
+}
+
+/// `[ota]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtaConfig {
+    /// Operators' ed25519 public keys (hex or base64) whose signed commands are accepted.
+    /// Empty: every command is refused.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Largest model a deploy may bring, in bytes.
+    #[serde(default = "default_max_model_bytes")]
+    pub max_model_bytes: u64,
+    /// Most OTA bytes per second this device takes in (repairs it asks for are paced to
+    /// it, and chunks beyond it wait); 0 for no cap.
+    #[serde(default)]
+    pub max_bytes_per_sec: u64,
+    /// Installed versions kept per model (the active and the previous one always are).
+    #[serde(default = "default_keep_versions")]
+    pub keep_versions: usize,
+    /// Seconds a new version is watched after activation before the deploy succeeds.
+    #[serde(default = "default_health_window_secs")]
+    pub health_window_secs: u64,
+    /// Requests needed in the health window before it can judge a regression.
+    #[serde(default = "default_health_min_requests")]
+    pub health_min_requests: u64,
+    /// A new version whose error rate exceeds the previous one's by more than this
+    /// (a fraction, 0-1) is rolled back.
+    #[serde(default = "default_health_max_error_increase")]
+    pub health_max_error_increase: f64,
+    /// A new version whose p95 latency exceeds the previous one's by this factor is
+    /// rolled back.
+    #[serde(default = "default_health_max_latency_ratio")]
+    pub health_max_latency_ratio: f64,
+    /// Seconds without a chunk before the device asks again for what it is missing.
+    #[serde(default = "default_stall_secs")]
+    pub stall_secs: u64,
+    /// Address-space limit of the process that validates a new model, in bytes.
+    #[serde(default = "default_validation_memory_bytes")]
+    pub validation_memory_bytes: u64,
+    /// Deadline of that process, in seconds.
+    #[serde(default = "default_validation_timeout_secs")]
+    pub validation_timeout_secs: u64,
+    /// Encrypt installed models with AES-256-GCM under `key_file`.
+    #[serde(default)]
+    pub encrypt_models: bool,
+    /// The 32-byte device key for `encrypt_models` (raw, or 64 hex digits). Generated
+    /// (mode 0600) when missing; relative to the config file. Default: `state_dir/model.key`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for OtaConfig {
+    fn default() -> Self {
+        OtaConfig {
+            trusted_keys: vec![],
+            max_model_bytes: default_max_model_bytes(),
+            max_bytes_per_sec: 0,
+            keep_versions: default_keep_versions(),
+            health_window_secs: default_health_window_secs(),
+            health_min_requests: default_health_min_requests(),
+            health_max_error_increase: default_health_max_error_increase(),
+            health_max_latency_ratio: default_health_max_latency_ratio(),
+            stall_secs: default_stall_secs(),
+            validation_memory_bytes: default_validation_memory_bytes(),
+            validation_timeout_secs: default_validation_timeout_secs(),
+            encrypt_models: false,
+            key_file: None,
+        }
+    }
 }
 
 /// `[mqtt]`
@@ -185,6 +260,33 @@ pub struct ModelConfig {
     pub queue: usize,
 }
 
+fn default_max_model_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_keep_versions() -> usize {
+    3
+}
+fn default_health_window_secs() -> u64 {
+    60
+}
+fn default_health_min_requests() -> u64 {
+    20
+}
+fn default_health_max_error_increase() -> f64 {
+    0.1
+}
+fn default_health_max_latency_ratio() -> f64 {
+    2.0
+}
+fn default_stall_secs() -> u64 {
+    5
+}
+fn default_validation_memory_bytes() -> u64 {
+    2 * 1024 * 1024 * 1024
+}
+fn default_validation_timeout_secs() -> u64 {
+    120
+}
 fn default_topic_prefix() -> String {
     "edge".into()
 }
@@ -286,6 +388,14 @@ impl Config {
         for m in &mut self.models {
             fix(&mut m.path);
         }
+        if let Some(k) = &mut self.ota.key_file {
+            fix(k);
+        }
+    }
+
+    /// The device key file for `[ota] encrypt_models`.
+    pub fn model_key_file(&self) -> PathBuf {
+        self.ota.key_file.clone().unwrap_or_else(|| self.state_dir.join("model.key"))
     }
 
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
@@ -340,6 +450,37 @@ impl Config {
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(bad("[http] listen", format!("{:?} is not an address:port", self.http.listen)));
+        }
+        for (i, g) in self.groups.iter().enumerate() {
+            if !valid_segment(g) {
+                return Err(bad(
+                    &format!("groups[{i}]"),
+                    format!("{g:?} must be 1-128 characters of A-Z a-z 0-9 - _ ."),
+                ));
+            }
+        }
+        if let Err(e) = crate::commands::parse_trusted_keys(&self.ota.trusted_keys) {
+            return Err(bad("[ota] trusted_keys", e.to_string()));
+        }
+        let o = &self.ota;
+        for (key, value) in [
+            ("[ota] max_model_bytes", o.max_model_bytes),
+            ("[ota] keep_versions", o.keep_versions as u64),
+            ("[ota] stall_secs", o.stall_secs),
+            ("[ota] validation_timeout_secs", o.validation_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "must be at least 1".into()));
+            }
+        }
+        if o.validation_memory_bytes < 64 * 1024 * 1024 {
+            return Err(bad("[ota] validation_memory_bytes", "must be at least 64 MiB (67108864)".into()));
+        }
+        if !(0.0..=1.0).contains(&o.health_max_error_increase) {
+            return Err(bad("[ota] health_max_error_increase", "must be a fraction between 0 and 1".into()));
+        }
+        if o.health_max_latency_ratio < 1.0 {
+            return Err(bad("[ota] health_max_latency_ratio", "must be at least 1.0".into()));
         }
         let mut names = std::collections::HashSet::new();
         for (i, m) in self.models.iter().enumerate() {
@@ -456,6 +597,20 @@ pins = { sr = 16000 }
         assert!(err.contains("[mqtt] ca_file") && err.contains("nope.pem"), "{err}");
         let err = parse(&d, &GOOD.replace("m.onnx", "gone.onnx")).unwrap_err().to_string();
         assert!(err.contains("[[models]] #1") && err.contains("gone.onnx"), "{err}");
+    }
+
+    #[test]
+    fn ota_keys_and_groups_are_checked() {
+        let d = setup();
+        let key = "ab".repeat(31);
+        let c = parse(&d, &format!("groups = [\"lab\"]\n{GOOD}\n[ota]\ntrusted_keys = [\"{key}\"]\n"));
+        let err = c.map(|_| ()).unwrap_err().to_string();
+        // 31 bytes: not a public key; refused with its position.
+        assert!(err.contains("[ota] trusted_keys") && err.contains("[0]"), "{err}");
+        let err = parse(&d, &format!("groups = [\"a/b\"]\n{GOOD}")).unwrap_err().to_string();
+        assert!(err.contains("groups[0]"), "{err}");
+        let c = parse(&d, &format!("groups = [\"lab\"]\n{GOOD}\n[ota]\nhealth_window_secs = 5\n")).unwrap();
+        assert_eq!((c.groups, c.ota.health_window_secs, c.ota.keep_versions), (vec!["lab".to_string()], 5, 3));
     }
 
     #[test]

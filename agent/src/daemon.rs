@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! telemetry ──> link (MQTT) ──> broker
-//!                 └── outbox (disk) while offline
+//!                 ├── outboxes (disk) for telemetry and acks while offline
+//!                 └──> commands (own thread) ──> gate, OTA staging, store, registry
+//!                          acks ──> link
 //! http: /v1 inference API ──> serving registry (worker pools per model version)
 //!       /metrics, /healthz, /readyz read the shared counters
 //! SIGHUP ──> reload: activate changed model versions
@@ -23,6 +25,8 @@ use tokio_util::task::TaskTracker;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use crate::commands::control::{CommandStats, Control, ControlDeps, Input, LogControl, RuntimeSettings};
+use crate::commands::{parse_trusted_keys, Gate, ReplayWindow};
 use crate::config::{host_port, Config, ModelConfig};
 use crate::engine::{self, Model};
 use crate::http::{self, Metrics};
@@ -31,6 +35,7 @@ use crate::outbox::Outbox;
 use crate::sdnotify::{self, Notifier};
 use crate::serving::{PoolSettings, Registry};
 use crate::stats::InferenceStats;
+use crate::store::Store;
 use crate::telemetry::{Sampler, SeqStore, Telemetry};
 
 /// How long components get to finish after a shutdown request.
@@ -83,18 +88,35 @@ fn identity(m: &ModelConfig) -> (PathBuf, String) {
     (m.path.clone(), m.version.clone())
 }
 
+/// Names of the models whose active version comes from the store (deployed over the air):
+/// those override a configuration entry of the same name.
+fn deployed(store: &Store) -> Vec<String> {
+    store
+        .names()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| store.current(n).map(|c| c.active.is_some()).unwrap_or(false))
+        .collect()
+}
+
 /// Loads and activates the configured models that are not active in that version yet; one
 /// that fails is logged and left as it was (the previous version keeps serving), the rest
-/// serve. Models no longer configured stop.
+/// serve. Models no longer configured stop. Models deployed over the air are left alone.
 fn apply_models(
     config: &Config,
+    store: &Store,
     registry: &Registry,
     active: &mut HashMap<String, (PathBuf, String)>,
     failures: &prometheus_client::metrics::counter::Counter,
 ) {
-    registry.expect(config.models.iter().map(|m| m.name.clone()).collect());
+    let over_the_air = deployed(store);
+    let mut expected: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
+    expected.extend(over_the_air.iter().cloned());
+    expected.sort();
+    expected.dedup();
+    registry.expect(expected);
     for m in &config.models {
-        if active.get(&m.name) == Some(&identity(m)) {
+        if active.get(&m.name) == Some(&identity(m)) || over_the_air.contains(&m.name) {
             continue;
         }
         let settings = PoolSettings { workers: m.workers, queue: m.queue };
@@ -115,11 +137,66 @@ fn apply_models(
     let configured: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
     active.retain(|name, _| {
         let keep = configured.contains(&name.as_str());
-        if !keep {
+        if !keep && !over_the_air.contains(name) {
             registry.deactivate(name);
         }
         keep
     });
+}
+
+/// Activates the versions the store names as active. One that no longer loads is logged
+/// and counted; its previous version, or the configured model, serves instead.
+fn load_deployed(
+    config: &Config,
+    store: &Store,
+    registry: &Registry,
+    failures: &prometheus_client::metrics::counter::Counter,
+) {
+    for name in deployed(store) {
+        let current = match store.current(&name) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.inc();
+                tracing::error!(model = %name, "{e}");
+                continue;
+            }
+        };
+        let settings = config
+            .models
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| PoolSettings { workers: m.workers, queue: m.queue })
+            .unwrap_or_default();
+        let candidates = current.active.iter().chain(current.previous.iter());
+        let mut served = false;
+        for version in candidates {
+            let loaded = store.read(&name, version).map_err(|e| e.to_string()).and_then(|(manifest, bytes)| {
+                let format = crate::store::engine_format(manifest.format);
+                engine::options_for_bytes(format, &bytes, &manifest.pins)
+                    .and_then(|o| Model::load_bytes(format, &bytes, &o))
+                    .map_err(|e| e.to_string())
+            });
+            match loaded
+                .and_then(|m| registry.activate(&name, version, Arc::new(m), settings).map_err(|e| e.to_string()))
+            {
+                Ok(()) => {
+                    tracing::info!(model = %name, version = %version, "deployed model loaded");
+                    if Some(version) != current.active.as_ref() {
+                        let _ = store.set_active(&name, version);
+                    }
+                    served = true;
+                    break;
+                }
+                Err(e) => {
+                    failures.inc();
+                    tracing::error!(model = %name, version = %version, "deployed model not loaded: {e}");
+                }
+            }
+        }
+        if !served {
+            tracing::error!(model = %name, "no deployed version of this model loads; the configured one serves, if any");
+        }
+    }
 }
 
 /// Re-reads the configuration on SIGHUP and activates changed models. A configuration that
@@ -129,6 +206,7 @@ async fn reload_on_sighup(
     registry: Arc<Registry>,
     mut active: HashMap<String, (PathBuf, String)>,
     mut failures: prometheus_client::metrics::counter::Counter,
+    store: Store,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -147,8 +225,9 @@ async fn reload_on_sighup(
             }
         };
         let registry = registry.clone();
+        let store = store.clone();
         let done = tokio::task::spawn_blocking(move || {
-            apply_models(&config, &registry, &mut active, &failures);
+            apply_models(&config, &store, &registry, &mut active, &failures);
             (active, failures)
         })
         .await?;
@@ -156,10 +235,46 @@ async fn reload_on_sighup(
     }
 }
 
-/// Runs the agent until a shutdown signal. `config_path` is re-read on SIGHUP.
-pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+/// Why the agent stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// A signal (SIGTERM, Ctrl-C) or a failed component.
+    Shutdown,
+    /// A `restart` command: the service manager should start it again.
+    Restart,
+}
+
+/// Runs the agent until a shutdown signal. `config_path` is re-read on SIGHUP; `log`
+/// changes the log filter at run time (`set-config`).
+pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogControl>) -> anyhow::Result<Stopped> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("state_dir {}: cannot create", config.state_dir.display()))?;
+    let config_text = config_path.as_ref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
+    let settings = RuntimeSettings::load(&config.state_dir).unwrap_or_else(|| RuntimeSettings {
+        telemetry_interval_secs: config.telemetry.interval_secs.min(u32::MAX as u64) as u32,
+        log_level: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    });
+    if let Some(set) = &log {
+        if let Err(e) = set(&settings.log_level) {
+            tracing::warn!("runtime.json log_level {:?}: {e}", settings.log_level);
+        }
+    }
+    let key = if config.ota.encrypt_models {
+        Some(crate::store::load_or_create_key(&config.model_key_file())?)
+    } else {
+        None
+    };
+    let store = Store::open(&config.state_dir.join("models"), key)?;
+    let trusted = parse_trusted_keys(&config.ota.trusted_keys)?;
+    if trusted.is_empty() {
+        tracing::warn!("[ota] trusted_keys is empty: every fleet command will be refused");
+    }
+    let gate = Gate::new(
+        config.device_id.clone(),
+        config.groups.clone(),
+        trusted.clone(),
+        ReplayWindow::open_in(&config.state_dir)?,
+    );
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.device_id).context("device_id or topic_prefix")?;
     let (host, port) = host_port(&config.mqtt.url).context("[mqtt] url has no host:port")?;
     let tls = if config.mqtt.url.starts_with("mqtts://") {
@@ -180,7 +295,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     ));
     let load_failures = prometheus_client::metrics::counter::Counter::default();
     let mut active = HashMap::new();
-    apply_models(&config, &registry, &mut active, &load_failures);
+    apply_models(&config, &store, &registry, &mut active, &load_failures);
+    load_deployed(&config, &store, &registry, &load_failures);
     let link_stats = Arc::new(LinkStats::default());
     let outbox_dir = config.state_dir.join("outbox");
     let outbox = Outbox::open(
@@ -189,7 +305,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         Duration::from_secs(config.telemetry.outbox_ttl_secs),
     )
     .with_context(|| format!("outbox {}", outbox_dir.display()))?;
-    let settings = LinkSettings {
+    let acks_dir = config.state_dir.join("acks");
+    let acks = Outbox::open(&acks_dir, 4 * 1024 * 1024, Duration::from_secs(config.telemetry.outbox_ttl_secs))
+        .with_context(|| format!("ack outbox {}", acks_dir.display()))?;
+    let link_settings = LinkSettings {
         topics,
         host,
         port,
@@ -200,20 +319,32 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         models: registry.list().iter().map(|s| s.name.clone()).collect(),
         backoff_base: Duration::from_millis(500),
         backoff_max: Duration::from_secs(config.mqtt.reconnect_max_secs),
+        groups: config.groups.clone(),
     };
-    let (link, link_handle) = Link::new(settings, outbox, link_stats.clone());
+    let (inbound_tx, mut inbound_rx) = tokio::sync::mpsc::channel(8);
+    let (link, link_handle) = Link::new(link_settings, outbox, acks, Some(inbound_tx), link_stats.clone());
+    let (interval_tx, interval_rx) =
+        tokio::sync::watch::channel(Duration::from_secs(settings.telemetry_interval_secs.into()));
     let samples = prometheus_client::metrics::counter::Counter::default();
     let telemetry = Telemetry {
         sampler: Sampler::new(&config.device_id, &config.state_dir).context("system sampler")?,
         seq: SeqStore::open(&config.state_dir.join("telemetry.seq"))?,
-        interval: Duration::from_secs(config.telemetry.interval_secs),
-        link: link_handle,
+        interval: interval_rx,
+        link: link_handle.clone(),
         link_stats: link_stats.clone(),
         models: inference.clone(),
         samples: samples.clone(),
     };
     let link_stats_for_status = link_stats.clone();
-    let metrics = Arc::new(Metrics::new(link_stats, &inference, samples, registry.clone(), load_failures.clone()));
+    let command_stats = CommandStats::default();
+    let metrics = Arc::new(Metrics::new(
+        link_stats,
+        &inference,
+        samples,
+        registry.clone(),
+        load_failures.clone(),
+        &command_stats,
+    ));
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("[http] listen {}: cannot bind", config.http.listen))?;
@@ -221,13 +352,64 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let control = Control::new(ControlDeps {
+        config: config.clone(),
+        config_text,
+        gate,
+        trusted,
+        store: store.clone(),
+        registry: registry.clone(),
+        stats: inference.clone(),
+        link: link_handle,
+        runtime: tokio::runtime::Handle::current(),
+        interval: interval_tx,
+        log,
+        settings,
+        cancel: cancel.clone(),
+        restart: restart.clone(),
+        program: std::env::current_exe().context("cannot find the agent's own executable")?,
+        metrics: command_stats,
+    });
+    // The command component runs on its own thread: file I/O, model loading and the
+    // validation child must not stall the runtime. It gets what the link receives and a
+    // tick twice a second.
+    let (input_tx, input_rx) = tokio::sync::mpsc::channel::<Input>(8);
+    let control_thread = std::thread::Builder::new()
+        .name("commands".into())
+        .spawn(move || control.run(input_rx))
+        .context("cannot start the command thread")?;
+    let forward = input_tx.clone();
+    let stop_forward = cancel.clone();
+    supervise(&tracker, &cancel, "command input", async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = stop_forward.cancelled() => return Ok(()),
+                Some(msg) = inbound_rx.recv() => {
+                    if forward.send(Input::Inbound(msg)).await.is_err() {
+                        anyhow::bail!("the command thread stopped");
+                    }
+                }
+                _ = tick.tick() => {
+                    let _ = forward.try_send(Input::Tick);
+                }
+            }
+        }
+    });
+    drop(input_tx);
     supervise(&tracker, &cancel, "link", link.run(cancel.clone()));
     supervise(&tracker, &cancel, "telemetry", telemetry.run(cancel.clone()));
     let api = crate::serving::api::router(registry.clone(), config.http.max_body_bytes);
     supervise(&tracker, &cancel, "http", http::serve(listener, metrics, api, cancel.clone()));
     let status_registry = registry.clone();
     if let Some(path) = config_path {
-        supervise(&tracker, &cancel, "reload", reload_on_sighup(path, registry, active, load_failures, cancel.clone()));
+        supervise(
+            &tracker,
+            &cancel,
+            "reload",
+            reload_on_sighup(path, registry, active, load_failures, store, cancel.clone()),
+        );
     }
     // systemd: READY once everything runs, then STATUS and watchdog pings from this runtime.
     let notifier = Arc::new(Notifier::from_env());
@@ -253,6 +435,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait()).await.is_err() {
         tracing::warn!("components did not stop within {SHUTDOWN_DEADLINE:?}; exiting anyway");
     }
-    tracing::info!("edge-agent stopped");
-    Ok(())
+    // The command thread ends once its input closes (the forwarding task has stopped);
+    // it checkpoints staged transfers on the way out.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = control_thread.join();
+        let _ = done_tx.send(());
+    });
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, done_rx).await.is_err() {
+        tracing::warn!("the command thread did not stop within {SHUTDOWN_DEADLINE:?}; exiting anyway");
+    }
+    let restart = restart.load(std::sync::atomic::Ordering::SeqCst);
+    tracing::info!(restart, "edge-agent stopped");
+    Ok(if restart { Stopped::Restart } else { Stopped::Shutdown })
 }

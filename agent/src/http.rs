@@ -54,6 +54,7 @@ impl Metrics {
         samples: Counter,
         serving: Arc<crate::serving::Registry>,
         load_failures: Counter,
+        commands: &crate::commands::control::CommandStats,
     ) -> Metrics {
         let mut registry = Registry::default();
         registry.register(
@@ -97,6 +98,10 @@ impl Metrics {
         r.register("edge_agent_telemetry_samples", "Telemetry samples taken", samples);
         r.register("edge_agent_models_loaded", "Models loaded and serving", m.models_loaded.clone());
         r.register("edge_agent_model_load_failures", "Model files that failed to load", load_failures);
+        r.register("edge_agent_commands", "Fleet commands received, by outcome", commands.commands.clone());
+        r.register("edge_agent_deploys", "Model deploys finished, by result", commands.deploys.clone());
+        r.register("edge_agent_ota_received_bytes", "OTA chunk bytes written to staging", commands.ota_bytes.clone());
+        r.register("edge_agent_ota_dropped_chunks", "OTA chunks dropped, by reason", commands.chunks_dropped.clone());
         m
     }
 

@@ -14,7 +14,11 @@
 //!   - [`telemetry`] samples the box (sysinfo), the agent and [`stats`] on an interval;
 //!   - [`link`] carries samples to the broker over mutual-TLS MQTT, through the [`outbox`]
 //!     on disk, with the topic layout and messages of `edge-proto`;
-//!   - [`http`] serves `/metrics`, `/healthz` and `/readyz`.
+//!   - [`http`] serves `/metrics`, `/healthz` and `/readyz`, and the local inference API
+//!     of [`serving`];
+//!   - [`commands`] checks the signed commands the link receives and carries them out on
+//!     their own thread: model updates through [`ota`] into the [`store`], status,
+//!     configuration, inference, erase and restart, reporting each step in an ack.
 //! - [`sdnotify`]: systemd READY/STATUS/WATCHDOG notifications.
 //! - [`fsutil`]: atomic, durable file replacement.
 
@@ -26,8 +30,10 @@ pub mod fsutil;
 pub mod http;
 pub mod link;
 pub mod npy;
+pub mod ota;
 pub mod outbox;
 pub mod sdnotify;
 pub mod serving;
 pub mod stats;
+pub mod store;
 pub mod telemetry;

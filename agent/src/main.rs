@@ -81,6 +81,15 @@ enum Command {
         #[arg(long, value_name = "N")]
         profile: Option<usize>,
     },
+    /// Validate a staged OTA transfer (run by the agent itself in a child process under
+    /// memory and time limits): load the model, run its validation vector, print a JSON
+    /// report.
+    #[command(hide = true)]
+    Validate {
+        /// The staging directory.
+        #[arg(long)]
+        staging: PathBuf,
+    },
 }
 
 fn split_pair<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str)> {
@@ -304,31 +313,32 @@ enum LogFormat {
 
 /// Under systemd (`JOURNAL_STREAM` set) logs go to journald with structured fields; if the
 /// journal socket is missing, or outside systemd, they go to stderr as text or JSON.
-/// `RUST_LOG` filters; the default is info.
-fn init_logging(format: LogFormat) {
+/// `RUST_LOG` filters; the default is info. Returns the control that changes the filter at
+/// run time (the `set-config` command).
+fn init_logging(format: LogFormat) -> edge_agent::commands::control::LogControl {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = || {
-        tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-    };
+    use tracing_subscriber::{reload, EnvFilter, Layer};
+    let initial = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(initial);
+    let control: edge_agent::commands::control::LogControl = std::sync::Arc::new(move |level: &str| {
+        let next = EnvFilter::try_new(level).map_err(|e| format!("log level {level:?}: {e}"))?;
+        handle.reload(next).map_err(|e| format!("cannot change the log filter: {e}"))
+    });
+    let mut journald = None;
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         match tracing_journald::layer() {
-            Ok(journald) => {
-                tracing_subscriber::registry()
-                    .with(filter())
-                    .with(journald.with_syslog_identifier("edge-agent".into()))
-                    .init();
-                return;
-            }
+            Ok(layer) => journald = Some(layer.with_syslog_identifier("edge-agent".into())),
             Err(e) => eprintln!("edge-agent: journald unavailable ({e}); logging to stderr"),
         }
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let stderr = match (&journald, format) {
+        (Some(_), _) => None,
+        (None, LogFormat::Text) => Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()),
+        (None, LogFormat::Json) => Some(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed()),
+    };
+    tracing_subscriber::registry().with(filter).with(journald).with(stderr).init();
+    control
 }
 
 /// A failure and its exit code: 2 for a bad configuration, 1 for anything else.
@@ -336,15 +346,24 @@ type Failure = (u8, String);
 
 fn run_daemon(config_path: &Path, format: LogFormat) -> Result<(), Failure> {
     let config = Config::load(config_path).map_err(|e| (EXIT_BAD_CONFIG, e.to_string()))?;
-    init_logging(format);
+    let log = init_logging(format);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| (1, format!("cannot start the runtime: {e}")))?;
-    runtime
-        .block_on(edge_agent::daemon::run(config, Some(config_path.to_path_buf())))
-        .map_err(|e| (1, format!("{e:#}")))
+    let stopped = runtime
+        .block_on(edge_agent::daemon::run(config, Some(config_path.to_path_buf()), Some(log)))
+        .map_err(|e| (1, format!("{e:#}")))?;
+    match stopped {
+        edge_agent::daemon::Stopped::Shutdown => Ok(()),
+        edge_agent::daemon::Stopped::Restart => {
+            Err((EXIT_RESTART, "stopped by a restart command; the service manager starts it again".into()))
+        }
+    }
 }
+
+/// Exit code after a `restart` command: EX_TEMPFAIL, which `Restart=on-failure` restarts.
+const EXIT_RESTART: u8 = 75;
 
 /// Exit code for an invalid configuration.
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -366,6 +385,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { model, json, pins } => inspect(&model, json, &pins),
         Command::Infer { model, inputs, pins, state, sequence, output_dir, repeat, threads, profile } => {
             infer(&model, &inputs, &pins, &state, sequence, output_dir.as_deref(), repeat, threads, profile)
+        }
+        Command::Validate { staging } => {
+            let report = edge_agent::ota::validate::validate_staging(&staging);
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
         }
     }
 }

@@ -548,6 +548,25 @@ impl Outbox {
         self.commit()
     }
 
+    /// Deletes every queued record, overwriting the files first (the `erase` command), and
+    /// starts empty. Drop counters are kept.
+    pub fn clear(&mut self) -> Result<(), OutboxError> {
+        let dir = self.dir.clone();
+        let entries = fs::read_dir(&dir).map_err(io_err("list", &dir))?;
+        for entry in entries.flatten() {
+            crate::store::wipe_file(&entry.path()).map_err(|e| OutboxError::Io {
+                action: "wipe",
+                path: entry.path(),
+                source: io::Error::other(e.to_string()),
+            })?;
+        }
+        let stats = self.stats;
+        *self = Outbox::open_with(&dir, self.max_bytes, Duration::from_millis(self.ttl_ms), self.segment_bytes)?;
+        self.stats.dropped_full = stats.dropped_full;
+        self.stats.dropped_expired = stats.dropped_expired;
+        Ok(())
+    }
+
     /// Current counters.
     pub fn stats(&self) -> OutboxStats {
         self.stats
@@ -791,6 +810,19 @@ mod tests {
             ob.ack().unwrap();
         }
         out
+    }
+
+    #[test]
+    fn clear_empties_the_outbox_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(dir.path(), 1 << 20, Duration::from_secs(60)).unwrap();
+        o.push(1, b"secret sample").unwrap();
+        o.clear().unwrap();
+        assert!(o.is_empty() && o.peek(2).unwrap().is_none());
+        o.push(3, b"after").unwrap();
+        drop(o);
+        let mut o = Outbox::open(dir.path(), 1 << 20, Duration::from_secs(60)).unwrap();
+        assert_eq!(o.peek(4).unwrap().as_deref(), Some(&b"after"[..]));
     }
 
     #[test]

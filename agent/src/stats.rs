@@ -61,7 +61,8 @@ impl Default for InferenceStats {
     }
 }
 
-fn percentile(sorted: &[f32], p: f32) -> f32 {
+/// The `p` quantile (0-1) of sorted values, nearest rank; 0 when empty.
+pub fn percentile(sorted: &[f32], p: f32) -> f32 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -105,6 +106,16 @@ impl InferenceStats {
             w.latencies.push_back(elapsed.as_secs_f32() * 1e3);
         } else {
             w.errors += 1;
+        }
+    }
+
+    /// Requests, errors and the recent successful latencies (ms, oldest first) of `model`:
+    /// what the OTA health watch compares before and after an activation.
+    pub fn raw(&self, model: &str) -> (u64, u64, Vec<f32>) {
+        let recent = self.recent.lock().expect("stats lock");
+        match recent.get(model) {
+            Some(w) => (w.requests, w.errors, w.latencies.iter().copied().collect()),
+            None => (0, 0, vec![]),
         }
     }
 

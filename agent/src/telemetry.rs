@@ -204,8 +204,8 @@ pub struct Telemetry {
     pub sampler: Sampler,
     /// Sequence numbers.
     pub seq: SeqStore,
-    /// Time between samples.
-    pub interval: Duration,
+    /// Time between samples; the `set-config` command changes it at run time.
+    pub interval: tokio::sync::watch::Receiver<Duration>,
     /// Where samples go.
     pub link: LinkHandle,
     /// Link counters, reported in each sample.
@@ -221,11 +221,21 @@ impl Telemetry {
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         // The first CPU reading needs a second refresh at least this far from the first.
         tokio::time::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL).await;
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let new_tick = |every: Duration| {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        };
+        let mut tick = new_tick(*self.interval.borrow_and_update());
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
+                Ok(()) = self.interval.changed() => {
+                    let every = *self.interval.borrow_and_update();
+                    tracing::info!("telemetry interval is now {every:?}");
+                    tick = new_tick(every);
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             let seq = match self.seq.take() {

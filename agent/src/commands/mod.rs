@@ -1,6 +1,6 @@
-//! Fleet commands: deciding whether a received command is accepted, without any I/O
-//! besides the replay window's file. The MQTT transport and the commands' effects are
-//! elsewhere (next); this is the gate they will go through.
+//! Fleet commands: the gate that decides whether a received command is accepted (here,
+//! without any I/O besides the replay window's file), and the component that carries out
+//! what it accepts ([`control`]).
 //!
 //! # Acceptance order
 //!
@@ -20,6 +20,7 @@
 //! id) is believed. A refused command changes nothing: the window is written only when a
 //! command is accepted.
 
+pub mod control;
 mod keys;
 mod window;
 
@@ -112,7 +113,7 @@ impl From<CommandError> for Rejection {
 }
 
 /// What the gate decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// Passed every check; its id is now in the replay window.
     Accepted(Command),

@@ -31,8 +31,19 @@ impl Default for Limits {
 /// Runs `program inspect --model FILE --json` under `limits` and returns its report.
 /// `program` is normally `std::env::current_exe()`.
 pub fn check_in_child(program: &Path, model: &Path, limits: Limits) -> Result<Inspection, EngineError> {
+    let args = ["inspect".as_ref(), "--model".as_ref(), model.as_os_str(), "--json".as_ref()];
+    let what = model.display().to_string();
+    let stdout = run_child(program, &args, limits, &what)?;
+    serde_json::from_str(&stdout)
+        .map_err(|e| EngineError::Invalid(format!("{what}: unreadable model check report: {e}")))
+}
+
+/// Runs `program ARGS…` under `limits` and returns its standard output. `what` names the
+/// model in errors. A crash, a kill at the deadline or a failure without output is an error
+/// that says which.
+pub fn run_child(program: &Path, args: &[&std::ffi::OsStr], limits: Limits, what: &str) -> Result<String, EngineError> {
     let mut cmd = Command::new(program);
-    cmd.arg("inspect").arg("--model").arg(model).arg("--json");
+    cmd.args(args);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let memory = limits.memory_bytes;
     #[cfg(unix)]
@@ -60,8 +71,7 @@ pub fn check_in_child(program: &Path, model: &Path, limits: Limits) -> Result<In
             let _ = child.kill();
             let _ = child.wait();
             return Err(EngineError::Invalid(format!(
-                "{}: model check did not finish within {:?}",
-                model.display(),
+                "{what}: model check did not finish within {:?}",
                 limits.timeout
             )));
         }
@@ -81,15 +91,13 @@ pub fn check_in_child(program: &Path, model: &Path, limits: Limits) -> Result<In
             use std::os::unix::process::ExitStatusExt;
             if let Some(signal) = status.signal() {
                 return Err(EngineError::Invalid(format!(
-                    "{}: model check crashed (signal {signal}) under a {} MiB memory limit",
-                    model.display(),
+                    "{what}: model check crashed (signal {signal}) under a {} MiB memory limit",
                     memory >> 20
                 )));
             }
         }
         let reason = stderr.lines().last().unwrap_or("no output").to_string();
-        return Err(EngineError::Invalid(format!("{}: model check failed: {reason}", model.display())));
+        return Err(EngineError::Invalid(format!("{what}: model check failed: {reason}")));
     }
-    serde_json::from_str(&stdout)
-        .map_err(|e| EngineError::Invalid(format!("{}: unreadable model check report: {e}", model.display())))
+    Ok(stdout)
 }

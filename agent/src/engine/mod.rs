@@ -521,11 +521,16 @@ pub fn inspect(path: &Path, options: &LoadOptions) -> Result<Inspection, EngineE
 pub fn declared_inputs(path: &Path) -> Result<Vec<TensorSpec>, EngineError> {
     let format = Format::from_path(path)?;
     let bytes = read_model_file(path)?;
+    declared_inputs_of(format, &bytes)
+}
+
+/// [`declared_inputs`] of a model in memory.
+pub fn declared_inputs_of(format: Format, bytes: &[u8]) -> Result<Vec<TensorSpec>, EngineError> {
     match format {
-        Format::Tflite => Ok(guarded(|| tflite::summary(&bytes))?.1.map(|d| d.0).unwrap_or_default()),
-        Format::Onnx => Ok(guarded(|| onnx::summary(&bytes))?.1.map(|d| d.0).unwrap_or_default()),
+        Format::Tflite => Ok(guarded(|| tflite::summary(bytes))?.1.map(|d| d.0).unwrap_or_default()),
+        Format::Onnx => Ok(guarded(|| onnx::summary(bytes))?.1.map(|d| d.0).unwrap_or_default()),
         Format::Nnef => {
-            let model = Model::load_bytes(format, &bytes, &LoadOptions::default())?;
+            let model = Model::load_bytes(format, bytes, &LoadOptions::default())?;
             Ok(model.inputs.clone())
         }
     }
@@ -559,6 +564,17 @@ pub fn datum_type_from_name(name: &str) -> Option<DatumType> {
         "Bool" => DatumType::Bool,
         _ => return None,
     })
+}
+
+/// Load options for a model that arrived over the air: its manifest's pins, in the types
+/// the model declares.
+pub fn options_for_bytes(format: Format, bytes: &[u8], pins: &[(String, f64)]) -> Result<LoadOptions, EngineError> {
+    let declared = if pins.is_empty() { vec![] } else { declared_inputs_of(format, bytes)? };
+    let pins = pins
+        .iter()
+        .map(|(name, v)| Ok((name.clone(), scalar_pin(&declared, name, *v)?)))
+        .collect::<Result<Vec<_>, EngineError>>()?;
+    Ok(LoadOptions { pins, ..LoadOptions::default() })
 }
 
 /// Load options for a model entry of the configuration.

@@ -3,11 +3,17 @@
 //! Two tasks:
 //! - the **event loop** task polls rumqttc, never blocks, and sleeps with exponential backoff
 //!   and jitter after a connection error (rumqttc itself would reconnect at once);
-//! - the **link** task owns the [`Outbox`]. Every telemetry message is written to the outbox
-//!   first (so a `kill -9` loses nothing that was sampled) and published from its head, one
-//!   at a time, when connected; the head is removed only when the broker's PUBACK arrives.
-//!   Order is kept, and a message whose ack was lost is sent again (at least once: receivers
-//!   deduplicate by sequence number).
+//! - the **link** task owns two [`Outbox`]es, one *lane* each: command acks (first) and
+//!   telemetry. Every message is written to its outbox first (so a `kill -9` loses neither a
+//!   sample nor an ack) and published from the head, one at a time per lane, when
+//!   connected; the head is removed only when the broker's PUBACK arrives. Order is kept,
+//!   and a message whose ack was lost is sent again (at least once: receivers deduplicate
+//!   by sequence number or command id).
+//!
+//! On every connect the link subscribes (QoS 1) to the device's command and OTA topics and
+//! to those of its groups, and routes what arrives to the command component
+//! ([`Inbound`]). Repair requests for missing OTA chunks are published directly (QoS 0):
+//! they are repeated until answered, so there is nothing to keep.
 //!
 //! On every connect the link publishes a retained `online` [`Status`]; the broker publishes
 //! the retained `offline` last will when the device vanishes, and the agent publishes it
@@ -85,26 +91,80 @@ pub struct LinkSettings {
     pub backoff_base: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// Groups whose command and OTA topics the device subscribes to.
+    pub groups: Vec<String>,
 }
 
-/// Sends telemetry to the link.
+/// What other components ask of the link.
+#[derive(Debug)]
+enum Request {
+    Telemetry(Vec<u8>),
+    Ack(Vec<u8>),
+    Need(Vec<u8>),
+    EraseTelemetry(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+/// Sends telemetry, acks and repair requests to the link.
 #[derive(Debug, Clone)]
 pub struct LinkHandle {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Request>,
 }
 
 impl LinkHandle {
     /// Queues one encoded telemetry message. Waits if the link task is behind (bounded).
     pub async fn send(&self, payload: Vec<u8>) -> bool {
-        self.tx.send(payload).await.is_ok()
+        self.tx.send(Request::Telemetry(payload)).await.is_ok()
     }
+
+    /// Queues one encoded ack: stored on disk, then published when connected.
+    pub async fn ack(&self, payload: Vec<u8>) -> bool {
+        self.tx.send(Request::Ack(payload)).await.is_ok()
+    }
+
+    /// Queues one encoded ack, from a thread outside the runtime: stored on disk, then
+    /// published when connected.
+    pub fn ack_blocking(&self, payload: Vec<u8>) -> bool {
+        self.tx.blocking_send(Request::Ack(payload)).is_ok()
+    }
+
+    /// Publishes a repair request if connected (dropped otherwise: it is repeated), from a
+    /// thread outside the runtime.
+    pub fn need_blocking(&self, payload: Vec<u8>) -> bool {
+        self.tx.blocking_send(Request::Need(payload)).is_ok()
+    }
+
+    /// Deletes every queued telemetry message (the `erase` command), from a thread
+    /// outside the runtime.
+    pub fn erase_telemetry_blocking(&self) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.blocking_send(Request::EraseTelemetry(tx)).map_err(|_| "link stopped".to_string())?;
+        rx.blocking_recv().map_err(|_| "link stopped".to_string())?
+    }
+}
+
+/// A message the link received for another component.
+#[derive(Debug)]
+pub enum Inbound {
+    /// On a command topic (the device's or a group's): a signed command.
+    Command(Vec<u8>),
+    /// On an OTA topic: a chunk.
+    Chunk(Vec<u8>),
+}
+
+/// One outbox and the topic its messages go to.
+struct Lane {
+    outbox: Outbox,
+    topic: String,
+    in_flight: Option<InFlight>,
 }
 
 /// The link component.
 pub struct Link {
     settings: LinkSettings,
-    rx: mpsc::Receiver<Vec<u8>>,
-    outbox: Outbox,
+    rx: mpsc::Receiver<Request>,
+    telemetry: Lane,
+    acks: Lane,
+    inbound: Option<mpsc::Sender<Inbound>>,
     stats: Arc<LinkStats>,
     started: Instant,
 }
@@ -117,7 +177,14 @@ fn now_ms() -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Issued {
     Status,
-    Outbox(usize),
+    Need,
+    Lane(LaneId, usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LaneId {
+    Acks,
+    Telemetry,
 }
 
 /// The outbox head on its way to the broker.
@@ -128,10 +195,50 @@ enum InFlight {
 }
 
 impl Link {
-    /// A link and the handle that feeds it.
-    pub fn new(settings: LinkSettings, outbox: Outbox, stats: Arc<LinkStats>) -> (Link, LinkHandle) {
+    /// A link and the handle that feeds it. `acks` is the outbox of command acks;
+    /// commands and chunks received go to `inbound` (none: not subscribed).
+    pub fn new(
+        settings: LinkSettings,
+        outbox: Outbox,
+        acks: Outbox,
+        inbound: Option<mpsc::Sender<Inbound>>,
+        stats: Arc<LinkStats>,
+    ) -> (Link, LinkHandle) {
         let (tx, rx) = mpsc::channel(64);
-        (Link { settings, rx, outbox, stats, started: Instant::now() }, LinkHandle { tx })
+        let telemetry = Lane { outbox, topic: settings.topics.telemetry(), in_flight: None };
+        let acks = Lane { outbox: acks, topic: settings.topics.acks(), in_flight: None };
+        (Link { settings, rx, telemetry, acks, inbound, stats, started: Instant::now() }, LinkHandle { tx })
+    }
+
+    fn lane(&mut self, id: LaneId) -> &mut Lane {
+        match id {
+            LaneId::Acks => &mut self.acks,
+            LaneId::Telemetry => &mut self.telemetry,
+        }
+    }
+
+    /// Topic filters to subscribe to, and what arrives on each.
+    fn subscriptions(&self) -> Vec<(String, bool)> {
+        let t = &self.settings.topics;
+        let mut subs = vec![(t.commands(), true), (t.ota(), false)];
+        for g in &self.settings.groups {
+            if let (Some(cmd), Some(ota)) = (t.group_commands(g), t.group_ota(g)) {
+                subs.push((cmd, true));
+                subs.push((ota, false));
+            }
+        }
+        subs
+    }
+
+    /// Routes a received publish to the command component; waits if it is behind.
+    async fn route(&self, topic: &str, payload: Vec<u8>) {
+        let Some(inbound) = &self.inbound else { return };
+        let Some(is_command) = self.subscriptions().into_iter().find(|(t, _)| t == topic).map(|(_, c)| c) else {
+            tracing::debug!(topic, "message on a topic the agent does not handle; ignored");
+            return;
+        };
+        let msg = if is_command { Inbound::Command(payload) } else { Inbound::Chunk(payload) };
+        let _ = inbound.send(msg).await;
     }
 
     fn status(&self, state: State) -> Vec<u8> {
@@ -160,7 +267,7 @@ impl Link {
     }
 
     fn refresh_stats(&self) {
-        let s = self.outbox.stats();
+        let s = self.telemetry.outbox.stats();
         self.stats.queued.store(s.queued, Ordering::Relaxed);
         self.stats.dropped_full.store(s.dropped_full, Ordering::Relaxed);
         self.stats.dropped_expired.store(s.dropped_expired, Ordering::Relaxed);
@@ -180,21 +287,38 @@ impl Link {
             Backoff::new(self.settings.backoff_base, self.settings.backoff_max),
             stop_events.clone(),
         ));
-        let telemetry_topic = self.settings.topics.telemetry();
         let status_topic = self.settings.topics.status();
+        let need_topic = self.settings.topics.need();
         let mut issued: VecDeque<Issued> = VecDeque::new();
-        let mut in_flight: Option<InFlight> = None;
         let mut ever_connected = false;
         self.refresh_stats();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                Some(payload) = self.rx.recv() => {
-                    if let Err(e) = self.outbox.push(now_ms(), &payload) {
-                        self.stats.outbox_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!("outbox: telemetry sample not stored: {e}");
+                Some(request) = self.rx.recv() => match request {
+                    Request::Telemetry(payload) => {
+                        if let Err(e) = self.telemetry.outbox.push(now_ms(), &payload) {
+                            self.stats.outbox_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!("outbox: telemetry sample not stored: {e}");
+                        }
                     }
-                }
+                    Request::Ack(payload) => {
+                        if let Err(e) = self.acks.outbox.push(now_ms(), &payload) {
+                            self.stats.outbox_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!("outbox: command ack not stored: {e}");
+                        }
+                    }
+                    Request::Need(payload) => {
+                        if self.stats.connected.load(Ordering::Relaxed)
+                            && client.try_publish(&need_topic, QoS::AtMostOnce, false, payload).is_ok()
+                        {
+                            issued.push_back(Issued::Need);
+                        }
+                    }
+                    Request::EraseTelemetry(reply) => {
+                        let _ = reply.send(self.telemetry.outbox.clear().map_err(|e| e.to_string()));
+                    }
+                },
                 Some(event) = events.recv() => match event {
                     LinkEvent::Connected => {
                         if ever_connected {
@@ -204,7 +328,17 @@ impl Link {
                         self.stats.connected.store(true, Ordering::Relaxed);
                         tracing::info!(host = %self.settings.host, port = self.settings.port, "connected to broker");
                         issued.clear();
-                        in_flight = None;
+                        self.telemetry.in_flight = None;
+                        self.acks.in_flight = None;
+                        if self.inbound.is_some() {
+                            let filters = self
+                                .subscriptions()
+                                .into_iter()
+                                .map(|(t, _)| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
+                            if let Err(e) = client.try_subscribe_many(filters) {
+                                tracing::error!("cannot subscribe to the command topics: {e}");
+                            }
+                        }
                         if client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status(State::Online)).is_ok() {
                             issued.push_back(Issued::Status);
                         }
@@ -216,40 +350,52 @@ impl Link {
                             tracing::warn!("cannot connect to broker: {reason}");
                         }
                         issued.clear();
-                        in_flight = None;
+                        self.telemetry.in_flight = None;
+                        self.acks.in_flight = None;
                     }
                     LinkEvent::Published(pkid) => {
-                        if let Some(Issued::Outbox(len)) = issued.pop_front() {
-                            in_flight = Some(InFlight::Sent { pkid, len });
+                        if let Some(Issued::Lane(id, len)) = issued.pop_front() {
+                            self.lane(id).in_flight = Some(InFlight::Sent { pkid, len });
                         }
                     }
                     LinkEvent::Acked(pkid) => {
-                        if let Some(InFlight::Sent { pkid: p, len }) = in_flight {
-                            if p == pkid {
-                                in_flight = None;
-                                match self.outbox.ack() {
-                                    Ok(()) => {
-                                        self.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
-                                        self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+                        for id in [LaneId::Acks, LaneId::Telemetry] {
+                            let lane = self.lane(id);
+                            if let Some(InFlight::Sent { pkid: p, len }) = lane.in_flight {
+                                if p == pkid {
+                                    lane.in_flight = None;
+                                    match lane.outbox.ack() {
+                                        Ok(()) if id == LaneId::Telemetry => {
+                                            self.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+                                            self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+                                        }
+                                        Ok(()) => {}
+                                        Err(e) => tracing::error!("outbox: cannot mark a delivered message: {e}"),
                                     }
-                                    Err(e) => tracing::error!("outbox: cannot mark a delivered message: {e}"),
                                 }
                             }
                         }
                     }
+                    LinkEvent::Message(topic, payload) => self.route(&topic, payload).await,
                 },
             }
-            if self.stats.connected.load(Ordering::Relaxed) && in_flight.is_none() {
-                match self.outbox.peek(now_ms()) {
-                    Ok(Some(payload)) => {
-                        let len = payload.len();
-                        if client.try_publish(&telemetry_topic, QoS::AtLeastOnce, false, payload).is_ok() {
-                            issued.push_back(Issued::Outbox(len));
-                            in_flight = Some(InFlight::Requested(len));
-                        }
+            if self.stats.connected.load(Ordering::Relaxed) {
+                for id in [LaneId::Acks, LaneId::Telemetry] {
+                    let lane = self.lane(id);
+                    if lane.in_flight.is_some() {
+                        continue;
                     }
-                    Ok(None) => {}
-                    Err(e) => tracing::error!("outbox: cannot read the next message: {e}"),
+                    match lane.outbox.peek(now_ms()) {
+                        Ok(Some(payload)) => {
+                            let len = payload.len();
+                            if client.try_publish(&lane.topic, QoS::AtLeastOnce, false, payload).is_ok() {
+                                lane.in_flight = Some(InFlight::Requested(len));
+                                issued.push_back(Issued::Lane(id, len));
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::error!("outbox: cannot read the next message: {e}"),
+                    }
                 }
             }
             self.refresh_stats();
@@ -284,6 +430,7 @@ enum LinkEvent {
     Disconnected(String),
     Published(u16),
     Acked(u16),
+    Message(String, Vec<u8>),
 }
 
 /// Polls rumqttc, and backs off after errors. Never blocks inside `poll`.
@@ -305,6 +452,7 @@ async fn poll_events(
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Some(LinkEvent::Published(pkid)),
             Ok(Event::Incoming(Packet::PubAck(ack))) => Some(LinkEvent::Acked(ack.pkid)),
+            Ok(Event::Incoming(Packet::Publish(p))) => Some(LinkEvent::Message(p.topic, p.payload.to_vec())),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => Some(LinkEvent::Disconnected("disconnect sent".into())),
             Ok(_) => None,
             Err(e) => {

@@ -1,0 +1,373 @@
+//! One transfer in progress: the staging file its chunks go straight into, and the bitmap
+//! of the chunks received, both surviving restarts.
+//!
+//! ```text
+//! {state_dir}/ota/{command id}/command    the signed deploy command, as received
+//! {state_dir}/ota/{command id}/artifact   model ‖ validation vector, preallocated (sparse)
+//! {state_dir}/ota/{command id}/bitmap     one bit per chunk received
+//! ```
+//!
+//! A bit set in the bitmap on disk always means the chunk's bytes are on disk: a
+//! [`Staging::checkpoint`] syncs the artifact's data before it replaces the bitmap. Chunks
+//! received after the last checkpoint are simply asked for again after a crash. RAM holds
+//! one chunk at a time.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use edge_proto::command::{hex, Command, Payload};
+use edge_proto::ota::{missing_ranges, sha256, Chunk, Manifest, Validation, MAX_VALIDATION_BYTES};
+
+use crate::fsutil::write_atomic;
+
+/// What went wrong with a staged transfer.
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    /// A file operation failed (a full disk shows up here).
+    #[error("staging: cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A chunk index beyond the manifest's chunk count.
+    #[error("chunk {index} is out of range (the transfer has {count} chunks)")]
+    OutOfRange {
+        /// The index received.
+        index: u32,
+        /// Chunks in the transfer.
+        count: u32,
+    },
+    /// A chunk whose bytes do not hash to the manifest's value.
+    #[error("chunk {0} does not match its sha256 in the manifest; dropped")]
+    BadHash(u32),
+    /// The assembled model does not hash to the manifest's value.
+    #[error("model sha256 is {found}, the manifest says {expected}")]
+    ModelHash {
+        /// Hash of what arrived.
+        found: String,
+        /// Hash the manifest gives.
+        expected: String,
+    },
+    /// The validation vector does not hash or decode.
+    #[error("validation vector: {0}")]
+    Validation(String),
+    /// The staging directory does not hold a deploy command.
+    #[error("staging {0}: not a deploy-model command")]
+    NotADeploy(PathBuf),
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StagingError + 'a {
+    move |source| StagingError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// What [`Staging::accept`] did with a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Written; `bytes` new bytes.
+    Stored {
+        /// Length of the chunk.
+        bytes: usize,
+    },
+    /// Already had it.
+    Duplicate,
+}
+
+/// A transfer in progress.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    /// The accepted deploy command.
+    pub command: Command,
+    /// Its manifest.
+    pub manifest: Manifest,
+    bitmap: Vec<u8>,
+    received: u32,
+    file: File,
+    dirty: bool,
+}
+
+fn manifest_of(command: &Command, dir: &Path) -> Result<Manifest, StagingError> {
+    match &command.payload {
+        Payload::DeployModel(m) => Ok(m.clone()),
+        _ => Err(StagingError::NotADeploy(dir.to_path_buf())),
+    }
+}
+
+impl Staging {
+    /// The staging directory of `command` under `root`.
+    pub fn dir_for(root: &Path, command: &Command) -> PathBuf {
+        root.join(hex(&command.id))
+    }
+
+    /// Starts a transfer: records the signed command bytes and preallocates the artifact
+    /// (sparse). Reopens it instead when it already exists.
+    pub fn create(root: &Path, command_bytes: &[u8], command: Command) -> Result<Staging, StagingError> {
+        let dir = Staging::dir_for(root, &command);
+        if dir.join("command").is_file() {
+            return Staging::open(&dir, command);
+        }
+        let manifest = manifest_of(&command, &dir)?;
+        let tmp = root.join(format!("{}.tmp", hex(&command.id)));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
+        let artifact = tmp.join("artifact");
+        let file = File::create(&artifact).map_err(io_err("create", &artifact))?;
+        file.set_len(manifest.artifact_size()).map_err(io_err("size", &artifact))?;
+        write_atomic(&tmp.join("command"), command_bytes).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &dir).map_err(io_err("rename", &tmp))?;
+        File::open(root).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", root))?;
+        Staging::open(&dir, command)
+    }
+
+    /// Reopens a staged transfer whose command has been checked again by the caller.
+    pub fn open(dir: &Path, command: Command) -> Result<Staging, StagingError> {
+        let manifest = manifest_of(&command, dir)?;
+        let artifact = dir.join("artifact");
+        let file = OpenOptions::new().read(true).write(true).open(&artifact).map_err(io_err("open", &artifact))?;
+        let count = manifest.chunk_count();
+        let mut bitmap = match fs::read(dir.join("bitmap")) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => vec![],
+            Err(e) => return Err(io_err("read", &dir.join("bitmap"))(e)),
+        };
+        bitmap.resize(count.div_ceil(8) as usize, 0);
+        let received = (0..count).filter(|&i| bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0).count() as u32;
+        Ok(Staging { dir: dir.to_path_buf(), command, manifest, bitmap, received, file, dirty: false })
+    }
+
+    /// Staged transfers under `root`: each directory with its raw command bytes.
+    /// Leftover `.tmp` directories of interrupted creations are removed.
+    pub fn list(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let Ok(entries) = fs::read_dir(root) else { return vec![] };
+        let mut out = vec![];
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                let _ = fs::remove_dir_all(&path);
+                continue;
+            }
+            if let Ok(bytes) = fs::read(path.join("command")) {
+                out.push((path, bytes));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn has(&self, index: u32) -> bool {
+        self.bitmap[(index / 8) as usize] & (1 << (index % 8)) != 0
+    }
+
+    /// Checks a chunk against the manifest and writes it in place.
+    pub fn accept(&mut self, chunk: &Chunk) -> Result<Accepted, StagingError> {
+        let count = self.manifest.chunk_count();
+        if chunk.index >= count {
+            return Err(StagingError::OutOfRange { index: chunk.index, count });
+        }
+        if self.has(chunk.index) {
+            return Ok(Accepted::Duplicate);
+        }
+        let range = self.manifest.chunk_range(chunk.index);
+        if chunk.data.len() as u64 != range.end - range.start
+            || sha256(&chunk.data) != self.manifest.chunk_hashes[chunk.index as usize]
+        {
+            return Err(StagingError::BadHash(chunk.index));
+        }
+        let artifact = self.dir.join("artifact");
+        self.file.write_all_at(&chunk.data, range.start).map_err(io_err("write", &artifact))?;
+        self.bitmap[(chunk.index / 8) as usize] |= 1 << (chunk.index % 8);
+        self.received += 1;
+        self.dirty = true;
+        Ok(Accepted::Stored { bytes: chunk.data.len() })
+    }
+
+    /// Makes the chunks received so far durable: syncs the artifact, then replaces the
+    /// bitmap.
+    pub fn checkpoint(&mut self) -> Result<(), StagingError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let artifact = self.dir.join("artifact");
+        self.file.sync_data().map_err(io_err("fsync", &artifact))?;
+        let bitmap = self.dir.join("bitmap");
+        write_atomic(&bitmap, &self.bitmap).map_err(io_err("write", &bitmap))?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Chunks received.
+    pub fn received(&self) -> u32 {
+        self.received
+    }
+
+    /// Whether every chunk is in.
+    pub fn is_complete(&self) -> bool {
+        self.received == self.manifest.chunk_count()
+    }
+
+    /// Percentage of chunks received, 0-100.
+    pub fn percent(&self) -> u8 {
+        let count = self.manifest.chunk_count().max(1) as u64;
+        (self.received as u64 * 100 / count) as u8
+    }
+
+    /// The missing chunks as ranges, at most `max_chunks` of them in all.
+    pub fn missing(&self, max_chunks: u32) -> Vec<(u32, u32)> {
+        let mut left = max_chunks.max(1);
+        let mut out = vec![];
+        for (start, end) in missing_ranges(self.manifest.chunk_count(), |i| self.has(i)) {
+            if left == 0 {
+                break;
+            }
+            let end = end.min(start + left);
+            left -= end - start;
+            out.push((start, end));
+        }
+        out
+    }
+
+    /// The staging directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The assembled artifact file.
+    pub fn artifact_path(&self) -> PathBuf {
+        self.dir.join("artifact")
+    }
+
+    /// The model bytes, checked against the manifest's SHA-256.
+    pub fn read_model(&self) -> Result<Vec<u8>, StagingError> {
+        let mut model = vec![0u8; self.manifest.size as usize];
+        let artifact = self.artifact_path();
+        self.file.read_exact_at(&mut model, 0).map_err(io_err("read", &artifact))?;
+        let found = sha256(&model);
+        if found != self.manifest.sha256 {
+            return Err(StagingError::ModelHash { found: hex(&found), expected: hex(&self.manifest.sha256) });
+        }
+        Ok(model)
+    }
+
+    /// The validation vector, checked against its SHA-256 and decoded; `None` when the
+    /// manifest has none.
+    pub fn read_validation(&self) -> Result<Option<Validation>, StagingError> {
+        read_validation_at(&self.file, &self.artifact_path(), &self.manifest)
+    }
+
+    /// Deletes the staging directory.
+    pub fn remove(self) {
+        let dir = self.dir.clone();
+        drop(self);
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            tracing::warn!("staging {}: cannot remove: {e}", dir.display());
+        }
+    }
+}
+
+/// Reads and checks the validation vector that follows the model in an artifact file.
+pub fn read_validation_at(file: &File, path: &Path, manifest: &Manifest) -> Result<Option<Validation>, StagingError> {
+    if manifest.validation_size == 0 {
+        return Ok(None);
+    }
+    if manifest.validation_size > MAX_VALIDATION_BYTES {
+        return Err(StagingError::Validation(format!("{} bytes is over the limit", manifest.validation_size)));
+    }
+    let mut bytes = vec![0u8; manifest.validation_size as usize];
+    file.read_exact_at(&mut bytes, manifest.size).map_err(io_err("read", path))?;
+    if sha256(&bytes) != manifest.validation_sha256 {
+        return Err(StagingError::Validation("does not match its sha256 in the manifest".into()));
+    }
+    edge_proto::decode_bounded::<Validation>(&bytes, MAX_VALIDATION_BYTES as usize)
+        .map(Some)
+        .map_err(|e| StagingError::Validation(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_proto::command::{Command, Target};
+    use edge_proto::ota::{prepare, ModelFormat};
+
+    fn deploy(model: &[u8], chunk: u32) -> (Command, Vec<u8>) {
+        let validation = Validation { version: 1, inputs: vec![], expected: vec![], tolerance: 0.0 };
+        let (m, artifact) = prepare([2; 16], "kws", "2", ModelFormat::Tflite, model, Some(&validation), chunk);
+        (Command::new([9; 16], 0, u64::MAX, Target::Device("d".into()), Payload::DeployModel(m)), artifact)
+    }
+
+    fn chunk(artifact: &[u8], size: usize, index: u32) -> Chunk {
+        let start = index as usize * size;
+        let data = artifact[start..(start + size).min(artifact.len())].to_vec();
+        Chunk { version: 1, transfer_id: [2; 16], index, data }
+    }
+
+    #[test]
+    fn chunks_in_any_order_assemble_the_artifact() {
+        let root = tempfile::tempdir().unwrap();
+        let model: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let (cmd, artifact) = deploy(&model, 100);
+        let mut s = Staging::create(root.path(), b"cmd", cmd).unwrap();
+        let count = s.manifest.chunk_count();
+        for i in (0..count).rev() {
+            assert!(matches!(s.accept(&chunk(&artifact, 100, i)).unwrap(), Accepted::Stored { .. }));
+        }
+        assert_eq!(s.accept(&chunk(&artifact, 100, 0)).unwrap(), Accepted::Duplicate);
+        assert!(s.is_complete() && s.percent() == 100 && s.missing(10).is_empty());
+        assert_eq!(s.read_model().unwrap(), model);
+        assert!(s.read_validation().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_corrupted_or_misplaced_chunk_is_dropped() {
+        let root = tempfile::tempdir().unwrap();
+        let (cmd, artifact) = deploy(&[5; 500], 100);
+        let mut s = Staging::create(root.path(), b"cmd", cmd).unwrap();
+        let mut bad = chunk(&artifact, 100, 1);
+        bad.data[3] ^= 1;
+        assert!(matches!(s.accept(&bad), Err(StagingError::BadHash(1))));
+        let mut wrong_place = chunk(&artifact, 100, 0);
+        wrong_place.index = 99;
+        assert!(matches!(s.accept(&wrong_place), Err(StagingError::OutOfRange { index: 99, .. })));
+        assert_eq!(s.received(), 0);
+    }
+
+    #[test]
+    fn the_bitmap_survives_a_restart_only_after_a_checkpoint() {
+        let root = tempfile::tempdir().unwrap();
+        let (cmd, artifact) = deploy(&[1; 1000], 100);
+        let mut s = Staging::create(root.path(), b"signed bytes", cmd.clone()).unwrap();
+        s.accept(&chunk(&artifact, 100, 0)).unwrap();
+        s.accept(&chunk(&artifact, 100, 2)).unwrap();
+        s.checkpoint().unwrap();
+        s.accept(&chunk(&artifact, 100, 3)).unwrap();
+        let dir = s.dir().to_path_buf();
+        drop(s); // a crash: chunk 3 was never checkpointed
+        let listed = Staging::list(root.path());
+        assert_eq!(listed, vec![(dir.clone(), b"signed bytes".to_vec())]);
+        let s = Staging::open(&dir, cmd).unwrap();
+        assert_eq!(s.received(), 2);
+        let count = s.manifest.chunk_count();
+        assert_eq!(s.missing(100), vec![(1, 2), (3, count)]);
+        assert_eq!(s.missing(3), vec![(1, 2), (3, 5)]);
+    }
+
+    #[test]
+    fn a_wrong_model_hash_is_reported_with_both_hashes() {
+        let root = tempfile::tempdir().unwrap();
+        let (mut cmd, artifact) = deploy(&[1; 300], 100);
+        if let Payload::DeployModel(m) = &mut cmd.payload {
+            m.sha256 = [0; 32];
+        }
+        let mut s = Staging::create(root.path(), b"c", cmd).unwrap();
+        for i in 0..s.manifest.chunk_count() {
+            s.accept(&chunk(&artifact, 100, i)).unwrap();
+        }
+        let err = s.read_model().unwrap_err().to_string();
+        assert!(err.contains(&"00".repeat(32)), "{err}");
+    }
+}

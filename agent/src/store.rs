@@ -1,0 +1,572 @@
+//! Installed model versions on disk, and which one is active.
+//!
+//! ```text
+//! {state_dir}/models/{name}/current            JSON: active, previous, installed (oldest first)
+//! {state_dir}/models/{name}/{version}/manifest  postcard Manifest
+//! {state_dir}/models/{name}/{version}/model     the file, or nonce ‖ AES-256-GCM(file) ‖ tag
+//! ```
+//!
+//! Every change is crash-safe:
+//! - a version is written into `{version}.tmp/`, each file fsynced, then the directory is
+//!   renamed to `{version}` and the parent fsynced: a version directory is either complete
+//!   or absent (a leftover `.tmp` is deleted on the next install);
+//! - `current` is replaced with [`write_atomic`]: it names the old or the new active
+//!   version, never neither.
+//!
+//! The model's SHA-256 from its manifest is checked every time it is read back, so a file
+//! damaged on the flash is refused instead of loaded.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use edge_proto::ota::{sha256, valid_label, Manifest, ModelFormat};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::write_atomic;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("model store: cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file is not what the store wrote.
+    #[error("model store: {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No such version on disk.
+    #[error("model {name:?} version {version:?} is not installed (installed: {installed})")]
+    NotInstalled {
+        /// Model name.
+        name: String,
+        /// Version asked for.
+        version: String,
+        /// What is installed, comma-separated.
+        installed: String,
+    },
+    /// A name or version that is not a plain label.
+    #[error("{0:?} is not a plain label (letters, digits, '.', '-', '_')")]
+    BadLabel(String),
+    /// The device key file is unusable.
+    #[error("model key {path}: {reason}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// A model's `current` file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Current {
+    /// The version that serves.
+    pub active: Option<String>,
+    /// The version active before it: what `rollback` returns to.
+    pub previous: Option<String>,
+    /// Installed versions, oldest first.
+    pub installed: Vec<String>,
+}
+
+/// The model store. Clones share the key.
+#[derive(Clone)]
+pub struct Store {
+    root: PathBuf,
+    key: Option<std::sync::Arc<LessSafeKey>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).field("encrypted", &self.key.is_some()).finish()
+    }
+}
+
+/// Reads the 32-byte device key from `path` (raw bytes or 64 hex digits), creating it from
+/// the OS random source (mode 0600) when it does not exist.
+pub fn load_or_create_key(path: &Path) -> Result<[u8; 32], StoreError> {
+    let bad = |reason: String| StoreError::Key { path: path.to_path_buf(), reason };
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let text = text.trim();
+            if bytes.len() == 32 {
+                Ok(bytes.try_into().expect("32 bytes"))
+            } else if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let mut key = [0u8; 32];
+                for (i, k) in key.iter_mut().enumerate() {
+                    *k = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex digits");
+                }
+                Ok(key)
+            } else {
+                Err(bad(format!("{} bytes; expected 32 raw bytes or 64 hex digits", bytes.len())))
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            getrandom::getrandom(&mut key).map_err(|e| bad(format!("OS random source: {e}")))?;
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+            }
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io_err("create", path))?;
+            f.write_all(&key).and_then(|_| f.sync_all()).map_err(io_err("write", path))?;
+            tracing::info!(path = %path.display(), "generated the device key for models at rest");
+            Ok(key)
+        }
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+impl Store {
+    /// The store under `root` (created if missing); models are encrypted at rest when `key`
+    /// is given. Leftovers of interrupted installs are removed.
+    pub fn open(root: &Path, key: Option<[u8; 32]>) -> Result<Store, StoreError> {
+        fs::create_dir_all(root).map_err(io_err("create directory", root))?;
+        let key = key.map(|k| {
+            std::sync::Arc::new(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k).expect("32-byte AES-256 key")))
+        });
+        let store = Store { root: root.to_path_buf(), key };
+        for name in store.names()? {
+            let dir = store.root.join(&name);
+            for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))?.flatten() {
+                let file = entry.file_name().to_string_lossy().to_string();
+                if file.ends_with(".tmp") {
+                    let _ = fs::remove_dir_all(entry.path()).or_else(|_| fs::remove_file(entry.path()));
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// Whether models are encrypted at rest.
+    pub fn encrypted(&self) -> bool {
+        self.key.is_some()
+    }
+
+    fn model_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
+        if !valid_label(name) {
+            return Err(StoreError::BadLabel(name.into()));
+        }
+        Ok(self.root.join(name))
+    }
+
+    fn version_dir(&self, name: &str, version: &str) -> Result<PathBuf, StoreError> {
+        if !valid_label(version) {
+            return Err(StoreError::BadLabel(version.into()));
+        }
+        Ok(self.model_dir(name)?.join(version))
+    }
+
+    /// Names of the models with a store entry, sorted.
+    pub fn names(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = vec![];
+        for entry in fs::read_dir(&self.root).map_err(io_err("list", &self.root))?.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if entry.path().join("current").is_file() && valid_label(&name) {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The `current` file of `name`; the default (nothing active) when there is none.
+    pub fn current(&self, name: &str) -> Result<Current, StoreError> {
+        let path = self.model_dir(name)?.join("current");
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Current::default()),
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
+    }
+
+    fn write_current(&self, name: &str, current: &Current) -> Result<(), StoreError> {
+        let dir = self.model_dir(name)?;
+        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let path = dir.join("current");
+        let json = serde_json::to_vec_pretty(current).expect("current serializes");
+        write_atomic(&path, &json).map_err(io_err("write", &path))
+    }
+
+    /// Whether `version` of `name` is on disk.
+    pub fn has(&self, name: &str, version: &str) -> bool {
+        self.version_dir(name, version).map(|d| d.join("manifest").is_file()).unwrap_or(false)
+    }
+
+    /// Installs `model` (the file's bytes, already checked against `manifest.sha256`) as
+    /// `manifest.version` of `manifest.name`, without activating it. Installing a version
+    /// that is already there with the same hash does nothing; with another hash, it fails.
+    pub fn install(&self, manifest: &Manifest, model: &[u8]) -> Result<(), StoreError> {
+        let final_dir = self.version_dir(&manifest.name, &manifest.version)?;
+        if self.has(&manifest.name, &manifest.version) {
+            let (existing, _) = self.read_manifest(&manifest.name, &manifest.version)?;
+            if existing.sha256 == manifest.sha256 {
+                self.note_installed(&manifest.name, &manifest.version)?;
+                return Ok(());
+            }
+            return Err(StoreError::Corrupt {
+                path: final_dir,
+                reason: format!(
+                    "version {:?} is already installed with other contents; deploy under a new version",
+                    manifest.version
+                ),
+            });
+        }
+        let parent = self.model_dir(&manifest.name)?;
+        let tmp = parent.join(format!("{}.tmp", manifest.version));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
+        let body = match &self.key {
+            Some(key) => seal(key, model)?,
+            None => model.to_vec(),
+        };
+        write_synced(&tmp.join("model"), &body)?;
+        write_synced(&tmp.join("manifest"), &edge_proto::encode(manifest))?;
+        fsync_dir(&tmp)?;
+        fs::rename(&tmp, &final_dir).map_err(io_err("rename", &tmp))?;
+        fsync_dir(&parent)?;
+        self.note_installed(&manifest.name, &manifest.version)
+    }
+
+    fn note_installed(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        let mut current = self.current(name)?;
+        if !current.installed.iter().any(|v| v == version) {
+            current.installed.push(version.to_string());
+            self.write_current(name, &current)?;
+        }
+        Ok(())
+    }
+
+    fn read_manifest(&self, name: &str, version: &str) -> Result<(Manifest, PathBuf), StoreError> {
+        let dir = self.version_dir(name, version)?;
+        let path = dir.join("manifest");
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::NotInstalled {
+                name: name.into(),
+                version: version.into(),
+                installed: self.current(name).map(|c| c.installed.join(", ")).unwrap_or_default(),
+            },
+            _ => io_err("read", &path)(e),
+        })?;
+        let manifest: Manifest = postcard::from_bytes(&bytes)
+            .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: format!("manifest: {e}") })?;
+        Ok((manifest, dir))
+    }
+
+    /// The manifest and the model bytes of an installed version, decrypted and checked
+    /// against the manifest's SHA-256.
+    pub fn read(&self, name: &str, version: &str) -> Result<(Manifest, Vec<u8>), StoreError> {
+        let (manifest, dir) = self.read_manifest(name, version)?;
+        let path = dir.join("model");
+        let body = fs::read(&path).map_err(io_err("read", &path))?;
+        let model = match &self.key {
+            Some(key) => open_sealed(key, body).map_err(|reason| StoreError::Corrupt { path: path.clone(), reason })?,
+            None => body,
+        };
+        if sha256(&model) != manifest.sha256 {
+            return Err(StoreError::Corrupt {
+                path,
+                reason: "contents do not match the manifest's sha256 (damaged on disk?)".into(),
+            });
+        }
+        Ok((manifest, model))
+    }
+
+    /// Makes `version` the active one; the one active before becomes `previous`.
+    pub fn set_active(&self, name: &str, version: &str) -> Result<Current, StoreError> {
+        if !self.has(name, version) {
+            let installed = self.current(name)?.installed.join(", ");
+            return Err(StoreError::NotInstalled { name: name.into(), version: version.into(), installed });
+        }
+        let mut current = self.current(name)?;
+        if current.active.as_deref() != Some(version) {
+            current.previous = current.active.take();
+            current.active = Some(version.to_string());
+        }
+        if !current.installed.iter().any(|v| v == version) {
+            current.installed.push(version.to_string());
+        }
+        self.write_current(name, &current)?;
+        Ok(current)
+    }
+
+    /// Restores `current` as it was (after a failed activation).
+    pub fn restore(&self, name: &str, current: &Current) -> Result<(), StoreError> {
+        self.write_current(name, current)
+    }
+
+    /// Deletes the oldest versions beyond `keep`, never the active or the previous one.
+    /// Returns the versions removed.
+    pub fn prune(&self, name: &str, keep: usize) -> Result<Vec<String>, StoreError> {
+        let mut current = self.current(name)?;
+        let mut removed = vec![];
+        while current.installed.len() > keep.max(1) {
+            let Some(pos) = current
+                .installed
+                .iter()
+                .position(|v| Some(v) != current.active.as_ref() && Some(v) != current.previous.as_ref())
+            else {
+                break;
+            };
+            let version = current.installed.remove(pos);
+            self.write_current(name, &current)?;
+            let dir = self.version_dir(name, &version)?;
+            wipe_dir(&dir)?;
+            removed.push(version);
+        }
+        Ok(removed)
+    }
+
+    /// Deletes a version that is neither active nor previous.
+    pub fn remove_version(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        let mut current = self.current(name)?;
+        current.installed.retain(|v| v != version);
+        self.write_current(name, &current)?;
+        wipe_dir(&self.version_dir(name, version)?)
+    }
+
+    /// Deletes every version of `name`, overwriting the files first.
+    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+        let dir = self.model_dir(name)?;
+        // `current` first: a crash midway leaves versions nobody points at, not a pointer
+        // to a deleted version.
+        let _ = fs::remove_file(dir.join("current"));
+        wipe_dir(&dir)
+    }
+
+    /// Deletes every model, overwriting the files first.
+    pub fn wipe(&self) -> Result<(), StoreError> {
+        for name in self.names()? {
+            self.remove(&name)?;
+        }
+        wipe_dir(&self.root)?;
+        fs::create_dir_all(&self.root).map_err(io_err("create directory", &self.root))
+    }
+}
+
+/// The format to load an installed model with.
+pub fn engine_format(format: ModelFormat) -> crate::engine::Format {
+    match format {
+        ModelFormat::Tflite => crate::engine::Format::Tflite,
+        ModelFormat::Onnx => crate::engine::Format::Onnx,
+    }
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let mut f = fs::File::create(path).map_err(io_err("create", path))?;
+    f.write_all(data).and_then(|_| f.sync_all()).map_err(io_err("write", path))
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))
+}
+
+/// Overwrites a file with zeros and syncs it before unlinking it. On flash with wear
+/// levelling the old blocks may survive in the controller; with `encrypt_models`, erasing
+/// the key is what makes them unreadable.
+pub fn wipe_file(path: &Path) -> Result<(), StoreError> {
+    use std::io::Write;
+    let len = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("stat", path)(e)),
+    };
+    {
+        let mut f = fs::OpenOptions::new().write(true).open(path).map_err(io_err("open", path))?;
+        let zeros = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            f.write_all(&zeros[..n]).map_err(io_err("overwrite", path))?;
+            left -= n as u64;
+        }
+        f.sync_all().map_err(io_err("fsync", path))?;
+    }
+    fs::remove_file(path).map_err(io_err("remove", path))
+}
+
+/// [`wipe_file`] on every file under `dir`, then removes it.
+pub fn wipe_dir(dir: &Path) -> Result<(), StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("list", dir)(e)),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            wipe_dir(&path)?;
+        } else {
+            wipe_file(&path)?;
+        }
+    }
+    fs::remove_dir(dir).map_err(io_err("remove directory", dir))
+}
+
+fn seal(key: &LessSafeKey, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::getrandom(&mut nonce)
+        .map_err(|e| StoreError::Key { path: PathBuf::new(), reason: format!("OS random source: {e}") })?;
+    let mut body = plain.to_vec();
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut body)
+        .map_err(|_| StoreError::Key { path: PathBuf::new(), reason: "encryption failed".into() })?;
+    let mut out = nonce.to_vec();
+    out.extend(body);
+    Ok(out)
+}
+
+fn open_sealed(key: &LessSafeKey, mut body: Vec<u8>) -> Result<Vec<u8>, String> {
+    if body.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+        return Err("too short to be an encrypted model".into());
+    }
+    let nonce: [u8; NONCE_LEN] = body[..NONCE_LEN].try_into().expect("nonce length");
+    let plain_len = key
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut body[NONCE_LEN..])
+        .map_err(|_| "does not decrypt with the device key (another key, or damaged)".to_string())?
+        .len();
+    body.drain(..NONCE_LEN);
+    body.truncate(plain_len);
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_proto::ota::prepare;
+
+    fn manifest(version: &str, model: &[u8]) -> Manifest {
+        prepare([1; 16], "kws", version, ModelFormat::Tflite, model, None, 64).0
+    }
+
+    #[test]
+    fn install_activate_and_roll_forward_keep_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), None).unwrap();
+        store.install(&manifest("1", b"one"), b"one").unwrap();
+        store.install(&manifest("2", b"two"), b"two").unwrap();
+        store.set_active("kws", "1").unwrap();
+        let c = store.set_active("kws", "2").unwrap();
+        assert_eq!((c.active.as_deref(), c.previous.as_deref()), (Some("2"), Some("1")));
+        assert_eq!(c.installed, ["1", "2"]);
+        assert_eq!(store.read("kws", "2").unwrap().1, b"two");
+        assert_eq!(store.names().unwrap(), ["kws"]);
+        // Reopened: the same state.
+        assert_eq!(Store::open(dir.path(), None).unwrap().current("kws").unwrap(), c);
+    }
+
+    #[test]
+    fn activating_a_version_not_installed_names_what_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), None).unwrap();
+        store.install(&manifest("1", b"one"), b"one").unwrap();
+        let err = store.set_active("kws", "9").unwrap_err().to_string();
+        assert!(err.contains("\"9\"") && err.contains("installed: 1"), "{err}");
+    }
+
+    #[test]
+    fn reinstalling_other_contents_under_the_same_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), None).unwrap();
+        store.install(&manifest("1", b"one"), b"one").unwrap();
+        store.install(&manifest("1", b"one"), b"one").unwrap();
+        let err = store.install(&manifest("1", b"uno"), b"uno").unwrap_err().to_string();
+        assert!(err.contains("new version"), "{err}");
+        assert_eq!(store.read("kws", "1").unwrap().1, b"one");
+    }
+
+    #[test]
+    fn prune_keeps_active_and_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), None).unwrap();
+        for v in ["1", "2", "3", "4"] {
+            store.install(&manifest(v, v.as_bytes()), v.as_bytes()).unwrap();
+            store.set_active("kws", v).unwrap();
+        }
+        // Roll back to 3 (active 3, previous 4), then prune to 2.
+        store.set_active("kws", "3").unwrap();
+        assert_eq!(store.prune("kws", 2).unwrap(), ["1", "2"]);
+        assert!(!store.has("kws", "1") && store.has("kws", "3") && store.has("kws", "4"));
+        assert_eq!(store.current("kws").unwrap().installed, ["3", "4"]);
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), None).unwrap();
+        store.install(&manifest("1", b"one"), b"one").unwrap();
+        fs::write(dir.path().join("kws/1/model"), b"onf").unwrap();
+        assert!(store.read("kws", "1").unwrap_err().to_string().contains("sha256"));
+    }
+
+    #[test]
+    fn encrypted_models_are_not_stored_in_clear_and_need_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = b"a model file that must not be readable at rest".to_vec();
+        let store = Store::open(dir.path(), Some([7; 32])).unwrap();
+        store.install(&manifest("1", &model), &model).unwrap();
+        let on_disk = fs::read(dir.path().join("kws/1/model")).unwrap();
+        assert!(!on_disk.windows(8).any(|w| w == &model[..8]), "plaintext on disk");
+        assert_eq!(store.read("kws", "1").unwrap().1, model);
+        let other = Store::open(dir.path(), Some([8; 32])).unwrap();
+        assert!(other.read("kws", "1").unwrap_err().to_string().contains("device key"));
+    }
+
+    #[test]
+    fn key_file_is_created_once_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k/model.key");
+        let a = load_or_create_key(&path).unwrap();
+        assert_eq!(load_or_create_key(&path).unwrap(), a);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        fs::write(&path, "zz").unwrap();
+        assert!(load_or_create_key(&path).unwrap_err().to_string().contains("64 hex digits"));
+    }
+
+    #[test]
+    fn leftover_temporary_versions_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), None).unwrap();
+        store.install(&manifest("1", b"one"), b"one").unwrap();
+        fs::create_dir_all(dir.path().join("kws/2.tmp")).unwrap();
+        fs::write(dir.path().join("kws/2.tmp/model"), b"half").unwrap();
+        Store::open(dir.path(), None).unwrap();
+        assert!(!dir.path().join("kws/2.tmp").exists());
+        assert!(!Store::open(dir.path(), None).unwrap().has("kws", "2"));
+    }
+
+    #[test]
+    fn wipe_removes_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("models"), None).unwrap();
+        store.install(&manifest("1", b"one"), b"one").unwrap();
+        store.wipe().unwrap();
+        assert!(store.names().unwrap().is_empty());
+        assert_eq!(fs::read_dir(dir.path().join("models")).unwrap().count(), 0);
+    }
+}
