@@ -43,7 +43,7 @@ fi
 target_env() {
     case "$1" in
         host)
-            STRIP=strip; RUNNER=() ;;
+            STRIP="strip"; RUNNER=() ;;
         aarch64-unknown-linux-gnu)
             STRIP=aarch64-linux-gnu-strip
             RUNNER=(qemu-aarch64 -L /usr/aarch64-linux-gnu)

@@ -24,11 +24,11 @@ target="$1"; shift
 # magic and mask: the ELF header fields qemu's own qemu-binfmt-conf.sh matches on.
 case "$target" in
     aarch64-unknown-linux-gnu|aarch64-unknown-linux-musl)
-        qemu=qemu-aarch64
+        qemu="qemu-aarch64"
         magic='\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00'
         mask='\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff' ;;
     armv7-unknown-linux-gnueabihf)
-        qemu=qemu-arm
+        qemu="qemu-arm"
         magic='\x7fELF\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x28\x00'
         mask='\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff' ;;
     *) echo "test-qemu.sh: unsupported target $target" >&2; exit 2 ;;
