@@ -1,151 +1,17 @@
 //! The daemon against a real Mosquitto over mutual TLS: telemetry, store-and-forward,
 //! refusal of insecure or untrusted links.
 
+mod daemon;
+
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use edge_it::{mqtt_options, unique_client_id, Broker, Pki};
+use daemon::{agent_config, http_get, operator, promtool_accepts, setup, Agent};
 use edge_proto::status::{State, Status};
 use edge_proto::telemetry::Telemetry;
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
-
-/// A running `edge-agent run`, killed on drop.
-struct Agent {
-    child: Child,
-    http: String,
-}
-
-impl Agent {
-    fn start(config: &Path, http: &str) -> Agent {
-        Agent::start_with(config, http, &[])
-    }
-
-    fn start_with(config: &Path, http: &str, env: &[(&str, &str)]) -> Agent {
-        let child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start edge-agent");
-        Agent { child, http: http.to_string() }
-    }
-
-    fn kill9(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-
-    fn metrics(&self) -> String {
-        http_get(&self.http, "/metrics").1
-    }
-
-    /// Stops the agent and returns its log.
-    fn stop(mut self) -> String {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let mut log = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut log);
-        }
-        log
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::Write;
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
-}
-
-/// `promtool check metrics` (Debian's `prometheus` package; scripts/setup.sh installs it).
-fn promtool_accepts(metrics: &str) {
-    use std::io::Write;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool not found: run scripts/setup.sh");
-    child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n{metrics}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-struct Setup {
-    dir: tempfile::TempDir,
-    pki: Pki,
-    broker: Broker,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
-    let broker = Broker::start(&pki).unwrap();
-    Setup { dir, pki, broker }
-}
-
-/// Writes an agent config for `device` and returns its path and HTTP address.
-fn agent_config(s: &Setup, device: &str, url: &str, ca: &Path, extra: &str) -> (PathBuf, String) {
-    let files = s.pki.client(device).unwrap();
-    let http = free_addr();
-    let text = format!(
-        "device_id = \"{device}\"\nstate_dir = \"{state}\"\n\
-         [mqtt]\nurl = \"{url}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
-         keep_alive_secs = 5\nnetwork_timeout_secs = 5\nreconnect_max_secs = 2\n{extra}\n\
-         [telemetry]\ninterval_secs = 1\n\
-         [http]\nlisten = \"{http}\"\n",
-        state = s.dir.path().join(format!("state-{device}")).display(),
-        ca = ca.display(),
-        cert = files.cert.display(),
-        key = files.key.display(),
-    );
-    let path = s.dir.path().join(format!("{device}.toml"));
-    std::fs::write(&path, text).unwrap();
-    (path, http)
-}
-
-/// An operator subscribed to `filter`.
-async fn operator(s: &Setup, filter: &str) -> (AsyncClient, EventLoop) {
-    let tls = s.pki.client_config("operator").unwrap();
-    let (client, mut ev) = AsyncClient::new(mqtt_options(&unique_client_id("op"), s.broker.port(), tls), 64);
-    loop {
-        if let Event::Incoming(Packet::ConnAck(_)) = ev.poll().await.expect("operator connects") {
-            break;
-        }
-    }
-    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-    (client, ev)
-}
+use rumqttc::{Event, EventLoop, Packet};
 
 /// Collects telemetry until `done` says enough, or the deadline passes.
 async fn collect(ev: &mut EventLoop, deadline: Duration, mut done: impl FnMut(&[Telemetry]) -> bool) -> Vec<Telemetry> {

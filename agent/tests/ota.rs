@@ -1,0 +1,707 @@
+//! Signed fleet commands and over-the-air model updates, end to end: real `edge-agent run`
+//! processes, a real Mosquitto over mutual TLS with the fleet ACL, and edgectl's library as
+//! the operator.
+
+mod daemon;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use daemon::{free_addr, http_get, http_post, setup, Agent, Setup};
+use edge_agent::config::MqttConfig;
+use edge_proto::command::{hex, sign, AckState, Command, DeviceStatus, NpyBytes, Payload, Reply, SigningKey, Target};
+use edge_proto::ota::{ModelFormat, Validation};
+use edgectl::command::{send_command, CommandRequest, Event};
+use edgectl::deploy::{deploy, DeployOutcome, DeployRequest};
+use edgectl::link::Link;
+use edgectl::track::Outcome;
+
+fn operator_key() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+fn model(file: &str) -> Vec<u8> {
+    std::fs::read(models_dir().join(file)).unwrap()
+}
+
+/// The reference input and output of a shipped model as a validation vector, with a
+/// tolerance of 1e-3 of the output's largest magnitude.
+fn validation(prefix: &str, output: &str) -> Validation {
+    let input = std::fs::read(models_dir().join(format!("{prefix}.input.npy"))).unwrap();
+    let expected_path = models_dir().join(format!("{prefix}.{output}.npy"));
+    let expected = std::fs::read(&expected_path).unwrap();
+    let t = edge_agent::npy::read(&expected_path).unwrap();
+    let t = t.cast_to::<f32>().unwrap().into_owned();
+    let scale = t.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().iter().fold(0f32, |m, x| m.max(x.abs()));
+    Validation {
+        version: 1,
+        inputs: vec![NpyBytes(input)],
+        expected: vec![NpyBytes(expected)],
+        tolerance: 1e-3 * scale.max(1.0),
+    }
+}
+
+const RECROP: &str = "mediapipe__hand_recrop";
+const SHORT: &str = "mediapipe__face_detection_short_range";
+const FULL: &str = "mediapipe__face_detection_full_range_sparse";
+const WAKE: &str = "pymicro-wakeword__okay_nabu";
+
+/// Writes a config for `device` that trusts the operator key; `ota` is appended to `[ota]`,
+/// `tail` after everything (e.g. `[[models]]`).
+fn ota_config(s: &Setup, device: &str, groups: &[&str], ota: &str, tail: &str) -> (PathBuf, String) {
+    let files = s.pki.client(device).unwrap();
+    let http = free_addr();
+    let groups: Vec<String> = groups.iter().map(|g| format!("\"{g}\"")).collect();
+    let text = format!(
+        "device_id = \"{device}\"\nstate_dir = \"{state}\"\ngroups = [{groups}]\n\
+         [mqtt]\nurl = \"{url}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
+         keep_alive_secs = 5\nnetwork_timeout_secs = 5\nreconnect_max_secs = 1\nmax_packet_bytes = 1048576\n\
+         [telemetry]\ninterval_secs = 5\n\
+         [http]\nlisten = \"{http}\"\n\
+         [ota]\ntrusted_keys = [\"{pubkey}\"]\n{ota_keys}\
+         {tail}\n",
+        state = s.dir.path().join(format!("state-{device}")).display(),
+        groups = groups.join(", "),
+        url = s.broker.url(),
+        ca = s.pki.ca_pem().display(),
+        cert = files.cert.display(),
+        key = files.key.display(),
+        pubkey = hex(operator_key().verifying_key().as_bytes()),
+        ota_keys = ota_keys(ota),
+    );
+    let path = s.dir.path().join(format!("{device}.toml"));
+    std::fs::write(&path, text).unwrap();
+    (path, http)
+}
+
+/// `[ota]` settings for tests: short windows, with `ota`'s lines taking precedence.
+fn ota_keys(ota: &str) -> String {
+    let mut out = String::new();
+    for (key, value) in [("health_window_secs", "2"), ("health_min_requests", "10"), ("stall_secs", "1")] {
+        if !ota.contains(key) {
+            out.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    out + ota + "\n"
+}
+
+fn operator_mqtt(s: &Setup) -> MqttConfig {
+    let files = s.pki.client("operator").unwrap();
+    MqttConfig {
+        url: s.broker.url(),
+        ca_file: s.pki.ca_pem().to_path_buf(),
+        cert_file: files.cert,
+        key_file: files.key,
+        topic_prefix: "edge".into(),
+        allow_insecure: false,
+        max_packet_bytes: 1 << 20,
+        network_timeout_secs: 5,
+        keep_alive_secs: 5,
+        reconnect_max_secs: 1,
+    }
+}
+
+/// Waits until the agent is connected (and its configured models loaded), then a moment
+/// for its subscriptions to be in place.
+async fn ready(agent: &Agent) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while http_get(&agent.http, "/readyz").0 != 200 {
+        assert!(Instant::now() < end, "agent not ready in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+fn device(d: &str) -> Target {
+    Target::Device(d.into())
+}
+
+fn request(target: Target, name: &str, version: &str, file: &str, validation: Option<Validation>) -> DeployRequest {
+    let format = ModelFormat::from_file_name(file).unwrap();
+    let mut req = DeployRequest::new(target, name, version, format, model(file));
+    req.validation = validation;
+    req.wait = true;
+    req.timeout = Duration::from_secs(90);
+    req
+}
+
+async fn run_deploy(link: &mut Link, req: &DeployRequest) -> DeployOutcome {
+    deploy(link, &operator_key(), req, |_| {}).await.expect("deploy sent")
+}
+
+/// The single device's outcome of a deploy.
+fn only(outcome: &DeployOutcome) -> &Outcome {
+    assert_eq!(outcome.results.len(), 1, "{outcome:?}");
+    &outcome.results[0].outcome
+}
+
+async fn command(link: &mut Link, target: Target, payload: Payload) -> Vec<edgectl::track::DeviceResult> {
+    let mut req = CommandRequest::new(target, payload);
+    req.timeout = Duration::from_secs(30);
+    send_command(link, &operator_key(), &req, |_| {}).await.expect("command sent").results
+}
+
+async fn status(link: &mut Link, d: &str) -> DeviceStatus {
+    let results = command(link, device(d), Payload::GetStatus).await;
+    match &results[0].reply {
+        Some(Reply::Status(s)) => s.clone(),
+        other => panic!("get-status answered {:?} with {other:?}", results[0].outcome),
+    }
+}
+
+fn active(status: &DeviceStatus, name: &str) -> Option<String> {
+    status.models.iter().find(|m| m.name == name).and_then(|m| m.active_version.clone())
+}
+
+/// POSTs the model's reference input over the local API; the status code.
+fn predict(agent: &Agent, name: &str, prefix: &str) -> u16 {
+    let input = std::fs::read(models_dir().join(format!("{prefix}.input.npy"))).unwrap();
+    http_post(&agent.http, &format!("/v1/models/{name}:predict"), "application/x-npy", &input).0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_activate_a_second_version_then_roll_back() {
+    let s = setup();
+    let (config, http) = ota_config(&s, "dev-1", &[], "", "");
+    let agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+
+    let v1 = run_deploy(
+        &mut link,
+        &request(device("dev-1"), "hand", "1", &format!("{RECROP}.tflite"), Some(validation(RECROP, "output"))),
+    )
+    .await;
+    assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}\n{}", agent.stop());
+    assert_eq!(predict(&agent, "hand", RECROP), 200);
+
+    // Version 2 is another model under the same name; its own validation vector.
+    let v2 = run_deploy(
+        &mut link,
+        &request(device("dev-1"), "hand", "2", &format!("{SHORT}.tflite"), Some(validation(SHORT, "output.0"))),
+    )
+    .await;
+    assert_eq!(only(&v2), &Outcome::Succeeded, "{v2:?}");
+    let st = status(&mut link, "dev-1").await;
+    assert_eq!(active(&st, "hand").as_deref(), Some("2"));
+    let hand = st.models.iter().find(|m| m.name == "hand").unwrap();
+    assert_eq!(hand.installed_versions, ["1", "2"]);
+    assert_eq!(predict(&agent, "hand", SHORT), 200);
+
+    let back = command(&mut link, device("dev-1"), Payload::Rollback { name: "hand".into() }).await;
+    assert_eq!(back[0].outcome, Outcome::Succeeded, "{back:?}");
+    assert_eq!(active(&status(&mut link, "dev-1").await, "hand").as_deref(), Some("1"));
+    assert_eq!(predict(&agent, "hand", RECROP), 200);
+
+    let again =
+        command(&mut link, device("dev-1"), Payload::Activate { name: "hand".into(), version: "2".into() }).await;
+    assert_eq!(again[0].outcome, Outcome::Succeeded, "{again:?}");
+    let missing =
+        command(&mut link, device("dev-1"), Payload::Activate { name: "hand".into(), version: "9".into() }).await;
+    assert!(matches!(&missing[0].outcome, Outcome::Failed(r) if r.contains("not installed")), "{missing:?}");
+    assert_eq!(active(&status(&mut link, "dev-1").await, "hand").as_deref(), Some("2"));
+
+    // What is active survives a restart.
+    drop(agent);
+    let agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    assert_eq!(predict(&agent, "hand", SHORT), 200);
+    link.close().await;
+}
+
+/// Publishes a hand-made deploy (any manifest) and its chunks, the way edgectl would, and
+/// returns the device's final ack state.
+async fn raw_deploy(s: &Setup, d: &str, manifest: edge_proto::ota::Manifest, artifact: &[u8]) -> AckState {
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
+    let tls = s.pki.client_config("operator").unwrap();
+    let mut opts = edge_it::mqtt_options(&edge_it::unique_client_id("raw"), s.broker.port(), tls);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut ev) = AsyncClient::new(opts, 64);
+    let now = edgectl::command::now_ms();
+    let cmd = sign(
+        Command::new([fastrand::u8(..); 16], now, now + 60_000, device(d), Payload::DeployModel(manifest.clone())),
+        &operator_key(),
+    );
+    let mut published = false;
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        match tokio::time::timeout(Duration::from_secs(1), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                client.subscribe(format!("edge/{d}/ack"), QoS::AtLeastOnce).await.unwrap();
+            }
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) if !published => {
+                published = true;
+                client
+                    .publish(format!("edge/{d}/cmd"), QoS::AtLeastOnce, false, edge_proto::encode(&cmd))
+                    .await
+                    .unwrap();
+                let client = client.clone();
+                let artifact = artifact.to_vec();
+                let m = manifest.clone();
+                tokio::spawn(async move {
+                    for i in 0..m.chunk_count() {
+                        let r = m.chunk_range(i);
+                        let chunk = edge_proto::ota::Chunk {
+                            version: 1,
+                            transfer_id: m.transfer_id,
+                            index: i,
+                            data: artifact[r.start as usize..r.end as usize].to_vec(),
+                        };
+                        client
+                            .publish(
+                                format!("edge/{}/ota", "dev-1"),
+                                QoS::AtLeastOnce,
+                                false,
+                                edge_proto::encode(&chunk),
+                            )
+                            .await
+                            .unwrap();
+                    }
+                });
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                if let Ok(ack) = edge_proto::decode::<edge_proto::command::Ack>(&p.payload) {
+                    if ack.command_id == cmd.id
+                        && matches!(ack.state, AckState::Succeeded | AckState::Failed(_) | AckState::Rejected(_))
+                    {
+                        return ack.state;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("no final ack for the hand-made deploy");
+}
+
+/// Publishes `messages` on the device's command topic as they are (no signing, no
+/// checks) and collects the acks for `id` until `count` have arrived.
+async fn publish_raw(s: &Setup, d: &str, id: [u8; 16], messages: &[Vec<u8>], count: usize) -> Vec<AckState> {
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
+    let tls = s.pki.client_config("operator").unwrap();
+    let (client, mut ev) =
+        AsyncClient::new(edge_it::mqtt_options(&edge_it::unique_client_id("raw"), s.broker.port(), tls), 16);
+    let mut states = vec![];
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end && states.len() < count {
+        match tokio::time::timeout(Duration::from_secs(1), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                client.subscribe(format!("edge/{d}/ack"), QoS::AtLeastOnce).await.unwrap()
+            }
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                for m in messages {
+                    client.publish(format!("edge/{d}/cmd"), QoS::AtLeastOnce, false, m.clone()).await.unwrap();
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                if let Ok(ack) = edge_proto::decode::<edge_proto::command::Ack>(&p.payload) {
+                    if ack.command_id == id {
+                        states.push(ack.state);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    states
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_updates_are_refused_with_their_reason_and_the_old_model_keeps_serving() {
+    let s = setup();
+    let (config, http) = ota_config(&s, "dev-1", &[], "", "");
+    let agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    let file = format!("{RECROP}.tflite");
+    let v1 =
+        run_deploy(&mut link, &request(device("dev-1"), "hand", "1", &file, Some(validation(RECROP, "output")))).await;
+    assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}");
+
+    let still_serving = |what: &str| {
+        assert_eq!(predict(&agent, "hand", RECROP), 200, "after {what}, v1 no longer serves");
+    };
+
+    // Signed by a key the device does not trust.
+    let stranger = SigningKey::from_bytes(&[7; 32]);
+    let req = request(device("dev-1"), "hand", "2", &file, None);
+    let out = deploy(&mut link, &stranger, &req, |_| {}).await.unwrap();
+    assert!(matches!(only(&out), Outcome::Rejected(r) if r.contains("unknown key")), "{out:?}");
+    still_serving("an unknown key");
+
+    // The manifest's sha256 does not match the model (chunk hashes do: it is the signed
+    // whole-file hash that catches it).
+    let bytes = model(&file);
+    let (mut m, artifact) =
+        edge_proto::ota::prepare([3; 16], "hand", "3", ModelFormat::Tflite, &bytes, None, 32 * 1024);
+    m.sha256 = [0xee; 32];
+    let state = raw_deploy(&s, "dev-1", m, &artifact).await;
+    assert!(matches!(&state, AckState::Failed(r) if r.contains("sha256")), "{state:?}");
+    still_serving("a wrong sha256");
+
+    // A truncated model file and garbage: they fail validation in the child.
+    let truncated = bytes[..bytes.len() / 2].to_vec();
+    let mut req = request(device("dev-1"), "hand", "4", &file, None);
+    req.model = truncated;
+    let out = run_deploy(&mut link, &req).await;
+    assert!(matches!(only(&out), Outcome::Failed(r) if r.contains("validation failed")), "{out:?}");
+    still_serving("a truncated file");
+    let mut req = request(device("dev-1"), "hand", "5", &file, None);
+    req.model = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let out = run_deploy(&mut link, &req).await;
+    assert!(matches!(only(&out), Outcome::Failed(r) if r.contains("validation failed")), "{out:?}");
+    still_serving("garbage");
+
+    // A real model whose outputs do not match its validation vector.
+    let mut wrong = validation(RECROP, "output");
+    wrong.expected = validation(SHORT, "output.0").expected;
+    let out = run_deploy(&mut link, &request(device("dev-1"), "hand", "6", &file, Some(wrong))).await;
+    assert!(matches!(only(&out), Outcome::Failed(r) if r.contains("validation failed")), "{out:?}");
+    still_serving("a failed validation vector");
+
+    // Expired before it arrived: issued a minute ago, valid for a second.
+    let (_, expired) = edgectl::command::signed_command(
+        [8; 16],
+        edgectl::command::now_ms() - 60_000,
+        Duration::from_secs(1),
+        device("dev-1"),
+        Payload::Rollback { name: "hand".into() },
+        &operator_key(),
+        1 << 20,
+        "",
+    )
+    .unwrap();
+    let states = publish_raw(&s, "dev-1", [8; 16], &[expired], 1).await;
+    assert!(matches!(&states[0], AckState::Rejected(r) if r.contains("expired")), "{states:?}");
+
+    // The same signed bytes twice: the second is a replay.
+    let (cmd, bytes) = edgectl::command::signed_command(
+        [9; 16],
+        edgectl::command::now_ms(),
+        Duration::from_secs(60),
+        device("dev-1"),
+        Payload::GetStatus,
+        &operator_key(),
+        1 << 20,
+        "",
+    )
+    .unwrap();
+    let states = publish_raw(&s, "dev-1", cmd.id, &[bytes.clone(), bytes], 3).await;
+    assert!(states.iter().any(|s| matches!(s, AckState::Rejected(r) if r.contains("replayed"))), "{states:?}");
+    assert_eq!(states.iter().filter(|s| **s == AckState::Succeeded).count(), 1, "{states:?}");
+    still_serving("the rejections");
+    assert_eq!(active(&status(&mut link, "dev-1").await, "hand").as_deref(), Some("1"));
+    let metrics = agent.metrics();
+    assert!(metrics.contains("edge_agent_commands_total{outcome=\"rejected_replayed\"} 1"), "{metrics}");
+    assert!(metrics.contains("edge_agent_commands_total{outcome=\"rejected_unknown_key\"} 1"), "{metrics}");
+    link.close().await;
+}
+
+/// A slow deploy (paced by edgectl) of the full-range face detector as `version`, calling
+/// `at(percent)` as the device reports progress; the outcome.
+async fn paced_deploy(mqtt: MqttConfig, d: &str, version: &str, mut at: impl FnMut(u8)) -> DeployOutcome {
+    let mut link = Link::connect(&mqtt).await.unwrap();
+    let file = format!("{FULL}.tflite");
+    let mut req = request(device(d), "face", version, &file, Some(validation(FULL, "output.0")));
+    req.chunk_size = 16 * 1024;
+    req.rate = Some(256 * 1024);
+    req.timeout = Duration::from_secs(120);
+    let out = deploy(&mut link, &operator_key(), &req, |e| {
+        if let Event::Ack(change) = e {
+            if let AckState::Progress(p) = change.state {
+                at(p);
+            }
+        }
+    })
+    .await
+    .expect("deploy sent");
+    link.close().await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_resumes_after_the_broker_restarts_mid_transfer() {
+    let mut s = setup();
+    let (config, http) = ota_config(&s, "dev-1", &[], "", "");
+    let agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    let mqtt = operator_mqtt(&s);
+    let mut restarted = false;
+    // The broker restarts (same port) once 30 % has arrived.
+    let out = paced_deploy(mqtt, "dev-1", "1", |p| {
+        if p >= 30 && !restarted {
+            restarted = true;
+            s.broker.restart().unwrap();
+        }
+    })
+    .await;
+    assert!(restarted, "the transfer never reached 30 %");
+    assert_eq!(only(&out), &Outcome::Succeeded, "{out:?}\n{}", agent.stop());
+    assert_eq!(predict(&agent, "face", FULL), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_transfer_and_mid_install_ends_on_a_valid_model_and_completes() {
+    let s = setup();
+    let (config, http) = ota_config(&s, "dev-1", &[], "", "");
+    let mut agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    let v1 = run_deploy(
+        &mut link,
+        &request(device("dev-1"), "face", "1", &format!("{SHORT}.tflite"), Some(validation(SHORT, "output.0"))),
+    )
+    .await;
+    assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}");
+
+    // Killed at 30 % of the transfer and again when every chunk is in (the install is
+    // starting): each time it restarts, serves version 1, and the deploy completes.
+    let mut kills = vec![];
+    let mut served_after_kill = vec![];
+    let out = paced_deploy(operator_mqtt(&s), "dev-1", "2", |p| {
+        let due = (p >= 30 && kills.is_empty()) || (p == 100 && kills.len() == 1);
+        if due {
+            kills.push(p);
+            agent.kill9();
+            agent = Agent::start(&config, &http);
+            let end = Instant::now() + Duration::from_secs(30);
+            while http_get(&agent.http, "/healthz").0 != 200 && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Between restart and the end of the deploy, some version always serves.
+            served_after_kill.push(predict(&agent, "face", SHORT) == 200 || predict(&agent, "face", FULL) == 200);
+        }
+    })
+    .await;
+    assert_eq!(kills.len(), 2, "kills at {kills:?}");
+    assert!(served_after_kill.iter().all(|ok| *ok), "{served_after_kill:?}");
+    assert_eq!(only(&out), &Outcome::Succeeded, "{out:?}\n{}", agent.stop());
+    assert_eq!(active(&status(&mut link, "dev-1").await, "face").as_deref(), Some("2"));
+    assert_eq!(predict(&agent, "face", FULL), 200);
+    link.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_deploy_reaches_5_agents_with_one_copy_of_each_chunk() {
+    let s = setup();
+    let mut agents = vec![];
+    for i in 0..5 {
+        let (config, http) = ota_config(&s, &format!("lab-{i}"), &["lab"], "", "");
+        agents.push(Agent::start(&config, &http));
+    }
+    // One outside the group, which must not install anything.
+    let (config, http) = ota_config(&s, "other", &["prod"], "", "");
+    let outsider = Agent::start(&config, &http);
+    for a in agents.iter().chain([&outsider]) {
+        ready(a).await;
+    }
+    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    let out = run_deploy(
+        &mut link,
+        &request(
+            Target::Group("lab".into()),
+            "hand",
+            "1",
+            &format!("{RECROP}.tflite"),
+            Some(validation(RECROP, "output")),
+        ),
+    )
+    .await;
+    let mut devices: Vec<&str> = out.results.iter().map(|r| r.device.as_str()).collect();
+    devices.sort();
+    assert_eq!(devices, ["lab-0", "lab-1", "lab-2", "lab-3", "lab-4"], "{out:?}");
+    assert!(out.all_ok(), "{out:?}");
+    assert_eq!(out.stats.first_pass_chunks, out.stats.chunks, "{:?}", out.stats);
+    for a in &agents {
+        assert_eq!(predict(a, "hand", RECROP), 200);
+    }
+    assert_eq!(predict(&outsider, "hand", RECROP), 404);
+    link.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_regression_rolls_back_automatically() {
+    let s = setup();
+    let (config, http) = ota_config(&s, "dev-1", &[], "health_window_secs = 60", "");
+    let agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    let v1 = run_deploy(
+        &mut link,
+        &request(device("dev-1"), "face", "1", &format!("{SHORT}.tflite"), Some(validation(SHORT, "output.0"))),
+    )
+    .await;
+    assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}");
+
+    // The local application keeps sending 128x128 frames, which version 1 serves.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        let http = agent.http.clone();
+        let input = std::fs::read(models_dir().join(format!("{SHORT}.input.npy"))).unwrap();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(Ordering::SeqCst) {
+                match http_post(&http, "/v1/models/face:predict", "application/x-npy", &input).0 {
+                    200 => ok += 1,
+                    _ => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Version 2 passes its own validation but wants 192x192 frames: every request the
+    // application sends now fails.
+    let v2 = run_deploy(
+        &mut link,
+        &request(device("dev-1"), "face", "2", &format!("{FULL}.tflite"), Some(validation(FULL, "output.0"))),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = traffic.join().unwrap();
+    assert!(
+        matches!(only(&v2), Outcome::Failed(r) if r.contains("health regression") && r.contains("rolled back to 1")),
+        "{v2:?}"
+    );
+    assert!(failed >= 10 && ok > 0, "ok {ok}, failed {failed}");
+    assert_eq!(active(&status(&mut link, "dev-1").await, "face").as_deref(), Some("1"));
+    assert_eq!(predict(&agent, "face", SHORT), 200);
+    assert!(agent.metrics().contains("edge_agent_deploys_total{outcome=\"rolled_back\"} 1"));
+    link.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_settings_inference_and_erase_over_mqtt() {
+    let s = setup();
+    let (config, http) = ota_config(&s, "dev-1", &[], "", "");
+    let agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    let out = run_deploy(&mut link, &request(device("dev-1"), "wake", "1", &format!("{WAKE}.tflite"), None)).await;
+    assert_eq!(only(&out), &Outcome::Succeeded, "{out:?}");
+
+    let before = status(&mut link, "dev-1").await;
+    assert_eq!(before.telemetry_interval_secs, 5);
+    let set = command(
+        &mut link,
+        device("dev-1"),
+        Payload::SetConfig { telemetry_interval_secs: Some(2), log_level: Some("debug".into()) },
+    )
+    .await;
+    assert_eq!(set[0].outcome, Outcome::Succeeded, "{set:?}");
+    let after = status(&mut link, "dev-1").await;
+    assert_eq!((after.telemetry_interval_secs, after.log_level.as_str()), (2, "debug"));
+    assert_ne!(before.config_digest, after.config_digest);
+    let bad =
+        command(&mut link, device("dev-1"), Payload::SetConfig { telemetry_interval_secs: Some(0), log_level: None })
+            .await;
+    assert!(matches!(&bad[0].outcome, Outcome::Failed(r) if r.contains("interval")), "{bad:?}");
+    let bad = command(
+        &mut link,
+        device("dev-1"),
+        Payload::SetConfig { telemetry_interval_secs: None, log_level: Some("[[".into()) },
+    )
+    .await;
+    assert!(matches!(&bad[0].outcome, Outcome::Failed(r) if r.contains("log level")), "{bad:?}");
+
+    // Inference through the same path as the local API: the reference output comes back.
+    let input = std::fs::read(models_dir().join(format!("{WAKE}.input.npy"))).unwrap();
+    let res =
+        command(&mut link, device("dev-1"), Payload::Infer { model: "wake".into(), inputs: vec![NpyBytes(input)] })
+            .await;
+    let Some(Reply::Outputs(outputs)) = &res[0].reply else { panic!("{res:?}") };
+    let got = edge_agent::npy::from_bytes(&outputs[0].0).unwrap();
+    let want = edge_agent::npy::read(&models_dir().join(format!("{WAKE}.output.npy"))).unwrap();
+    assert_eq!(got, want, "the device's answer differs from the reference");
+    let unknown = command(&mut link, device("dev-1"), Payload::Infer { model: "nope".into(), inputs: vec![] }).await;
+    assert!(matches!(&unknown[0].outcome, Outcome::Failed(r) if r.contains("nope")), "{unknown:?}");
+
+    // The settings survive a restart.
+    drop(agent);
+    let agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    assert_eq!(status(&mut link, "dev-1").await.telemetry_interval_secs, 2);
+
+    let erased = command(&mut link, device("dev-1"), Payload::Erase).await;
+    assert_eq!(erased[0].outcome, Outcome::Succeeded, "{erased:?}");
+    let st = status(&mut link, "dev-1").await;
+    assert!(st.models.is_empty(), "{st:?}");
+    assert_eq!(predict(&agent, "wake", WAKE), 404);
+    let models_dir = s.dir.path().join("state-dev-1/models");
+    assert_eq!(std::fs::read_dir(models_dir).unwrap().count(), 0);
+    link.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_acks_then_exits_for_the_service_manager_to_restart_it() {
+    let s = setup();
+    let (config, http) = ota_config(&s, "dev-1", &[], "", "");
+    let mut agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    let res = command(&mut link, device("dev-1"), Payload::Restart).await;
+    assert_eq!(res[0].outcome, Outcome::Succeeded, "{res:?}");
+    let end = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < end, "the agent did not exit after restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, Some(75));
+    link.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_can_be_cancelled_mid_transfer() {
+    let s = setup();
+    let (config, http) = ota_config(&s, "dev-1", &[], "", "");
+    let agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    let mqtt = operator_mqtt(&s);
+    let (tx, rx) = std::sync::mpsc::channel::<[u8; 16]>();
+    let canceller = {
+        let mqtt = mqtt.clone();
+        tokio::spawn(async move {
+            let id = tokio::task::spawn_blocking(move || rx.recv().unwrap()).await.unwrap();
+            let mut link = Link::connect(&mqtt).await.unwrap();
+            let res = command(&mut link, device("dev-1"), Payload::Cancel { command_id: id }).await;
+            link.close().await;
+            res
+        })
+    };
+    let mut link = Link::connect(&mqtt).await.unwrap();
+    let file = format!("{FULL}.tflite");
+    let mut req = request(device("dev-1"), "face", "1", &file, None);
+    req.chunk_size = 16 * 1024;
+    req.rate = Some(128 * 1024);
+    let mut sent = false;
+    let mut id = None;
+    let out = deploy(&mut link, &operator_key(), &req, |e| match e {
+        Event::Published { command_id, .. } => id = Some(*command_id),
+        Event::Ack(change) if matches!(change.state, AckState::Progress(p) if p >= 20) && !sent => {
+            sent = true;
+            let _ = tx.send(id.expect("published first"));
+        }
+        _ => {}
+    })
+    .await
+    .unwrap();
+    let res = canceller.await.unwrap();
+    assert_eq!(res[0].outcome, Outcome::Succeeded, "{res:?}");
+    assert!(matches!(only(&out), Outcome::Failed(r) if r.contains("cancelled")), "{out:?}");
+    assert_eq!(predict(&agent, "face", FULL), 404);
+    let staging = s.dir.path().join("state-dev-1/ota");
+    assert_eq!(std::fs::read_dir(staging).map(|d| d.count()).unwrap_or(0), 0);
+    link.close().await;
+}
