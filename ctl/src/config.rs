@@ -1,0 +1,199 @@
+//! `ctl.toml`: the agent's `[mqtt]` table, plus the operator's signing key.
+//!
+//! ```toml
+//! signing_key = "operator.key"   # optional; relative to this file's directory
+//!
+//! [mqtt]
+//! url = "mqtts://broker:8883"
+//! ca_file = "ca.pem"
+//! cert_file = "operator.pem"
+//! key_file = "operator-key.pem"
+//! ```
+//!
+//! Relative paths are taken from the directory of `ctl.toml`; command-line flags
+//! ([`Overrides`]) replace the file's values.
+
+use std::path::{Path, PathBuf};
+
+use edge_agent::config::MqttConfig;
+use edge_proto::command::SigningKey;
+use serde::Deserialize;
+
+use crate::keys::{load_signing_key, KeyError};
+
+/// What went wrong loading the configuration or the key it names.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("config {}: {source}", path.display())]
+    Read {
+        /// The configuration file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or missing keys.
+    #[error("config {}: {message}", path.display())]
+    Parse {
+        /// The configuration file.
+        path: PathBuf,
+        /// What the parser says, with the position.
+        message: String,
+    },
+    /// A command needs a signing key and none is configured.
+    #[error(
+        "no signing key: pass --signing-key FILE or add `signing_key = \"operator.key\"` at the top of {} \
+         (make a key pair with `edgectl keygen --out DIR`)",
+        .0.display()
+    )]
+    NoSigningKey(PathBuf),
+    /// The signing key file cannot be read or is malformed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// `ctl.toml` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CtlFile {
+    /// Operator signing key (`edgectl keygen`'s operator.key).
+    #[serde(default)]
+    signing_key: Option<PathBuf>,
+    mqtt: MqttConfig,
+}
+
+/// Command-line values that replace the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `[mqtt] url`.
+    pub url: Option<String>,
+    /// `[mqtt] ca_file`.
+    pub ca_file: Option<PathBuf>,
+    /// `[mqtt] cert_file`.
+    pub cert_file: Option<PathBuf>,
+    /// `[mqtt] key_file`.
+    pub key_file: Option<PathBuf>,
+    /// `signing_key`.
+    pub signing_key: Option<PathBuf>,
+}
+
+/// The loaded configuration, paths resolved and overrides applied.
+#[derive(Debug, Clone)]
+pub struct CtlConfig {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The broker connection, as the agent's `[mqtt]`.
+    pub mqtt: MqttConfig,
+    /// The signing key file, if one is configured.
+    pub signing_key: Option<PathBuf>,
+}
+
+impl CtlConfig {
+    /// Parses `text` as the contents of `path`, resolving relative paths against the
+    /// directory of `path` and applying `overrides` (whose paths are taken as given).
+    pub fn parse(text: &str, path: &Path, overrides: &Overrides) -> Result<CtlConfig, ConfigError> {
+        let file: CtlFile =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: one_line(&e) })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut mqtt = file.mqtt;
+        for p in [&mut mqtt.ca_file, &mut mqtt.cert_file, &mut mqtt.key_file] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        let mut signing_key = file.signing_key.map(|p| if p.is_relative() { base.join(p) } else { p });
+        if let Some(u) = &overrides.url {
+            mqtt.url = u.clone();
+        }
+        for (flag, target) in [
+            (&overrides.ca_file, &mut mqtt.ca_file),
+            (&overrides.cert_file, &mut mqtt.cert_file),
+            (&overrides.key_file, &mut mqtt.key_file),
+        ] {
+            if let Some(v) = flag {
+                *target = v.clone();
+            }
+        }
+        if let Some(k) = &overrides.signing_key {
+            signing_key = Some(k.clone());
+        }
+        Ok(CtlConfig { path: path.into(), mqtt, signing_key })
+    }
+
+    /// Reads and parses `path`; see [`CtlConfig::parse`].
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<CtlConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        CtlConfig::parse(&text, path, overrides)
+    }
+
+    /// Loads the configured signing key.
+    pub fn signing_key(&self) -> Result<SigningKey, ConfigError> {
+        let path = self.signing_key.as_ref().ok_or_else(|| ConfigError::NoSigningKey(self.path.clone()))?;
+        Ok(load_signing_key(path)?)
+    }
+}
+
+/// toml's messages span several lines (a source excerpt); operators get one.
+fn one_line(e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => format!("{msg} (at byte {})", span.start),
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MQTT: &str =
+        "[mqtt]\nurl = \"mqtts://b:8883\"\nca_file = \"ca.pem\"\ncert_file = \"/abs/op.pem\"\nkey_file = \"op.key\"\n";
+
+    #[test]
+    fn relative_paths_are_taken_from_the_config_directory() {
+        let text = format!("signing_key = \"keys/operator.key\"\n{MQTT}");
+        let c = CtlConfig::parse(&text, Path::new("/etc/edgectl/ctl.toml"), &Overrides::default()).unwrap();
+        assert_eq!(c.mqtt.ca_file, Path::new("/etc/edgectl/ca.pem"));
+        assert_eq!(c.mqtt.cert_file, Path::new("/abs/op.pem"));
+        assert_eq!(c.signing_key.as_deref(), Some(Path::new("/etc/edgectl/keys/operator.key")));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let text = format!("signing_key = \"operator.key\"\n{MQTT}");
+        let o = Overrides {
+            url: Some("mqtts://other:1".into()),
+            key_file: Some("here.key".into()),
+            signing_key: Some("mine.key".into()),
+            ..Overrides::default()
+        };
+        let c = CtlConfig::parse(&text, Path::new("/etc/ctl.toml"), &o).unwrap();
+        assert_eq!(c.mqtt.url, "mqtts://other:1");
+        assert_eq!(c.mqtt.key_file, Path::new("here.key"));
+        assert_eq!(c.signing_key.as_deref(), Some(Path::new("mine.key")));
+    }
+
+    #[test]
+    fn no_signing_key_tells_how_to_configure_one() {
+        let c = CtlConfig::parse(MQTT, Path::new("/etc/ctl.toml"), &Overrides::default()).unwrap();
+        let err = c.signing_key().unwrap_err().to_string();
+        assert!(err.contains("--signing-key") && err.contains("/etc/ctl.toml") && err.contains("keygen"), "{err}");
+    }
+
+    #[test]
+    fn a_configured_key_that_is_missing_names_the_file() {
+        let text = format!("signing_key = \"operator.key\"\n{MQTT}");
+        let c = CtlConfig::parse(&text, Path::new("/nonexistent/ctl.toml"), &Overrides::default()).unwrap();
+        let err = c.signing_key().unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/operator.key"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_on_one_line() {
+        let err = CtlConfig::parse(&format!("signing_kee = \"x\"\n{MQTT}"), Path::new("c.toml"), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config c.toml: ") && err.contains("signing_kee"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+}
