@@ -46,7 +46,7 @@ fn watch_json_prints_the_fields_scripts_rely_on_and_status_lists_the_device() {
     let config = agent_config(dir.path(), &pki, &broker, "dev-7");
     // The agent runs in this process, on its own runtime thread.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    runtime.spawn(edge_agent::daemon::run(config, None));
+    runtime.spawn(edge_agent::daemon::run(config, None, None));
     let ctl = write_ctl_config(dir.path(), &pki, &broker);
 
     let out = Command::new(env!("CARGO_BIN_EXE_edgectl"))
