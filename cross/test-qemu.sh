@@ -1,25 +1,58 @@
 #!/usr/bin/env bash
-# Runs the inference correctness tests for a cross target under qemu-user:
+# Runs the agent's correctness tests for a cross target under qemu-user:
 #
-#   cross/test-qemu.sh TARGET [extra cargo test arguments, e.g. -- --test-threads=1]
+#   cross/test-qemu.sh TARGET [--profile P] [-- extra cargo test arguments]
 #
-# i.e. `cargo test -p edge-agent --test models --test cli --target TARGET`, with the test
-# binaries started through the runner in .cargo/config.toml (qemu-aarch64 / qemu-arm).
+# i.e. `cargo test -p edge-agent --profile P --target TARGET --test models --test cli
+# --test fleet [--test ota]`, with the test binaries started through the runner in
+# .cargo/config.toml (qemu-aarch64 / qemu-arm):
+#   models  every shipped model against its reference outputs, on the target's kernels;
+#   cli     the edge-agent binary's inspect/infer/check-config;
+#   fleet   the telemetry smoke test: `edge-agent run` (under qemu) against a real Mosquitto
+#           on the host over mutual TLS (the test harness starts it; scripts/setup.sh
+#           installs it);
+#   ota     signed commands and OTA model updates against the same broker: run when
+#           agent/tests/ota.rs exists (the hook for it).
+# QEMU_TESTS="models cli" overrides that list.
 # TARGET: aarch64-unknown-linux-gnu | armv7-unknown-linux-gnueabihf | aarch64-unknown-linux-musl
+# --profile: default `release`, the profile the .deb packages and cross/build.sh --profile
+#   release build, so CI compiles the target's dependencies once for all three. (`edge`
+#   inherits it, adding LTO.) Debug assertions are covered by the host tests (scripts/test.sh).
 #
-# The `cli` tests start the edge-agent binary themselves, which the runner cannot wrap: the
-# kernel must hand target ELF files to qemu (binfmt_misc). When the handler is missing and we
-# are root, this script mounts binfmt_misc and registers one for the target's qemu (a
-# machine-wide change until reboot; unregister with `echo -1 > /proc/sys/fs/binfmt_misc/qemu-…`).
-# Otherwise the `cli` tests fail with "Exec format error" and the `models` tests still run.
+# The cli, fleet and ota tests start the edge-agent binary themselves, which the runner cannot
+# wrap: the kernel must hand target ELF files to qemu (binfmt_misc). When the handler is
+# missing and we are root, this script mounts binfmt_misc and registers one for the target's
+# qemu (a machine-wide change until reboot; unregister with
+# `echo -1 > /proc/sys/fs/binfmt_misc/qemu-…`). Otherwise those tests fail with "Exec format
+# error" and the `models` tests still run.
 #
-# Cold, this is a full cross build of tract in the test profile (dependencies at opt-level 3):
-# see docs/deploy.md for times. Not run by CI yet.
+# Cold, this is a full cross build of tract: see docs/deploy.md for times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-[ $# -ge 1 ] || { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[ $# -ge 1 ] || usage
 target="$1"; shift
+profile=release
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --profile) profile="${2:?--profile needs a value}"; shift 2 ;;
+        --profile=*) profile="${1#--profile=}"; shift ;;
+        -h|--help) usage ;;
+        --) shift; break ;;
+        *) break ;;
+    esac
+done
+tests=()
+if [ -n "${QEMU_TESTS:-}" ]; then
+    read -r -a tests <<<"$QEMU_TESTS"
+else
+    tests=(models cli fleet)
+    # Hook for the OTA smoke test: runs as soon as the test file exists.
+    [ -f agent/tests/ota.rs ] && tests+=(ota)
+fi
+test_args=()
+for t in "${tests[@]}"; do test_args+=(--test "$t"); done
 
 # magic and mask: the ELF header fields qemu's own qemu-binfmt-conf.sh matches on.
 case "$target" in
@@ -67,12 +100,13 @@ if ! have_handler; then
     have_handler || echo "test-qemu.sh: no binfmt_misc handler for $qemu: the cli tests will fail" >&2
 fi
 
+cargo_test=(cargo test -p edge-agent --profile "$profile" --target "$target" "${test_args[@]}")
 start=$(date +%s)
-echo "test-qemu.sh: building tests for $target" >&2
-cargo test -p edge-agent --test models --test cli --target "$target" --no-run
+echo "test-qemu.sh: building: ${cargo_test[*]}" >&2
+"${cargo_test[@]}" --no-run
 built=$(date +%s)
 echo "test-qemu.sh: build took $(( built - start )) s; running under $qemu" >&2
 rc=0
-cargo test -p edge-agent --test models --test cli --target "$target" "$@" || rc=$?
+"${cargo_test[@]}" "$@" || rc=$?
 echo "test-qemu.sh: tests took $(( $(date +%s) - built )) s (rc=$rc)" >&2
 exit $rc
