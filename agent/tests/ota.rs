@@ -705,3 +705,36 @@ async fn a_deploy_can_be_cancelled_mid_transfer() {
     assert_eq!(std::fs::read_dir(staging).map(|d| d.count()).unwrap_or(0), 0);
     link.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_inside_the_health_window_still_ends_the_deploy() {
+    let s = setup();
+    let (config, http) = ota_config(&s, "dev-1", &[], "health_window_secs = 6", "");
+    let mut agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    let v1 = run_deploy(&mut link, &request(device("dev-1"), "hand", "1", &format!("{RECROP}.tflite"), None)).await;
+    assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}");
+    let mqtt = operator_mqtt(&s);
+    let v2 = tokio::spawn(async move {
+        let mut link = Link::connect(&mqtt).await.unwrap();
+        let out =
+            run_deploy(&mut link, &request(device("dev-1"), "hand", "2", &format!("{RECROP}.tflite"), None)).await;
+        link.close().await;
+        out
+    });
+    // Version 2 is active (its health window has begun): kill the agent there.
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = http_get(&agent.http, "/v1/models/hand");
+        if body.contains("\"version\":\"2\"") {
+            break;
+        }
+        assert!(Instant::now() < end, "version 2 never became active: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.kill9();
+    let agent = Agent::start(&config, &http);
+    let out = v2.await.unwrap();
+    assert_eq!(only(&out), &Outcome::Succeeded, "{out:?}\n{}", agent.stop());
+}

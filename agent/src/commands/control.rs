@@ -170,6 +170,17 @@ enum Previous {
     Config,
 }
 
+/// What survives a restart of a health watch: enough to finish it (against an empty
+/// baseline: the previous version's record was in memory).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct WatchFile {
+    command_id: String,
+    name: String,
+    version: String,
+    /// `None`: the configured model.
+    previous: Option<String>,
+}
+
 /// A version inside its health window.
 struct Watch {
     command_id: [u8; 16],
@@ -286,7 +297,7 @@ impl Control {
             }
         };
         let cmd = match verdict {
-            Verdict::Accepted(cmd) => cmd,
+            Verdict::Accepted(cmd) => *cmd,
             Verdict::Rejected(r) => return self.on_rejected(bytes, r),
         };
         // Deploys are checked against this device before they are accepted: a model it
@@ -588,6 +599,7 @@ impl Control {
         }
         if let Some(pos) = self.watches.iter().position(|w| w.command_id == command_id) {
             let w = self.watches.remove(pos);
+            self.forget(&w);
             let back = self.roll_back_watch(&w)?;
             CommandStats::count(&self.deps.metrics.deploys, "cancelled");
             self.ack(command_id, AckState::Failed(format!("cancelled by the operator; rolled back to {back}")), None);
@@ -811,7 +823,7 @@ impl Control {
         };
         let window = Duration::from_secs(self.deps.config.ota.health_window_secs);
         tracing::info!(model = name, version, ?previous, "watching the new version for {window:?}");
-        self.watches.push(Watch {
+        let watch = Watch {
             command_id: id,
             name: name.to_string(),
             version: version.to_string(),
@@ -819,7 +831,74 @@ impl Control {
             base,
             mark,
             deadline: Instant::now() + window,
-        });
+        };
+        self.remember(&watch);
+        self.watches.push(watch);
+    }
+
+    fn watch_file(&self, id: &[u8; 16]) -> PathBuf {
+        self.ota_root().join(format!("watch-{}.json", hex(id)))
+    }
+
+    /// Records a health watch on disk, so that a restart inside the window finishes it.
+    fn remember(&self, w: &Watch) {
+        let file = WatchFile {
+            command_id: hex(&w.command_id),
+            name: w.name.clone(),
+            version: w.version.clone(),
+            previous: match &w.previous {
+                Previous::Store(v) => Some(v.clone()),
+                Previous::Config => None,
+            },
+        };
+        let path = self.watch_file(&w.command_id);
+        let written = std::fs::create_dir_all(self.ota_root())
+            .and_then(|_| crate::fsutil::write_atomic(&path, &serde_json::to_vec(&file).expect("serializes")));
+        if let Err(e) = written {
+            tracing::warn!("{}: {e}; a restart inside the health window will not finish it", path.display());
+        }
+    }
+
+    fn forget(&self, w: &Watch) {
+        let _ = std::fs::remove_file(self.watch_file(&w.command_id));
+    }
+
+    /// Health watches a restart interrupted: finished against an empty baseline (the
+    /// previous version's record was in memory), if their version is still active.
+    fn resume_watches(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.ota_root()) else { return };
+        let window = Duration::from_secs(self.deps.config.ota.health_window_secs);
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !(name.starts_with("watch-") && name.ends_with(".json")) {
+                continue;
+            }
+            let file: Option<WatchFile> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let _ = std::fs::remove_file(&path);
+            let Some(file) = file else { continue };
+            let id = (0..16)
+                .map(|i| u8::from_str_radix(file.command_id.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>();
+            let Some(Ok(command_id)) = id.map(<[u8; 16]>::try_from) else { continue };
+            let active = self.deps.store.current(&file.name).ok().and_then(|c| c.active);
+            if active.as_deref() != Some(file.version.as_str()) {
+                continue;
+            }
+            tracing::info!(model = %file.name, version = %file.version, "resuming the health window a restart interrupted");
+            let (_, mark) = health::baseline(&self.deps.stats, &file.name);
+            let watch = Watch {
+                command_id,
+                name: file.name,
+                version: file.version,
+                previous: file.previous.map(Previous::Store).unwrap_or(Previous::Config),
+                base: Record::default(),
+                mark,
+                deadline: Instant::now() + window,
+            };
+            self.remember(&watch);
+            self.watches.push(watch);
+        }
     }
 
     fn succeed_deploy(&self, id: [u8; 16], name: &str, version: &str, note: &str) {
@@ -833,6 +912,7 @@ impl Control {
             std::mem::take(&mut self.watches).into_iter().partition(|w| w.name == name);
         self.watches = kept;
         for w in ended {
+            self.forget(&w);
             // Superseded by an operator's decision about the same model: the deploy itself
             // went through.
             self.succeed_deploy(w.command_id, &w.name, &w.version, "health window ended early by another command");
@@ -902,6 +982,7 @@ impl Control {
             match verdict {
                 health::Verdict::Regressed(why) => {
                     let w = self.watches.remove(i);
+                    self.forget(&w);
                     CommandStats::count(&self.deps.metrics.deploys, "rolled_back");
                     let reason = match self.roll_back_watch(&w) {
                         Ok(back) => {
@@ -914,10 +995,12 @@ impl Control {
                 }
                 health::Verdict::Healthy(summary) if over => {
                     let w = self.watches.remove(i);
+                    self.forget(&w);
                     self.succeed_deploy(w.command_id, &w.name, &w.version, &summary);
                 }
                 health::Verdict::Undecided if over => {
                     let w = self.watches.remove(i);
+                    self.forget(&w);
                     self.succeed_deploy(w.command_id, &w.name, &w.version, "too little traffic to judge its health");
                 }
                 _ => i += 1,
@@ -928,6 +1011,7 @@ impl Control {
     /// Picks up staged transfers after a restart: their commands are checked again
     /// against the trusted keys; complete ones are installed, the rest wait for chunks.
     fn resume(&mut self) {
+        self.resume_watches();
         let root = self.ota_root();
         for (dir, bytes) in Staging::list(&root) {
             let cmd = match edge_proto::command::verify(&bytes, &self.deps.trusted) {

@@ -116,7 +116,7 @@ impl From<CommandError> for Rejection {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// Passed every check; its id is now in the replay window.
-    Accepted(Command),
+    Accepted(Box<Command>),
     /// Refused; nothing changed.
     Rejected(Rejection),
 }
@@ -151,7 +151,7 @@ impl Gate {
             Err(r) => return Ok(Verdict::Rejected(r)),
         };
         match self.window.record(cmd.id, cmd.expires_at, now_ms) {
-            Ok(()) => Ok(Verdict::Accepted(cmd)),
+            Ok(()) => Ok(Verdict::Accepted(Box::new(cmd))),
             Err(WindowError::Full(n)) => Ok(Verdict::Rejected(Rejection::WindowFull(n))),
             Err(e) => Err(e),
         }
@@ -226,7 +226,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut g = gate(dir.path());
         let c = sign(cmd(1), &operator());
-        assert_eq!(g.check(&encode(&c), NOW).unwrap(), Verdict::Accepted(c));
+        assert_eq!(g.check(&encode(&c), NOW).unwrap(), Verdict::Accepted(Box::new(c)));
         assert!(g.window().contains(&[1; 16]));
     }
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The agent end to end on one machine: a local Mosquitto with mutual TLS and a throwaway
-# PKI, `edge-agent run` serving two shipped models and reporting telemetry every second,
-# a predict over the local HTTP API, `edgectl watch --json` decoding the telemetry, and
-# `edgectl status` listing the device.
+# The sandbox: the whole loop on one machine, in one command. A local Mosquitto with mutual
+# TLS and a throwaway PKI; `edge-agent run` serving shipped models and reporting telemetry
+# every second; a predict over the local HTTP API; `edgectl watch --json` decoding the
+# telemetry; then fleet commands signed with a throwaway operator key: a model deployed
+# over MQTT (transfer, validation, install, health window) with its ack lifecycle, a
+# second version, get-status, a rollback, and an update signed with an untrusted key
+# being refused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -29,6 +32,9 @@ trap cleanup EXIT
 
 echo "== a local broker with mutual TLS (deploy/mosquitto), certificates for dev-1 and operator"
 lf_pki "$WORK/pki" dev-1 operator
+echo "== edgectl keygen: the operator key that signs commands (its .pub goes to [ota] trusted_keys)"
+$BIN/edgectl keygen --out "$WORK/keys"
+$BIN/edgectl keygen --out "$WORK/rogue" >/dev/null
 BROKER_PORT="$(lf_free_port)"
 lf_broker "$WORK" "$WORK/pki" "$BROKER_PORT"
 
@@ -47,8 +53,13 @@ cat >>"$WORK/edge-agent.toml" <<TOML
 [[models]]
 name = "deepa"
 path = "$PWD/models/openwakeword-js__hello_deepa.onnx"
+
+[ota]
+trusted_keys = ["$(cat "$WORK/keys/operator.pub")"]
+health_window_secs = 3
 TOML
 cat >"$WORK/ctl.toml" <<TOML
+signing_key = "keys/operator.key"
 [mqtt]
 url = "mqtts://127.0.0.1:$BROKER_PORT"
 ca_file = "$WORK/pki/ca.pem"
@@ -79,6 +90,36 @@ echo
 echo "== edgectl status"
 $BIN/edgectl --config "$WORK/ctl.toml" status
 
+CTL=("$BIN/edgectl" --config "$WORK/ctl.toml")
+HAND=models/mediapipe__hand_recrop
+echo
+echo "== edgectl deploy: hand_recrop as model \"hand\" version 1, signed, over MQTT, with its"
+echo "   reference input/output as the validation vector the device checks before switching"
+"${CTL[@]}" deploy --model "$HAND.tflite" --name hand --version 1 --device dev-1 \
+    --validate-input "$HAND.input.npy" --validate-output "$HAND.output.npy" --tolerance 0.01 --wait
+curl -fsS -X POST -H 'Content-Type: application/x-npy' --data-binary "@$HAND.input.npy" \
+    "http://$HTTP/v1/models/hand:predict" -o "$WORK/hand.npy"
+echo "  hand:predict over the local API -> $(stat -c %s "$WORK/hand.npy") bytes of .npy"
+
+echo
+echo "== edgectl deploy: version 2, then get-status"
+"${CTL[@]}" deploy --model "$HAND.tflite" --name hand --version 2 --device dev-1 \
+    --validate-input "$HAND.input.npy" --validate-output "$HAND.output.npy" --tolerance 0.01 --wait
+"${CTL[@]}" cmd get-status --device dev-1
+
+echo
+echo "== edgectl rollback: back to version 1"
+"${CTL[@]}" rollback --device dev-1 --name hand --wait
+"${CTL[@]}" cmd get-status --device dev-1 --json
+
+echo
+echo "== an update signed with a key the device does not trust: refused, nothing changes"
+if "${CTL[@]}" deploy --model "$HAND.tflite" --name hand --version 3 --device dev-1 \
+    --signing-key "$WORK/rogue/operator.key" --wait; then
+    echo "sandbox: the untrusted update was accepted" >&2
+    exit 1
+fi
+
 echo
 echo "== /metrics (excerpt)"
-curl -fsS "http://$HTTP/metrics" | grep -E '^edge_agent_(mqtt_connected|models_loaded|inference_requests_total|telemetry_samples_total)'
+curl -fsS "http://$HTTP/metrics" | grep -E '^edge_agent_(mqtt_connected|models_loaded|inference_requests_total|telemetry_samples_total|commands_total|deploys_total)'

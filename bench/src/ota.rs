@@ -1,0 +1,570 @@
+//! `ota-bench`: over-the-air deploy figures, each beside what it compares against.
+//!
+//! 1. **One device**: a real `edge-agent run` process behind a real Mosquitto (mutual TLS,
+//!    loopback), deployed a generated ONNX model of `--size-mb` with edgectl's library.
+//!    Reported: transfer throughput (publish to `Progress(100)`, chunks verified and on
+//!    disk), install time (validation child, store, activation), and the agent's peak RSS
+//!    during the transfer. Beside it: the same bytes as plain QoS 1 publishes through the
+//!    same broker to a subscriber that only counts them, the ceiling the broker and TLS
+//!    allow.
+//! 2. **A fleet**: `--devices` receivers in this process, each with its own certificate and
+//!    MQTT connection, taking the group transfer through the agent's own staging code
+//!    (`edge_agent::ota::staging`: per-chunk hash check, write in place, bitmap, whole-model
+//!    hash) and answering like the agent (accepted, repair requests, `Progress(100)`).
+//!    Reported: time from the command's publication until every device has the verified
+//!    model. Installing is per-device work measured in (1).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use edge_agent::config::MqttConfig;
+use edge_agent::ota::staging::Staging;
+use edge_it::{mqtt_options, unique_client_id, Broker, Pki};
+use edge_proto::codec::Versioned;
+use edge_proto::command::{hex, verify, Ack, AckState, NpyBytes, Payload, SigningKey, Target};
+use edge_proto::ota::{decode_chunk, ModelFormat, Need, Validation};
+use edgectl::command::Event;
+use edgectl::deploy::{deploy, DeployRequest};
+use edgectl::link::Link;
+use prost::Message;
+use rumqttc::{AsyncClient, Event as MqttEvent, Packet, QoS};
+use tract_onnx::pb;
+
+#[derive(Parser)]
+#[command(name = "ota-bench", about = "OTA throughput, fleet deploy time and agent RSS during a transfer")]
+struct Args {
+    /// The agent binary (a release build).
+    #[arg(long, default_value = "target/release/edge-agent")]
+    agent: PathBuf,
+    /// Model size in MB (a generated ONNX MatMul with that many bytes of weights).
+    #[arg(long, default_value_t = 50)]
+    size_mb: usize,
+    /// Chunk sizes in KiB for the one-device run.
+    #[arg(long, value_delimiter = ',', default_value = "240,1024")]
+    chunk_kib: Vec<u32>,
+    /// Devices in the fleet run (0 skips it).
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Chunk size in KiB for the fleet run.
+    #[arg(long, default_value_t = 1024)]
+    fleet_chunk_kib: u32,
+    /// Where staging files go (the fleet run writes size × devices bytes; tmpfs by default).
+    #[arg(long, default_value = "/dev/shm")]
+    scratch: PathBuf,
+}
+
+const MAX_PACKET: usize = 1_100_000;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(run(args))
+}
+
+/// A 1 x N by N x N MatMul with about `mb` MB of f32 weights, its input and its output.
+fn generated_model(mb: usize) -> (Vec<u8>, Validation) {
+    let n = ((mb as f64 * 1e6 / 4.0).sqrt()) as usize;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let w: Vec<f32> = (0..n * n).map(|_| rng.f32() * 0.02 - 0.01).collect();
+    let x: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect();
+    let mut y = vec![0f64; n];
+    for (i, xi) in x.iter().enumerate() {
+        for (j, yj) in y.iter_mut().enumerate() {
+            *yj += f64::from(*xi) * f64::from(w[i * n + j]);
+        }
+    }
+    let y: Vec<f32> = y.iter().map(|v| *v as f32).collect();
+    let value_info = |name: &str, dims: &[i64]| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| pb::tensor_shape_proto::Dimension {
+                            denotation: String::new(),
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(*d)),
+                        })
+                        .collect(),
+                }),
+            })),
+        }),
+        doc_string: String::new(),
+    };
+    let raw: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
+        graph: Some(pb::GraphProto {
+            node: vec![pb::NodeProto {
+                input: vec!["x".into(), "w".into()],
+                output: vec!["y".into()],
+                op_type: "MatMul".into(),
+                ..Default::default()
+            }],
+            name: "bench".into(),
+            initializer: vec![pb::TensorProto {
+                dims: vec![n as i64, n as i64],
+                data_type: 1,
+                name: "w".into(),
+                raw_data: raw,
+                ..Default::default()
+            }],
+            input: vec![value_info("x", &[1, n as i64])],
+            output: vec![value_info("y", &[1, n as i64])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let npy = |v: &[f32]| {
+        let t = tract_onnx::prelude::Tensor::from_shape(&[1, v.len()], v).expect("shape");
+        NpyBytes(edge_agent::npy::to_bytes(&t).expect("npy"))
+    };
+    let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let validation = Validation {
+        version: Validation::VERSION,
+        inputs: vec![npy(&x)],
+        expected: vec![npy(&y)],
+        tolerance: 1e-3 * scale,
+    };
+    (model.encode_to_vec(), validation)
+}
+
+fn operator_mqtt(pki: &Pki, broker: &Broker) -> Result<MqttConfig> {
+    let files = pki.client("operator")?;
+    Ok(MqttConfig {
+        url: broker.url(),
+        ca_file: pki.ca_pem().to_path_buf(),
+        cert_file: files.cert,
+        key_file: files.key,
+        topic_prefix: "edge".into(),
+        allow_insecure: false,
+        max_packet_bytes: MAX_PACKET,
+        network_timeout_secs: 10,
+        keep_alive_secs: 10,
+        reconnect_max_secs: 1,
+    })
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+fn mb(bytes: f64) -> f64 {
+    bytes / 1e6
+}
+
+async fn run(args: Args) -> Result<()> {
+    let (model, validation) = generated_model(args.size_mb);
+    let key = SigningKey::from_bytes(&[42; 32]);
+    let work = tempfile::tempdir()?;
+    let pki = Pki::generate(&work.path().join("pki"))?;
+    let broker = Broker::start(&pki)?;
+    println!("# OTA benchmark");
+    println!();
+    println!(
+        "model: generated ONNX MatMul, {} bytes (+ {} bytes of validation vector); broker: mosquitto, mutual TLS on loopback",
+        model.len(),
+        edge_proto::encode(&validation).len()
+    );
+    println!();
+    println!("## One device");
+    println!();
+    println!("| what | chunk KiB | bytes | seconds | MB/s | agent peak RSS during transfer (MiB) | install s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for &kib in &args.chunk_kib {
+        let (bytes, secs) = raw_publish(&pki, &broker, model.len(), kib).await?;
+        println!(
+            "| mosquitto QoS 1, TLS, publish to a counting subscriber | {kib} | {bytes} | {secs:.2} | {:.0} | - | - |",
+            mb(bytes as f64) / secs
+        );
+        let r = one_device(&args, &pki, &broker, &key, &model, &validation, kib, work.path()).await?;
+        println!(
+            "| edge-agent deploy (chunks hashed, written, bitmap synced) | {kib} | {} | {:.2} | {:.0} | {:.1} | {:.2} |",
+            r.bytes,
+            r.transfer_s,
+            mb(r.bytes as f64) / r.transfer_s,
+            r.peak_rss as f64 / 1048576.0,
+            r.install_s
+        );
+        println!(
+            "| (agent RSS before the deploy / after the install) | | | | | {:.1} / {:.1} | |",
+            r.rss_before as f64 / 1048576.0,
+            r.rss_after as f64 / 1048576.0
+        );
+    }
+    if args.devices > 0 {
+        println!();
+        println!("## A fleet: {} devices in one process, group deploy", args.devices);
+        println!();
+        let r = fleet(&args, &pki, &broker, &key, &model, &validation).await?;
+        println!("| devices | chunk KiB | artifact bytes | chunks published (first pass + repairs) | seconds to all verified | aggregate MB/s |");
+        println!("|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {} | {} | {} | {} + {} | {:.2} | {:.0} |",
+            r.devices,
+            args.fleet_chunk_kib,
+            r.bytes,
+            r.first_pass,
+            r.repaired,
+            r.secs,
+            mb((r.bytes * r.devices as u64) as f64) / r.secs
+        );
+    }
+    Ok(())
+}
+
+/// Publishes `total` bytes in `kib` KiB QoS 1 messages to a subscriber that counts them;
+/// bytes and seconds until the subscriber has them all.
+async fn raw_publish(pki: &Pki, broker: &Broker, total: usize, kib: u32) -> Result<(usize, f64)> {
+    let chunk = kib as usize * 1024;
+    let count = total.div_ceil(chunk);
+    let sub_tls = pki.client_config("raw-sub")?;
+    let mut sub_opts = mqtt_options(&unique_client_id("raw-sub"), broker.port(), sub_tls);
+    sub_opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    let (sub, mut sub_ev) = AsyncClient::new(sub_opts, 64);
+    sub.subscribe("edge/raw-sub/ota", QoS::AtLeastOnce).await?;
+    loop {
+        if let MqttEvent::Incoming(Packet::SubAck(_)) = sub_ev.poll().await? {
+            break;
+        }
+    }
+    let got = Arc::new(AtomicU64::new(0));
+    let counter = got.clone();
+    let receiver = tokio::spawn(async move {
+        let mut n = 0;
+        while n < count {
+            match sub_ev.poll().await {
+                Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                    n += 1;
+                    counter.fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("subscriber: {e}")),
+            }
+        }
+        Ok(Instant::now())
+    });
+    let op_tls = pki.client_config("operator")?;
+    let mut op_opts = mqtt_options(&unique_client_id("raw-pub"), broker.port(), op_tls);
+    op_opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    op_opts.set_inflight(100);
+    let (op, mut op_ev) = AsyncClient::new(op_opts, 64);
+    let poller = tokio::spawn(async move { while op_ev.poll().await.is_ok() {} });
+    let payload = vec![0x5au8; chunk];
+    let start = Instant::now();
+    for _ in 0..count {
+        op.publish("edge/raw-sub/ota", QoS::AtLeastOnce, false, payload.clone()).await?;
+    }
+    let end = tokio::time::timeout(Duration::from_secs(300), receiver).await.context("raw publish timed out")???;
+    poller.abort();
+    Ok((got.load(Ordering::Relaxed) as usize, (end - start).as_secs_f64()))
+}
+
+struct OneDevice {
+    bytes: u64,
+    transfer_s: f64,
+    install_s: f64,
+    peak_rss: u64,
+    rss_before: u64,
+    rss_after: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn one_device(
+    args: &Args,
+    pki: &Pki,
+    broker: &Broker,
+    key: &SigningKey,
+    model: &[u8],
+    validation: &Validation,
+    kib: u32,
+    work: &Path,
+) -> Result<OneDevice> {
+    let device = format!("bench-{kib}");
+    let files = pki.client(&device)?;
+    let http = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.to_string()
+    };
+    let config = work.join(format!("{device}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "device_id = \"{device}\"\nstate_dir = \"{state}\"\n\
+             [mqtt]\nurl = \"{url}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nmax_packet_bytes = {MAX_PACKET}\n\
+             [telemetry]\ninterval_secs = 60\n[http]\nlisten = \"{http}\"\n\
+             [ota]\ntrusted_keys = [\"{pubkey}\"]\nhealth_window_secs = 1\nstall_secs = 2\n",
+            state = work.join(format!("state-{device}")).display(),
+            url = broker.url(),
+            ca = pki.ca_pem().display(),
+            cert = files.cert.display(),
+            key = files.key.display(),
+            pubkey = hex(key.verifying_key().as_bytes()),
+        ),
+    )?;
+    let mut child = std::process::Command::new(&args.agent)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .with_context(|| format!("starting {}", args.agent.display()))?;
+    let pid = child.id();
+    let result = async {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = std::net::TcpStream::connect(&http)
+                .and_then(|mut s| {
+                    use std::io::{Read, Write};
+                    write!(s, "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                    let mut b = String::new();
+                    s.read_to_string(&mut b)?;
+                    Ok(b.starts_with("HTTP/1.1 200"))
+                })
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            if Instant::now() > end {
+                bail!("agent not ready");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_before = rss_bytes(pid).unwrap_or(0);
+        let peak = Arc::new(AtomicU64::new(0));
+        let transferring = Arc::new(AtomicBool::new(true));
+        let sampler = {
+            let (peak, transferring) = (peak.clone(), transferring.clone());
+            std::thread::spawn(move || {
+                while transferring.load(Ordering::Relaxed) {
+                    if let Some(r) = rss_bytes(pid) {
+                        peak.fetch_max(r, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let mut link = Link::connect(&operator_mqtt(pki, broker)?).await?;
+        let mut req = DeployRequest::new(
+            Target::Device(device.clone()),
+            "bench",
+            &format!("v{kib}"),
+            ModelFormat::Onnx,
+            model.to_vec(),
+        );
+        req.validation = Some(validation.clone());
+        req.chunk_size = kib * 1024;
+        req.wait = true;
+        req.timeout = Duration::from_secs(600);
+        let start = Instant::now();
+        let mut received_at = None;
+        let outcome = deploy(&mut link, key, &req, |e| {
+            if let Event::Ack(c) = e {
+                if c.state == AckState::Progress(100) && received_at.is_none() {
+                    received_at = Some(Instant::now());
+                    transferring.store(false, Ordering::Relaxed);
+                }
+            }
+        })
+        .await?;
+        let done = Instant::now();
+        transferring.store(false, Ordering::Relaxed);
+        let _ = sampler.join();
+        link.close().await;
+        if !outcome.all_ok() {
+            bail!("deploy did not succeed: {outcome:?}");
+        }
+        let received_at = received_at.context("no Progress(100) seen")?;
+        Ok(OneDevice {
+            bytes: outcome.stats.artifact_bytes,
+            transfer_s: (received_at - start).as_secs_f64(),
+            install_s: (done - received_at).as_secs_f64(),
+            peak_rss: peak.load(Ordering::Relaxed),
+            rss_before,
+            rss_after: rss_bytes(pid).unwrap_or(0),
+        })
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+struct FleetResult {
+    devices: usize,
+    bytes: u64,
+    first_pass: u32,
+    repaired: u32,
+    secs: f64,
+}
+
+/// One simulated device: its own connection; the agent's staging code for the transfer.
+async fn receiver(
+    tls: rustls::ClientConfig,
+    port: u16,
+    device: String,
+    key: edge_proto::command::VerifyingKey,
+    scratch: PathBuf,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> Result<()> {
+    let mut opts = mqtt_options(&device, port, tls);
+    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut ev) = AsyncClient::new(opts, 64);
+    let mut staging: Option<Staging> = None;
+    let mut last_chunk = Instant::now();
+    let mut last_need = Instant::now();
+    let ack = |id: [u8; 16], state: AckState| {
+        edge_proto::encode(&Ack {
+            version: Ack::VERSION,
+            command_id: id,
+            device: device.clone(),
+            state,
+            ts: 0,
+            reply: None,
+        })
+    };
+    loop {
+        let event = match tokio::time::timeout(Duration::from_millis(500), ev.poll()).await {
+            Ok(e) => e?,
+            Err(_) => {
+                if let Some(s) = &staging {
+                    if !s.is_complete()
+                        && last_chunk.elapsed() > Duration::from_secs(2)
+                        && last_need.elapsed() > Duration::from_secs(2)
+                    {
+                        let need = Need {
+                            version: Need::VERSION,
+                            device: device.clone(),
+                            transfer_id: s.manifest.transfer_id,
+                            missing: s.missing(512),
+                        };
+                        client.try_publish(
+                            format!("edge/{device}/need"),
+                            QoS::AtMostOnce,
+                            false,
+                            edge_proto::encode(&need),
+                        )?;
+                        last_need = Instant::now();
+                    }
+                }
+                continue;
+            }
+        };
+        match event {
+            MqttEvent::Incoming(Packet::ConnAck(_)) => {
+                client.try_subscribe("edge/group/bench/cmd", QoS::AtLeastOnce)?;
+                client.try_subscribe("edge/group/bench/ota", QoS::AtLeastOnce)?;
+                client.try_subscribe(format!("edge/{device}/ota"), QoS::AtLeastOnce)?;
+            }
+            MqttEvent::Incoming(Packet::SubAck(s)) if s.pkid == 3 => {
+                let _ = ready.send(()).await;
+            }
+            MqttEvent::Incoming(Packet::Publish(p)) if p.topic.ends_with("/cmd") => {
+                let cmd = verify(&p.payload, &[key])?;
+                let id = cmd.id;
+                client.try_publish(
+                    format!("edge/{device}/ack"),
+                    QoS::AtLeastOnce,
+                    false,
+                    ack(id, AckState::Accepted),
+                )?;
+                if let Payload::DeployModel(_) = &cmd.payload {
+                    staging = Some(Staging::create(&scratch.join(&device), &p.payload, cmd)?);
+                    last_chunk = Instant::now();
+                }
+            }
+            MqttEvent::Incoming(Packet::Publish(p)) => {
+                let Some(s) = staging.as_mut() else { continue };
+                let Ok(chunk) = decode_chunk(&p.payload) else { continue };
+                if s.accept(&chunk).is_ok() {
+                    last_chunk = Instant::now();
+                }
+                if s.is_complete() {
+                    s.checkpoint()?;
+                    s.read_model()?;
+                    let id = s.command.id;
+                    client.try_publish(
+                        format!("edge/{device}/ack"),
+                        QoS::AtLeastOnce,
+                        false,
+                        ack(id, AckState::Progress(100)),
+                    )?;
+                    if let Some(s) = staging.take() {
+                        s.remove();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn fleet(
+    args: &Args,
+    pki: &Pki,
+    broker: &Broker,
+    key: &SigningKey,
+    model: &[u8],
+    validation: &Validation,
+) -> Result<FleetResult> {
+    let scratch = tempfile::Builder::new().prefix("ota-bench-").tempdir_in(&args.scratch)?;
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.devices);
+    let mut tasks = vec![];
+    for i in 0..args.devices {
+        let device = format!("fleet-{i:03}");
+        let tls = pki.client_config(&device)?;
+        let (port, public, dir, ready) =
+            (broker.port(), key.verifying_key(), scratch.path().to_path_buf(), ready_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = receiver(tls, port, device.clone(), public, dir, ready).await {
+                eprintln!("{device}: {e:#}");
+            }
+        }));
+    }
+    for _ in 0..args.devices {
+        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await.context("receivers did not subscribe")?;
+    }
+    let mut link = Link::connect(&operator_mqtt(pki, broker)?).await?;
+    let mut req =
+        DeployRequest::new(Target::Group("bench".into()), "bench", "fleet", ModelFormat::Onnx, model.to_vec());
+    req.validation = Some(validation.clone());
+    req.chunk_size = args.fleet_chunk_kib * 1024;
+    req.accept_wait = Duration::from_secs(3);
+    req.timeout = Duration::from_secs(600);
+    let mut published = None;
+    let outcome = deploy(&mut link, key, &req, |e| {
+        if let Event::Published { .. } = e {
+            published = Some(Instant::now());
+        }
+    })
+    .await?;
+    let done = Instant::now();
+    link.close().await;
+    for t in tasks {
+        t.abort();
+    }
+    let ok = outcome.results.iter().filter(|r| r.outcome.is_ok()).count();
+    if ok != args.devices {
+        bail!("{ok} of {} devices got the model: {:?}", args.devices, outcome.results);
+    }
+    // The acceptance window (accept_wait) is part of the time: it is how long edgectl
+    // waits to learn the group's members before the first pass.
+    let start = published.context("never published")?;
+    Ok(FleetResult {
+        devices: args.devices,
+        bytes: outcome.stats.artifact_bytes,
+        first_pass: outcome.stats.first_pass_chunks,
+        repaired: outcome.stats.repaired_chunks,
+        secs: (done - start).as_secs_f64(),
+    })
+}
