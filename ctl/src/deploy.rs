@@ -351,7 +351,10 @@ async fn run(
             transferring = true;
             progress(&Event::TransferStarted { devices: state.tracker.receiving().count() });
         }
-        let wanted = transferring && state.tracker.receiving().next().is_some() && state.schedule.has_work();
+        // Repairs are queued only for devices that still want chunks; the first pass goes
+        // on while one of the devices that answered does.
+        let receiving = state.tracker.receiving().next().is_some();
+        let wanted = transferring && (state.schedule.queued_repairs() > 0 || (receiving && state.schedule.has_work()));
         if wanted && pacer.ready_at() <= now {
             let send = state.schedule.next_send().expect("has_work");
             let message = plan.chunk_message(send.index);

@@ -89,6 +89,11 @@ fn write_new(path: &Path, mode: u32, text: &str) -> Result<(), KeyError> {
 /// Reads the signing key `edgectl keygen` wrote: 64 hex digits, surrounding whitespace
 /// allowed.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
+    // The public half is 64 hex digits too: it would load, sign, and be refused by every
+    // device as an unknown key.
+    if path.extension().is_some_and(|e| e == "pub") {
+        return Err(KeyError::Format { path: path.into(), problem: "this is the public key".into() });
+    }
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
         what: "reading signing key",
         path: path.into(),
@@ -148,6 +153,14 @@ mod tests {
             let err = load_signing_key(&path).unwrap_err().to_string();
             assert!(err.contains(problem) && err.contains("64 hex digits"), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_public_half_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, pub_path, _) = keygen(dir.path()).unwrap();
+        let err = load_signing_key(&pub_path).unwrap_err().to_string();
+        assert!(err.contains("this is the public key") && err.contains("operator.key"), "{err}");
     }
 
     #[test]

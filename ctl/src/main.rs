@@ -639,14 +639,16 @@ impl DeployUi {
         let style = |t: &str| ProgressStyle::with_template(t).expect("static template").progress_chars("=> ");
         match event {
             Event::Published { command_id, chunks, bytes, .. } => {
+                let plural = if *chunks == 1 { "" } else { "s" };
                 self.say(&format!(
-                    "deploy command {} to {} ({bytes} bytes in {chunks} chunks)",
+                    "deploy command {} to {} ({bytes} bytes in {chunks} chunk{plural})",
                     hex(command_id),
                     self.target
                 ));
             }
             Event::TransferStarted { .. } => {
-                let bar = self.multi.add(ProgressBar::new(0));
+                // Above the devices' bars, which appear as they accept.
+                let bar = self.multi.insert(0, ProgressBar::new(0));
                 bar.set_style(style("{prefix:<16} [{bar:30}] {pos}/{len} chunks"));
                 bar.set_prefix("published");
                 self.chunks = Some(bar);
