@@ -493,7 +493,12 @@ impl Job {
                 Ok(outcome.all_ok())
             }
             Job::Command { req, key, show } => {
-                let outcome = send_command(link, &key, &req, |_| {}).await?;
+                let outcome = send_command(link, &key, &req, |e| match e {
+                    Event::Disconnected(why) => eprintln!("edgectl: broker connection lost ({why}); reconnecting"),
+                    Event::Reconnected => eprintln!("edgectl: reconnected to the broker"),
+                    _ => {}
+                })
+                .await?;
                 if outcome.results.is_empty() {
                     if let Target::Group(g) = &req.target {
                         eprintln!("edgectl: no device of group {g} answered within {:?}", req.accept_wait);

@@ -80,12 +80,23 @@ impl Fleet {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let resubscribe = client.clone();
         tokio::spawn(async move {
-            while let Ok(event) = eventloop.poll().await {
-                if let Event::Incoming(Packet::Publish(p)) = event {
-                    if tx.send(p).is_err() {
-                        return;
+            // Like the agent: reconnect after a broker outage and subscribe again (clean session).
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx.send(p).is_err() {
+                            return;
+                        }
                     }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for f in &filters {
+                            resubscribe.try_subscribe(f, QoS::AtLeastOnce).unwrap();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
         });
@@ -323,6 +334,33 @@ async fn single_device_deploy_without_wait_returns_at_progress_100() {
     assert!(matches!(r.outcome, Outcome::Transferred | Outcome::Succeeded), "{outcome:#?}");
     assert!(outcome.all_ok());
     assert_eq!(outcome.stats.first_pass_chunks, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_rides_out_a_broker_restart() {
+    let mut fleet = Fleet::start();
+    let _dev = fleet.device("dev-1", &[], Script::succeed()).await;
+    let config = fleet.config();
+    let key = config.signing_key().unwrap();
+    let mut req = DeployRequest::new(Target::Device("dev-1".into()), "kws", "9", ModelFormat::Onnx, model(40_000));
+    req.chunk_size = 1000;
+    // About 2 s of transfer, so that the restart lands in the middle of it.
+    req.rate = Some(20_000);
+    req.wait = true;
+    req.timeout = Duration::from_secs(60);
+    let deploying = tokio::spawn(async move {
+        let mut link = Link::connect(&config.mqtt).await.unwrap();
+        let mut events = vec![];
+        let outcome = deploy(&mut link, &key, &req, |e| events.push(e.clone())).await.unwrap();
+        (outcome, events)
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::task::block_in_place(|| fleet.broker.restart().unwrap());
+    let (outcome, events) = deploying.await.unwrap();
+    assert_eq!(outcome.results[0].outcome, Outcome::Succeeded, "{outcome:#?}\n{events:#?}");
+    assert!(events.iter().any(|e| matches!(e, edgectl::Event::Disconnected(_))), "{events:#?}");
+    assert!(events.iter().any(|e| matches!(e, edgectl::Event::Reconnected)), "{events:#?}");
+    assert_eq!(outcome.stats.first_pass_chunks, 40, "{:?}", outcome.stats);
 }
 
 #[test]
