@@ -3,7 +3,7 @@
 //! [`send_command`] subscribes to the acks, publishes the signed command (QoS 1, not
 //! retained) on the device's or the group's command topic, and feeds the acks of that
 //! command id to a [`Tracker`] until the operation is over. Deploys, which also move an
-//! artifact, are in [`crate::deploy`]; both share the pieces here.
+//! artifact, are in [`mod@crate::deploy`]; both share the pieces here.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

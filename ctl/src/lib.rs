@@ -38,7 +38,7 @@
 //! - [`link`]: the broker connection; its event loop runs on a task of its own.
 //! - [`command`]: [`command::send_command`], and the signing, topic and ack handling
 //!   shared with deploys.
-//! - [`deploy`]: [`deploy::deploy`]: manifest, first pass, repairs.
+//! - [`mod@deploy`]: [`deploy::deploy`]: manifest, first pass, repairs.
 //! - [`track`]: per-device state of one command (pure).
 //! - [`transfer`]: which chunk goes next, where, and when (pure).
 //! - [`observe`]: telemetry and retained status.

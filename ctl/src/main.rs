@@ -288,9 +288,9 @@ struct DeployArgs {
     /// Scalar input fixed at load, NAME=VALUE (repeatable).
     #[arg(long = "pin", value_parser = pin)]
     pins: Vec<(String, f64)>,
-    /// Oldest agent version that may install it (X.Y.Z).
-    #[arg(long, default_value = "")]
-    min_agent_version: String,
+    /// Oldest agent version that may install it (X.Y.Z); any by default.
+    #[arg(long)]
+    min_agent_version: Option<String>,
     /// Chunk size in bytes; a chunk plus 1 KiB must fit [mqtt] max_packet_bytes.
     #[arg(long, default_value_t = DEFAULT_CHUNK_BYTES)]
     chunk_size: u32,
@@ -537,7 +537,7 @@ fn deploy_request(args: &DeployArgs) -> Result<DeployRequest> {
     req.validation = validation;
     req.pins = args.pins.clone();
     req.latency_budget_ms = args.latency_budget_ms;
-    req.min_agent_version = args.min_agent_version.clone();
+    req.min_agent_version = args.min_agent_version.clone().unwrap_or_default();
     req.chunk_size = args.chunk_size;
     req.rate = args.rate;
     req.accept_wait = secs(args.accept_wait);
