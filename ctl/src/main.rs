@@ -605,7 +605,8 @@ fn write_outputs(outputs: &[NpyBytes], dir: Option<&Path>) -> Result<()> {
 }
 
 /// Progress bars for a deploy, one per device plus one for the first pass, on stdout when
-/// it is a terminal; nothing otherwise (the final table is all a script needs).
+/// it is a terminal; otherwise one line per device state change (the ack lifecycle, for
+/// logs), then the final table.
 struct DeployUi {
     multi: MultiProgress,
     tty: bool,
@@ -663,6 +664,14 @@ impl DeployUi {
                     bar.set_length(u64::from(*total));
                     bar.set_position(u64::from(*sent));
                 }
+            }
+            Event::Ack(change) if !self.tty => {
+                let what = match &change.state {
+                    AckState::Progress(p) if *p >= 100 => "progress 100 % (verified, installing)".to_string(),
+                    AckState::Progress(p) => format!("progress {p} %"),
+                    state => state_text(state),
+                };
+                println!("{:<16} {what}", change.device);
             }
             Event::Ack(change) => {
                 let bar = self.bars.entry(change.device.clone()).or_insert_with(|| {
