@@ -738,3 +738,38 @@ async fn kill_9_inside_the_health_window_still_ends_the_deploy() {
     let out = v2.await.unwrap();
     assert_eq!(only(&out), &Outcome::Succeeded, "{out:?}\n{}", agent.stop());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_limit_and_the_bandwidth_cap_from_the_config_are_enforced() {
+    let s = setup();
+    let ota = "max_model_bytes = 150000\nmax_bytes_per_sec = 50000";
+    let (config, http) = ota_config(&s, "dev-1", &[], ota, "");
+    let agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    // 230 kB: over the limit, refused before anything is written.
+    let out = run_deploy(&mut link, &request(device("dev-1"), "face", "1", &format!("{SHORT}.tflite"), None)).await;
+    assert!(matches!(only(&out), Outcome::Rejected(r) if r.contains("max_model_bytes")), "{out:?}");
+    assert_eq!(std::fs::read_dir(s.dir.path().join("state-dev-1/ota")).map(|d| d.count()).unwrap_or(0), 0);
+    // 124 kB at 50 kB/s: the device takes at least two seconds, however fast the broker
+    // pushes (a lower bound only: the cap is what is checked, not the machine's speed).
+    let mut req = request(device("dev-1"), "hand", "1", &format!("{RECROP}.tflite"), None);
+    req.chunk_size = 8 * 1024;
+    let mut first = None;
+    let mut last = None;
+    let out = deploy(&mut link, &operator_key(), &req, |e| {
+        if let Event::Ack(c) = e {
+            match c.state {
+                AckState::Progress(0) => first = Some(Instant::now()),
+                AckState::Progress(100) => last = Some(Instant::now()),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(only(&out), &Outcome::Succeeded, "{out:?}");
+    let took = last.unwrap() - first.unwrap();
+    assert!(took >= Duration::from_millis(1800), "124 kB at 50 kB/s arrived in {took:?}");
+    link.close().await;
+}
