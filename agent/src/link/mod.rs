@@ -237,8 +237,18 @@ impl Link {
             tracing::debug!(topic, "message on a topic the agent does not handle; ignored");
             return;
         };
-        let msg = if is_command { Inbound::Command(payload) } else { Inbound::Chunk(payload) };
-        let _ = inbound.send(msg).await;
+        // Wait while the command thread is busy (backpressure keeps chunks coming at the
+        // rate they are written), but not forever: this task also publishes acks and
+        // telemetry, and a validation can take minutes. A chunk dropped here is asked for
+        // again; a command dropped here is logged (its sender sees no ack).
+        let (msg, patience) = if is_command {
+            (Inbound::Command(payload), Duration::from_secs(30))
+        } else {
+            (Inbound::Chunk(payload), Duration::from_secs(2))
+        };
+        if tokio::time::timeout(patience, inbound.send(msg)).await.is_err() {
+            tracing::warn!(topic, "the command thread is busy; message dropped");
+        }
     }
 
     fn status(&self, state: State) -> Vec<u8> {
