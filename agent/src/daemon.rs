@@ -321,7 +321,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         backoff_max: Duration::from_secs(config.mqtt.reconnect_max_secs),
         groups: config.groups.clone(),
     };
-    let (inbound_tx, mut inbound_rx) = tokio::sync::mpsc::channel(8);
+    // Each message in flight may be an OTA chunk: a few of them bound the RAM a transfer takes.
+    let (inbound_tx, mut inbound_rx) = tokio::sync::mpsc::channel(2);
     let (link, link_handle) = Link::new(link_settings, outbox, acks, Some(inbound_tx), link_stats.clone());
     let (interval_tx, interval_rx) =
         tokio::sync::watch::channel(Duration::from_secs(settings.telemetry_interval_secs.into()));
@@ -374,7 +375,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     // The command component runs on its own thread: file I/O, model loading and the
     // validation child must not stall the runtime. It gets what the link receives and a
     // tick twice a second.
-    let (input_tx, input_rx) = tokio::sync::mpsc::channel::<Input>(8);
+    let (input_tx, input_rx) = tokio::sync::mpsc::channel::<Input>(2);
     let control_thread = std::thread::Builder::new()
         .name("commands".into())
         .spawn(move || control.run(input_rx))

@@ -58,6 +58,9 @@ struct Args {
 }
 
 const MAX_PACKET: usize = 1_100_000;
+/// Silence before a simulated device asks for missing chunks: the agent's default
+/// `[ota] stall_secs`.
+const STALL: Duration = Duration::from_secs(5);
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -178,7 +181,7 @@ async fn run(args: Args) -> Result<()> {
     println!();
     println!("## One device");
     println!();
-    println!("| what | chunk KiB | bytes | seconds | MB/s | agent peak RSS during transfer (MiB) | install s |");
+    println!("| what | chunk KiB | bytes | seconds | MB/s | agent peak RSS up to its last progress report < 100 % (MiB) | install s |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for &kib in &args.chunk_kib {
         let (bytes, secs) = raw_publish(&pki, &broker, model.len(), kib).await?;
@@ -205,17 +208,27 @@ async fn run(args: Args) -> Result<()> {
         println!();
         println!("## A fleet: {} devices in one process, group deploy", args.devices);
         println!();
+        let raw = raw_fanout(&args, &pki, &broker, model.len()).await?;
         let r = fleet(&args, &pki, &broker, &key, &model, &validation).await?;
-        println!("| devices | chunk KiB | artifact bytes | chunks published (first pass + repairs) | seconds to all verified | aggregate MB/s |");
-        println!("|---:|---:|---:|---:|---:|---:|");
+        println!("| what | devices | chunk KiB | bytes per device | chunks published (first pass + repairs) | seconds | of which acceptance window | aggregate MB/s |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         println!(
-            "| {} | {} | {} | {} + {} | {:.2} | {:.0} |",
+            "| mosquitto QoS 1, TLS, one publish per chunk to counting subscribers | {} | {} | {} | - | {:.2} | - | {:.0} |",
+            args.devices,
+            args.fleet_chunk_kib,
+            raw.0,
+            raw.1,
+            mb((raw.0 * args.devices) as f64) / raw.1
+        );
+        println!(
+            "| edgectl group deploy to receivers using the agent's staging code, until all verified | {} | {} | {} | {} + {} | {:.2} | {:.1} | {:.0} |",
             r.devices,
             args.fleet_chunk_kib,
             r.bytes,
             r.first_pass,
             r.repaired,
             r.secs,
+            r.accept_window,
             mb((r.bytes * r.devices as u64) as f64) / r.secs
         );
     }
@@ -267,6 +280,64 @@ async fn raw_publish(pki: &Pki, broker: &Broker, total: usize, kib: u32) -> Resu
     let end = tokio::time::timeout(Duration::from_secs(300), receiver).await.context("raw publish timed out")???;
     poller.abort();
     Ok((got.load(Ordering::Relaxed) as usize, (end - start).as_secs_f64()))
+}
+
+/// `devices` subscribers (device certificates) on a group topic count what one publisher
+/// sends them: `total` bytes in the fleet chunk size. Bytes per subscriber and seconds
+/// until all have everything.
+async fn raw_fanout(args: &Args, pki: &Pki, broker: &Broker, total: usize) -> Result<(usize, f64)> {
+    let chunk = args.fleet_chunk_kib as usize * 1024;
+    let count = total.div_ceil(chunk);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.devices);
+    let mut done = vec![];
+    for i in 0..args.devices {
+        let device = format!("raw-{i:03}");
+        let mut opts = mqtt_options(&device, broker.port(), pki.client_config(&device)?);
+        opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        let ready = ready_tx.clone();
+        done.push(tokio::spawn(async move {
+            let (client, mut ev) = AsyncClient::new(opts, 64);
+            client.subscribe("edge/group/raw/ota", QoS::AtLeastOnce).await?;
+            let (mut n, mut bytes) = (0, 0);
+            while n < count {
+                match ev.poll().await? {
+                    MqttEvent::Incoming(Packet::SubAck(_)) => {
+                        let _ = ready.send(()).await;
+                    }
+                    MqttEvent::Incoming(Packet::Publish(p)) => {
+                        n += 1;
+                        bytes += p.payload.len();
+                    }
+                    _ => {}
+                }
+            }
+            anyhow::Ok((bytes, Instant::now()))
+        }));
+    }
+    for _ in 0..args.devices {
+        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
+            .await
+            .context("subscribers did not subscribe")?;
+    }
+    let mut opts = mqtt_options(&unique_client_id("raw-fan"), broker.port(), pki.client_config("operator")?);
+    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    opts.set_inflight(100);
+    let (op, mut op_ev) = AsyncClient::new(opts, 64);
+    let poller = tokio::spawn(async move { while op_ev.poll().await.is_ok() {} });
+    let payload = vec![0x5au8; chunk];
+    let start = Instant::now();
+    for _ in 0..count {
+        op.publish("edge/group/raw/ota", QoS::AtLeastOnce, false, payload.clone()).await?;
+    }
+    let mut end = start;
+    let mut bytes = 0;
+    for d in done {
+        let (b, t) = tokio::time::timeout(Duration::from_secs(600), d).await.context("fan-out timed out")???;
+        bytes = b;
+        end = end.max(t);
+    }
+    poller.abort();
+    Ok((bytes, (end - start).as_secs_f64()))
 }
 
 struct OneDevice {
@@ -367,11 +438,20 @@ async fn one_device(
         req.timeout = Duration::from_secs(600);
         let start = Instant::now();
         let mut received_at = None;
+        // The peak as of the device's last report from inside the transfer (Progress < 100):
+        // once it reports 100 it is installing, which reads the whole model into memory.
+        let mut transfer_peak = 0;
         let outcome = deploy(&mut link, key, &req, |e| {
             if let Event::Ack(c) = e {
-                if c.state == AckState::Progress(100) && received_at.is_none() {
-                    received_at = Some(Instant::now());
-                    transferring.store(false, Ordering::Relaxed);
+                match c.state {
+                    AckState::Progress(100) if received_at.is_none() => {
+                        received_at = Some(Instant::now());
+                        transferring.store(false, Ordering::Relaxed);
+                    }
+                    AckState::Progress(_) if received_at.is_none() => {
+                        transfer_peak = peak.load(Ordering::Relaxed);
+                    }
+                    _ => {}
                 }
             }
         })
@@ -388,7 +468,7 @@ async fn one_device(
             bytes: outcome.stats.artifact_bytes,
             transfer_s: (received_at - start).as_secs_f64(),
             install_s: (done - received_at).as_secs_f64(),
-            peak_rss: peak.load(Ordering::Relaxed),
+            peak_rss: transfer_peak,
             rss_before,
             rss_after: rss_bytes(pid).unwrap_or(0),
         })
@@ -400,6 +480,7 @@ async fn one_device(
 }
 
 struct FleetResult {
+    accept_window: f64,
     devices: usize,
     bytes: u64,
     first_pass: u32,
@@ -438,10 +519,7 @@ async fn receiver(
             Ok(e) => e?,
             Err(_) => {
                 if let Some(s) = &staging {
-                    if !s.is_complete()
-                        && last_chunk.elapsed() > Duration::from_secs(2)
-                        && last_need.elapsed() > Duration::from_secs(2)
-                    {
+                    if !s.is_complete() && last_chunk.elapsed() > STALL && last_need.elapsed() > STALL {
                         let need = Need {
                             version: Need::VERSION,
                             device: device.clone(),
@@ -542,10 +620,11 @@ async fn fleet(
     req.accept_wait = Duration::from_secs(3);
     req.timeout = Duration::from_secs(600);
     let mut published = None;
-    let outcome = deploy(&mut link, key, &req, |e| {
-        if let Event::Published { .. } = e {
-            published = Some(Instant::now());
-        }
+    let mut transfer_started = None;
+    let outcome = deploy(&mut link, key, &req, |e| match e {
+        Event::Published { .. } => published = Some(Instant::now()),
+        Event::TransferStarted { .. } => transfer_started = Some(Instant::now()),
+        _ => {}
     })
     .await?;
     let done = Instant::now();
@@ -560,7 +639,9 @@ async fn fleet(
     // The acceptance window (accept_wait) is part of the time: it is how long edgectl
     // waits to learn the group's members before the first pass.
     let start = published.context("never published")?;
+    let accept_window = (transfer_started.context("transfer never started")? - start).as_secs_f64();
     Ok(FleetResult {
+        accept_window,
         devices: args.devices,
         bytes: outcome.stats.artifact_bytes,
         first_pass: outcome.stats.first_pass_chunks,

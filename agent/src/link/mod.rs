@@ -290,7 +290,9 @@ impl Link {
         net.set_connection_timeout(self.settings.network_timeout.as_secs().max(1));
         eventloop.set_network_options(net);
         let stop_events = CancellationToken::new();
-        let (events_tx, mut events) = mpsc::channel(64);
+        // Small: an event can carry an OTA chunk (up to 1 MiB), and RAM must stay bounded
+        // to a few chunks however fast the broker sends them.
+        let (events_tx, mut events) = mpsc::channel(4);
         let poller = tokio::spawn(poll_events(
             eventloop,
             events_tx,
