@@ -10,17 +10,23 @@
 #                                 lintian;
 #      scripts/test-deb-install.sh  the amd64 .debs installed, upgraded, removed and purged
 #                                 in a fresh bookworm chroot;
-#   4. armv7 (armhf), only with CI_ARMV7=1: the same tests under qemu-arm and the armhf .debs.
+#   4. armv7 (armhf): the same tests under qemu-arm, and the armhf .debs.
 #
-# Why armv7 is opt-in: on CI's 2 cores a cold armv7 build and its qemu-arm test run add about
-# 30 minutes (docs/deploy.md, "CI"), which would take a cold run past the 90-minute limit's
-# safety margin. Run it before a release, or on its own: CI_ARMV7=only cross/ci.sh.
+# CI_ARMV7 decides step 4:
+#   auto (default)  run it if CI has used at most CI_ARMV7_BEFORE_MIN minutes (default 50)
+#                   when it is reached, counted from CI_STARTED_AT (set by .ci/run; else from
+#                   this script's start). A cold armv7 build and test take about 20 minutes on
+#                   2 cores (docs/deploy.md, "CI"): this keeps a slow run inside CI's 90-minute
+#                   limit, and says loudly when it skipped armv7.
+#   1               always;   0   never;   only   nothing but step 4.
 #
 # Each step prints its wall time; the last line sums the qemu test results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-armv7="${CI_ARMV7:-0}"
+armv7="${CI_ARMV7:-auto}"
+started_at="${CI_STARTED_AT:-$(date +%s)}"
+armv7_before_min="${CI_ARMV7_BEFORE_MIN:-50}"
 summary=()
 passed=0
 failed=0
@@ -58,11 +64,19 @@ if [ "$armv7" != only ]; then
     step "debs amd64 + arm64" bash scripts/build-debs.sh --profile release host aarch64-unknown-linux-gnu
     step "deb install in a chroot (amd64)" bash scripts/test-deb-install.sh
 fi
+used_min=$(( ($(date +%s) - started_at) / 60 ))
+if [ "$armv7" = auto ]; then
+    if [ "$used_min" -le "$armv7_before_min" ]; then
+        armv7=1
+    else
+        armv7=0
+        summary+=("armv7 SKIPPED: CI had used $used_min min (> $armv7_before_min); run CI_ARMV7=only cross/ci.sh")
+        echo "=== ci: ${summary[-1]}"
+    fi
+fi
 if [ "$armv7" = 1 ] || [ "$armv7" = only ]; then
     step "armv7 tests under qemu" qemu_tests armv7-unknown-linux-gnueabihf
     step "debs armhf" bash scripts/build-debs.sh --profile release armv7-unknown-linux-gnueabihf
-else
-    echo "=== ci: armv7 skipped (CI_ARMV7=1 runs it; see cross/ci.sh)"
 fi
 
 echo "=== ci: shipping steps"
