@@ -773,3 +773,34 @@ async fn the_size_limit_and_the_bandwidth_cap_from_the_config_are_enforced() {
     assert!(took >= Duration::from_millis(1800), "124 kB at 50 kB/s arrived in {took:?}");
     link.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_encrypted_at_rest_are_unreadable_on_disk_and_serve_after_a_restart() {
+    let s = setup();
+    let (config, http) = ota_config(&s, "dev-1", &[], "encrypt_models = true", "");
+    let agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    let file = format!("{RECROP}.tflite");
+    let out = run_deploy(&mut link, &request(device("dev-1"), "hand", "1", &file, None)).await;
+    assert_eq!(only(&out), &Outcome::Succeeded, "{out:?}");
+    let state = s.dir.path().join("state-dev-1");
+    let stored = std::fs::read(state.join("models/hand/1/model")).unwrap();
+    let plain = model(&file);
+    assert!(!stored.windows(64).any(|w| w == &plain[1000..1064]), "model bytes stored in the clear");
+    let key = std::fs::metadata(state.join("model.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    drop(agent);
+    let agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    assert_eq!(predict(&agent, "hand", RECROP), 200);
+    // Erase wipes the generated key along with the models; later deploys get a new one.
+    let old_key = std::fs::read(state.join("model.key")).unwrap();
+    let erased = command(&mut link, device("dev-1"), Payload::Erase).await;
+    assert_eq!(erased[0].outcome, Outcome::Succeeded, "{erased:?}");
+    assert!(!state.join("models/hand").exists());
+    let new_key = std::fs::read(state.join("model.key")).unwrap();
+    assert_ne!(new_key, old_key, "the key survived the erase");
+    link.close().await;
+}
