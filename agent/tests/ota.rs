@@ -118,6 +118,30 @@ async fn ready(agent: &Agent) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
+/// `dev-1` running with `ota` in its `[ota]` table, ready, and an operator connected: the
+/// agent, the link and the config (to restart the agent with).
+async fn dev1(s: &Setup, ota: &str) -> (Agent, Link, PathBuf) {
+    let (config, http) = ota_config(s, "dev-1", &[], ota, "");
+    let agent = Agent::start(&config, &http);
+    ready(&agent).await;
+    let link = Link::connect(&operator_mqtt(s)).await.unwrap();
+    (agent, link, config)
+}
+
+/// Deploys `prefix`'s model file under `name` and `version` with `--wait`, validated with
+/// its reference `output` if given.
+async fn deploy_model(
+    link: &mut Link,
+    target: Target,
+    name: &str,
+    version: &str,
+    prefix: &str,
+    output: Option<&str>,
+) -> DeployOutcome {
+    let req = request(target, name, version, &format!("{prefix}.tflite"), output.map(|o| validation(prefix, o)));
+    run_deploy(link, &req).await
+}
+
 fn device(d: &str) -> Target {
     Target::Device(d.into())
 }
@@ -168,25 +192,15 @@ fn predict(agent: &Agent, name: &str, prefix: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_activate_a_second_version_then_roll_back() {
     let s = setup();
-    let (config, http) = ota_config(&s, "dev-1", &[], "", "");
-    let agent = Agent::start(&config, &http);
-    ready(&agent).await;
-    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    let (agent, mut link, config) = dev1(&s, "").await;
+    let http = agent.http.clone();
 
-    let v1 = run_deploy(
-        &mut link,
-        &request(device("dev-1"), "hand", "1", &format!("{RECROP}.tflite"), Some(validation(RECROP, "output"))),
-    )
-    .await;
+    let v1 = deploy_model(&mut link, device("dev-1"), "hand", "1", RECROP, Some("output")).await;
     assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}\n{}", agent.stop());
     assert_eq!(predict(&agent, "hand", RECROP), 200);
 
     // Version 2 is another model under the same name; its own validation vector.
-    let v2 = run_deploy(
-        &mut link,
-        &request(device("dev-1"), "hand", "2", &format!("{SHORT}.tflite"), Some(validation(SHORT, "output.0"))),
-    )
-    .await;
+    let v2 = deploy_model(&mut link, device("dev-1"), "hand", "2", SHORT, Some("output.0")).await;
     assert_eq!(only(&v2), &Outcome::Succeeded, "{v2:?}");
     let st = status(&mut link, "dev-1").await;
     assert_eq!(active(&st, "hand").as_deref(), Some("2"));
@@ -315,10 +329,7 @@ async fn publish_raw(s: &Setup, d: &str, id: [u8; 16], messages: &[Vec<u8>], cou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_updates_are_refused_with_their_reason_and_the_old_model_keeps_serving() {
     let s = setup();
-    let (config, http) = ota_config(&s, "dev-1", &[], "", "");
-    let agent = Agent::start(&config, &http);
-    ready(&agent).await;
-    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    let (agent, mut link, _config) = dev1(&s, "").await;
     let file = format!("{RECROP}.tflite");
     let v1 =
         run_deploy(&mut link, &request(device("dev-1"), "hand", "1", &file, Some(validation(RECROP, "output")))).await;
@@ -449,15 +460,9 @@ async fn a_transfer_resumes_after_the_broker_restarts_mid_transfer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_transfer_and_mid_install_ends_on_a_valid_model_and_completes() {
     let s = setup();
-    let (config, http) = ota_config(&s, "dev-1", &[], "", "");
-    let mut agent = Agent::start(&config, &http);
-    ready(&agent).await;
-    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
-    let v1 = run_deploy(
-        &mut link,
-        &request(device("dev-1"), "face", "1", &format!("{SHORT}.tflite"), Some(validation(SHORT, "output.0"))),
-    )
-    .await;
+    let (mut agent, mut link, config) = dev1(&s, "").await;
+    let http = agent.http.clone();
+    let v1 = deploy_model(&mut link, device("dev-1"), "face", "1", SHORT, Some("output.0")).await;
     assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}");
 
     // Killed at 30 % of the transfer and again when every chunk is in (the install is
@@ -528,15 +533,8 @@ async fn a_group_deploy_reaches_5_agents_with_one_copy_of_each_chunk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_health_regression_rolls_back_automatically() {
     let s = setup();
-    let (config, http) = ota_config(&s, "dev-1", &[], "health_window_secs = 60", "");
-    let agent = Agent::start(&config, &http);
-    ready(&agent).await;
-    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
-    let v1 = run_deploy(
-        &mut link,
-        &request(device("dev-1"), "face", "1", &format!("{SHORT}.tflite"), Some(validation(SHORT, "output.0"))),
-    )
-    .await;
+    let (agent, mut link, _config) = dev1(&s, "health_window_secs = 60").await;
+    let v1 = deploy_model(&mut link, device("dev-1"), "face", "1", SHORT, Some("output.0")).await;
     assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}");
 
     // The local application keeps sending 128x128 frames, which version 1 serves.
@@ -560,11 +558,7 @@ async fn a_health_regression_rolls_back_automatically() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Version 2 passes its own validation but wants 192x192 frames: every request the
     // application sends now fails.
-    let v2 = run_deploy(
-        &mut link,
-        &request(device("dev-1"), "face", "2", &format!("{FULL}.tflite"), Some(validation(FULL, "output.0"))),
-    )
-    .await;
+    let v2 = deploy_model(&mut link, device("dev-1"), "face", "2", FULL, Some("output.0")).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::SeqCst);
     let (ok, failed) = traffic.join().unwrap();
@@ -582,11 +576,9 @@ async fn a_health_regression_rolls_back_automatically() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_settings_inference_and_erase_over_mqtt() {
     let s = setup();
-    let (config, http) = ota_config(&s, "dev-1", &[], "", "");
-    let agent = Agent::start(&config, &http);
-    ready(&agent).await;
-    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
-    let out = run_deploy(&mut link, &request(device("dev-1"), "wake", "1", &format!("{WAKE}.tflite"), None)).await;
+    let (agent, mut link, config) = dev1(&s, "").await;
+    let http = agent.http.clone();
+    let out = deploy_model(&mut link, device("dev-1"), "wake", "1", WAKE, None).await;
     assert_eq!(only(&out), &Outcome::Succeeded, "{out:?}");
 
     let before = status(&mut link, "dev-1").await;
@@ -644,10 +636,7 @@ async fn status_settings_inference_and_erase_over_mqtt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_acks_then_exits_for_the_service_manager_to_restart_it() {
     let s = setup();
-    let (config, http) = ota_config(&s, "dev-1", &[], "", "");
-    let mut agent = Agent::start(&config, &http);
-    ready(&agent).await;
-    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    let (mut agent, mut link, _config) = dev1(&s, "").await;
     let res = command(&mut link, device("dev-1"), Payload::Restart).await;
     assert_eq!(res[0].outcome, Outcome::Succeeded, "{res:?}");
     let end = Instant::now() + Duration::from_secs(10);
@@ -709,17 +698,14 @@ async fn a_deploy_can_be_cancelled_mid_transfer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_inside_the_health_window_still_ends_the_deploy() {
     let s = setup();
-    let (config, http) = ota_config(&s, "dev-1", &[], "health_window_secs = 6", "");
-    let mut agent = Agent::start(&config, &http);
-    ready(&agent).await;
-    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
-    let v1 = run_deploy(&mut link, &request(device("dev-1"), "hand", "1", &format!("{RECROP}.tflite"), None)).await;
+    let (mut agent, mut link, config) = dev1(&s, "health_window_secs = 6").await;
+    let http = agent.http.clone();
+    let v1 = deploy_model(&mut link, device("dev-1"), "hand", "1", RECROP, None).await;
     assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}");
     let mqtt = operator_mqtt(&s);
     let v2 = tokio::spawn(async move {
         let mut link = Link::connect(&mqtt).await.unwrap();
-        let out =
-            run_deploy(&mut link, &request(device("dev-1"), "hand", "2", &format!("{RECROP}.tflite"), None)).await;
+        let out = deploy_model(&mut link, device("dev-1"), "hand", "2", RECROP, None).await;
         link.close().await;
         out
     });
@@ -743,12 +729,9 @@ async fn kill_9_inside_the_health_window_still_ends_the_deploy() {
 async fn the_size_limit_and_the_bandwidth_cap_from_the_config_are_enforced() {
     let s = setup();
     let ota = "max_model_bytes = 150000\nmax_bytes_per_sec = 50000";
-    let (config, http) = ota_config(&s, "dev-1", &[], ota, "");
-    let agent = Agent::start(&config, &http);
-    ready(&agent).await;
-    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    let (_agent, mut link, _config) = dev1(&s, ota).await;
     // 230 kB: over the limit, refused before anything is written.
-    let out = run_deploy(&mut link, &request(device("dev-1"), "face", "1", &format!("{SHORT}.tflite"), None)).await;
+    let out = deploy_model(&mut link, device("dev-1"), "face", "1", SHORT, None).await;
     assert!(matches!(only(&out), Outcome::Rejected(r) if r.contains("max_model_bytes")), "{out:?}");
     assert_eq!(std::fs::read_dir(s.dir.path().join("state-dev-1/ota")).map(|d| d.count()).unwrap_or(0), 0);
     // 124 kB at 50 kB/s: the device takes at least two seconds, however fast the broker
@@ -777,10 +760,8 @@ async fn the_size_limit_and_the_bandwidth_cap_from_the_config_are_enforced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_encrypted_at_rest_are_unreadable_on_disk_and_serve_after_a_restart() {
     let s = setup();
-    let (config, http) = ota_config(&s, "dev-1", &[], "encrypt_models = true", "");
-    let agent = Agent::start(&config, &http);
-    ready(&agent).await;
-    let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();
+    let (agent, mut link, config) = dev1(&s, "encrypt_models = true").await;
+    let http = agent.http.clone();
     let file = format!("{RECROP}.tflite");
     let out = run_deploy(&mut link, &request(device("dev-1"), "hand", "1", &file, None)).await;
     assert_eq!(only(&out), &Outcome::Succeeded, "{out:?}");

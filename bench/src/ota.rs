@@ -280,20 +280,33 @@ async fn raw_publish(pki: &Pki, broker: &Broker, total: usize, kib: u32) -> Resu
         }
         Ok(Instant::now())
     });
-    let op_tls = pki.client_config("operator")?;
-    let mut op_opts = mqtt_options(&unique_client_id("raw-pub"), broker.port(), op_tls);
-    op_opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    op_opts.set_inflight(100);
-    let (op, mut op_ev) = AsyncClient::new(op_opts, 64);
+    let (start, poller) = publish_raw(pki, broker, "edge/raw-sub/ota", chunk, count).await?;
+    let end = tokio::time::timeout(Duration::from_secs(300), receiver).await.context("raw publish timed out")???;
+    poller.abort();
+    Ok((got.load(Ordering::Relaxed) as usize, (end - start).as_secs_f64()))
+}
+
+/// Publishes `count` messages of `chunk` bytes to `topic` as the operator, QoS 1, with a
+/// window of 100 in flight. When it started, and the task polling its connection (abort it
+/// once the receivers are done).
+async fn publish_raw(
+    pki: &Pki,
+    broker: &Broker,
+    topic: &str,
+    chunk: usize,
+    count: usize,
+) -> Result<(Instant, tokio::task::JoinHandle<()>)> {
+    let mut opts = mqtt_options(&unique_client_id("raw-pub"), broker.port(), pki.client_config("operator")?);
+    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    opts.set_inflight(100);
+    let (op, mut op_ev) = AsyncClient::new(opts, 64);
     let poller = tokio::spawn(async move { while op_ev.poll().await.is_ok() {} });
     let payload = vec![0x5au8; chunk];
     let start = Instant::now();
     for _ in 0..count {
-        op.publish("edge/raw-sub/ota", QoS::AtLeastOnce, false, payload.clone()).await?;
+        op.publish(topic, QoS::AtLeastOnce, false, payload.clone()).await?;
     }
-    let end = tokio::time::timeout(Duration::from_secs(300), receiver).await.context("raw publish timed out")???;
-    poller.abort();
-    Ok((got.load(Ordering::Relaxed) as usize, (end - start).as_secs_f64()))
+    Ok((start, poller))
 }
 
 /// `devices` subscribers (device certificates) on a group topic count what one publisher
@@ -333,16 +346,7 @@ async fn raw_fanout(args: &Args, pki: &Pki, broker: &Broker, total: usize) -> Re
             .await
             .context("subscribers did not subscribe")?;
     }
-    let mut opts = mqtt_options(&unique_client_id("raw-fan"), broker.port(), pki.client_config("operator")?);
-    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    opts.set_inflight(100);
-    let (op, mut op_ev) = AsyncClient::new(opts, 64);
-    let poller = tokio::spawn(async move { while op_ev.poll().await.is_ok() {} });
-    let payload = vec![0x5au8; chunk];
-    let start = Instant::now();
-    for _ in 0..count {
-        op.publish("edge/group/raw/ota", QoS::AtLeastOnce, false, payload.clone()).await?;
-    }
+    let (start, poller) = publish_raw(pki, broker, "edge/group/raw/ota", chunk, count).await?;
     let mut end = start;
     let mut bytes = 0;
     for d in done {
