@@ -391,6 +391,36 @@ async fn bad_updates_are_refused_with_their_reason_and_the_old_model_keeps_servi
     let states = publish_raw(&s, "dev-1", [8; 16], &[expired], 1).await;
     assert!(matches!(&states[0], AckState::Rejected(r) if r.contains("expired")), "{states:?}");
 
+    // Over the size bound (refused before decoding) and of a version this agent does not
+    // know: both answered to the id, which every version carries second.
+    let mut oversized = edge_proto::encode(&sign(
+        Command::new(
+            [6; 16],
+            edgectl::command::now_ms(),
+            edgectl::command::now_ms() + 60_000,
+            device("dev-1"),
+            Payload::GetStatus,
+        ),
+        &operator_key(),
+    ));
+    oversized.resize(edge_proto::command::MAX_COMMAND_BYTES + 1, 0);
+    let states = publish_raw(&s, "dev-1", [6; 16], &[oversized], 1).await;
+    assert!(matches!(&states[0], AckState::Rejected(r) if r.contains("oversized")), "{states:?}");
+    let future = Command {
+        version: 2,
+        ..Command::new(
+            [5; 16],
+            edgectl::command::now_ms(),
+            edgectl::command::now_ms() + 60_000,
+            device("dev-1"),
+            Payload::GetStatus,
+        )
+    };
+    let mut future = edge_proto::encode(&sign(future, &operator_key()));
+    future.extend([0xff; 8]);
+    let states = publish_raw(&s, "dev-1", [5; 16], &[future], 1).await;
+    assert!(matches!(&states[0], AckState::Rejected(r) if r.contains("unknown command version 2")), "{states:?}");
+
     // The same signed bytes twice: the second is a replay.
     let (cmd, bytes) = edgectl::command::signed_command(
         [9; 16],

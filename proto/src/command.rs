@@ -33,7 +33,9 @@ pub const MAX_COMMAND_BYTES: usize = MAX_MESSAGE_BYTES;
 pub struct Command {
     /// Schema version, [`Command::VERSION`]. First, so that it can be read alone.
     pub version: u16,
-    /// Unique id (UUID or ULID bytes); the device's replay window remembers it.
+    /// Unique id (UUID or ULID bytes); the device's replay window remembers it. Second in
+    /// every version of the envelope, so that a device can name the command it refuses
+    /// even when it cannot decode the rest (an unknown version, an oversized command).
     pub id: [u8; 16],
     /// When the operator issued it, ms since the Unix epoch.
     pub issued_at: u64,

@@ -325,9 +325,11 @@ impl Control {
         }
         tracing::warn!(reason = r.label(), "command rejected: {r}");
         // The id of a command that failed authentication is the sender's claim, but
-        // echoing it lets an operator see why their command did nothing.
-        if let Ok((cmd, _)) = postcard::take_from_bytes::<Command>(bytes) {
-            self.ack(cmd.id, AckState::Rejected(r.to_string()), None);
+        // echoing it lets an operator see why their command did nothing. Every version of
+        // the envelope starts with the version and the id, so even an oversized command or
+        // one of an unknown version has an id to answer to.
+        if let Ok(((_, id), _)) = postcard::take_from_bytes::<(u16, [u8; 16])>(bytes) {
+            self.ack(id, AckState::Rejected(r.to_string()), None);
         }
     }
 
