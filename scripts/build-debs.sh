@@ -64,7 +64,7 @@ bad() {
 check_depends() {
     local deb="$1" bin="$2" depends libc_min need lib
     depends=$(dpkg-deb --field "$deb" Depends)
-    libc_min=$(grep -o 'libc6 (>= [0-9.]*)' <<<"$depends" | grep -o '[0-9][0-9.]*' || true)
+    libc_min=$(sed -n 's/.*libc6 (>= \([0-9][0-9.]*\)).*/\1/p' <<<"$depends")
     [ -n "$libc_min" ] || { bad "$deb: Depends has no libc6 version: $depends"; return; }
     need=$(readelf -W --version-info "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' \
         | sort -uV | tail -n 1)
