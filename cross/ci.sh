@@ -2,6 +2,7 @@
 # The shipping half of CI, run by .ci/run after scripts/test.sh (the host tests):
 #
 #   1. scripts/check-k8s.sh       the Kubernetes manifests, validated offline;
+#      scripts/check-scripts.sh   shellcheck on these scripts and the maintainer scripts;
 #   2. cross/test-qemu.sh         aarch64: models, cli, the telemetry smoke test against a
 #                                 Mosquitto on the host (and OTA, once agent/tests/ota.rs
 #                                 exists), all under qemu-aarch64, release profile;
@@ -60,6 +61,7 @@ qemu_tests() {
 
 if [ "$armv7" != only ]; then
     step "k8s manifests" bash scripts/check-k8s.sh
+    step "shellcheck" bash scripts/check-scripts.sh
     step "aarch64 tests under qemu" qemu_tests aarch64-unknown-linux-gnu
     step "debs amd64 + arm64" bash scripts/build-debs.sh --profile release host aarch64-unknown-linux-gnu
     step "deb install in a chroot (amd64)" bash scripts/test-deb-install.sh
