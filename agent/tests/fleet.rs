@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daemon::{agent_config, http_get, operator, promtool_accepts, setup, Agent};
+use daemon::{agent_config, http_get, operator, operator_session, promtool_accepts, setup, Agent};
+use edge_it::unique_client_id;
 use edge_proto::status::{State, Status};
 use edge_proto::telemetry::Telemetry;
 use rumqttc::{Event, EventLoop, Packet};
@@ -96,15 +97,20 @@ async fn broker_down_for_10_s_loses_no_sequence_number_and_keeps_order() {
     let mut s = setup();
     let (config, http) = agent_config(&s, "dev-2", &s.broker.url(), s.pki.ca_pem(), "");
     let agent = Agent::start(&config, &http);
-    let (_op, mut ev) = operator(&s, "edge/dev-2/telemetry").await;
+    // A persistent session: a sample the broker accepted just before it stopped, but had
+    // not delivered to this subscriber, is delivered after the restart. (With a clean
+    // session the test could miss a sample the agent rightly considers sent.)
+    let id = unique_client_id("op-outage");
+    let (op, mut ev) = operator_session(&s, "edge/dev-2/telemetry", &id, false).await;
     let before = collect(&mut ev, Duration::from_secs(20), |g| !g.is_empty()).await;
     assert!(!before.is_empty(), "no telemetry before the outage");
     s.broker.stop().unwrap();
+    drop((op, ev));
     std::thread::sleep(Duration::from_secs(10));
     let queued_during = agent.metrics();
     s.broker.restart().unwrap();
     let first = before[0].seq;
-    let (_op, mut ev) = operator(&s, "edge/dev-2/telemetry").await;
+    let (_op, mut ev) = operator_session(&s, "edge/dev-2/telemetry", &id, false).await;
     // The outage queued ~10 samples; wait until the link has caught up past them.
     let after = collect(&mut ev, Duration::from_secs(30), |g| g.iter().any(|t| t.seq >= first + 15)).await;
     let mut all: Vec<u64> = seqs(&before);

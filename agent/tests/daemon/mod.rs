@@ -152,8 +152,17 @@ pub fn agent_config(s: &Setup, device: &str, url: &str, ca: &Path, extra: &str) 
 
 /// An operator subscribed to `filter`.
 pub async fn operator(s: &Setup, filter: &str) -> (AsyncClient, EventLoop) {
+    operator_session(s, filter, &unique_client_id("op"), true).await
+}
+
+/// An operator subscribed to `filter` as `client_id`; with `clean` false the broker keeps
+/// its session (subscription and unacknowledged QoS 1 messages) across disconnects and
+/// broker restarts, so a reconnect with the same id misses nothing.
+pub async fn operator_session(s: &Setup, filter: &str, client_id: &str, clean: bool) -> (AsyncClient, EventLoop) {
     let tls = s.pki.client_config("operator").unwrap();
-    let (client, mut ev) = AsyncClient::new(mqtt_options(&unique_client_id("op"), s.broker.port(), tls), 64);
+    let mut opts = mqtt_options(client_id, s.broker.port(), tls);
+    opts.set_clean_session(clean);
+    let (client, mut ev) = AsyncClient::new(opts, 64);
     loop {
         if let Event::Incoming(Packet::ConnAck(_)) = ev.poll().await.expect("operator connects") {
             break;
