@@ -16,9 +16,10 @@
 # CI_ARMV7 decides step 4:
 #   auto (default)  run it if CI has used at most CI_ARMV7_BEFORE_MIN minutes (default 50)
 #                   when it is reached, counted from CI_STARTED_AT (set by .ci/run; else from
-#                   this script's start). A cold armv7 build and test take about 20 minutes on
-#                   2 cores (docs/deploy.md, "CI"): this keeps a slow run inside CI's 90-minute
-#                   limit, and says loudly when it skipped armv7.
+#                   this script's start). A cold armv7 build, test and .debs took 9 minutes on
+#                   an idle 2-core machine, up to twice that under load (docs/deploy.md, "CI");
+#                   a whole cold CI run about 37: this keeps a slow machine inside CI's
+#                   90-minute limit, and says loudly when it skipped armv7.
 #   1               always;   0   never;   only   nothing but step 4.
 #
 # Each step prints its wall time; the last line sums the qemu test results.
