@@ -3,9 +3,9 @@
 #
 #   1. scripts/check-k8s.sh       the Kubernetes manifests, validated offline;
 #      scripts/check-scripts.sh   shellcheck on these scripts and the maintainer scripts;
-#   2. cross/test-qemu.sh         aarch64: models, cli, the telemetry smoke test against a
-#                                 Mosquitto on the host (and OTA, once agent/tests/ota.rs
-#                                 exists), all under qemu-aarch64, release profile;
+#   2. cross/test-qemu.sh         aarch64: models, cli, the telemetry and OTA smoke tests
+#                                 against a Mosquitto on the host, all under qemu-aarch64,
+#                                 release profile;
 #   3. scripts/build-debs.sh      .debs for amd64 and arm64 (release profile, so the arm64
 #                                 binaries reuse step 2's build), checked with dpkg-deb and
 #                                 lintian;
