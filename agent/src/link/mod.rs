@@ -165,6 +165,9 @@ pub struct Link {
     telemetry: Lane,
     acks: Lane,
     inbound: Option<mpsc::Sender<Inbound>>,
+    /// Topic filters subscribed to on every connect, and whether each carries commands
+    /// (else OTA chunks). Exact topics: none has a wildcard.
+    subscriptions: Vec<(String, bool)>,
     stats: Arc<LinkStats>,
     started: Instant,
 }
@@ -207,7 +210,9 @@ impl Link {
         let (tx, rx) = mpsc::channel(64);
         let telemetry = Lane { outbox, topic: settings.topics.telemetry(), in_flight: None };
         let acks = Lane { outbox: acks, topic: settings.topics.acks(), in_flight: None };
-        (Link { settings, rx, telemetry, acks, inbound, stats, started: Instant::now() }, LinkHandle { tx })
+        let subscriptions = subscriptions(&settings);
+        let link = Link { settings, rx, telemetry, acks, inbound, subscriptions, stats, started: Instant::now() };
+        (link, LinkHandle { tx })
     }
 
     fn lane(&mut self, id: LaneId) -> &mut Lane {
@@ -217,23 +222,10 @@ impl Link {
         }
     }
 
-    /// Topic filters to subscribe to, and what arrives on each.
-    fn subscriptions(&self) -> Vec<(String, bool)> {
-        let t = &self.settings.topics;
-        let mut subs = vec![(t.commands(), true), (t.ota(), false)];
-        for g in &self.settings.groups {
-            if let (Some(cmd), Some(ota)) = (t.group_commands(g), t.group_ota(g)) {
-                subs.push((cmd, true));
-                subs.push((ota, false));
-            }
-        }
-        subs
-    }
-
     /// Routes a received publish to the command component; waits if it is behind.
     async fn route(&self, topic: &str, payload: Vec<u8>) {
         let Some(inbound) = &self.inbound else { return };
-        let Some(is_command) = self.subscriptions().into_iter().find(|(t, _)| t == topic).map(|(_, c)| c) else {
+        let Some(&(_, is_command)) = self.subscriptions.iter().find(|(t, _)| t == topic) else {
             tracing::debug!(topic, "message on a topic the agent does not handle; ignored");
             return;
         };
@@ -344,9 +336,9 @@ impl Link {
                         self.acks.in_flight = None;
                         if self.inbound.is_some() {
                             let filters = self
-                                .subscriptions()
-                                .into_iter()
-                                .map(|(t, _)| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
+                                .subscriptions
+                                .iter()
+                                .map(|(t, _)| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
                             if let Err(e) = client.try_subscribe_many(filters) {
                                 tracing::error!("cannot subscribe to the command topics: {e}");
                             }
@@ -433,6 +425,19 @@ impl Link {
         self.stats.connected.store(false, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Topic filters to subscribe to, and whether each carries commands (else OTA chunks).
+fn subscriptions(settings: &LinkSettings) -> Vec<(String, bool)> {
+    let t = &settings.topics;
+    let mut subs = vec![(t.commands(), true), (t.ota(), false)];
+    for g in &settings.groups {
+        if let (Some(cmd), Some(ota)) = (t.group_commands(g), t.group_ota(g)) {
+            subs.push((cmd, true));
+            subs.push((ota, false));
+        }
+    }
+    subs
 }
 
 /// What the event loop task reports to the link task.
