@@ -149,8 +149,11 @@ impl Store {
             std::sync::Arc::new(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k).expect("32-byte AES-256 key")))
         });
         let store = Store { root: root.to_path_buf(), key };
-        for name in store.names()? {
-            let dir = store.root.join(&name);
+        // Every model directory, not only those with a `current` file: the first install
+        // of a model writes `current` after its version directory is renamed into place.
+        let dirs = fs::read_dir(root).map_err(io_err("list", root))?.flatten().filter(|e| e.path().is_dir());
+        for model in dirs {
+            let dir = model.path();
             for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))?.flatten() {
                 let file = entry.file_name().to_string_lossy().to_string();
                 if file.ends_with(".tmp") {
@@ -558,6 +561,15 @@ mod tests {
         Store::open(dir.path(), None).unwrap();
         assert!(!dir.path().join("kws/2.tmp").exists());
         assert!(!Store::open(dir.path(), None).unwrap().has("kws", "2"));
+    }
+
+    #[test]
+    fn an_interrupted_first_install_is_cleaned_up_too() {
+        // Crashed before its version directory was renamed: no `current` file yet.
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("new/1.tmp")).unwrap();
+        Store::open(dir.path(), None).unwrap();
+        assert!(!dir.path().join("new/1.tmp").exists());
     }
 
     #[test]
