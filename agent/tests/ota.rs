@@ -232,86 +232,67 @@ async fn deploy_activate_a_second_version_then_roll_back() {
 /// Publishes a hand-made deploy (any manifest) and its chunks, the way edgectl would, and
 /// returns the device's final ack state.
 async fn raw_deploy(s: &Setup, d: &str, manifest: edge_proto::ota::Manifest, artifact: &[u8]) -> AckState {
-    use rumqttc::{AsyncClient, Event, Packet, QoS};
-    let tls = s.pki.client_config("operator").unwrap();
-    let mut opts = edge_it::mqtt_options(&edge_it::unique_client_id("raw"), s.broker.port(), tls);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut ev) = AsyncClient::new(opts, 64);
     let now = edgectl::command::now_ms();
     let cmd = sign(
         Command::new([fastrand::u8(..); 16], now, now + 60_000, device(d), Payload::DeployModel(manifest.clone())),
         &operator_key(),
     );
-    let mut published = false;
-    let end = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < end {
-        match tokio::time::timeout(Duration::from_secs(1), ev.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                client.subscribe(format!("edge/{d}/ack"), QoS::AtLeastOnce).await.unwrap();
-            }
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) if !published => {
-                published = true;
-                client
-                    .publish(format!("edge/{d}/cmd"), QoS::AtLeastOnce, false, edge_proto::encode(&cmd))
-                    .await
-                    .unwrap();
-                let client = client.clone();
-                let artifact = artifact.to_vec();
-                let m = manifest.clone();
-                tokio::spawn(async move {
-                    for i in 0..m.chunk_count() {
-                        let r = m.chunk_range(i);
-                        let chunk = edge_proto::ota::Chunk {
-                            version: 1,
-                            transfer_id: m.transfer_id,
-                            index: i,
-                            data: artifact[r.start as usize..r.end as usize].to_vec(),
-                        };
-                        client
-                            .publish(
-                                format!("edge/{}/ota", "dev-1"),
-                                QoS::AtLeastOnce,
-                                false,
-                                edge_proto::encode(&chunk),
-                            )
-                            .await
-                            .unwrap();
-                    }
-                });
-            }
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                if let Ok(ack) = edge_proto::decode::<edge_proto::command::Ack>(&p.payload) {
-                    if ack.command_id == cmd.id
-                        && matches!(ack.state, AckState::Succeeded | AckState::Failed(_) | AckState::Rejected(_))
-                    {
-                        return ack.state;
-                    }
-                }
-            }
-            _ => {}
-        }
+    let mut messages = vec![("cmd", edge_proto::encode(&cmd))];
+    for index in 0..manifest.chunk_count() {
+        let r = manifest.chunk_range(index);
+        let data = artifact[r.start as usize..r.end as usize].to_vec();
+        let chunk = edge_proto::ota::Chunk { version: 1, transfer_id: manifest.transfer_id, index, data };
+        messages.push(("ota", edge_proto::encode(&chunk)));
     }
-    panic!("no final ack for the hand-made deploy");
+    let states =
+        exchange(s, d, cmd.id, &messages, Duration::from_secs(60), |states| states.last().is_some_and(is_final)).await;
+    states.last().filter(|s| is_final(s)).cloned().expect("no final ack for the hand-made deploy")
+}
+
+fn is_final(state: &AckState) -> bool {
+    matches!(state, AckState::Succeeded | AckState::Failed(_) | AckState::Rejected(_))
 }
 
 /// Publishes `messages` on the device's command topic as they are (no signing, no
 /// checks) and collects the acks for `id` until `count` have arrived.
 async fn publish_raw(s: &Setup, d: &str, id: [u8; 16], messages: &[Vec<u8>], count: usize) -> Vec<AckState> {
+    let messages: Vec<_> = messages.iter().map(|m| ("cmd", m.clone())).collect();
+    exchange(s, d, id, &messages, Duration::from_secs(20), |states| states.len() >= count).await
+}
+
+/// As the operator, without edgectl: publishes each `(leaf, payload)` on `edge/{d}/{leaf}`
+/// in order once subscribed to the device's acks, then collects the ack states for `id`
+/// until `done` says enough (or `wait` passes).
+async fn exchange(
+    s: &Setup,
+    d: &str,
+    id: [u8; 16],
+    messages: &[(&str, Vec<u8>)],
+    wait: Duration,
+    done: impl Fn(&[AckState]) -> bool,
+) -> Vec<AckState> {
     use rumqttc::{AsyncClient, Event, Packet, QoS};
     let tls = s.pki.client_config("operator").unwrap();
-    let (client, mut ev) =
-        AsyncClient::new(edge_it::mqtt_options(&edge_it::unique_client_id("raw"), s.broker.port(), tls), 16);
+    let mut opts = edge_it::mqtt_options(&edge_it::unique_client_id("raw"), s.broker.port(), tls);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut ev) = AsyncClient::new(opts, 64);
     let mut states = vec![];
-    let end = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < end && states.len() < count {
+    let end = Instant::now() + wait;
+    while Instant::now() < end && !done(&states) {
         match tokio::time::timeout(Duration::from_secs(1), ev.poll()).await {
             Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                 client.subscribe(format!("edge/{d}/ack"), QoS::AtLeastOnce).await.unwrap()
             }
             Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
-                for m in messages {
-                    client.publish(format!("edge/{d}/cmd"), QoS::AtLeastOnce, false, m.clone()).await.unwrap();
-                }
+                // Published from a task: the event loop must keep polling meanwhile.
+                let client = client.clone();
+                let messages: Vec<_> =
+                    messages.iter().map(|(leaf, m)| (format!("edge/{d}/{leaf}"), m.clone())).collect();
+                tokio::spawn(async move {
+                    for (topic, m) in messages {
+                        client.publish(topic, QoS::AtLeastOnce, false, m).await.unwrap();
+                    }
+                });
             }
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                 if let Ok(ack) = edge_proto::decode::<edge_proto::command::Ack>(&p.payload) {
