@@ -14,7 +14,7 @@
 //!    Reported: time from the command's publication until every device has the verified
 //!    model. Installing is per-device work measured in (1).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,12 +168,25 @@ fn mb(bytes: f64) -> f64 {
     bytes / 1e6
 }
 
+/// What every run shares: the options, the broker and its PKI, the operator key, the model.
+struct Bench {
+    args: Args,
+    pki: Pki,
+    broker: Broker,
+    key: SigningKey,
+    model: Vec<u8>,
+    validation: Validation,
+    work: tempfile::TempDir,
+}
+
 async fn run(args: Args) -> Result<()> {
     let (model, validation) = generated_model(args.size_mb);
     let key = SigningKey::from_bytes(&[42; 32]);
     let work = tempfile::tempdir()?;
     let pki = Pki::generate(&work.path().join("pki"))?;
     let broker = Broker::start(&pki)?;
+    let bench = Bench { args, pki, broker, key, model, validation, work };
+    let Bench { args, pki, broker, model, validation, .. } = &bench;
     println!("# OTA benchmark");
     println!();
     println!(
@@ -187,12 +200,12 @@ async fn run(args: Args) -> Result<()> {
     println!("| what | chunk KiB | bytes | seconds | MB/s | install s |");
     println!("|---|---:|---:|---:|---:|---:|");
     for &kib in &args.chunk_kib {
-        let (bytes, secs) = raw_publish(&pki, &broker, model.len(), kib).await?;
+        let (bytes, secs) = raw_publish(pki, broker, model.len(), kib).await?;
         println!(
             "| mosquitto QoS 1, TLS, publish to a counting subscriber | {kib} | {bytes} | {secs:.2} | {:.0} | - |",
             mb(bytes as f64) / secs
         );
-        let r = one_device(&args, &pki, &broker, &key, &model, &validation, kib, None, work.path()).await?;
+        let r = one_device(&bench, kib, None).await?;
         println!(
             "| edge-agent deploy (chunks hashed, written, bitmap synced) | {kib} | {} | {:.2} | {:.0} | {:.2} |",
             r.bytes,
@@ -210,7 +223,7 @@ async fn run(args: Args) -> Result<()> {
     println!("|---|---:|---:|---:|");
     for &kib in &args.chunk_kib {
         let rate = Some(args.rss_rate_mb * 1_000_000);
-        let r = one_device(&args, &pki, &broker, &key, &model, &validation, kib, rate, work.path()).await?;
+        let r = one_device(&bench, kib, rate).await?;
         println!(
             "| {kib} | {:.1} | {:.1} | {:.1} |",
             r.rss_before as f64 / 1048576.0,
@@ -222,8 +235,8 @@ async fn run(args: Args) -> Result<()> {
         println!();
         println!("## A fleet: {} devices in one process, group deploy", args.devices);
         println!();
-        let raw = raw_fanout(&args, &pki, &broker, model.len()).await?;
-        let r = fleet(&args, &pki, &broker, &key, &model, &validation).await?;
+        let raw = raw_fanout(args, pki, broker, model.len()).await?;
+        let r = fleet(&bench).await?;
         println!("| what | devices | chunk KiB | bytes per device | chunks published (first pass + repairs) | seconds | of which acceptance window | aggregate MB/s |");
         println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         println!(
@@ -367,18 +380,9 @@ struct OneDevice {
     rss_after: u64,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn one_device(
-    args: &Args,
-    pki: &Pki,
-    broker: &Broker,
-    key: &SigningKey,
-    model: &[u8],
-    validation: &Validation,
-    kib: u32,
-    rate: Option<u64>,
-    work: &Path,
-) -> Result<OneDevice> {
+async fn one_device(bench: &Bench, kib: u32, rate: Option<u64>) -> Result<OneDevice> {
+    let Bench { args, pki, broker, key, model, validation, work } = bench;
+    let work = work.path();
     let device = format!("bench-{kib}-{}", rate.unwrap_or(0));
     let files = pki.client(&device)?;
     let http = {
@@ -607,14 +611,8 @@ async fn receiver(
     }
 }
 
-async fn fleet(
-    args: &Args,
-    pki: &Pki,
-    broker: &Broker,
-    key: &SigningKey,
-    model: &[u8],
-    validation: &Validation,
-) -> Result<FleetResult> {
+async fn fleet(bench: &Bench) -> Result<FleetResult> {
+    let Bench { args, pki, broker, key, model, validation, .. } = bench;
     let scratch = tempfile::Builder::new().prefix("ota-bench-").tempdir_in(&args.scratch)?;
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.devices);
     let mut tasks = vec![];
