@@ -266,9 +266,27 @@ fn infer(
         let times = session.profile(inputs.clone(), runs.max(1))?;
         let total: f64 = times.iter().map(|t| t.total.as_secs_f64()).sum();
         println!("profile over {runs} runs, {:.4} ms per run:", total * 1e3 / runs.max(1) as f64);
+        let dw = edge_agent::engine::kernels::depthwise_kernel();
+        println!("channels-last depthwise kernel: {}", dw.unwrap_or("tract's generic loop"));
         for t in times.iter().take(25) {
             let ms = t.total.as_secs_f64() * 1e3 / runs.max(1) as f64;
             println!("  {ms:9.4} ms {:5.1}%  {} ({})", 100.0 * t.total.as_secs_f64() / total.max(1e-12), t.op, t.node);
+        }
+        let mut by_op: Vec<(String, f64, usize)> = vec![];
+        for t in &times {
+            match by_op.iter_mut().find(|(op, _, _)| *op == t.op) {
+                Some(entry) => {
+                    entry.1 += t.total.as_secs_f64();
+                    entry.2 += 1;
+                }
+                None => by_op.push((t.op.clone(), t.total.as_secs_f64(), 1)),
+            }
+        }
+        by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+        println!("by operator ({} plan nodes):", times.len());
+        for (op, secs, nodes) in by_op {
+            let ms = secs * 1e3 / runs.max(1) as f64;
+            println!("  {ms:9.4} ms {:5.1}%  {op} x{nodes}", 100.0 * secs / total.max(1e-12));
         }
     }
     match output_dir {

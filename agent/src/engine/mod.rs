@@ -13,6 +13,7 @@
 //! `state'`, so the same plan serves stateless and stateful models alike.
 
 pub mod isolate;
+pub mod kernels;
 pub mod onnx;
 pub mod tflite;
 
@@ -231,6 +232,8 @@ impl Model {
 
     fn build(format: Format, imported: Imported, options: &LoadOptions) -> Result<Model, EngineError> {
         let Imported { model, states } = imported;
+        // Also what keeps the kernels' registrations linked in (see `kernels`).
+        tracing::debug!(depthwise_kernel = kernels::depthwise_kernel().unwrap_or("tract's generic loop"), "optimising");
         let state_inputs: Vec<usize> = states.iter().map(|s| s.input).collect();
         let state_outputs: Vec<usize> = states.iter().map(|s| s.output).collect();
         let model = model.into_optimized().map_err(invalid_chain)?;
