@@ -271,6 +271,11 @@ fn infer(
         for t in times.iter().take(25) {
             let ms = t.total.as_secs_f64() * 1e3 / runs.max(1) as f64;
             println!("  {ms:9.4} ms {:5.1}%  {} ({})", 100.0 * t.total.as_secs_f64() / total.max(1e-12), t.op, t.node);
+            if std::env::var_os("EDGE_PROFILE_INFO").is_some() {
+                for line in &t.info {
+                    println!("                    {line}");
+                }
+            }
         }
         let mut by_op: Vec<(String, f64, usize)> = vec![];
         for t in &times {

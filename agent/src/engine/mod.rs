@@ -12,6 +12,7 @@
 //! `(inputs.., state..) -> (outputs.., state'..)`. The session feeds `state` and keeps
 //! `state'`, so the same plan serves stateless and stateful models alike.
 
+pub mod direct_conv;
 pub mod isolate;
 pub mod kernels;
 pub mod onnx;
@@ -236,6 +237,8 @@ impl Model {
         tracing::debug!(depthwise_kernel = kernels::depthwise_kernel().unwrap_or("tract's generic loop"), "optimising");
         let state_inputs: Vec<usize> = states.iter().map(|s| s.input).collect();
         let state_outputs: Vec<usize> = states.iter().map(|s| s.output).collect();
+        let mut model = model.into_decluttered().map_err(invalid_chain)?;
+        direct_conv::replace_small_input_convs(&mut model).map_err(invalid_chain)?;
         let model = model.into_optimized().map_err(invalid_chain)?;
         let name_of = |outlet: OutletId| -> String {
             let node = &model.nodes()[outlet.node];
@@ -311,6 +314,8 @@ pub struct NodeTime {
     pub node: String,
     /// Operator name.
     pub op: String,
+    /// What the operator says of itself (tract's `Op::info`: kernel, geometry).
+    pub info: Vec<String>,
     /// Total time over all runs.
     pub total: std::time::Duration,
 }
@@ -418,6 +423,7 @@ impl Session {
                     let entry = times[node.id].get_or_insert_with(|| NodeTime {
                         node: node.name.clone(),
                         op: node.op.name().to_string(),
+                        info: node.op.info().unwrap_or_default(),
                         total: std::time::Duration::ZERO,
                     });
                     entry.total += start.elapsed();
