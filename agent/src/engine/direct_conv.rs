@@ -14,7 +14,11 @@
 //! the loops are written so that the compiler vectorises them, compiled twice on x86_64 (AVX2 +
 //! FMA, chosen at run time, and baseline) and once elsewhere (NEON is baseline on aarch64).
 //!
-//! [`replace_small_input_convs`] swaps it in for every eligible `Conv` of a decluttered model.
+//! [`NhwcDepthwise`] runs channels-last depthwise layers (every TFLite depthwise layer) with
+//! the SIMD kernels of [`super::kernels`]: the whole interior of an output row in one kernel
+//! call, the border pixels one at a time with the taps that fall in the padding left out.
+//!
+//! [`replace_convs`] swaps them in for every eligible `Conv` of a model.
 
 use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
@@ -23,14 +27,24 @@ use tract_core::ops::nn::DataFormat;
 /// The most input channels a convolution may have to be computed directly.
 pub const MAX_INPUT_CHANNELS: usize = 4;
 
+/// The most input channels a pointwise (1x1) convolution may have to be computed directly. Its
+/// matrix product has an inner dimension this small, and tract 0.23 reaches 20-30 GFLOP/s on
+/// it against 80-110 at 48 and more (face_detection_full_range, measured with
+/// `infer --profile`).
+pub const MAX_POINTWISE_INPUT_CHANNELS: usize = 16;
+
 /// Most output channels per register group: four 8-lane vectors.
 const MAX_LANES: usize = 32;
 
 /// A regular (one group) float convolution over an NHWC input with at most
-/// [`MAX_INPUT_CHANNELS`] channels, 2 spatial axes, constant weights and bias.
+/// [`MAX_INPUT_CHANNELS`] channels ([`MAX_POINTWISE_INPUT_CHANNELS`] for a 1x1 kernel), 2
+/// spatial axes, constant weights and bias, and optionally the clamp of a following ReLU or
+/// ReLU6.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DirectConv {
     pool_spec: PoolSpec,
+    /// Lower and upper bound applied to every output, as f32 bits (a fused ReLU is `0, +inf`).
+    clamp: [u32; 2],
     /// Output channels per group: the output channels rounded up to a multiple of 8, at most
     /// [`MAX_LANES`].
     lanes: usize,
@@ -53,9 +67,9 @@ impl DirectConv {
         let spec = &conv.pool_spec;
         if conv.q_params.is_some()
             || conv.group != 1
-            || spec.data_format != DataFormat::NHWC
+            || !matches!(spec.data_format, DataFormat::NHWC | DataFormat::HWC)
             || spec.kernel_shape.len() != 2
-            || spec.input_channels > MAX_INPUT_CHANNELS
+            || spec.input_channels > max_input_channels(&spec.kernel_shape)
             || input.datum_type != f32::datum_type()
             || kernel.datum_type() != f32::datum_type()
             || input.shape.as_concrete().is_none()
@@ -104,10 +118,43 @@ impl DirectConv {
         padded_bias[..co].copy_from_slice(&bias_values);
         Ok(Some(DirectConv {
             pool_spec: spec.clone(),
+            clamp: [f32::NEG_INFINITY.to_bits(), f32::INFINITY.to_bits()],
             lanes,
             packed: tensor1(&packed).into_arc_tensor(),
             bias: tensor1(&padded_bias).into_arc_tensor(),
         }))
+    }
+}
+
+fn max_input_channels(kernel: &[usize]) -> usize {
+    if kernel.iter().all(|k| *k == 1) {
+        MAX_POINTWISE_INPUT_CHANNELS
+    } else {
+        MAX_INPUT_CHANNELS
+    }
+}
+
+impl DirectConv {
+    fn low(&self) -> f32 {
+        f32::from_bits(self.clamp[0])
+    }
+
+    fn high(&self) -> f32 {
+        f32::from_bits(self.clamp[1])
+    }
+
+    /// The same op with `values` (one per output channel) added to its bias.
+    fn with_bias_added(&self, values: &[f32]) -> TractResult<DirectConv> {
+        let mut op = self.clone();
+        op.bias = add_to(&self.bias, values)?;
+        Ok(op)
+    }
+
+    /// The same op with its outputs also clamped to `low..=high`.
+    fn clamped(&self, low: f32, high: f32) -> DirectConv {
+        let mut op = self.clone();
+        op.clamp = [self.low().max(low).to_bits(), self.high().min(high).to_bits()];
+        op
     }
 }
 
@@ -117,10 +164,21 @@ impl Op for DirectConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(self.pool_spec.info())
+        let mut info = self.pool_spec.info();
+        info.push(format!("clamp: {}..={}, {} output channels per group", self.low(), self.high(), self.lanes));
+        Ok(info)
     }
 
     op_as_typed_op!();
+}
+
+/// `(batch, height, width, channels)` of an NHWC input, or of an HWC one as a batch of 1.
+fn nhwc(shape: &[usize]) -> TractResult<(usize, usize, usize, usize)> {
+    match *shape {
+        [n, h, w, c] => Ok((n, h, w, c)),
+        [h, w, c] => Ok((1, h, w, c)),
+        _ => bail!("expected an NHWC or HWC input, got {shape:?}"),
+    }
 }
 
 /// What one call of the pixel loop needs, shared by every output pixel of a run.
@@ -137,6 +195,8 @@ struct Geometry {
     oh: usize,
     ow: usize,
     lanes: usize,
+    low: f32,
+    high: f32,
 }
 
 impl EvalOp for DirectConv {
@@ -145,8 +205,7 @@ impl EvalOp for DirectConv {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
         let shape = input.shape();
-        ensure!(shape.len() == 4, "DirectConv expects NHWC input, got {shape:?}");
-        let (n, ih, iw, ci) = (shape[0], shape[1], shape[2], shape[3]);
+        let (n, ih, iw, ci) = nhwc(shape)?;
         ensure!(ci == self.pool_spec.input_channels, "{ci} input channels, expected {}", self.pool_spec.input_channels);
         let padding = self.pool_spec.computed_padding(&[ih, iw]);
         let geo = Geometry {
@@ -162,10 +221,13 @@ impl EvalOp for DirectConv {
             oh: padding[0].convoluted,
             ow: padding[1].convoluted,
             lanes: self.lanes,
+            low: self.low(),
+            high: self.high(),
         };
         // SAFETY: f32 has no invalid bit patterns, and `run` writes every output value (every
         // pixel, every channel of every group).
         let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, geo.oh, geo.ow, geo.co])? };
+        output.set_shape(&self.pool_spec.output_shape(shape)?.shape)?;
         {
             let x = input.to_plain_array_view::<f32>()?;
             let x = x.as_slice().context("DirectConv input must be contiguous")?;
@@ -185,6 +247,232 @@ impl EvalOp for DirectConv {
 }
 
 impl TypedOp for DirectConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        self.pool_spec.output_facts(inputs)
+    }
+
+    as_op!();
+}
+
+/// A depthwise convolution (one input channel per group, multiplier 1) over an NHWC float
+/// input with constant weights and bias, run by [`super::kernels::depthwise`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NhwcDepthwise {
+    pool_spec: PoolSpec,
+    /// `[ky][kx][c]`: one tap's weights contiguous over the channels, as the kernel reads them.
+    weights: Arc<Tensor>,
+    bias: Arc<Tensor>,
+}
+
+impl NhwcDepthwise {
+    /// Builds the op from a `Conv`'s spec and its constant kernel and bias, or `None` when the
+    /// convolution is not one this op computes or this CPU has no kernel for it.
+    pub fn from_conv(
+        conv: &Conv,
+        input: &TypedFact,
+        kernel: &Tensor,
+        bias: &Tensor,
+    ) -> TractResult<Option<NhwcDepthwise>> {
+        let spec = &conv.pool_spec;
+        let c = spec.input_channels;
+        if super::kernels::depthwise().is_none()
+            || conv.q_params.is_some()
+            || conv.group != c
+            || spec.output_channels != c
+            || !matches!(spec.data_format, DataFormat::NHWC | DataFormat::HWC)
+            || spec.kernel_shape.len() != 2
+            || input.datum_type != f32::datum_type()
+            || kernel.datum_type() != f32::datum_type()
+            || input.shape.as_concrete().is_none()
+            || matches!(spec.padding, PaddingSpec::ExplicitOnnxPool(..))
+        {
+            return Ok(None);
+        }
+        let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
+        let k = kernel.to_plain_array_view::<f32>()?;
+        let expected: TVec<usize> = match conv.kernel_fmt {
+            KernelFormat::OIHW => tvec![c, 1, kh, kw],
+            KernelFormat::OHWI => tvec![c, kh, kw, 1],
+            KernelFormat::HWIO => tvec![kh, kw, 1, c],
+        };
+        if k.shape() != &*expected {
+            return Ok(None);
+        }
+        let mut weights = vec![0f32; kh * kw * c];
+        for ch in 0..c {
+            for y in 0..kh {
+                for x in 0..kw {
+                    weights[(y * kw + x) * c + ch] = match conv.kernel_fmt {
+                        KernelFormat::OIHW => k[[ch, 0, y, x]],
+                        KernelFormat::OHWI => k[[ch, y, x, 0]],
+                        KernelFormat::HWIO => k[[y, x, 0, ch]],
+                    };
+                }
+            }
+        }
+        let bias: Vec<f32> = match bias.len() {
+            0 => vec![0.0; c],
+            1 => vec![bias.cast_to_scalar::<f32>()?; c],
+            n if n == c => bias.cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+            _ => return Ok(None),
+        };
+        Ok(Some(NhwcDepthwise {
+            pool_spec: spec.clone(),
+            weights: tensor1(&weights).into_arc_tensor(),
+            bias: tensor1(&bias).into_arc_tensor(),
+        }))
+    }
+}
+
+impl NhwcDepthwise {
+    /// The same op with `values` (one per channel) added to its bias.
+    fn with_bias_added(&self, values: &[f32]) -> TractResult<NhwcDepthwise> {
+        let mut op = self.clone();
+        op.bias = add_to(&self.bias, values)?;
+        Ok(op)
+    }
+}
+
+/// `bias` with `values` added to its first `values.len()` elements.
+fn add_to(bias: &Tensor, values: &[f32]) -> TractResult<Arc<Tensor>> {
+    let mut bias = bias.clone();
+    {
+        let mut view = bias.try_as_plain_ram_mut()?;
+        let slice = view.as_slice_mut::<f32>()?;
+        ensure!(values.len() <= slice.len());
+        for (b, v) in slice.iter_mut().zip(values) {
+            *b += v;
+        }
+    }
+    Ok(bias.into_arc_tensor())
+}
+
+impl Op for NhwcDepthwise {
+    fn name(&self) -> StaticName {
+        "NhwcDepthwise".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let mut info = self.pool_spec.info();
+        info.push(format!("kernel: {}", super::kernels::depthwise_kernel().unwrap_or("none")));
+        Ok(info)
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for NhwcDepthwise {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let shape = input.shape();
+        let (n, ih, iw, c) = nhwc(shape)?;
+        ensure!(c == self.pool_spec.input_channels, "{c} channels, expected {}", self.pool_spec.input_channels);
+        let (_, run) = super::kernels::depthwise().context("no depthwise kernel on this CPU")?;
+        let padding = self.pool_spec.computed_padding(&[ih, iw]);
+        let (kh, kw) = (self.pool_spec.kernel_shape[0], self.pool_spec.kernel_shape[1]);
+        let (sy, sx) = (self.pool_spec.stride(0), self.pool_spec.stride(1));
+        let (dy, dx) = (self.pool_spec.dilation(0), self.pool_spec.dilation(1));
+        let (pad_y, pad_x) = (padding[0].pad_before as isize, padding[1].pad_before as isize);
+        let (oh, ow) = (padding[0].convoluted, padding[1].convoluted);
+        // SAFETY: f32 has no invalid bit patterns, and every output pixel gets one kernel call
+        // that writes all its channels (below: the interior run or the border pixel).
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, oh, ow, c])? };
+        output.set_shape(&self.pool_spec.output_shape(shape)?.shape)?;
+        {
+            let x = input.to_plain_array_view::<f32>()?;
+            let x = x.as_slice().context("NhwcDepthwise input must be contiguous")?;
+            let mut out_view = output.try_as_plain_ram_mut()?;
+            let out = out_view.as_slice_mut::<f32>()?;
+            let weights_view = self.weights.try_as_plain_ram()?;
+            let weights = weights_view.as_slice::<f32>()?;
+            let bias_view = self.bias.try_as_plain_ram()?;
+            let bias = bias_view.as_slice::<f32>()?;
+            // Every tap, with its input offset from the pixel its window starts at.
+            let all_taps: Vec<usize> = (0..kh * kw).collect();
+            let all_offsets: Vec<isize> =
+                (0..kh * kw).map(|t| (((t / kw) * dy * iw + (t % kw) * dx) * c) as isize).collect();
+            let x_start = |ox: usize| (ox * sx) as isize - pad_x;
+            let inside = |ox: usize| tap_range(x_start(ox), dx, kw, iw) == (0..kw);
+            let first_x = (0..ow).find(|&ox| inside(ox)).unwrap_or(ow);
+            let end_x = (first_x..ow).find(|&ox| !inside(ox)).unwrap_or(ow);
+            let mut taps = Vec::with_capacity(kh * kw);
+            let mut offsets = Vec::with_capacity(kh * kw);
+            for b in 0..n {
+                let image = &x[b * ih * iw * c..][..ih * iw * c];
+                let out = &mut out[b * oh * ow * c..][..oh * ow * c];
+                for oy in 0..oh {
+                    let y0 = (oy * sy) as isize - pad_y;
+                    let ky_range = tap_range(y0, dy, kh, ih);
+                    let mut ox = 0;
+                    while ox < ow {
+                        let o = &mut out[(oy * ow + ox) * c..];
+                        if ky_range == (0..kh) && ox == first_x && first_x < end_x {
+                            let start = (y0 as usize * iw + x_start(ox) as usize) * c;
+                            let len = end_x - first_x;
+                            // Bounds of the whole run, checked once for the unchecked kernel.
+                            let last_in = start + (len - 1) * sx * c + *all_offsets.last().unwrap() as usize + c;
+                            ensure!(last_in <= image.len() && len * c <= o.len());
+                            // SAFETY: every read is below `last_in`, every write within `o`.
+                            unsafe {
+                                run(
+                                    image.as_ptr().add(start),
+                                    o.as_mut_ptr(),
+                                    weights.as_ptr(),
+                                    &all_taps,
+                                    &all_offsets,
+                                    bias.as_ptr(),
+                                    c,
+                                    c,
+                                    len,
+                                    (sx * c) as isize,
+                                    c as isize,
+                                )
+                            };
+                            ox = end_x;
+                            continue;
+                        }
+                        // A border pixel: only the taps inside the image, offsets from its
+                        // image's first value.
+                        let x0 = x_start(ox);
+                        taps.clear();
+                        offsets.clear();
+                        for ky in ky_range.clone() {
+                            let iy = (y0 + (ky * dy) as isize) as usize;
+                            for kx in tap_range(x0, dx, kw, iw) {
+                                let ix = (x0 + (kx * dx) as isize) as usize;
+                                taps.push(ky * kw + kx);
+                                offsets.push(((iy * iw + ix) * c) as isize);
+                            }
+                        }
+                        ensure!(c <= o.len());
+                        // SAFETY: each offset is a pixel inside the image, `c` values long.
+                        unsafe {
+                            run(
+                                image.as_ptr(),
+                                o.as_mut_ptr(),
+                                weights.as_ptr(),
+                                &taps,
+                                &offsets,
+                                bias.as_ptr(),
+                                c,
+                                c,
+                                1,
+                                0,
+                                0,
+                            )
+                        };
+                        ox += 1;
+                    }
+                }
+            }
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for NhwcDepthwise {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         self.pool_spec.output_facts(inputs)
     }
@@ -261,16 +549,24 @@ fn run_lanes<const L: usize, const P: usize>(geo: &Geometry, x: &[f32], packed: 
                     let start = (y0 as usize * geo.iw + x0) * geo.ci;
                     let acc = interior::<L, P>(&x[start..], geo.stride[1] * geo.ci, &offsets, weights, bias);
                     for (p, acc) in acc.iter().enumerate() {
-                        out[((oy * geo.ow + ox + p) * geo.co + g * L)..][..lanes].copy_from_slice(&acc[..lanes]);
+                        store(&mut out[((oy * geo.ow + ox + p) * geo.co + g * L)..][..lanes], acc, geo.low, geo.high);
                     }
                     ox += P;
                 } else {
                     let acc = border::<L>(geo, x, oy, ox, weights, bias);
-                    out[((oy * geo.ow + ox) * geo.co + g * L)..][..lanes].copy_from_slice(&acc[..lanes]);
+                    store(&mut out[((oy * geo.ow + ox) * geo.co + g * L)..][..lanes], &acc, geo.low, geo.high);
                     ox += 1;
                 }
             }
         }
+    }
+}
+
+/// Writes the real output channels of one pixel, clamped.
+#[inline(always)]
+fn store<const L: usize>(out: &mut [f32], acc: &[f32; L], low: f32, high: f32) {
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = a.max(low).min(high);
     }
 }
 
@@ -335,26 +631,127 @@ fn tap_range(start: isize, dilation: usize, kernel: usize, size: usize) -> std::
     (first as usize).min(kernel)..(last as usize).max(first as usize).min(kernel)
 }
 
-/// Replaces every `Conv` of a decluttered model that [`DirectConv`] computes; returns how many.
-pub fn replace_small_input_convs(model: &mut TypedModel) -> TractResult<usize> {
+/// tract's `into_optimized`, with [`replace_convs`] run before declutter, which turns
+/// pointwise convolutions into einsums, and after it, which folds explicit pads and batch
+/// norms into the others and makes the depthwise kernels constant.
+pub fn optimize(mut model: TypedModel) -> TractResult<TypedModel> {
+    replace_convs(&mut model)?;
+    let mut model = model.into_decluttered()?;
+    replace_convs(&mut model)?;
+    model.into_optimized()
+}
+
+/// The only reader of `outlet`, when it is the only one and not a model output.
+fn sole_reader(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(&TypedNode, usize)>> {
+    let succs = &model.node(outlet.node).outputs[outlet.slot].successors;
+    if succs.len() != 1 || model.output_outlets()?.contains(&outlet) {
+        return Ok(None);
+    }
+    let next = model.node(succs[0].node);
+    if next.inputs.len() != 2 || model.outlet_fact(OutletId::new(next.id, 0))?.shape != model.outlet_fact(outlet)?.shape
+    {
+        return Ok(None);
+    }
+    Ok(Some((next, succs[0].slot)))
+}
+
+/// When the only reader of `outlet` is a float `add` of a constant that varies along the
+/// channel (last) axis at most, that node and the value per channel.
+fn bias_after(model: &TypedModel, outlet: OutletId, channels: usize) -> TractResult<Option<(usize, Vec<f32>)>> {
+    let Some((next, slot)) = sole_reader(model, outlet)? else { return Ok(None) };
+    let Some(bin) = next.op_as::<tract_core::ops::binary::TypedBinOp>() else { return Ok(None) };
+    if !bin.0.is::<tract_core::ops::math::Add>() {
+        return Ok(None);
+    }
+    let Some(value) = model.outlet_fact(next.inputs[1 - slot])?.konst.clone() else { return Ok(None) };
+    if value.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    let shape = value.shape();
+    let per_channel = shape.last() == Some(&channels) && shape.iter().rev().skip(1).all(|d| *d == 1);
+    let view = value.try_as_plain_ram()?;
+    let values = view.as_slice::<f32>()?;
+    if value.len() == 1 {
+        Ok(Some((next.id, vec![values[0]; channels])))
+    } else if per_channel {
+        Ok(Some((next.id, values.to_vec())))
+    } else {
+        Ok(None)
+    }
+}
+
+/// When the only reader of `outlet` is a float `max` or `min` against one constant value (a
+/// ReLU or ReLU6 after the convolution), that node and the bounds it applies.
+fn clamp_after(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(usize, f32, f32)>> {
+    let Some((next, slot)) = sole_reader(model, outlet)? else { return Ok(None) };
+    let Some(bin) = next.op_as::<tract_core::ops::binary::TypedBinOp>() else { return Ok(None) };
+    let other = next.inputs[1 - slot];
+    let Some(value) = model.outlet_fact(other)?.uniform.clone() else { return Ok(None) };
+    if value.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    let value = value.cast_to_scalar::<f32>()?;
+    if bin.0.is::<tract_core::ops::math::Max>() {
+        Ok(Some((next.id, value, f32::INFINITY)))
+    } else if bin.0.is::<tract_core::ops::math::Min>() {
+        Ok(Some((next.id, f32::NEG_INFINITY, value)))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Replaces every `Conv` of a model that [`DirectConv`] or [`NhwcDepthwise`] computes; returns
+/// how many.
+pub fn replace_convs(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
         let Some(conv) = node.op_as::<Conv>() else { continue };
-        if node.inputs.len() != 3 {
+        if node.inputs.len() != 2 && node.inputs.len() != 3 {
             continue;
         }
         let input = model.outlet_fact(node.inputs[0])?.clone();
-        let (Some(kernel), Some(bias)) =
-            (model.outlet_fact(node.inputs[1])?.konst.clone(), model.outlet_fact(node.inputs[2])?.konst.clone())
-        else {
+        let Some(kernel) = model.outlet_fact(node.inputs[1])?.konst.clone() else { continue };
+        // Declutter takes the bias out of a convolution into an `add` after it: see below.
+        let bias = match node.inputs.get(2) {
+            Some(b) => match model.outlet_fact(*b)?.konst.clone() {
+                Some(b) => b,
+                None => continue,
+            },
+            None => Tensor::zero::<f32>(&[0])?.into_arc_tensor(),
+        };
+        let co = conv.pool_spec.output_channels;
+        let mut op: Box<dyn TypedOp> = if let Some(op) = NhwcDepthwise::from_conv(conv, &input, &kernel, &bias)? {
+            Box::new(op)
+        } else if let Some(op) = DirectConv::from_conv(conv, &input, &kernel, &bias)? {
+            Box::new(op)
+        } else {
             continue;
         };
-        let Some(op) = DirectConv::from_conv(conv, &input, &kernel, &bias)? else { continue };
+        // Absorb what tract would have fused into its own kernels: a constant per-channel
+        // `add` (the bias), then for `DirectConv` the max/min-by-constant chain of a ReLU or
+        // ReLU6. Each would otherwise be one more pass over the output.
+        let mut last = OutletId::new(id, 0);
+        while let Some((next, values)) = bias_after(model, last, co)? {
+            op = match (op.downcast_ref::<NhwcDepthwise>(), op.downcast_ref::<DirectConv>()) {
+                (Some(dw), _) => Box::new(dw.with_bias_added(&values)?),
+                (_, Some(direct)) => Box::new(direct.with_bias_added(&values)?),
+                _ => unreachable!("one of the two ops"),
+            };
+            last = OutletId::new(next, 0);
+        }
+        if let Some(direct) = op.downcast_ref::<DirectConv>() {
+            let mut direct = direct.clone();
+            while let Some((next, low, high)) = clamp_after(model, last)? {
+                direct = direct.clamped(low, high);
+                last = OutletId::new(next, 0);
+            }
+            op = Box::new(direct);
+        }
         let mut patch = TypedModelPatch::new(format!("direct conv {}", node.name));
         let x = patch.tap_model(model, node.inputs[0])?;
         let y = patch.wire_node(&node.name, op, &[x])?;
-        patch.shunt_outside(model, OutletId::new(id, 0), y[0])?;
+        patch.shunt_outside(model, last, y[0])?;
         patch.apply(model)?;
         replaced += 1;
     }
@@ -382,8 +779,10 @@ mod tests {
 
     /// One convolution, built as tract's `Conv` and run by tract, then with the direct op in
     /// its place: same outputs, and the direct op is really in the plan.
+    #[allow(clippy::too_many_arguments)]
     fn check(
         fmt: KernelFormat,
+        group: usize,
         ci: usize,
         co: usize,
         kernel: [usize; 2],
@@ -393,10 +792,11 @@ mod tests {
     ) -> TractResult<()> {
         let (n, h, w) = (2, 13, 11);
         let mut seed = (ci * 31 + co) as u32;
+        let gi = ci / group;
         let kshape: TVec<usize> = match fmt {
-            KernelFormat::OIHW => tvec![co, ci, kernel[0], kernel[1]],
-            KernelFormat::OHWI => tvec![co, kernel[0], kernel[1], ci],
-            KernelFormat::HWIO => tvec![kernel[0], kernel[1], ci, co],
+            KernelFormat::OIHW => tvec![co, gi, kernel[0], kernel[1]],
+            KernelFormat::OHWI => tvec![co, kernel[0], kernel[1], gi],
+            KernelFormat::HWIO => tvec![kernel[0], kernel[1], gi, co],
         };
         let weights: Vec<f32> = (0..kshape.iter().product()).map(|_| rnd(&mut seed)).collect();
         let bias: Vec<f32> = (0..co).map(|_| rnd(&mut seed)).collect();
@@ -415,7 +815,7 @@ mod tests {
                 output_channels: co,
             },
             kernel_fmt: fmt,
-            group: 1,
+            group,
             q_params: None,
         };
         let y = model.wire_node("conv", conv, &[x, k, b])?;
@@ -424,26 +824,101 @@ mod tests {
             tensor1(&(0..n * h * w * ci).map(|_| rnd(&mut seed)).collect::<Vec<_>>()).into_shape(&[n, h, w, ci])?;
 
         let want = model.clone().into_optimized()?.into_runnable()?.run(tvec!(input.clone().into_tvalue()))?;
-        let mut direct = model.into_decluttered()?;
-        assert_eq!(replace_small_input_convs(&mut direct)?, 1, "{fmt:?} ci={ci} co={co} {padding:?}");
-        let plan = direct.into_optimized()?.into_runnable()?;
-        assert!(plan.model().nodes().iter().any(|n| n.op_is::<DirectConv>()));
+        let plan = optimize(model)?.into_runnable()?;
+        let ours =
+            plan.model().nodes().iter().filter(|n| n.op_is::<DirectConv>() || n.op_is::<NhwcDepthwise>()).count();
+        assert_eq!(ours, 1, "{fmt:?} group={group} ci={ci} co={co} {padding:?}");
         let got = plan.run(tvec!(input.into_tvalue()))?;
-        got[0]
-            .close_enough(&want[0], Approximation::Approximate)
-            .with_context(|| format!("{fmt:?} ci={ci} co={co} k={kernel:?} s={stride:?} d={dilation:?} {padding:?}"))
+        got[0].close_enough(&want[0], Approximation::Approximate).with_context(|| {
+            format!("{fmt:?} group={group} ci={ci} co={co} k={kernel:?} s={stride:?} d={dilation:?} {padding:?}")
+        })
     }
 
     #[test]
     fn matches_tract_across_layouts_paddings_strides_and_channel_counts() -> TractResult<()> {
         for (ci, co) in [(1, 8), (3, 24), (3, 32), (3, 40), (4, 7)] {
-            check(KernelFormat::OHWI, ci, co, [3, 3], [2, 2], [1, 1], PaddingSpec::SameUpper)?;
+            check(KernelFormat::OHWI, 1, ci, co, [3, 3], [2, 2], [1, 1], PaddingSpec::SameUpper)?;
         }
-        check(KernelFormat::OHWI, 3, 16, [3, 3], [1, 1], [1, 1], PaddingSpec::Valid)?;
-        check(KernelFormat::OIHW, 3, 16, [5, 5], [2, 2], [1, 1], PaddingSpec::Explicit(tvec![1, 2], tvec![2, 1]))?;
-        check(KernelFormat::HWIO, 2, 12, [3, 2], [1, 2], [2, 1], PaddingSpec::SameLower)?;
-        check(KernelFormat::OHWI, 1, 64, [3, 3], [1, 1], [2, 2], PaddingSpec::SameUpper)?;
+        check(KernelFormat::OHWI, 1, 3, 16, [3, 3], [1, 1], [1, 1], PaddingSpec::Valid)?;
+        check(KernelFormat::OIHW, 1, 3, 16, [5, 5], [2, 2], [1, 1], PaddingSpec::Explicit(tvec![1, 2], tvec![2, 1]))?;
+        check(KernelFormat::HWIO, 1, 2, 12, [3, 2], [1, 2], [2, 1], PaddingSpec::SameLower)?;
+        check(KernelFormat::OHWI, 1, 1, 64, [3, 3], [1, 1], [2, 2], PaddingSpec::SameUpper)?;
+        // Pointwise, up to 16 input channels.
+        check(KernelFormat::OHWI, 1, 16, 24, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
         Ok(())
+    }
+
+    #[test]
+    fn depthwise_matches_tract_across_paddings_strides_and_channel_counts() -> TractResult<()> {
+        if super::super::kernels::depthwise().is_none() {
+            eprintln!("no depthwise kernel on this CPU: tract keeps these layers");
+            return Ok(());
+        }
+        // 21 and 40 channels end in a partial vector; 7x7 and 5x5 kernels make border zones
+        // wider than the 13x11 image's interior in places.
+        for ch in [1, 8, 16, 21, 40] {
+            check(KernelFormat::OIHW, ch, ch, ch, [3, 3], [2, 2], [1, 1], PaddingSpec::SameUpper)?;
+            check(KernelFormat::OIHW, ch, ch, ch, [3, 3], [1, 1], [1, 1], PaddingSpec::Valid)?;
+        }
+        check(KernelFormat::OIHW, 24, 24, 24, [5, 5], [1, 2], [1, 1], PaddingSpec::Explicit(tvec![2, 1], tvec![2, 3]))?;
+        check(KernelFormat::OIHW, 32, 32, 32, [7, 7], [1, 1], [2, 1], PaddingSpec::SameLower)?;
+        check(KernelFormat::OIHW, 17, 17, 17, [17, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
+        Ok(())
+    }
+
+    /// conv -> max(0) -> min(6): the clamp ends up inside the direct op, no max or min node
+    /// is left, and the outputs match tract's.
+    #[test]
+    fn a_following_relu6_is_fused() -> TractResult<()> {
+        let mut seed = 9;
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, 6, 5, 3]))?;
+        let k = model.add_const(
+            "k",
+            tensor1(&(0..8 * 27).map(|_| 8.0 * rnd(&mut seed)).collect::<Vec<_>>()).into_shape(&[8, 3, 3, 3])?,
+        )?;
+        let b = model.add_const("b", tensor1(&[0.5f32; 8]))?;
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NHWC,
+                kernel_shape: tvec![3, 3],
+                padding: PaddingSpec::SameUpper,
+                dilations: None,
+                strides: None,
+                input_channels: 3,
+                output_channels: 8,
+            },
+            kernel_fmt: KernelFormat::OHWI,
+            group: 1,
+            q_params: None,
+        };
+        let y = model.wire_node("conv", conv, &[x, k, b])?[0];
+        let zero = model.add_const("zero", tensor0(0f32))?;
+        let six = model.add_const("six", tensor0(6f32))?;
+        let y = tract_core::ops::change_axes::wire_with_rank_broadcast(
+            "relu.max",
+            &mut model,
+            tract_core::ops::math::max(),
+            &[y, zero],
+        )?;
+        let y = tract_core::ops::change_axes::wire_with_rank_broadcast(
+            "relu.min",
+            &mut model,
+            tract_core::ops::math::min(),
+            &[y[0], six],
+        )?;
+        model.select_output_outlets(&y)?;
+        let input = tensor1(&(0..90).map(|_| rnd(&mut seed)).collect::<Vec<_>>()).into_shape(&[1, 6, 5, 3])?;
+        let want = model.clone().into_optimized()?.into_runnable()?.run(tvec!(input.clone().into_tvalue()))?;
+        let optimized = optimize(model)?;
+        assert_eq!(optimized.nodes().len(), 2, "source and the direct conv only: {optimized}");
+        let got = optimized.into_runnable()?.run(tvec!(input.into_tvalue()))?;
+        let values = got[0].to_plain_array_view::<f32>()?;
+        assert!(
+            values.iter().any(|v| *v == 0.0) && values.iter().any(|v| *v == 6.0),
+            "the test should clamp both ways"
+        );
+        got[0].close_enough(&want[0], Approximation::Approximate)
     }
 
     #[test]
@@ -468,7 +943,7 @@ mod tests {
         };
         let y = model.wire_node("conv", conv, &[x, k, b])?;
         model.select_output_outlets(&y)?;
-        assert_eq!(replace_small_input_convs(&mut model)?, 0, "8 input channels go to tract's matmul");
+        assert_eq!(replace_convs(&mut model)?, 0, "8 input channels go to tract's matmul");
         Ok(())
     }
 }

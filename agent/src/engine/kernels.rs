@@ -1,74 +1,66 @@
-//! SIMD kernels the agent gives tract where tract 0.23 has none for this machine.
+//! SIMD kernels for what tract 0.23 runs slowly on x86_64 and aarch64.
 //!
-//! tract's depthwise convolution runs channels-last (NHWC, every TFLite model) through a
-//! pluggable "channel-inner" kernel, `Func::DepthwiseC`, and falls back to a generic Rust loop
-//! when no kernel is declared for the machine. tract 0.23 declares one for wasm only, so on
-//! x86_64 and aarch64 every TFLite depthwise layer ran that generic loop: it loads and stores
-//! the output vector once per kernel tap and, on x86_64, is vectorised for SSE2 at best. The
-//! MediaPipe CNNs spend a quarter to a third of their time there.
+//! **Channels-last depthwise convolution** (every TFLite depthwise layer). tract runs NHWC
+//! depthwise layers through a pluggable "channel-inner" kernel and, on x86_64 and aarch64, has
+//! none: its generic loop loads and stores the output vector once per kernel tap and is
+//! vectorised for SSE2 at best on x86_64. The MediaPipe CNNs spent a quarter to a third of
+//! their time there. The kernels here keep a block of output positions in registers across
+//! all taps (one FMA per tap and position, the tap's weights loaded once per block). The right
+//! one is chosen at run time from the CPU's features: AVX-512F, else AVX2 + FMA on x86_64;
+//! NEON, which is baseline, on aarch64. [`super::direct_conv::NhwcDepthwise`] calls them.
 //!
-//! The kernels here keep a block of output positions in registers across all taps (one FMA per
-//! tap and position, the tap's weights loaded once per block of positions) and are registered
-//! in tract's routine table through `inventory`, the way tract's own kernels are, so tract's
-//! `DepthWise` op picks them up without any change to the graph. The right one is chosen at
-//! run time from the CPU's features: AVX-512F, else AVX2 + FMA on x86_64; NEON, which is
-//! baseline, on aarch64. armv7 keeps tract's loop.
+//! They are deliberately *not* registered in tract's kernel table (`Func::DepthwiseC`), which
+//! tract would pick up by itself: with such a kernel present, tract's declutter also moves the
+//! depthwise layers of NCHW (ONNX) models to channels-last, which strands their batch-norm
+//! multiplies and squeeze-excite gates as unfused broadcasts (ch_ppocr_mobile_v2.0_cls went
+//! from 1.7 to 2.4 ms that way).
 //!
-//! The arithmetic differs from tract's loop only by fused multiply-adds (one rounding per tap
+//! The arithmetic differs from a plain loop only by fused multiply-adds (one rounding per tap
 //! instead of two), far inside the engine's 1e-3 tolerance.
 
-/// The channels-last depthwise kernel tract will run on this machine, by name, or `None` when
-/// tract keeps its generic loop. Calling it also keeps this module, and with it the
-/// registrations below, in the linked binary.
+/// One channels-last depthwise run, in tract's `DepthwiseCF32` terms: `len` output positions
+/// of `channels` contiguous channels each. Point `i`, channel `c`, is `bias[c]` plus every
+/// `kernel[tap_indices[t] * k_stride + c] * input[i * in_stride + offsets[t] + c]`.
+///
+/// # Safety
+/// Every value that formula reads must be readable, and `channels` values writable from
+/// `output.offset(i * out_stride)` for every `i` below `len`.
+pub type DepthwiseFn = tract_linalg::routines::DepthwiseCF32;
+
+/// The depthwise kernel for this CPU, with its name, or `None` where there is none (armv7,
+/// x86_64 without AVX2 + FMA): tract's own op then runs those layers.
+pub fn depthwise() -> Option<(&'static str, DepthwiseFn)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Some(("edge_avx512f_depthwise_c_f32", x86::depthwise_c_avx512));
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Some(("edge_avx2_fma_depthwise_c_f32", x86::depthwise_c_avx2));
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        return Some(("edge_neon_depthwise_c_f32", neon::depthwise_c_neon));
+    }
+    #[allow(unreachable_code)]
+    None
+}
+
+/// The name of [`depthwise`]'s kernel, for diagnostics.
 pub fn depthwise_kernel() -> Option<&'static str> {
-    let routine = tract_linalg::routines::best_for(
-        tract_linalg::Func::DepthwiseC,
-        tract_core::prelude::DatumType::F32,
-        &tract_linalg::isa::native(),
-    )?;
-    Some(routine.name())
+    depthwise().map(|(name, _)| name)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
-    use tract_linalg::isa::{Arch, Isa, IsaReq};
-    use tract_linalg::routines::{Routine, RoutineFactory};
-    use tract_linalg::Func;
 
-    inventory::submit! {
-        Routine {
-            func: Func::DepthwiseC,
-            arch: Some(Arch::X86_64),
-            isa: IsaReq { needs: &[Isa::X86_64Avx512f] },
-            boost: 0,
-            round_trip: false,
-            factory: RoutineFactory::DepthwiseCF32 {
-                name: "edge_avx512f_depthwise_c_f32",
-                run: depthwise_c_avx512,
-            },
-        }
-    }
-
-    inventory::submit! {
-        Routine {
-            func: Func::DepthwiseC,
-            arch: Some(Arch::X86_64),
-            isa: IsaReq { needs: &[Isa::X86_64Avx2, Isa::X86_64Fma] },
-            boost: 0,
-            round_trip: false,
-            factory: RoutineFactory::DepthwiseCF32 {
-                name: "edge_avx2_fma_depthwise_c_f32",
-                run: depthwise_c_avx2,
-            },
-        }
-    }
-
-    /// tract's `DepthwiseCF32` contract (see `tract_linalg::routines::DepthwiseCF32`).
+    /// [`super::DepthwiseFn`]'s contract.
     ///
     /// # Safety
-    /// The pointers and strides must satisfy that contract, and the CPU must have AVX-512F;
-    /// tract only calls it on such a machine, because of the registration above.
+    /// The pointers and strides must satisfy that contract, and the CPU must have AVX-512F
+    /// ([`super::depthwise`] hands it out only then).
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn depthwise_c_avx512(
         input: *const f32,
@@ -147,11 +139,11 @@ mod x86 {
         }
     }
 
-    /// tract's `DepthwiseCF32` contract (see `tract_linalg::routines::DepthwiseCF32`).
+    /// [`super::DepthwiseFn`]'s contract.
     ///
     /// # Safety
-    /// The pointers and strides must satisfy that contract, and the CPU must have AVX2 and FMA;
-    /// tract only calls it on such a machine, because of the registration above.
+    /// The pointers and strides must satisfy that contract, and the CPU must have AVX2 and FMA
+    /// ([`super::depthwise`] hands it out only then).
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn depthwise_c_avx2(
         input: *const f32,
@@ -235,25 +227,8 @@ mod x86 {
 #[cfg(target_arch = "aarch64")]
 mod neon {
     use std::arch::aarch64::*;
-    use tract_linalg::isa::{Arch, IsaReq};
-    use tract_linalg::routines::{Routine, RoutineFactory};
-    use tract_linalg::Func;
 
-    inventory::submit! {
-        Routine {
-            func: Func::DepthwiseC,
-            arch: Some(Arch::Aarch64),
-            isa: IsaReq { needs: &[] },
-            boost: 0,
-            round_trip: false,
-            factory: RoutineFactory::DepthwiseCF32 {
-                name: "edge_neon_depthwise_c_f32",
-                run: depthwise_c_neon,
-            },
-        }
-    }
-
-    /// tract's `DepthwiseCF32` contract (see `tract_linalg::routines::DepthwiseCF32`). NEON is
+    /// [`super::DepthwiseFn`]'s contract. NEON is
     /// baseline on aarch64. Four channels per vector; the channels past the last multiple of
     /// four take a scalar loop.
     ///
@@ -328,36 +303,30 @@ mod neon {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_core::internal::*;
-    use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
-    use tract_core::ops::nn::DataFormat;
 
-    /// The kernel tract picks, called directly on a strided layout, against a scalar reference:
-    /// every channel count from 1 to 40 (full vectors and tails) and position counts that are
-    /// and are not multiples of four.
+    /// Every kernel this CPU runs, called directly on a strided layout, against a scalar
+    /// reference: every channel count from 1 to 40 (full vectors and tails) and position counts
+    /// that are and are not multiples of four.
     #[test]
     fn every_kernel_this_cpu_runs_matches_a_scalar_reference() {
-        let native = tract_linalg::isa::native();
-        let kernels: Vec<_> = tract_linalg::routines::declared()
-            .filter(|r| r.func == tract_linalg::Func::DepthwiseC && r.runnable_on(&native))
-            .filter_map(|r| match r.factory {
-                tract_linalg::routines::RoutineFactory::DepthwiseCF32 { name, run } => Some((name, run)),
-                _ => None,
-            })
-            .collect();
-        if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) && depthwise_kernel().is_some() {
-            assert!(
-                kernels.iter().any(|(name, _)| name.starts_with("edge_")),
-                "{:?}",
-                kernels.iter().map(|k| k.0).collect::<Vec<_>>()
-            );
+        let mut kernels: Vec<(&str, DepthwiseFn)> = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                kernels.push(("avx512f", x86::depthwise_c_avx512));
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                kernels.push(("avx2+fma", x86::depthwise_c_avx2));
+            }
         }
+        #[cfg(target_arch = "aarch64")]
+        kernels.push(("neon", neon::depthwise_c_neon));
         for (name, run) in kernels {
             check_against_reference(name, run);
         }
     }
 
-    fn check_against_reference(name: &str, run: tract_linalg::routines::DepthwiseCF32) {
+    fn check_against_reference(name: &str, run: DepthwiseFn) {
         let mut seed = 17u32;
         let mut rnd = move || {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -413,70 +382,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// A whole NHWC depthwise convolution through tract (SAME padding, stride 2, 21 channels so
-    /// that blocks end in a tail) against a plain loop.
-    #[test]
-    fn tract_depthwise_nhwc_matches_a_plain_convolution() -> TractResult<()> {
-        let (h, w, ch, kh, kw) = (11usize, 13usize, 21usize, 3usize, 3usize);
-        let mut seed = 5u32;
-        let mut rnd = move || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        };
-        let input: Vec<f32> = (0..h * w * ch).map(|_| rnd()).collect();
-        // [kh, kw, ch]: one filter per channel.
-        let weights: Vec<f32> = (0..kh * kw * ch).map(|_| rnd()).collect();
-        let bias: Vec<f32> = (0..ch).map(|_| rnd()).collect();
-
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([1, h, w, ch]))?;
-        // OIHW, one input channel per group, as the TFLite importer wires it.
-        let mut oihw = vec![0f32; weights.len()];
-        for c in 0..ch {
-            for t in 0..kh * kw {
-                oihw[c * kh * kw + t] = weights[t * ch + c];
-            }
-        }
-        let k = model.add_const("k", tensor1(&oihw).into_shape(&[ch, 1, kh, kw])?)?;
-        let b = model.add_const("b", tensor1(&bias))?;
-        let pool_spec =
-            PoolSpec::new(DataFormat::NHWC, tvec![kh, kw], PaddingSpec::SameUpper, None, Some(tvec![2, 2]), ch, ch);
-        let conv = Conv { pool_spec, kernel_fmt: KernelFormat::OIHW, group: ch, q_params: None };
-        let y = model.wire_node("dw", conv, &[x, k, b])?;
-        model.select_output_outlets(&y)?;
-        let plan = model.into_optimized()?.into_runnable()?;
-        let names: Vec<String> = plan.model().nodes().iter().map(|n| n.op().name().to_string()).collect();
-        assert!(names.iter().any(|n| n == "DepthWiseConv"), "plan has no depthwise op: {names:?}");
-        let out = plan.run(tvec!(tensor1(&input).into_shape(&[1, h, w, ch])?.into_tvalue()))?;
-        let out = out[0].to_plain_array_view::<f32>()?;
-
-        let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
-        assert_eq!(out.shape(), &[1, oh, ow, ch]);
-        // SAME: total padding max((out-1)*stride + k - in, 0), the extra on the bottom/right.
-        let pad_top = ((oh - 1) * 2 + kh).saturating_sub(h) / 2;
-        let pad_left = ((ow - 1) * 2 + kw).saturating_sub(w) / 2;
-        for oy in 0..oh {
-            for ox in 0..ow {
-                for c in 0..ch {
-                    let mut want = bias[c];
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            let iy = (oy * 2 + ky) as isize - pad_top as isize;
-                            let ix = (ox * 2 + kx) as isize - pad_left as isize;
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                continue;
-                            }
-                            want += weights[(ky * kw + kx) * ch + c] * input[(iy as usize * w + ix as usize) * ch + c];
-                        }
-                    }
-                    let got = out[[0, oy, ox, c]];
-                    assert!((got - want).abs() < 1e-5, "({oy},{ox},{c}): {got} vs {want}");
-                }
-            }
-        }
-        Ok(())
     }
 
     #[test]

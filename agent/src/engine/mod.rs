@@ -233,13 +233,10 @@ impl Model {
 
     fn build(format: Format, imported: Imported, options: &LoadOptions) -> Result<Model, EngineError> {
         let Imported { model, states } = imported;
-        // Also what keeps the kernels' registrations linked in (see `kernels`).
         tracing::debug!(depthwise_kernel = kernels::depthwise_kernel().unwrap_or("tract's generic loop"), "optimising");
         let state_inputs: Vec<usize> = states.iter().map(|s| s.input).collect();
         let state_outputs: Vec<usize> = states.iter().map(|s| s.output).collect();
-        let mut model = model.into_decluttered().map_err(invalid_chain)?;
-        direct_conv::replace_small_input_convs(&mut model).map_err(invalid_chain)?;
-        let model = model.into_optimized().map_err(invalid_chain)?;
+        let model = direct_conv::optimize(model).map_err(invalid_chain)?;
         let name_of = |outlet: OutletId| -> String {
             let node = &model.nodes()[outlet.node];
             if node.outputs.len() > 1 {
