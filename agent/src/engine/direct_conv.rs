@@ -33,6 +33,11 @@ pub const MAX_INPUT_CHANNELS: usize = 4;
 /// `infer --profile`).
 pub const MAX_POINTWISE_INPUT_CHANNELS: usize = 16;
 
+/// The most kernel values per output channel (taps times input channels) a convolution may
+/// have to be computed directly: past a 5x5 RGB kernel, tract's matrix product wins (a
+/// melspectrogram's 512-tap 1-D convolution took twice as long directly).
+pub const MAX_KERNEL_VALUES: usize = 80;
+
 /// Most output channels per register group: four 8-lane vectors.
 const MAX_LANES: usize = 32;
 
@@ -70,6 +75,7 @@ impl DirectConv {
             || !matches!(spec.data_format, DataFormat::NHWC | DataFormat::HWC)
             || spec.kernel_shape.len() != 2
             || spec.input_channels > max_input_channels(&spec.kernel_shape)
+            || spec.kernel_shape.iter().product::<usize>() * spec.input_channels > MAX_KERNEL_VALUES
             || input.datum_type != f32::datum_type()
             || kernel.datum_type() != f32::datum_type()
             || input.shape.as_concrete().is_none()
@@ -923,27 +929,34 @@ mod tests {
 
     #[test]
     fn convolutions_it_does_not_compute_are_left_to_tract() -> TractResult<()> {
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([1, 8, 8, 8]))?;
-        let k = model.add_const("k", Tensor::zero::<f32>(&[4, 3, 3, 8])?)?;
-        let b = model.add_const("b", Tensor::zero::<f32>(&[4])?)?;
-        let conv = Conv {
-            pool_spec: PoolSpec {
-                data_format: DataFormat::NHWC,
-                kernel_shape: tvec![3, 3],
-                padding: PaddingSpec::Valid,
-                dilations: None,
-                strides: None,
-                input_channels: 8,
-                output_channels: 4,
-            },
-            kernel_fmt: KernelFormat::OHWI,
-            group: 1,
-            q_params: None,
-        };
-        let y = model.wire_node("conv", conv, &[x, k, b])?;
-        model.select_output_outlets(&y)?;
-        assert_eq!(replace_convs(&mut model)?, 0, "8 input channels go to tract's matmul");
+        // (input shape, kernel [h, w], input channels, why)
+        let cases: [([usize; 4], [usize; 2], usize, &str); 2] = [
+            ([1, 8, 8, 8], [3, 3], 8, "8 input channels to a 3x3 kernel"),
+            ([1, 1, 1280, 1], [1, 512], 1, "a 512-tap kernel (melspectrogram)"),
+        ];
+        for (shape, kernel, ci, why) in cases {
+            let mut model = TypedModel::default();
+            let x = model.add_source("x", f32::fact(shape))?;
+            let k = model.add_const("k", Tensor::zero::<f32>(&[4, kernel[0], kernel[1], ci])?)?;
+            let b = model.add_const("b", Tensor::zero::<f32>(&[4])?)?;
+            let conv = Conv {
+                pool_spec: PoolSpec {
+                    data_format: DataFormat::NHWC,
+                    kernel_shape: kernel.iter().copied().collect(),
+                    padding: PaddingSpec::Valid,
+                    dilations: None,
+                    strides: None,
+                    input_channels: ci,
+                    output_channels: 4,
+                },
+                kernel_fmt: KernelFormat::OHWI,
+                group: 1,
+                q_params: None,
+            };
+            let y = model.wire_node("conv", conv, &[x, k, b])?;
+            model.select_output_outlets(&y)?;
+            assert_eq!(replace_convs(&mut model)?, 0, "{why} goes to tract's matmul");
+        }
         Ok(())
     }
 }
