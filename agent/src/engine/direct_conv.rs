@@ -641,9 +641,11 @@ fn tap_range(start: isize, dilation: usize, kernel: usize, size: usize) -> std::
 /// pointwise convolutions into einsums, and after it, which folds explicit pads and batch
 /// norms into the others and makes the depthwise kernels constant.
 pub fn optimize(mut model: TypedModel) -> TractResult<TypedModel> {
-    replace_convs(&mut model)?;
+    // Weights computed from constants (densified, dequantised) become constants first.
+    model.prop_consts()?;
+    replace_convs(&mut model, true)?;
     let mut model = model.into_decluttered()?;
-    replace_convs(&mut model)?;
+    replace_convs(&mut model, false)?;
     model.into_optimized()
 }
 
@@ -706,13 +708,19 @@ fn clamp_after(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(usiz
     }
 }
 
-/// Replaces every `Conv` of a model that [`DirectConv`] or [`NhwcDepthwise`] computes; returns
-/// how many.
-pub fn replace_convs(model: &mut TypedModel) -> TractResult<usize> {
+/// Replaces every `Conv` of a model that [`DirectConv`] or [`NhwcDepthwise`] computes, only
+/// the pointwise ones if `pointwise_only`; returns how many.
+///
+/// Before declutter only pointwise convolutions are replaced: declutter would turn them into
+/// einsums, but it folds a preceding `Pad` into the others, which is better done first.
+pub fn replace_convs(model: &mut TypedModel, pointwise_only: bool) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
         let Some(conv) = node.op_as::<Conv>() else { continue };
+        if pointwise_only && conv.pool_spec.kernel_shape.iter().any(|k| *k != 1) {
+            continue;
+        }
         if node.inputs.len() != 2 && node.inputs.len() != 3 {
             continue;
         }
@@ -955,7 +963,7 @@ mod tests {
             };
             let y = model.wire_node("conv", conv, &[x, k, b])?;
             model.select_output_outlets(&y)?;
-            assert_eq!(replace_convs(&mut model)?, 0, "{why} goes to tract's matmul");
+            assert_eq!(replace_convs(&mut model, false)?, 0, "{why} goes to tract's matmul");
         }
         Ok(())
     }
