@@ -24,6 +24,8 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
 use tract_core::ops::nn::DataFormat;
 
+use super::tflite::qops::FakeQuant;
+
 /// The most input channels a convolution may have to be computed directly.
 pub const MAX_INPUT_CHANNELS: usize = 4;
 
@@ -38,6 +40,12 @@ pub const MAX_POINTWISE_INPUT_CHANNELS: usize = 16;
 /// melspectrogram's 512-tap 1-D convolution took twice as long directly).
 pub const MAX_KERNEL_VALUES: usize = 80;
 
+/// The most multiply-adds a convolution may take to be computed directly whatever its shape.
+/// Streaming audio models (okay_nabu) run convolutions over one time step: a few thousand
+/// multiply-adds, where tract's packing and matmul set-up, two plan nodes, cost more than the
+/// arithmetic.
+pub const MAX_TINY_MACS: usize = 32 * 1024;
+
 /// Most output channels per register group: four 8-lane vectors.
 const MAX_LANES: usize = 32;
 
@@ -50,6 +58,8 @@ pub struct DirectConv {
     pool_spec: PoolSpec,
     /// Lower and upper bound applied to every output, as f32 bits (a fused ReLU is `0, +inf`).
     clamp: [u32; 2],
+    /// The requantisation of an int8 TFLite model that followed the convolution, applied last.
+    requant: Option<FakeQuant>,
     /// Output channels per group: the output channels rounded up to a multiple of 8, at most
     /// [`MAX_LANES`].
     lanes: usize,
@@ -74,13 +84,18 @@ impl DirectConv {
             || conv.group != 1
             || !matches!(spec.data_format, DataFormat::NHWC | DataFormat::HWC)
             || spec.kernel_shape.len() != 2
-            || spec.input_channels > max_input_channels(&spec.kernel_shape)
-            || spec.kernel_shape.iter().product::<usize>() * spec.input_channels > MAX_KERNEL_VALUES
             || input.datum_type != f32::datum_type()
             || kernel.datum_type() != f32::datum_type()
-            || input.shape.as_concrete().is_none()
             || matches!(spec.padding, PaddingSpec::ExplicitOnnxPool(..))
         {
+            return Ok(None);
+        }
+        let Some(input_shape) = input.shape.as_concrete() else { return Ok(None) };
+        let kernel_values = spec.kernel_shape.iter().product::<usize>() * spec.input_channels;
+        let output_pixels: usize = spec.output_shape(input_shape)?.hw_dims().iter().product();
+        let few_inputs =
+            spec.input_channels <= max_input_channels(&spec.kernel_shape) && kernel_values <= MAX_KERNEL_VALUES;
+        if !few_inputs && output_pixels * kernel_values * spec.output_channels > MAX_TINY_MACS {
             return Ok(None);
         }
         let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
@@ -125,6 +140,7 @@ impl DirectConv {
         Ok(Some(DirectConv {
             pool_spec: spec.clone(),
             clamp: [f32::NEG_INFINITY.to_bits(), f32::INFINITY.to_bits()],
+            requant: None,
             lanes,
             packed: tensor1(&packed).into_arc_tensor(),
             bias: tensor1(&padded_bias).into_arc_tensor(),
@@ -248,6 +264,9 @@ impl EvalOp for DirectConv {
                 run(&geo, &x[b * in_image..][..in_image], packed, bias, &mut out[b * out_image..][..out_image]);
             }
         }
+        if let Some(requant) = &self.requant {
+            requant.apply(output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
+        }
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -265,6 +284,13 @@ impl TypedOp for DirectConv {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NhwcDepthwise {
     pool_spec: PoolSpec,
+    /// The input's height and width at load, and for that size every tap's index and input
+    /// offset from the window's first pixel: computed once, not per call.
+    input_hw: [usize; 2],
+    all_taps: Vec<usize>,
+    all_offsets: Vec<isize>,
+    /// The requantisation of an int8 TFLite model that followed the convolution, applied last.
+    requant: Option<FakeQuant>,
     /// `[ky][kx][c]`: one tap's weights contiguous over the channels, as the kernel reads them.
     weights: Arc<Tensor>,
     bias: Arc<Tensor>,
@@ -322,8 +348,15 @@ impl NhwcDepthwise {
             n if n == c => bias.cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
             _ => return Ok(None),
         };
+        let shape = spec.data_format.shape(input.shape.as_concrete().context("concrete input")?.to_vec())?;
+        let (ih, iw) = (shape.hw_dims()[0], shape.hw_dims()[1]);
+        let (all_taps, all_offsets) = window(spec, iw, c);
         Ok(Some(NhwcDepthwise {
             pool_spec: spec.clone(),
+            input_hw: [ih, iw],
+            all_taps,
+            all_offsets,
+            requant: None,
             weights: tensor1(&weights).into_arc_tensor(),
             bias: tensor1(&bias).into_arc_tensor(),
         }))
@@ -351,6 +384,16 @@ fn add_to(bias: &Tensor, values: &[f32]) -> TractResult<Arc<Tensor>> {
         }
     }
     Ok(bias.into_arc_tensor())
+}
+
+/// Every tap of a depthwise window, with its input offset from the window's first pixel, for
+/// an input `iw` pixels wide with `c` channels.
+fn window(spec: &PoolSpec, iw: usize, c: usize) -> (Vec<usize>, Vec<isize>) {
+    let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
+    let (dy, dx) = (spec.dilation(0), spec.dilation(1));
+    let taps = (0..kh * kw).collect();
+    let offsets = (0..kh * kw).map(|t| (((t / kw) * dy * iw + (t % kw) * dx) * c) as isize).collect();
+    (taps, offsets)
 }
 
 impl Op for NhwcDepthwise {
@@ -395,16 +438,20 @@ impl EvalOp for NhwcDepthwise {
             let weights = weights_view.as_slice::<f32>()?;
             let bias_view = self.bias.try_as_plain_ram()?;
             let bias = bias_view.as_slice::<f32>()?;
-            // Every tap, with its input offset from the pixel its window starts at.
-            let all_taps: Vec<usize> = (0..kh * kw).collect();
-            let all_offsets: Vec<isize> =
-                (0..kh * kw).map(|t| (((t / kw) * dy * iw + (t % kw) * dx) * c) as isize).collect();
+            let computed;
+            let (all_taps, all_offsets) = if self.input_hw == [ih, iw] {
+                (&self.all_taps, &self.all_offsets)
+            } else {
+                computed = window(&self.pool_spec, iw, c);
+                (&computed.0, &computed.1)
+            };
             let x_start = |ox: usize| (ox * sx) as isize - pad_x;
             let inside = |ox: usize| tap_range(x_start(ox), dx, kw, iw) == (0..kw);
             let first_x = (0..ow).find(|&ox| inside(ox)).unwrap_or(ow);
             let end_x = (first_x..ow).find(|&ox| !inside(ox)).unwrap_or(ow);
-            let mut taps = Vec::with_capacity(kh * kw);
-            let mut offsets = Vec::with_capacity(kh * kw);
+            // Filled for border pixels only: no allocation when there are none.
+            let mut taps = Vec::new();
+            let mut offsets = Vec::new();
             for b in 0..n {
                 let image = &x[b * ih * iw * c..][..ih * iw * c];
                 let out = &mut out[b * oh * ow * c..][..oh * ow * c];
@@ -426,8 +473,8 @@ impl EvalOp for NhwcDepthwise {
                                     image.as_ptr().add(start),
                                     o.as_mut_ptr(),
                                     weights.as_ptr(),
-                                    &all_taps,
-                                    &all_offsets,
+                                    all_taps,
+                                    all_offsets,
                                     bias.as_ptr(),
                                     c,
                                     c,
@@ -473,6 +520,9 @@ impl EvalOp for NhwcDepthwise {
                     }
                 }
             }
+        }
+        if let Some(requant) = &self.requant {
+            requant.apply(output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
         }
         Ok(tvec!(output.into_tvalue()))
     }
@@ -688,6 +738,16 @@ fn bias_after(model: &TypedModel, outlet: OutletId, channels: usize) -> TractRes
     }
 }
 
+/// When the only reader of `outlet` is a TFLite `FakeQuant`, that node and the op.
+fn requant_after(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(usize, FakeQuant)>> {
+    let succs = &model.node(outlet.node).outputs[outlet.slot].successors;
+    if succs.len() != 1 || model.output_outlets()?.contains(&outlet) {
+        return Ok(None);
+    }
+    let next = model.node(succs[0].node);
+    Ok(next.op_as::<FakeQuant>().map(|q| (next.id, q.clone())))
+}
+
 /// When the only reader of `outlet` is a float `max` or `min` against one constant value (a
 /// ReLU or ReLU6 after the convolution), that node and the bounds it applies.
 fn clamp_after(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(usize, f32, f32)>> {
@@ -762,6 +822,14 @@ pub fn replace_convs(model: &mut TypedModel, pointwise_only: bool) -> TractResul
             }
             op = Box::new(direct);
         }
+        if let Some((next, requant)) = requant_after(model, last)? {
+            op = match (op.downcast_ref::<NhwcDepthwise>(), op.downcast_ref::<DirectConv>()) {
+                (Some(dw), _) => Box::new(NhwcDepthwise { requant: Some(requant), ..dw.clone() }),
+                (_, Some(direct)) => Box::new(DirectConv { requant: Some(requant), ..direct.clone() }),
+                _ => unreachable!("one of the two ops"),
+            };
+            last = OutletId::new(next, 0);
+        }
         let mut patch = TypedModelPatch::new(format!("direct conv {}", node.name));
         let x = patch.tap_model(model, node.inputs[0])?;
         let y = patch.wire_node(&node.name, op, &[x])?;
@@ -795,6 +863,7 @@ mod tests {
     /// its place: same outputs, and the direct op is really in the plan.
     #[allow(clippy::too_many_arguments)]
     fn check(
+        hw: [usize; 2],
         fmt: KernelFormat,
         group: usize,
         ci: usize,
@@ -804,7 +873,7 @@ mod tests {
         dilation: [usize; 2],
         padding: PaddingSpec,
     ) -> TractResult<()> {
-        let (n, h, w) = (2, 13, 11);
+        let (n, h, w) = (2, hw[0], hw[1]);
         let mut seed = (ci * 31 + co) as u32;
         let gi = ci / group;
         let kshape: TVec<usize> = match fmt {
@@ -851,14 +920,27 @@ mod tests {
     #[test]
     fn matches_tract_across_layouts_paddings_strides_and_channel_counts() -> TractResult<()> {
         for (ci, co) in [(1, 8), (3, 24), (3, 32), (3, 40), (4, 7)] {
-            check(KernelFormat::OHWI, 1, ci, co, [3, 3], [2, 2], [1, 1], PaddingSpec::SameUpper)?;
+            check([13, 11], KernelFormat::OHWI, 1, ci, co, [3, 3], [2, 2], [1, 1], PaddingSpec::SameUpper)?;
         }
-        check(KernelFormat::OHWI, 1, 3, 16, [3, 3], [1, 1], [1, 1], PaddingSpec::Valid)?;
-        check(KernelFormat::OIHW, 1, 3, 16, [5, 5], [2, 2], [1, 1], PaddingSpec::Explicit(tvec![1, 2], tvec![2, 1]))?;
-        check(KernelFormat::HWIO, 1, 2, 12, [3, 2], [1, 2], [2, 1], PaddingSpec::SameLower)?;
-        check(KernelFormat::OHWI, 1, 1, 64, [3, 3], [1, 1], [2, 2], PaddingSpec::SameUpper)?;
-        // Pointwise, up to 16 input channels.
-        check(KernelFormat::OHWI, 1, 16, 24, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
+        check([13, 11], KernelFormat::OHWI, 1, 3, 16, [3, 3], [1, 1], [1, 1], PaddingSpec::Valid)?;
+        check(
+            [13, 11],
+            KernelFormat::OIHW,
+            1,
+            3,
+            16,
+            [5, 5],
+            [2, 2],
+            [1, 1],
+            PaddingSpec::Explicit(tvec![1, 2], tvec![2, 1]),
+        )?;
+        check([13, 11], KernelFormat::HWIO, 1, 2, 12, [3, 2], [1, 2], [2, 1], PaddingSpec::SameLower)?;
+        check([13, 11], KernelFormat::OHWI, 1, 1, 64, [3, 3], [1, 1], [2, 2], PaddingSpec::SameUpper)?;
+        // Pointwise, up to 16 input channels; and one time step of a streaming model, tiny
+        // whatever its channel counts.
+        check([1, 1], KernelFormat::OHWI, 1, 64, 64, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
+        check([5, 1], KernelFormat::OHWI, 1, 40, 64, [5, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
+        check([13, 11], KernelFormat::OHWI, 1, 16, 24, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
         Ok(())
     }
 
@@ -871,12 +953,22 @@ mod tests {
         // 21 and 40 channels end in a partial vector; 7x7 and 5x5 kernels make border zones
         // wider than the 13x11 image's interior in places.
         for ch in [1, 8, 16, 21, 40] {
-            check(KernelFormat::OIHW, ch, ch, ch, [3, 3], [2, 2], [1, 1], PaddingSpec::SameUpper)?;
-            check(KernelFormat::OIHW, ch, ch, ch, [3, 3], [1, 1], [1, 1], PaddingSpec::Valid)?;
+            check([13, 11], KernelFormat::OIHW, ch, ch, ch, [3, 3], [2, 2], [1, 1], PaddingSpec::SameUpper)?;
+            check([13, 11], KernelFormat::OIHW, ch, ch, ch, [3, 3], [1, 1], [1, 1], PaddingSpec::Valid)?;
         }
-        check(KernelFormat::OIHW, 24, 24, 24, [5, 5], [1, 2], [1, 1], PaddingSpec::Explicit(tvec![2, 1], tvec![2, 3]))?;
-        check(KernelFormat::OIHW, 32, 32, 32, [7, 7], [1, 1], [2, 1], PaddingSpec::SameLower)?;
-        check(KernelFormat::OIHW, 17, 17, 17, [17, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
+        check(
+            [13, 11],
+            KernelFormat::OIHW,
+            24,
+            24,
+            24,
+            [5, 5],
+            [1, 2],
+            [1, 1],
+            PaddingSpec::Explicit(tvec![2, 1], tvec![2, 3]),
+        )?;
+        check([13, 11], KernelFormat::OIHW, 32, 32, 32, [7, 7], [1, 1], [2, 1], PaddingSpec::SameLower)?;
+        check([13, 11], KernelFormat::OIHW, 17, 17, 17, [17, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
         Ok(())
     }
 
@@ -939,7 +1031,7 @@ mod tests {
     fn convolutions_it_does_not_compute_are_left_to_tract() -> TractResult<()> {
         // (input shape, kernel [h, w], input channels, why)
         let cases: [([usize; 4], [usize; 2], usize, &str); 2] = [
-            ([1, 8, 8, 8], [3, 3], 8, "8 input channels to a 3x3 kernel"),
+            ([1, 32, 32, 8], [3, 3], 8, "8 input channels to a 3x3 kernel over 30x30 outputs"),
             ([1, 1, 1280, 1], [1, 512], 1, "a 512-tap kernel (melspectrogram)"),
         ];
         for (shape, kernel, ci, why) in cases {

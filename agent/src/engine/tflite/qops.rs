@@ -104,18 +104,34 @@ macro_rules! simple_op {
 pub struct FakeQuant(pub QParams);
 simple_op!(FakeQuant, "TfliteFakeQuant");
 
+impl FakeQuant {
+    /// Snaps every value onto the grid, in place. The engine's own convolutions call it on
+    /// their output when they absorb the `FakeQuant` that follows them.
+    ///
+    /// Same values as `dequantize(quantize(x))`, written without branches so that it
+    /// vectorises: the clamp to the integer range is done around zero (`round(x / scale)`
+    /// against `lo - zero_point ..= hi - zero_point`, exact for integers), and the value is
+    /// bounded to 2^22 before the truncating conversion, which the clamp makes harmless.
+    pub fn apply(&self, values: &mut [f32]) {
+        let q = self.0;
+        let (lo, hi) = q.range();
+        let zp = q.zero_point as f32;
+        let (lo, hi) = (lo - zp, hi - zp);
+        for x in values {
+            let v = (*x / q.scale).clamp(-4_194_304.0, 4_194_304.0);
+            let t = (v as i32) as f32;
+            let r = if (v - t).abs() >= 0.5 { t + 1f32.copysign(v) } else { t };
+            *x = q.scale * r.clamp(lo, hi);
+        }
+    }
+}
+
 impl EvalOp for FakeQuant {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let mut t = args_1!(inputs).into_tensor();
-        let q = self.0;
-        {
-            let mut view = t.try_as_plain_ram_mut()?;
-            for x in view.as_slice_mut::<f32>()? {
-                *x = q.dequantize(q.quantize(*x));
-            }
-        }
+        self.apply(t.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
         Ok(tvec!(t.into_tvalue()))
     }
 }
@@ -215,6 +231,23 @@ mod tests {
         }
         for x in [1e9f32, -1e9, 8_388_607.5, -0.49999997, 0.49999997, 0.0, -0.0] {
             assert_eq!(round_half_away(x), x.round(), "{x}");
+        }
+    }
+
+    /// The branch-free `FakeQuant::apply` against the scalar `dequantize(quantize(x))` it
+    /// stands for, on ties, values past the range, and a sweep.
+    #[test]
+    fn fake_quant_apply_matches_quantize_then_dequantize() {
+        for q in [
+            Q,
+            QParams { scale: 0.021382147, zero_point: -128, dt: DatumType::I8 },
+            QParams { scale: 0.00390625, zero_point: 0, dt: DatumType::U8 },
+        ] {
+            let mut values: Vec<f32> = (-4000..4000).map(|i| i as f32 * q.scale * 0.25).collect();
+            values.extend([1e9, -1e9, 0.0, -0.0, q.scale * 0.5, -q.scale * 0.5, q.scale * 2.5]);
+            let want: Vec<f32> = values.iter().map(|x| q.dequantize(q.quantize(*x))).collect();
+            FakeQuant(q).apply(&mut values);
+            assert_eq!(values, want, "{q:?}");
         }
     }
 
