@@ -4,8 +4,9 @@
 //!
 //! - [`engine`]: the inference core. It loads `.onnx`, `.tflite` and `.nnef.tgz` models
 //!   into tract, with the project's own TFLite importer ([`engine::tflite`]) and ONNX
-//!   fixes ([`engine::onnx`]), optimises them once and runs them through reusable
-//!   sessions that carry model state.
+//!   fixes ([`engine::onnx`]), optimises them once (with the engine's own convolution ops,
+//!   [`engine::direct_conv`], and SIMD kernels, [`engine::kernels`], where tract is slow)
+//!   and runs them through reusable sessions that carry model state.
 //! - [`config`]: the TOML configuration, checked in full with errors that name the key.
 //! - [`npy`]: `.npy` tensors in and out, for the CLI and tests.
 //! - [`outbox`]: the on-disk store-and-forward queue that holds telemetry while the broker is away.
@@ -21,6 +22,7 @@
 //!     configuration, inference, erase and restart, reporting each step in an ack.
 //! - [`sdnotify`]: systemd READY/STATUS/WATCHDOG notifications.
 //! - [`fsutil`]: atomic, durable file replacement.
+//! - [`memory`]: the allocator tuning that keeps inference buffers on the heap.
 
 pub mod commands;
 pub mod config;
@@ -29,6 +31,7 @@ pub mod engine;
 pub mod fsutil;
 pub mod http;
 pub mod link;
+pub mod memory;
 pub mod npy;
 pub mod ota;
 pub mod outbox;

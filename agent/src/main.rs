@@ -368,27 +368,7 @@ fn init_logging(format: LogFormat) -> edge_agent::commands::control::LogControl 
 /// A failure and its exit code: 2 for a bad configuration, 1 for anything else.
 type Failure = (u8, String);
 
-/// glibc malloc tuning for a long-running daemon with few threads and bursts of large
-/// buffers (OTA chunks, model files). By default glibc raises its mmap threshold after the
-/// first large free, so later chunk-sized buffers come from the heap and the memory stays
-/// with the process; a fixed threshold sends every buffer of 128 KiB or more to mmap, which
-/// returns it to the system when freed. Two arenas instead of eight per core: the agent's
-/// threads are a runtime, a command thread and a few model workers.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_malloc() {
-    // SAFETY: mallopt only changes allocator parameters; called before any other thread
-    // exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_malloc() {}
-
 fn run_daemon(config_path: &Path, format: LogFormat) -> Result<(), Failure> {
-    tune_malloc();
     let config = Config::load(config_path).map_err(|e| (EXIT_BAD_CONFIG, e.to_string()))?;
     let log = init_logging(format);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -439,6 +419,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    edge_agent::memory::tune_allocator();
     let cli = Cli::parse();
     let config_outcome = match &cli.command {
         Command::CheckConfig { config } => Some(check_config(config)),

@@ -216,7 +216,10 @@ impl Model {
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Model, EngineError> {
         let format = Format::from_path(path)?;
         let bytes = read_model_file(path)?;
-        Model::load_bytes(format, &bytes, options)
+        let model = Model::load_bytes(format, &bytes, options);
+        drop(bytes);
+        crate::memory::release_free_memory();
+        model
     }
 
     /// Loads a model from memory.
@@ -229,6 +232,7 @@ impl Model {
             };
             Model::build(format, imported, options)
         })
+        .inspect(|_| crate::memory::release_free_memory())
     }
 
     fn build(format: Format, imported: Imported, options: &LoadOptions) -> Result<Model, EngineError> {
