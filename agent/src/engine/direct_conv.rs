@@ -549,22 +549,23 @@ fn run(geo: &Geometry, x: &[f32], packed: &[f32], bias: &[f32], out: &mut [f32])
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn run_avx2_fma(geo: &Geometry, x: &[f32], packed: &[f32], bias: &[f32], out: &mut [f32]) {
-    run_generic(geo, x, packed, bias, out)
+    run_generic::<true>(geo, x, packed, bias, out)
 }
 
 fn run_baseline(geo: &Geometry, x: &[f32], packed: &[f32], bias: &[f32], out: &mut [f32]) {
-    run_generic(geo, x, packed, bias, out)
+    // aarch64 always has fused multiply-add; elsewhere `mul_add` would be a libm call.
+    run_generic::<{ cfg!(target_arch = "aarch64") }>(geo, x, packed, bias, out)
 }
 
 /// The whole image, dispatched on the group width so that each instance keeps its
 /// accumulators in registers: several output pixels at once where the group is narrow.
 #[inline(always)]
-fn run_generic(geo: &Geometry, x: &[f32], packed: &[f32], bias: &[f32], out: &mut [f32]) {
+fn run_generic<const FMA: bool>(geo: &Geometry, x: &[f32], packed: &[f32], bias: &[f32], out: &mut [f32]) {
     match geo.lanes {
-        8 => run_lanes::<8, 4>(geo, x, packed, bias, out),
-        16 => run_lanes::<16, 4>(geo, x, packed, bias, out),
-        24 => run_lanes::<24, 2>(geo, x, packed, bias, out),
-        _ => run_lanes::<32, 2>(geo, x, packed, bias, out),
+        8 => run_lanes::<8, 4, FMA>(geo, x, packed, bias, out),
+        16 => run_lanes::<16, 4, FMA>(geo, x, packed, bias, out),
+        24 => run_lanes::<24, 2, FMA>(geo, x, packed, bias, out),
+        _ => run_lanes::<32, 2, FMA>(geo, x, packed, bias, out),
     }
 }
 
@@ -572,7 +573,13 @@ fn run_generic(geo: &Geometry, x: &[f32], packed: &[f32], bias: &[f32], out: &mu
 /// taps all fall inside the image go `P` pixels at a time through [`interior`]; the border
 /// pixels through [`border`], which skips the taps that fall in the padding.
 #[inline(always)]
-fn run_lanes<const L: usize, const P: usize>(geo: &Geometry, x: &[f32], packed: &[f32], bias: &[f32], out: &mut [f32]) {
+fn run_lanes<const L: usize, const P: usize, const FMA: bool>(
+    geo: &Geometry,
+    x: &[f32],
+    packed: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
     let taps = geo.kh * geo.kw * geo.ci;
     let groups = geo.co.div_ceil(L);
     // Input offsets of every tap from a pixel's top-left input value.
@@ -603,18 +610,29 @@ fn run_lanes<const L: usize, const P: usize>(geo: &Geometry, x: &[f32], packed: 
                 if row_inside && ox >= first_x && ox + P <= end_x {
                     let x0 = ox * geo.stride[1] - geo.pad[1];
                     let start = (y0 as usize * geo.iw + x0) * geo.ci;
-                    let acc = interior::<L, P>(&x[start..], geo.stride[1] * geo.ci, &offsets, weights, bias);
+                    let acc = interior::<L, P, FMA>(&x[start..], geo.stride[1] * geo.ci, &offsets, weights, bias);
                     for (p, acc) in acc.iter().enumerate() {
                         store(&mut out[((oy * geo.ow + ox + p) * geo.co + g * L)..][..lanes], acc, geo.low, geo.high);
                     }
                     ox += P;
                 } else {
-                    let acc = border::<L>(geo, x, oy, ox, weights, bias);
+                    let acc = border::<L, FMA>(geo, x, oy, ox, weights, bias);
                     store(&mut out[((oy * geo.ow + ox) * geo.co + g * L)..][..lanes], &acc, geo.low, geo.high);
                     ox += 1;
                 }
             }
         }
+    }
+}
+
+/// `a * b + c`: one fused instruction where the caller is compiled for FMA (Rust never fuses
+/// a separate multiply and add by itself), two otherwise.
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
     }
 }
 
@@ -628,7 +646,7 @@ fn store<const L: usize>(out: &mut [f32], acc: &[f32; L], low: f32, high: f32) {
 
 /// `P` output pixels, `step` input values apart, with all their taps inside the image.
 #[inline(always)]
-fn interior<const L: usize, const P: usize>(
+fn interior<const L: usize, const P: usize, const FMA: bool>(
     x: &[f32],
     step: usize,
     offsets: &[usize],
@@ -648,7 +666,7 @@ fn interior<const L: usize, const P: usize>(
             // SAFETY: off + p * step <= last < x.len(), checked above.
             let v = unsafe { *x.get_unchecked(off + p * step) };
             for l in 0..L {
-                a[l] += w[l] * v;
+                a[l] = madd::<FMA>(w[l], v, a[l]);
             }
         }
     }
@@ -657,7 +675,14 @@ fn interior<const L: usize, const P: usize>(
 
 /// One output pixel near the border: the taps that fall in the padding are skipped.
 #[inline(always)]
-fn border<const L: usize>(geo: &Geometry, x: &[f32], oy: usize, ox: usize, weights: &[f32], bias: &[f32]) -> [f32; L] {
+fn border<const L: usize, const FMA: bool>(
+    geo: &Geometry,
+    x: &[f32],
+    oy: usize,
+    ox: usize,
+    weights: &[f32],
+    bias: &[f32],
+) -> [f32; L] {
     let mut acc = [0f32; L];
     acc.copy_from_slice(bias);
     let y0 = (oy * geo.stride[0]) as isize - geo.pad[0] as isize;
@@ -670,7 +695,7 @@ fn border<const L: usize>(geo: &Geometry, x: &[f32], oy: usize, ox: usize, weigh
             let tap_weights = &weights[(ky * geo.kw + kx) * geo.ci * L..][..geo.ci * L];
             for (value, w) in pixel.iter().zip(tap_weights.chunks_exact(L)) {
                 for l in 0..L {
-                    acc[l] += w[l] * value;
+                    acc[l] = madd::<FMA>(w[l], *value, acc[l]);
                 }
             }
         }
