@@ -29,11 +29,14 @@ use super::tflite::qops::FakeQuant;
 /// The most input channels a convolution may have to be computed directly.
 pub const MAX_INPUT_CHANNELS: usize = 4;
 
-/// The most input channels a pointwise (1x1) convolution may have to be computed directly. Its
-/// matrix product has an inner dimension this small, and tract 0.23 reaches 20-30 GFLOP/s on
-/// it against 80-110 at 48 and more (face_detection_full_range, measured with
-/// `infer --profile`).
-pub const MAX_POINTWISE_INPUT_CHANNELS: usize = 16;
+/// Output channels per group of a pointwise (1x1) convolution: two 8-lane vectors, six pixels
+/// at a time where FMA is compiled in, the 6x16 register tile of XNNPACK's AVX2 kernels.
+/// Pointwise convolutions with up to [`MAX_KERNEL_VALUES`] input channels are computed
+/// directly: tract's matmul has to pack the activations first (10-15 % of a MediaPipe model's
+/// time) and picks 40x2 tiles for the smallest ones (20-30 GFLOP/s). Measured with
+/// `infer --profile`: face_detection_full_range -6 %, selfie_segmentation -8 %, the others
+/// unchanged.
+const POINTWISE_LANES: usize = 16;
 
 /// The most kernel values per output channel (taps times input channels) a convolution may
 /// have to be computed directly: past a 5x5 RGB kernel, tract's matrix product wins (a
@@ -50,7 +53,7 @@ pub const MAX_TINY_MACS: usize = 32 * 1024;
 const MAX_LANES: usize = 32;
 
 /// A regular (one group) float convolution over an NHWC input with at most
-/// [`MAX_INPUT_CHANNELS`] channels ([`MAX_POINTWISE_INPUT_CHANNELS`] for a 1x1 kernel), 2
+/// [`MAX_INPUT_CHANNELS`] channels ([`MAX_KERNEL_VALUES`] for a 1x1 kernel), 2
 /// spatial axes, constant weights and bias, and optionally the clamp of a following ReLU or
 /// ReLU6.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -116,7 +119,8 @@ impl DirectConv {
         if k.shape() != &*expected {
             return Ok(None);
         }
-        let lanes = co.next_multiple_of(8).min(MAX_LANES);
+        let pointwise = spec.kernel_shape.iter().all(|k| *k == 1);
+        let lanes = co.next_multiple_of(8).min(if pointwise { POINTWISE_LANES } else { MAX_LANES });
         let groups = co.div_ceil(lanes);
         let mut packed = vec![0f32; groups * kh * kw * ci * lanes];
         for o in 0..co {
@@ -150,7 +154,7 @@ impl DirectConv {
 
 fn max_input_channels(kernel: &[usize]) -> usize {
     if kernel.iter().all(|k| *k == 1) {
-        MAX_POINTWISE_INPUT_CHANNELS
+        MAX_KERNEL_VALUES
     } else {
         MAX_INPUT_CHANNELS
     }
@@ -563,7 +567,7 @@ fn run_baseline(geo: &Geometry, x: &[f32], packed: &[f32], bias: &[f32], out: &m
 fn run_generic<const FMA: bool>(geo: &Geometry, x: &[f32], packed: &[f32], bias: &[f32], out: &mut [f32]) {
     match geo.lanes {
         8 => run_lanes::<8, 4, FMA>(geo, x, packed, bias, out),
-        16 => run_lanes::<16, 4, FMA>(geo, x, packed, bias, out),
+        16 => run_lanes::<16, 6, FMA>(geo, x, packed, bias, out),
         24 => run_lanes::<24, 2, FMA>(geo, x, packed, bias, out),
         _ => run_lanes::<32, 2, FMA>(geo, x, packed, bias, out),
     }
@@ -961,8 +965,9 @@ mod tests {
         )?;
         check([13, 11], KernelFormat::HWIO, 1, 2, 12, [3, 2], [1, 2], [2, 1], PaddingSpec::SameLower)?;
         check([13, 11], KernelFormat::OHWI, 1, 1, 64, [3, 3], [1, 1], [2, 2], PaddingSpec::SameUpper)?;
-        // Pointwise, up to 16 input channels; and one time step of a streaming model, tiny
-        // whatever its channel counts.
+        // Pointwise, up to 80 input channels (16-lane groups, the last one partial); and one
+        // time step of a streaming model, tiny whatever its channel counts.
+        check([13, 11], KernelFormat::OHWI, 1, 64, 40, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
         check([1, 1], KernelFormat::OHWI, 1, 64, 64, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
         check([5, 1], KernelFormat::OHWI, 1, 40, 64, [5, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
         check([13, 11], KernelFormat::OHWI, 1, 16, 24, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
@@ -1055,9 +1060,10 @@ mod tests {
     #[test]
     fn convolutions_it_does_not_compute_are_left_to_tract() -> TractResult<()> {
         // (input shape, kernel [h, w], input channels, why)
-        let cases: [([usize; 4], [usize; 2], usize, &str); 2] = [
+        let cases: [([usize; 4], [usize; 2], usize, &str); 3] = [
             ([1, 32, 32, 8], [3, 3], 8, "8 input channels to a 3x3 kernel over 30x30 outputs"),
             ([1, 1, 1280, 1], [1, 512], 1, "a 512-tap kernel (melspectrogram)"),
+            ([1, 32, 32, 96], [1, 1], 96, "a pointwise conv with 96 inputs"),
         ];
         for (shape, kernel, ci, why) in cases {
             let mut model = TypedModel::default();
