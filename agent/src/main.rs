@@ -268,7 +268,7 @@ fn infer(
         println!("profile over {runs} runs, {:.4} ms per run:", total * 1e3 / runs.max(1) as f64);
         let dw = edge_agent::engine::kernels::depthwise_kernel();
         println!("channels-last depthwise kernel: {}", dw.unwrap_or("tract's generic loop"));
-        let shown = if std::env::var_os("EDGE_PROFILE_INFO").is_some() { times.len() } else { 25 };
+        let shown = if std::env::var_os("EDGE_PROFILE_ALL").is_some() { times.len() } else { 25 };
         for t in times.iter().take(shown) {
             let ms = t.total.as_secs_f64() * 1e3 / runs.max(1) as f64;
             println!("  {ms:9.4} ms {:5.1}%  {} ({})", 100.0 * t.total.as_secs_f64() / total.max(1e-12), t.op, t.node);
