@@ -43,6 +43,11 @@ const POINTWISE_LANES: usize = 16;
 /// melspectrogram's 512-tap 1-D convolution took twice as long directly).
 pub const MAX_KERNEL_VALUES: usize = 80;
 
+/// The most output channels a convolution may have to be computed directly whatever its
+/// input: tract's matmul tiles are 16 to 64 rows of output channels, so 8 of them waste half
+/// or more of every tile.
+pub const MAX_NARROW_OUTPUT_CHANNELS: usize = 16;
+
 /// The most multiply-adds a convolution may take to be computed directly whatever its shape.
 /// Streaming audio models (okay_nabu) run convolutions over one time step: a few thousand
 /// multiply-adds, where tract's packing and matmul set-up, two plan nodes, cost more than the
@@ -99,7 +104,8 @@ impl DirectConv {
         let output_pixels: usize = spec.output_shape(input_shape)?.hw_dims().iter().product();
         let few_inputs =
             spec.input_channels <= max_input_channels(&spec.kernel_shape) && kernel_values <= MAX_KERNEL_VALUES;
-        if !few_inputs && output_pixels * kernel_values * spec.output_channels > MAX_TINY_MACS {
+        let few_outputs = spec.output_channels <= MAX_NARROW_OUTPUT_CHANNELS;
+        if !few_inputs && !few_outputs && output_pixels * kernel_values * spec.output_channels > MAX_TINY_MACS {
             return Ok(None);
         }
         let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
@@ -1012,6 +1018,8 @@ mod tests {
         // Pointwise, up to 80 input channels (16-lane groups, the last one partial); and one
         // time step of a streaming model, tiny whatever its channel counts.
         check([13, 11], KernelFormat::OHWI, 1, 64, 40, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
+        // Any input, when there are at most 16 outputs.
+        check([13, 11], KernelFormat::OHWI, 1, 32, 8, [3, 3], [2, 2], [1, 1], PaddingSpec::SameUpper)?;
         check([1, 1], KernelFormat::OHWI, 1, 64, 64, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
         check([5, 1], KernelFormat::OHWI, 1, 40, 64, [5, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
         check([13, 11], KernelFormat::OHWI, 1, 16, 24, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
@@ -1103,17 +1111,17 @@ mod tests {
 
     #[test]
     fn convolutions_it_does_not_compute_are_left_to_tract() -> TractResult<()> {
-        // (input shape, kernel [h, w], input channels, why)
-        let cases: [([usize; 4], [usize; 2], usize, &str); 3] = [
-            ([1, 32, 32, 8], [3, 3], 8, "8 input channels to a 3x3 kernel over 30x30 outputs"),
-            ([1, 1, 1280, 1], [1, 512], 1, "a 512-tap kernel (melspectrogram)"),
-            ([1, 32, 32, 96], [1, 1], 96, "a pointwise conv with 96 inputs"),
+        // (input shape, kernel [h, w], input channels, output channels, why)
+        let cases: [([usize; 4], [usize; 2], usize, usize, &str); 3] = [
+            ([1, 32, 32, 8], [3, 3], 8, 24, "8 inputs to 24 outputs through a 3x3 kernel over 30x30"),
+            ([1, 1, 1280, 1], [1, 512], 1, 24, "a 512-tap kernel (melspectrogram)"),
+            ([1, 32, 32, 96], [1, 1], 96, 24, "a pointwise conv with 96 inputs"),
         ];
-        for (shape, kernel, ci, why) in cases {
+        for (shape, kernel, ci, co, why) in cases {
             let mut model = TypedModel::default();
             let x = model.add_source("x", f32::fact(shape))?;
-            let k = model.add_const("k", Tensor::zero::<f32>(&[4, kernel[0], kernel[1], ci])?)?;
-            let b = model.add_const("b", Tensor::zero::<f32>(&[4])?)?;
+            let k = model.add_const("k", Tensor::zero::<f32>(&[co, kernel[0], kernel[1], ci])?)?;
+            let b = model.add_const("b", Tensor::zero::<f32>(&[co])?)?;
             let conv = Conv {
                 pool_spec: PoolSpec {
                     data_format: DataFormat::NHWC,
@@ -1122,7 +1130,7 @@ mod tests {
                     dilations: None,
                     strides: None,
                     input_channels: ci,
-                    output_channels: 4,
+                    output_channels: co,
                 },
                 kernel_fmt: KernelFormat::OHWI,
                 group: 1,
