@@ -1112,7 +1112,8 @@ mod tests {
     #[test]
     fn convolutions_it_does_not_compute_are_left_to_tract() -> TractResult<()> {
         // (input shape, kernel [h, w], input channels, output channels, why)
-        let cases: [([usize; 4], [usize; 2], usize, usize, &str); 3] = [
+        type Case = ([usize; 4], [usize; 2], usize, usize, &'static str);
+        let cases: [Case; 3] = [
             ([1, 32, 32, 8], [3, 3], 8, 24, "8 inputs to 24 outputs through a 3x3 kernel over 30x30"),
             ([1, 1, 1280, 1], [1, 512], 1, 24, "a 512-tap kernel (melspectrogram)"),
             ([1, 32, 32, 96], [1, 1], 96, 24, "a pointwise conv with 96 inputs"),
