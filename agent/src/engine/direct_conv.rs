@@ -102,10 +102,14 @@ impl DirectConv {
         let Some(input_shape) = input.shape.as_concrete() else { return Ok(None) };
         let kernel_values = spec.kernel_shape.iter().product::<usize>() * spec.input_channels;
         let output_pixels: usize = spec.output_shape(input_shape)?.hw_dims().iter().product();
-        let few_inputs =
-            spec.input_channels <= max_input_channels(&spec.kernel_shape) && kernel_values <= MAX_KERNEL_VALUES;
-        let few_outputs = spec.output_channels <= MAX_NARROW_OUTPUT_CHANNELS;
-        if !few_inputs && !few_outputs && output_pixels * kernel_values * spec.output_channels > MAX_TINY_MACS {
+        let first_layer = spec.input_channels <= MAX_INPUT_CHANNELS && kernel_values <= MAX_KERNEL_VALUES;
+        let tiny = output_pixels * kernel_values * spec.output_channels <= MAX_TINY_MACS;
+        // The pointwise and narrow cases were measured against tract's own SIMD matmul, so
+        // they need this op's vector code too: without it (armv7, whose target has no NEON
+        // by default, or x86_64 without AVX2) tract keeps them.
+        let pointwise = spec.kernel_shape.iter().all(|k| *k == 1) && kernel_values <= MAX_KERNEL_VALUES;
+        let narrow = spec.output_channels <= MAX_NARROW_OUTPUT_CHANNELS;
+        if !(first_layer || tiny || (vectorised() && (pointwise || narrow))) {
             return Ok(None);
         }
         let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
@@ -160,11 +164,16 @@ impl DirectConv {
     }
 }
 
-fn max_input_channels(kernel: &[usize]) -> usize {
-    if kernel.iter().all(|k| *k == 1) {
-        MAX_KERNEL_VALUES
-    } else {
-        MAX_INPUT_CHANNELS
+/// Whether this build and CPU run [`DirectConv`] as vector code: x86_64 with AVX2 and FMA,
+/// or aarch64 (NEON is baseline).
+fn vectorised() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        cfg!(target_arch = "aarch64")
     }
 }
 
@@ -1015,14 +1024,16 @@ mod tests {
         )?;
         check([13, 11], KernelFormat::HWIO, 1, 2, 12, [3, 2], [1, 2], [2, 1], PaddingSpec::SameLower)?;
         check([13, 11], KernelFormat::OHWI, 1, 1, 64, [3, 3], [1, 1], [2, 2], PaddingSpec::SameUpper)?;
-        // Pointwise, up to 80 input channels (16-lane groups, the last one partial); and one
-        // time step of a streaming model, tiny whatever its channel counts.
-        check([13, 11], KernelFormat::OHWI, 1, 64, 40, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
-        // Any input, when there are at most 16 outputs.
-        check([13, 11], KernelFormat::OHWI, 1, 32, 8, [3, 3], [2, 2], [1, 1], PaddingSpec::SameUpper)?;
+        // One time step of a streaming model: tiny whatever its channel counts.
         check([1, 1], KernelFormat::OHWI, 1, 64, 64, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
         check([5, 1], KernelFormat::OHWI, 1, 40, 64, [5, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
-        check([13, 11], KernelFormat::OHWI, 1, 16, 24, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
+        if vectorised() {
+            // Pointwise, up to 80 input channels (16-lane groups, the last one partial).
+            check([13, 11], KernelFormat::OHWI, 1, 64, 40, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
+            check([13, 11], KernelFormat::OHWI, 1, 16, 24, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid)?;
+            // Any input, when there are at most 16 outputs.
+            check([13, 11], KernelFormat::OHWI, 1, 32, 8, [3, 3], [2, 2], [1, 1], PaddingSpec::SameUpper)?;
+        }
         Ok(())
     }
 
