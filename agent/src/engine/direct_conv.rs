@@ -783,6 +783,7 @@ pub fn optimize(mut model: TypedModel) -> TractResult<TypedModel> {
     model.prop_consts()?;
     replace_convs(&mut model, true)?;
     let mut model = model.into_decluttered()?;
+    super::fuse::fuse(&mut model)?;
     replace_convs(&mut model, false)?;
     model.into_optimized()
 }

@@ -13,6 +13,7 @@
 //! `state'`, so the same plan serves stateless and stateful models alike.
 
 pub mod direct_conv;
+pub mod fuse;
 pub mod isolate;
 pub mod kernels;
 pub mod onnx;
