@@ -1,24 +1,29 @@
-//! Direct convolution for channels-last inputs with very few channels: the first layer of an
-//! image model (RGB in, 3 channels) or of an audio model (1 channel).
+//! The engine's own convolution operators, for the shapes tract 0.23 runs slowly.
 //!
-//! tract lowers every regular convolution to a matrix product over an im2col of the input. With
-//! 1-4 input channels that product has a tiny inner dimension (27 for a 3x3 RGB kernel) and a
-//! huge one (every output pixel), and tract 0.23 handles it badly: the input is first copied
-//! into a padded buffer, the lazy im2col gathers it element by element, and the kernel it picks
-//! pads 8 output channels to a 32-row tile. In the MediaPipe models that first layer alone took
-//! a fifth to a half of the whole inference.
+//! tract lowers every regular convolution to a matrix product over an im2col of the input.
+//! Some shapes fit that badly:
 //!
-//! [`DirectConv`] computes it as written: for each output pixel, for each kernel tap inside
+//! - **First layers** (1-4 input channels: an RGB image, a spectrogram). The product has a
+//!   tiny inner dimension (27 for a 3x3 RGB kernel) and a huge one (every output pixel); tract
+//!   first copies the input into a padded buffer, gathers it element by element (lazy im2col)
+//!   and pads 8 output channels to a 32-row tile. In the MediaPipe models that first layer
+//!   alone took a fifth to a half of the whole inference.
+//! - **Small pointwise layers, narrow layers, one-step streaming layers**: packing the
+//!   activations, tile padding and per-node set-up cost more than the arithmetic.
+//!
+//! [`DirectConv`] computes those as written: for each output pixel, for each kernel tap inside
 //! the image, one input value times a vector of output-channel weights. Padding is taps
-//! skipped, not zeros copied. The output channels are kept in registers in groups of up to 32;
-//! the loops are written so that the compiler vectorises them, compiled twice on x86_64 (AVX2 +
-//! FMA, chosen at run time, and baseline) and once elsewhere (NEON is baseline on aarch64).
+//! skipped, not zeros copied. The output channels are kept in registers in groups of 8 to 32,
+//! several pixels at a time; the loops are written so that the compiler vectorises them,
+//! compiled twice on x86_64 (AVX2 + FMA, chosen at run time, and baseline) and once elsewhere
+//! (NEON is baseline on aarch64).
 //!
 //! [`NhwcDepthwise`] runs channels-last depthwise layers (every TFLite depthwise layer) with
 //! the SIMD kernels of [`super::kernels`]: the whole interior of an output row in one kernel
 //! call, the border pixels one at a time with the taps that fall in the padding left out.
 //!
-//! [`replace_convs`] swaps them in for every eligible `Conv` of a model.
+//! [`optimize`] is the engine's optimisation pipeline; [`replace_convs`] swaps the two ops in
+//! for every eligible `Conv` of a model, with what follows them fused in.
 
 use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
@@ -57,10 +62,9 @@ pub const MAX_TINY_MACS: usize = 32 * 1024;
 /// Most output channels per register group: four 8-lane vectors.
 const MAX_LANES: usize = 32;
 
-/// A regular (one group) float convolution over an NHWC input with at most
-/// [`MAX_INPUT_CHANNELS`] channels ([`MAX_KERNEL_VALUES`] for a 1x1 kernel), 2
-/// spatial axes, constant weights and bias, and optionally the clamp of a following ReLU or
-/// ReLU6.
+/// A regular (one group) float convolution over an NHWC or HWC input, 2 spatial axes,
+/// constant weights and bias, of one of the shapes [`DirectConv::from_conv`] takes; with
+/// optionally the clamp of a following ReLU or ReLU6 and a following requantisation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DirectConv {
     pool_spec: PoolSpec,
@@ -81,7 +85,11 @@ pub struct DirectConv {
 
 impl DirectConv {
     /// Builds the op from a `Conv`'s spec and its constant kernel and bias, or `None` when the
-    /// convolution is not one this op computes.
+    /// convolution is not one this op computes. It computes first layers (at most
+    /// [`MAX_INPUT_CHANNELS`] inputs and [`MAX_KERNEL_VALUES`] kernel values) and tiny ones (at
+    /// most [`MAX_TINY_MACS`]) everywhere; where its code is vectorised, also pointwise layers
+    /// with at most [`MAX_KERNEL_VALUES`] inputs and layers with at most
+    /// [`MAX_NARROW_OUTPUT_CHANNELS`] outputs.
     pub fn from_conv(
         conv: &Conv,
         input: &TypedFact,
