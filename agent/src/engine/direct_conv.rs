@@ -152,12 +152,7 @@ impl DirectConv {
                 }
             }
         }
-        let bias_values: Vec<f32> = match bias.len() {
-            0 => vec![0.0; co],
-            1 => vec![bias.cast_to_scalar::<f32>()?; co],
-            n if n == co => bias.cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
-            _ => return Ok(None),
-        };
+        let Some(bias_values) = bias_per_channel(bias, co)? else { return Ok(None) };
         let mut padded_bias = vec![0f32; groups * lanes];
         padded_bias[..co].copy_from_slice(&bias_values);
         Ok(Some(DirectConv {
@@ -170,6 +165,17 @@ impl DirectConv {
             bias: tensor1(&padded_bias).into_arc_tensor(),
         }))
     }
+}
+
+/// A convolution's bias as one value per output channel: none (zeros), one shared value, or
+/// one per channel; `None` for any other shape.
+fn bias_per_channel(bias: &Tensor, channels: usize) -> TractResult<Option<Vec<f32>>> {
+    Ok(match bias.len() {
+        0 => Some(vec![0.0; channels]),
+        1 => Some(vec![bias.cast_to_scalar::<f32>()?; channels]),
+        n if n == channels => Some(bias.cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()),
+        _ => None,
+    })
 }
 
 /// Whether this build and CPU run [`DirectConv`] as vector code: x86_64 with AVX2 and FMA,
@@ -411,12 +417,7 @@ impl NhwcDepthwise {
                 }
             }
         }
-        let bias: Vec<f32> = match bias.len() {
-            0 => vec![0.0; c],
-            1 => vec![bias.cast_to_scalar::<f32>()?; c],
-            n if n == c => bias.cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
-            _ => return Ok(None),
-        };
+        let Some(bias) = bias_per_channel(bias, c)? else { return Ok(None) };
         let shape = spec.data_format.shape(input.shape.as_concrete().context("concrete input")?.to_vec())?;
         let (ih, iw) = (shape.hw_dims()[0], shape.hw_dims()[1]);
         let (all_taps, all_offsets) = window(spec, iw, c);
