@@ -61,28 +61,9 @@ mod x86 {
     /// # Safety
     /// The pointers and strides must satisfy that contract, and the CPU must have AVX-512F
     /// ([`super::depthwise`] hands it out only then).
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn depthwise_c_avx512(
-        input: *const f32,
-        output: *mut f32,
-        kernel: *const f32,
-        tap_indices: &[usize],
-        offsets: &[isize],
-        bias: *const f32,
-        channels: usize,
-        k_stride: usize,
-        len: usize,
-        in_stride: isize,
-        out_stride: isize,
-    ) {
-        unsafe {
-            avx512(input, output, kernel, tap_indices, offsets, bias, channels, k_stride, len, in_stride, out_stride)
-        }
-    }
-
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn avx512(
+    pub unsafe fn depthwise_c_avx512(
         input: *const f32,
         output: *mut f32,
         kernel: *const f32,
@@ -144,28 +125,9 @@ mod x86 {
     /// # Safety
     /// The pointers and strides must satisfy that contract, and the CPU must have AVX2 and FMA
     /// ([`super::depthwise`] hands it out only then).
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn depthwise_c_avx2(
-        input: *const f32,
-        output: *mut f32,
-        kernel: *const f32,
-        tap_indices: &[usize],
-        offsets: &[isize],
-        bias: *const f32,
-        channels: usize,
-        k_stride: usize,
-        len: usize,
-        in_stride: isize,
-        out_stride: isize,
-    ) {
-        unsafe {
-            avx2(input, output, kernel, tap_indices, offsets, bias, channels, k_stride, len, in_stride, out_stride)
-        }
-    }
-
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn avx2(
+    pub unsafe fn depthwise_c_avx2(
         input: *const f32,
         output: *mut f32,
         kernel: *const f32,
