@@ -108,37 +108,23 @@ impl DirectConv {
             return Ok(None);
         }
         let Some(input_shape) = input.shape.as_concrete() else { return Ok(None) };
+        let planned = Planned::new(spec, input_shape)?;
         let kernel_values = spec.kernel_shape.iter().product::<usize>() * spec.input_channels;
-        let output_pixels: usize = spec.output_shape(input_shape)?.hw_dims().iter().product();
+        let output_pixels = planned.out_hw[0] * planned.out_hw[1];
         let first_layer = spec.input_channels <= MAX_INPUT_CHANNELS && kernel_values <= MAX_KERNEL_VALUES;
         let tiny = output_pixels * kernel_values * spec.output_channels <= MAX_TINY_MACS;
         // The pointwise and narrow cases were measured against tract's own SIMD matmul, so
         // they need this op's vector code too: without it (armv7, whose target has no NEON
         // by default, or x86_64 without AVX2) tract keeps them.
-        let pointwise = spec.kernel_shape.iter().all(|k| *k == 1) && kernel_values <= MAX_KERNEL_VALUES;
+        let pointwise = spec.kernel_shape.iter().all(|k| *k == 1);
+        let small_pointwise = pointwise && kernel_values <= MAX_KERNEL_VALUES;
         let narrow = spec.output_channels <= MAX_NARROW_OUTPUT_CHANNELS;
-        if !(first_layer || tiny || (vectorised() && (pointwise || narrow))) {
+        if !(first_layer || tiny || (vectorised() && (small_pointwise || narrow))) {
             return Ok(None);
         }
         let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
         let (ci, co) = (spec.input_channels, spec.output_channels);
-        let k = kernel.to_plain_array_view::<f32>()?;
-        let at = |o: usize, i: usize, y: usize, x: usize| -> f32 {
-            match conv.kernel_fmt {
-                KernelFormat::OIHW => k[[o, i, y, x]],
-                KernelFormat::OHWI => k[[o, y, x, i]],
-                KernelFormat::HWIO => k[[y, x, i, o]],
-            }
-        };
-        let expected: TVec<usize> = match conv.kernel_fmt {
-            KernelFormat::OIHW => tvec![co, ci, kh, kw],
-            KernelFormat::OHWI => tvec![co, kh, kw, ci],
-            KernelFormat::HWIO => tvec![kh, kw, ci, co],
-        };
-        if k.shape() != &*expected {
-            return Ok(None);
-        }
-        let pointwise = spec.kernel_shape.iter().all(|k| *k == 1);
+        let Some(k) = kernel_ohwi(conv, kernel)? else { return Ok(None) };
         let lanes = co.next_multiple_of(8).min(if pointwise { POINTWISE_LANES } else { MAX_LANES });
         let groups = co.div_ceil(lanes);
         let mut packed = vec![0f32; groups * kh * kw * ci * lanes];
@@ -147,7 +133,7 @@ impl DirectConv {
             for y in 0..kh {
                 for x in 0..kw {
                     for i in 0..ci {
-                        packed[(((g * kh + y) * kw + x) * ci + i) * lanes + lane] = at(o, i, y, x);
+                        packed[(((g * kh + y) * kw + x) * ci + i) * lanes + lane] = k[[o, y, x, i]];
                     }
                 }
             }
@@ -157,7 +143,7 @@ impl DirectConv {
         padded_bias[..co].copy_from_slice(&bias_values);
         Ok(Some(DirectConv {
             pool_spec: spec.clone(),
-            planned: Planned::new(spec, input_shape)?,
+            planned,
             clamp: [f32::NEG_INFINITY.to_bits(), f32::INFINITY.to_bits()],
             requant: None,
             lanes,
@@ -165,6 +151,24 @@ impl DirectConv {
             bias: tensor1(&padded_bias).into_arc_tensor(),
         }))
     }
+}
+
+/// The constant kernel of `conv` as `[output channel, ky, kx, input channel of its group]`,
+/// whatever its format; `None` when its shape is not the one the spec declares.
+fn kernel_ohwi(conv: &Conv, kernel: &Tensor) -> TractResult<Option<tract_ndarray::ArrayD<f32>>> {
+    let spec = &conv.pool_spec;
+    let (co, gi) = (spec.output_channels, spec.input_channels / conv.group);
+    let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
+    let (expected, to_ohwi): ([usize; 4], [usize; 4]) = match conv.kernel_fmt {
+        KernelFormat::OIHW => ([co, gi, kh, kw], [0, 2, 3, 1]),
+        KernelFormat::OHWI => ([co, kh, kw, gi], [0, 1, 2, 3]),
+        KernelFormat::HWIO => ([kh, kw, gi, co], [3, 0, 1, 2]),
+    };
+    let k = kernel.to_plain_array_view::<f32>()?;
+    if k.shape() != expected {
+        return Ok(None);
+    }
+    Ok(Some(k.permuted_axes(&to_ohwi[..]).to_owned()))
 }
 
 /// A convolution's bias as one value per output channel: none (zeros), one shared value, or
@@ -390,40 +394,28 @@ impl NhwcDepthwise {
             || spec.kernel_shape.len() != 2
             || input.datum_type != f32::datum_type()
             || kernel.datum_type() != f32::datum_type()
-            || input.shape.as_concrete().is_none()
             || matches!(spec.padding, PaddingSpec::ExplicitOnnxPool(..))
         {
             return Ok(None);
         }
+        let Some(input_shape) = input.shape.as_concrete() else { return Ok(None) };
         let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
-        let k = kernel.to_plain_array_view::<f32>()?;
-        let expected: TVec<usize> = match conv.kernel_fmt {
-            KernelFormat::OIHW => tvec![c, 1, kh, kw],
-            KernelFormat::OHWI => tvec![c, kh, kw, 1],
-            KernelFormat::HWIO => tvec![kh, kw, 1, c],
-        };
-        if k.shape() != &*expected {
-            return Ok(None);
-        }
+        let Some(k) = kernel_ohwi(conv, kernel)? else { return Ok(None) };
         let mut weights = vec![0f32; kh * kw * c];
         for ch in 0..c {
             for y in 0..kh {
                 for x in 0..kw {
-                    weights[(y * kw + x) * c + ch] = match conv.kernel_fmt {
-                        KernelFormat::OIHW => k[[ch, 0, y, x]],
-                        KernelFormat::OHWI => k[[ch, y, x, 0]],
-                        KernelFormat::HWIO => k[[y, x, 0, ch]],
-                    };
+                    weights[(y * kw + x) * c + ch] = k[[ch, y, x, 0]];
                 }
             }
         }
         let Some(bias) = bias_per_channel(bias, c)? else { return Ok(None) };
-        let shape = spec.data_format.shape(input.shape.as_concrete().context("concrete input")?.to_vec())?;
+        let shape = spec.data_format.shape(input_shape.to_vec())?;
         let (ih, iw) = (shape.hw_dims()[0], shape.hw_dims()[1]);
         let (all_taps, all_offsets) = window(spec, iw, c);
         Ok(Some(NhwcDepthwise {
             pool_spec: spec.clone(),
-            planned: Planned::new(spec, input.shape.as_concrete().context("concrete input")?)?,
+            planned: Planned::new(spec, input_shape)?,
             input_hw: [ih, iw],
             all_taps,
             all_offsets,
