@@ -29,6 +29,7 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
 use tract_core::ops::nn::DataFormat;
 
+use super::fuse::single_use;
 use super::tflite::qops::FakeQuant;
 
 /// The most input channels a convolution may have to be computed directly.
@@ -204,18 +205,9 @@ impl DirectConv {
         f32::from_bits(self.clamp[1])
     }
 
-    /// The same op with `values` (one per output channel) added to its bias.
-    fn with_bias_added(&self, values: &[f32]) -> TractResult<DirectConv> {
-        let mut op = self.clone();
-        op.bias = add_to(&self.bias, values)?;
-        Ok(op)
-    }
-
-    /// The same op with its outputs also clamped to `low..=high`.
-    fn clamped(&self, low: f32, high: f32) -> DirectConv {
-        let mut op = self.clone();
-        op.clamp = [self.low().max(low).to_bits(), self.high().min(high).to_bits()];
-        op
+    /// Also clamps the outputs to `low..=high`.
+    fn clamp_to(&mut self, low: f32, high: f32) {
+        self.clamp = [self.low().max(low).to_bits(), self.high().min(high).to_bits()];
     }
 }
 
@@ -426,12 +418,36 @@ impl NhwcDepthwise {
     }
 }
 
-impl NhwcDepthwise {
-    /// The same op with `values` (one per channel) added to its bias.
-    fn with_bias_added(&self, values: &[f32]) -> TractResult<NhwcDepthwise> {
-        let mut op = self.clone();
-        op.bias = add_to(&self.bias, values)?;
-        Ok(op)
+/// One of the engine's convolution ops, while [`replace_convs`] fuses what follows it.
+enum Replacement {
+    Depthwise(NhwcDepthwise),
+    Direct(DirectConv),
+}
+
+impl Replacement {
+    /// Adds `values` (one per output channel) to the op's bias.
+    fn add_bias(&mut self, values: &[f32]) -> TractResult<()> {
+        let bias = match self {
+            Replacement::Depthwise(op) => &mut op.bias,
+            Replacement::Direct(op) => &mut op.bias,
+        };
+        *bias = add_to(bias, values)?;
+        Ok(())
+    }
+
+    /// Requantises the op's output last.
+    fn set_requant(&mut self, requant: FakeQuant) {
+        match self {
+            Replacement::Depthwise(op) => op.requant = Some(requant),
+            Replacement::Direct(op) => op.requant = Some(requant),
+        }
+    }
+
+    fn into_op(self) -> Box<dyn TypedOp> {
+        match self {
+            Replacement::Depthwise(op) => Box::new(op),
+            Replacement::Direct(op) => Box::new(op),
+        }
     }
 }
 
@@ -791,16 +807,16 @@ pub fn optimize(mut model: TypedModel) -> TractResult<TypedModel> {
 
 /// The only reader of `outlet`, when it is the only one and not a model output.
 fn sole_reader(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(&TypedNode, usize)>> {
-    let succs = &model.node(outlet.node).outputs[outlet.slot].successors;
-    if succs.len() != 1 || model.output_outlets()?.contains(&outlet) {
+    if !single_use(model, outlet)? {
         return Ok(None);
     }
-    let next = model.node(succs[0].node);
+    let succ = model.outlet_successors(outlet)[0];
+    let next = model.node(succ.node);
     if next.inputs.len() != 2 || model.outlet_fact(OutletId::new(next.id, 0))?.shape != model.outlet_fact(outlet)?.shape
     {
         return Ok(None);
     }
-    Ok(Some((next, succs[0].slot)))
+    Ok(Some((next, succ.slot)))
 }
 
 /// When the only reader of `outlet` is a float `add` of a constant that varies along the
@@ -830,11 +846,10 @@ fn bias_after(model: &TypedModel, outlet: OutletId, channels: usize) -> TractRes
 
 /// When the only reader of `outlet` is a TFLite `FakeQuant`, that node and the op.
 fn requant_after(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(usize, FakeQuant)>> {
-    let succs = &model.node(outlet.node).outputs[outlet.slot].successors;
-    if succs.len() != 1 || model.output_outlets()?.contains(&outlet) {
+    if !single_use(model, outlet)? {
         return Ok(None);
     }
-    let next = model.node(succs[0].node);
+    let next = model.node(model.outlet_successors(outlet)[0].node);
     Ok(next.op_as::<FakeQuant>().map(|q| (next.id, q.clone())))
 }
 
@@ -885,44 +900,34 @@ pub fn replace_convs(model: &mut TypedModel, pointwise_only: bool) -> TractResul
             None => Tensor::zero::<f32>(&[0])?.into_arc_tensor(),
         };
         let co = conv.pool_spec.output_channels;
-        let mut op: Box<dyn TypedOp> = if let Some(op) = NhwcDepthwise::from_conv(conv, &input, &kernel, &bias)? {
-            Box::new(op)
+        let mut op = if let Some(op) = NhwcDepthwise::from_conv(conv, &input, &kernel, &bias)? {
+            Replacement::Depthwise(op)
         } else if let Some(op) = DirectConv::from_conv(conv, &input, &kernel, &bias)? {
-            Box::new(op)
+            Replacement::Direct(op)
         } else {
             continue;
         };
         // Absorb what tract would have fused into its own kernels: a constant per-channel
         // `add` (the bias), then for `DirectConv` the max/min-by-constant chain of a ReLU or
-        // ReLU6. Each would otherwise be one more pass over the output.
+        // ReLU6, then a requantisation. Each would otherwise be one more pass over the output.
         let mut last = OutletId::new(id, 0);
         while let Some((next, values)) = bias_after(model, last, co)? {
-            op = match (op.downcast_ref::<NhwcDepthwise>(), op.downcast_ref::<DirectConv>()) {
-                (Some(dw), _) => Box::new(dw.with_bias_added(&values)?),
-                (_, Some(direct)) => Box::new(direct.with_bias_added(&values)?),
-                _ => unreachable!("one of the two ops"),
-            };
+            op.add_bias(&values)?;
             last = OutletId::new(next, 0);
         }
-        if let Some(direct) = op.downcast_ref::<DirectConv>() {
-            let mut direct = direct.clone();
+        if let Replacement::Direct(direct) = &mut op {
             while let Some((next, low, high)) = clamp_after(model, last)? {
-                direct = direct.clamped(low, high);
+                direct.clamp_to(low, high);
                 last = OutletId::new(next, 0);
             }
-            op = Box::new(direct);
         }
         if let Some((next, requant)) = requant_after(model, last)? {
-            op = match (op.downcast_ref::<NhwcDepthwise>(), op.downcast_ref::<DirectConv>()) {
-                (Some(dw), _) => Box::new(NhwcDepthwise { requant: Some(requant), ..dw.clone() }),
-                (_, Some(direct)) => Box::new(DirectConv { requant: Some(requant), ..direct.clone() }),
-                _ => unreachable!("one of the two ops"),
-            };
+            op.set_requant(requant);
             last = OutletId::new(next, 0);
         }
         let mut patch = TypedModelPatch::new(format!("direct conv {}", node.name));
         let x = patch.tap_model(model, node.inputs[0])?;
-        let y = patch.wire_node(&node.name, op, &[x])?;
+        let y = patch.wire_node(&node.name, op.into_op(), &[x])?;
         patch.shunt_outside(model, last, y[0])?;
         patch.apply(model)?;
         replaced += 1;

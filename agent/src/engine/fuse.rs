@@ -168,7 +168,7 @@ fn other_than(model: &TypedModel, inputs: [OutletId; 2], value: f32) -> Option<O
 
 /// Whether `outlet` is read by exactly one node and is not a model output, so that the node
 /// producing it can go once that reader is replaced.
-fn single_use(model: &TypedModel, outlet: OutletId) -> TractResult<bool> {
+pub(crate) fn single_use(model: &TypedModel, outlet: OutletId) -> TractResult<bool> {
     Ok(model.outlet_successors(outlet).len() == 1 && !model.output_outlets()?.contains(&outlet))
 }
 
