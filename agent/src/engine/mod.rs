@@ -217,7 +217,8 @@ impl Model {
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Model, EngineError> {
         let format = Format::from_path(path)?;
         let bytes = read_model_file(path)?;
-        let model = Model::load_bytes(format, &bytes, options);
+        let model = Model::import(format, &bytes, options);
+        // After the file's bytes are gone too: one trim returns both.
         drop(bytes);
         crate::memory::release_free_memory();
         model
@@ -225,6 +226,11 @@ impl Model {
 
     /// Loads a model from memory.
     pub fn load_bytes(format: Format, bytes: &[u8], options: &LoadOptions) -> Result<Model, EngineError> {
+        Model::import(format, bytes, options).inspect(|_| crate::memory::release_free_memory())
+    }
+
+    /// Imports, optimises and plans a model, under `catch_unwind`.
+    fn import(format: Format, bytes: &[u8], options: &LoadOptions) -> Result<Model, EngineError> {
         guarded(|| {
             let imported = match format {
                 Format::Tflite => tflite::import(bytes, options)?,
@@ -233,7 +239,6 @@ impl Model {
             };
             Model::build(format, imported, options)
         })
-        .inspect(|_| crate::memory::release_free_memory())
     }
 
     fn build(format: Format, imported: Imported, options: &LoadOptions) -> Result<Model, EngineError> {
