@@ -618,8 +618,8 @@ impl TypedOp for NhwcDepthwise {
 
 fn run(geo: &Geometry, x: &[f32], packed: &[f32], bias: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
+    if vectorised() {
+        // SAFETY: on x86_64, `vectorised` means AVX2 and FMA, what the function is compiled for.
         unsafe { run_avx2_fma(geo, x, packed, bias, out) };
         return;
     }
