@@ -22,18 +22,19 @@ use edge_proto::topics::Topics;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
-use crate::commands::control::{CommandStats, Control, ControlDeps, Input, LogControl, RuntimeSettings};
+use crate::commands::control::{CommandStats, Control, ControlDeps, Input};
+use crate::commands::settings::{LogControl, RuntimeSettings, Settings};
 use crate::commands::{parse_trusted_keys, Gate, ReplayWindow};
-use crate::config::{host_port, Config, ModelConfig};
-use crate::engine::{self, Model};
+use crate::config::{host_port, Config};
 use crate::http::{self, Metrics};
 use crate::link::{Link, LinkSettings, LinkStats};
+use crate::models::Models;
 use crate::outbox::Outbox;
 use crate::sdnotify::{self, Notifier};
-use crate::serving::{PoolSettings, Registry};
+use crate::serving::Registry;
 use crate::stats::InferenceStats;
 use crate::store::Store;
 use crate::telemetry::{Sampler, SeqStore, Telemetry};
@@ -83,130 +84,12 @@ async fn shutdown_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
-/// What identifies a configured model version: a change means a new activation.
-fn identity(m: &ModelConfig) -> (PathBuf, String) {
-    (m.path.clone(), m.version.clone())
-}
-
-/// Names of the models whose active version comes from the store (deployed over the air):
-/// those override a configuration entry of the same name.
-fn deployed(store: &Store) -> Vec<String> {
-    store
-        .names()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|n| store.current(n).map(|c| c.active.is_some()).unwrap_or(false))
-        .collect()
-}
-
-/// Loads and activates the configured models that are not active in that version yet; one
-/// that fails is logged and left as it was (the previous version keeps serving), the rest
-/// serve. Models no longer configured stop. Models deployed over the air are left alone.
-fn apply_models(
-    config: &Config,
-    store: &Store,
-    registry: &Registry,
-    active: &mut HashMap<String, (PathBuf, String)>,
-    failures: &prometheus_client::metrics::counter::Counter,
-) {
-    let over_the_air = deployed(store);
-    let mut expected: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
-    expected.extend(over_the_air.iter().cloned());
-    expected.sort();
-    expected.dedup();
-    registry.expect(expected);
-    for m in &config.models {
-        if active.get(&m.name) == Some(&identity(m)) || over_the_air.contains(&m.name) {
-            continue;
-        }
-        let settings = PoolSettings { workers: m.workers, queue: m.queue };
-        let result = engine::options_for(m).and_then(|o| Model::load(&m.path, &o)).map_err(|e| e.to_string()).and_then(
-            |model| registry.activate(&m.name, &m.version, Arc::new(model), settings).map_err(|e| e.to_string()),
-        );
-        match result {
-            Ok(()) => {
-                tracing::info!(model = %m.name, version = %m.version, path = %m.path.display(), "model loaded");
-                active.insert(m.name.clone(), identity(m));
-            }
-            Err(e) => {
-                failures.inc();
-                tracing::error!(model = %m.name, version = %m.version, path = %m.path.display(), "model not loaded: {e}");
-            }
-        }
-    }
-    let configured: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
-    active.retain(|name, _| {
-        let keep = configured.contains(&name.as_str());
-        if !keep && !over_the_air.contains(name) {
-            registry.deactivate(name);
-        }
-        keep
-    });
-}
-
-/// Activates the versions the store names as active. One that no longer loads is logged
-/// and counted; its previous version, or the configured model, serves instead.
-fn load_deployed(
-    config: &Config,
-    store: &Store,
-    registry: &Registry,
-    failures: &prometheus_client::metrics::counter::Counter,
-) {
-    for name in deployed(store) {
-        let current = match store.current(&name) {
-            Ok(c) => c,
-            Err(e) => {
-                failures.inc();
-                tracing::error!(model = %name, "{e}");
-                continue;
-            }
-        };
-        let settings = config
-            .models
-            .iter()
-            .find(|m| m.name == name)
-            .map(|m| PoolSettings { workers: m.workers, queue: m.queue })
-            .unwrap_or_default();
-        let candidates = current.active.iter().chain(current.previous.iter());
-        let mut served = false;
-        for version in candidates {
-            let loaded = store.read(&name, version).map_err(|e| e.to_string()).and_then(|(manifest, bytes)| {
-                let format = crate::store::engine_format(manifest.format);
-                engine::options_for_bytes(format, &bytes, &manifest.pins)
-                    .and_then(|o| Model::load_bytes(format, &bytes, &o))
-                    .map_err(|e| e.to_string())
-            });
-            match loaded
-                .and_then(|m| registry.activate(&name, version, Arc::new(m), settings).map_err(|e| e.to_string()))
-            {
-                Ok(()) => {
-                    tracing::info!(model = %name, version = %version, "deployed model loaded");
-                    if Some(version) != current.active.as_ref() {
-                        let _ = store.set_active(&name, version);
-                    }
-                    served = true;
-                    break;
-                }
-                Err(e) => {
-                    failures.inc();
-                    tracing::error!(model = %name, version = %version, "deployed model not loaded: {e}");
-                }
-            }
-        }
-        if !served {
-            tracing::error!(model = %name, "no deployed version of this model loads; the configured one serves, if any");
-        }
-    }
-}
-
 /// Re-reads the configuration on SIGHUP and activates changed models. A configuration that
 /// no longer checks out is logged and ignored: the agent keeps its last good state.
 async fn reload_on_sighup(
     path: PathBuf,
-    registry: Arc<Registry>,
-    mut active: HashMap<String, (PathBuf, String)>,
-    mut failures: prometheus_client::metrics::counter::Counter,
-    store: Store,
+    models: Arc<Mutex<Models>>,
+    failures: prometheus_client::metrics::counter::Counter,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -224,14 +107,8 @@ async fn reload_on_sighup(
                 continue;
             }
         };
-        let registry = registry.clone();
-        let store = store.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            apply_models(&config, &store, &registry, &mut active, &failures);
-            (active, failures)
-        })
-        .await?;
-        (active, failures) = done;
+        let models = models.clone();
+        tokio::task::spawn_blocking(move || models.lock().expect("models lock").reload(config.models)).await?;
     }
 }
 
@@ -294,9 +171,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         Duration::from_secs(config.http.session_ttl_secs),
     ));
     let load_failures = prometheus_client::metrics::counter::Counter::default();
-    let mut active = HashMap::new();
-    apply_models(&config, &store, &registry, &mut active, &load_failures);
-    load_deployed(&config, &store, &registry, &load_failures);
+    let mut models = Models::new(&config, store, registry.clone(), load_failures.clone());
+    // Interrupted trials are settled (a version that killed the agent twice is replaced by
+    // the one before it) before anything serves.
+    let resumed = models.boot();
+    let models = Arc::new(Mutex::new(models));
     let link_stats = Arc::new(LinkStats::default());
     let outbox_dir = config.state_dir.join("outbox");
     let outbox = Outbox::open(
@@ -354,28 +233,28 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The command component runs on its own thread: file I/O and model loading must not
+    // stall the runtime. It gets what the link receives, a tick twice a second, and the
+    // reports of its validation threads.
+    let (input_tx, input_rx) = tokio::sync::mpsc::channel::<Input>(2);
     let control = Control::new(ControlDeps {
         config: config.clone(),
         config_text,
         gate,
         trusted,
-        store: store.clone(),
+        models: models.clone(),
+        resumed,
         registry: registry.clone(),
         stats: inference.clone(),
         link: link_handle,
         runtime: tokio::runtime::Handle::current(),
-        interval: interval_tx,
-        log,
-        settings,
+        settings: Settings { current: settings, state_dir: config.state_dir.clone(), interval: interval_tx, log },
         cancel: cancel.clone(),
         restart: restart.clone(),
         program: std::env::current_exe().context("cannot find the agent's own executable")?,
         metrics: command_stats,
+        input: input_tx.downgrade(),
     });
-    // The command component runs on its own thread: file I/O, model loading and the
-    // validation child must not stall the runtime. It gets what the link receives and a
-    // tick twice a second.
-    let (input_tx, input_rx) = tokio::sync::mpsc::channel::<Input>(2);
     let control_thread = std::thread::Builder::new()
         .name("commands".into())
         .spawn(move || control.run(input_rx))
@@ -405,12 +284,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     supervise(&tracker, &cancel, "http", http::serve(listener, metrics, api, cancel.clone()));
     let status_registry = registry.clone();
     if let Some(path) = config_path {
-        supervise(
-            &tracker,
-            &cancel,
-            "reload",
-            reload_on_sighup(path, registry, active, load_failures, store, cancel.clone()),
-        );
+        supervise(&tracker, &cancel, "reload", reload_on_sighup(path, models, load_failures, cancel.clone()));
     }
     // systemd: READY once everything runs, then STATUS and watchdog pings from this runtime.
     let notifier = Arc::new(Notifier::from_env());

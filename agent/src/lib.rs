@@ -32,6 +32,7 @@ pub mod fsutil;
 pub mod http;
 pub mod link;
 pub mod memory;
+pub mod models;
 pub mod npy;
 pub mod ota;
 pub mod outbox;

@@ -339,13 +339,13 @@ enum LogFormat {
 /// journal socket is missing, or outside systemd, they go to stderr as text or JSON.
 /// `RUST_LOG` filters; the default is info. Returns the control that changes the filter at
 /// run time (the `set-config` command).
-fn init_logging(format: LogFormat) -> edge_agent::commands::control::LogControl {
+fn init_logging(format: LogFormat) -> edge_agent::commands::settings::LogControl {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{reload, EnvFilter, Layer};
     let initial = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(initial);
-    let control: edge_agent::commands::control::LogControl = std::sync::Arc::new(move |level: &str| {
+    let control: edge_agent::commands::settings::LogControl = std::sync::Arc::new(move |level: &str| {
         let next = EnvFilter::try_new(level).map_err(|e| format!("log level {level:?}: {e}"))?;
         handle.reload(next).map_err(|e| format!("cannot change the log filter: {e}"))
     });
@@ -396,7 +396,8 @@ fn check_config(path: &Path) -> Result<(), Failure> {
     let config = Config::load(path).map_err(|e| (EXIT_BAD_CONFIG, e.to_string()))?;
     for (i, m) in config.models.iter().enumerate() {
         let what = format!("config {}: [[models]] #{} ({:?})", path.display(), i + 1, m.name);
-        let options = engine::options_for(m).map_err(|e| (EXIT_BAD_CONFIG, format!("{what}: {e}")))?;
+        let options =
+            edge_agent::models::load::options_for(m).map_err(|e| (EXIT_BAD_CONFIG, format!("{what}: {e}")))?;
         Model::load(&m.path, &options).map_err(|e| (EXIT_BAD_CONFIG, format!("{what}: {e}")))?;
     }
     println!("config {}: ok (device {}, {} models)", path.display(), config.device_id, config.models.len());

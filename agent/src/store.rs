@@ -20,7 +20,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use edge_proto::ota::{sha256, valid_label, Manifest, ModelFormat};
+use edge_proto::ota::{sha256, valid_label, Manifest};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use serde::{Deserialize, Serialize};
 
@@ -371,14 +371,6 @@ impl Store {
     }
 }
 
-/// The format to load an installed model with.
-pub fn engine_format(format: ModelFormat) -> crate::engine::Format {
-    match format {
-        ModelFormat::Tflite => crate::engine::Format::Tflite,
-        ModelFormat::Onnx => crate::engine::Format::Onnx,
-    }
-}
-
 fn write_synced(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     use std::io::Write;
     let mut f = fs::File::create(path).map_err(io_err("create", path))?;
@@ -460,7 +452,7 @@ fn open_sealed(key: &LessSafeKey, mut body: Vec<u8>) -> Result<Vec<u8>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge_proto::ota::prepare;
+    use edge_proto::ota::{prepare, ModelFormat};
 
     fn manifest(version: &str, model: &[u8]) -> Manifest {
         prepare([1; 16], "kws", version, ModelFormat::Tflite, model, None, 64).0

@@ -364,6 +364,14 @@ fn check_input(spec: &TensorSpec, t: &Tensor) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// Whether `inputs` fit a model whose inputs are `specs` (count, element types, shapes).
+pub fn inputs_fit(specs: &[TensorSpec], inputs: &[Tensor]) -> Result<(), EngineError> {
+    if inputs.len() != specs.len() {
+        return Err(EngineError::BadInput(format!("expected {} inputs, got {}", specs.len(), inputs.len())));
+    }
+    specs.iter().zip(inputs).try_for_each(|(spec, t)| check_input(spec, t))
+}
+
 impl Session {
     /// The model this session runs.
     pub fn model(&self) -> &Arc<Model> {
@@ -591,20 +599,4 @@ pub fn options_for_bytes(format: Format, bytes: &[u8], pins: &[(String, f64)]) -
         .map(|(name, v)| Ok((name.clone(), scalar_pin(&declared, name, *v)?)))
         .collect::<Result<Vec<_>, EngineError>>()?;
     Ok(LoadOptions { pins, ..LoadOptions::default() })
-}
-
-/// Load options for a model entry of the configuration.
-pub fn options_for(model: &crate::config::ModelConfig) -> Result<LoadOptions, EngineError> {
-    let declared = if model.pins.is_empty() { vec![] } else { declared_inputs(&model.path)? };
-    let pins = model
-        .pins
-        .iter()
-        .map(|(name, v)| Ok((name.clone(), scalar_pin(&declared, name, *v)?)))
-        .collect::<Result<Vec<_>, EngineError>>()?;
-    Ok(LoadOptions {
-        threads: model.threads,
-        pins,
-        state: model.state.iter().map(|(i, o)| (i.clone(), o.clone())).collect(),
-        shapes: model.shapes.iter().map(|(n, s)| (n.clone(), s.clone())).collect(),
-    })
 }
