@@ -126,6 +126,8 @@ pub enum Stopped {
 pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogControl>) -> anyhow::Result<Stopped> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("state_dir {}: cannot create", config.state_dir.display()))?;
+    // Before anything else writes there: keeps the bookkeeping writable on a full disk.
+    let _disk = crate::disk::open_reserve(&config.state_dir);
     let config_text = config_path.as_ref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
     let settings = RuntimeSettings::load(&config.state_dir).unwrap_or_else(|| RuntimeSettings {
         telemetry_interval_secs: config.telemetry.interval_secs.min(u32::MAX as u64) as u32,

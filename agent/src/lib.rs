@@ -22,11 +22,14 @@
 //!     configuration, inference, erase and restart, reporting each step in an ack.
 //! - [`sdnotify`]: systemd READY/STATUS/WATCHDOG notifications.
 //! - [`fsutil`]: atomic, durable file replacement.
+//! - [`disk`]: free space, real preallocation, and the reserve that keeps bookkeeping
+//!   writable on a full file system.
 //! - [`memory`]: the allocator tuning that keeps inference buffers on the heap.
 
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod disk;
 pub mod engine;
 pub mod fsutil;
 pub mod http;
