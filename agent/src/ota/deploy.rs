@@ -142,16 +142,8 @@ impl Deploys {
         if !version_at_least(ours, &m.min_agent_version) {
             return Err(format!("needs agent {} or newer; this agent is {ours}", m.min_agent_version));
         }
-        // Room for the staging file and the installed copy.
-        let need = m.artifact_size() + m.size;
-        if let Some(free) = crate::fsutil::free_bytes(&self.deps.config.state_dir) {
-            if free < need {
-                return Err(format!(
-                    "not enough disk: needs {need} bytes in the state directory, {free} free; \
-                     free space (remove-model an unused model) and deploy again"
-                ));
-            }
-        }
+        // Room for the staging file and the installed copy, beside transfers in progress.
+        super::staging::space_check(&self.deps.config.state_dir, &self.ota_root(), m)?;
         Ok(())
     }
 
