@@ -482,6 +482,15 @@ impl Deploys {
     /// After a restart: trials the start-up settled, then staged transfers (their commands
     /// checked again against `trusted`; complete ones validated, the rest wait for chunks).
     pub fn resume(&mut self, resumed: Vec<Resumed>, trusted: &[edge_proto::command::VerifyingKey]) {
+        // A staging removed after its trial began may survive a cut there: its deploy is
+        // already decided, so it must not be installed and tried again.
+        let decided: Vec<[u8; 16]> = resumed
+            .iter()
+            .filter_map(|r| match r {
+                Resumed::Restored { command_id, .. } => Some(*command_id),
+                Resumed::Trial(t) => t.command_id(),
+            })
+            .collect();
         for r in resumed {
             match r {
                 Resumed::Restored { command_id, reason } => {
@@ -502,6 +511,10 @@ impl Deploys {
                 .map_err(|e| e.to_string())
                 .and_then(|cmd| Staging::open(&dir, cmd).map_err(|e| e.to_string()));
             let staging = match staging {
+                Ok(s) if decided.contains(&s.command.id) => {
+                    s.remove();
+                    continue;
+                }
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("staged transfer {} dropped: {e}", dir.display());
