@@ -134,6 +134,23 @@ fn tap_range(start: isize, dilation: usize, kernel: usize, size: usize) -> std::
     (first as usize).min(kernel)..(last as usize).max(first as usize).min(kernel)
 }
 
+/// The output positions along one axis whose kernel taps all fall inside the input (`size`
+/// long): `first..end`, empty when there are none. Both ops run these pixels without bounds
+/// tests and the others, near the border, tap by tap.
+fn interior_columns(
+    out: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+    kernel: usize,
+    size: usize,
+) -> std::ops::Range<usize> {
+    let inside = |o: usize| tap_range((o * stride) as isize - pad as isize, dilation, kernel, size) == (0..kernel);
+    let first = (0..out).find(|&o| inside(o)).unwrap_or(out);
+    let end = (first..out).find(|&o| !inside(o)).unwrap_or(out);
+    first..end
+}
+
 /// Helpers for the tests of this module and its submodules.
 #[cfg(test)]
 mod testing {
@@ -218,5 +235,15 @@ mod tests {
         assert_eq!(tap_range(-2, 2, 3, 10), 1..3);
         assert_eq!(tap_range(7, 2, 3, 10), 0..2);
         assert_eq!(tap_range(-5, 1, 3, 2), 3..3);
+    }
+
+    #[test]
+    fn interior_columns_are_those_with_every_tap_inside() {
+        // 3 taps, padding 1 each side, 5 wide: the first and last outputs reach the padding.
+        assert_eq!(interior_columns(5, 1, 1, 1, 3, 5), 1..4);
+        // Stride 2, dilation 2 (taps 0, 2, 4 from the start), 9 wide, padding 2: outputs 1 to 3.
+        assert_eq!(interior_columns(5, 2, 2, 2, 3, 9), 1..4);
+        // A kernel wider than the input: no interior at all.
+        assert_eq!(interior_columns(3, 1, 2, 1, 5, 3), 3..3);
     }
 }

@@ -7,7 +7,7 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, PaddingSpec, PoolSpec};
 use tract_core::ops::nn::DataFormat;
 
-use super::{bias_per_channel, kernel_ohwi, nhwc, tap_range, Planned};
+use super::{bias_per_channel, interior_columns, kernel_ohwi, nhwc, tap_range, Planned};
 use crate::engine::kernels;
 use crate::engine::tflite::qops::FakeQuant;
 
@@ -141,9 +141,7 @@ impl EvalOp for NhwcDepthwise {
                 (&computed.0, &computed.1)
             };
             let x_start = |ox: usize| (ox * sx) as isize - pad_x;
-            let inside = |ox: usize| tap_range(x_start(ox), dx, kw, iw) == (0..kw);
-            let first_x = (0..ow).find(|&ox| inside(ox)).unwrap_or(ow);
-            let end_x = (first_x..ow).find(|&ox| !inside(ox)).unwrap_or(ow);
+            let std::ops::Range { start: first_x, end: end_x } = interior_columns(ow, sx, planned.pad[1], dx, kw, iw);
             // Filled for border pixels only: no allocation when there are none.
             let mut taps = Vec::new();
             let mut offsets = Vec::new();

@@ -4,7 +4,7 @@
 //! x86_64 (AVX2 + FMA, chosen at run time, and baseline): kept apart from the op because this
 //! is the code whose shape is tuned to registers and target features.
 
-use super::tap_range;
+use super::{interior_columns, tap_range};
 
 /// Whether this build and CPU run [`super::DirectConv`] as vector code: x86_64 with AVX2 and FMA,
 /// or aarch64 (NEON is baseline).
@@ -94,12 +94,8 @@ fn run_lanes<const L: usize, const P: usize, const FMA: bool>(
         }
     }
     // Output columns whose taps are all inside the image.
-    let x_inside = |ox: usize| {
-        let x0 = (ox * geo.stride[1]) as isize - geo.pad[1] as isize;
-        tap_range(x0, geo.dilation[1], geo.kw, geo.iw) == (0..geo.kw)
-    };
-    let first_x = (0..geo.ow).find(|&ox| x_inside(ox)).unwrap_or(geo.ow);
-    let end_x = (first_x..geo.ow).find(|&ox| !x_inside(ox)).unwrap_or(geo.ow);
+    let std::ops::Range { start: first_x, end: end_x } =
+        interior_columns(geo.ow, geo.stride[1], geo.pad[1], geo.dilation[1], geo.kw, geo.iw);
     for oy in 0..geo.oh {
         let y0 = (oy * geo.stride[0]) as isize - geo.pad[0] as isize;
         let row_inside = tap_range(y0, geo.dilation[0], geo.kh, geo.ih) == (0..geo.kh);
