@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use daemon::{http_get, http_post, setup, Agent, Setup};
 use edge_agent::config::MqttConfig;
+use edge_proto::command::{sign, AckState, Command, NpyBytes, Payload, Reply, SigningKey, Target};
 use edge_proto::ota::ModelFormat;
 use edgectl::command::Event;
 use edgectl::deploy::{deploy, DeployOutcome};
-use edge_proto::command::{sign, AckState, Command, NpyBytes, Payload, Reply, SigningKey, Target};
 use edgectl::link::Link;
 use edgectl::track::Outcome;
 use operator::*;

@@ -137,7 +137,12 @@ fn slow_onnx(layers: usize) -> Vec<u8> {
     fill.attribute = vec![pb::AttributeProto {
         name: "value".into(),
         r#type: pb::attribute_proto::AttributeType::Tensor as i32,
-        t: Some(pb::TensorProto { dims: vec![1], data_type: 1, float_data: vec![1.0 / N as f32], ..Default::default() }),
+        t: Some(pb::TensorProto {
+            dims: vec![1],
+            data_type: 1,
+            float_data: vec![1.0 / N as f32],
+            ..Default::default()
+        }),
         ..Default::default()
     }];
     let mut nodes = vec![fill, node("Expand", &["x", "shape"], "h0")];

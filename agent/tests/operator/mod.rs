@@ -186,4 +186,3 @@ pub fn predict(agent: &Agent, name: &str, prefix: &str) -> u16 {
     let input = std::fs::read(models_dir().join(format!("{prefix}.input.npy"))).unwrap();
     http_post(&agent.http, &format!("/v1/models/{name}:predict"), "application/x-npy", &input).0
 }
-
