@@ -36,7 +36,7 @@ use crate::sdnotify::{self, Notifier};
 use crate::serving::Registry;
 use crate::stats::InferenceStats;
 use crate::store::Store;
-use crate::supervisor::{shutdown_signal, supervise, Tracker};
+use crate::supervisor::{supervise, ShutdownSignal, Tracker};
 use crate::telemetry::{Sampler, SeqStore, Telemetry};
 
 /// How long components get to finish after a shutdown request.
@@ -269,6 +269,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
             link_status.queued.load(std::sync::atomic::Ordering::Relaxed)
         )
     };
+    // Listening before READY=1: a SIGTERM right after it must not kill the process outright.
+    let signals = ShutdownSignal::listen();
     notifier.notify("READY=1");
     supervise(
         &tracker,
@@ -277,7 +279,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         sdnotify::supervise(notifier, Notifier::watchdog_interval(), status, cancel.clone()),
     );
     tracker.close();
-    shutdown_signal(cancel.clone()).await;
+    signals.wait(cancel.clone()).await;
     if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait()).await.is_err() {
         tracing::warn!("components did not stop within {SHUTDOWN_DEADLINE:?}; exiting anyway");
     }

@@ -3,11 +3,12 @@
 //! Each component runs as its own task ([`supervise`]). One that returns an error or
 //! panics is logged, remembered as the [`Failed`] component, and cancels the one
 //! [`CancellationToken`] every component watches: the others drain as they do on SIGTERM
-//! ([`shutdown_signal`]), and the daemon reports the failure
+//! ([`ShutdownSignal`]), and the daemon reports the failure
 //! ([`crate::daemon::Stopped::Failed`]), which `edge-agent run` turns into exit code 70 so
 //! that the service manager restarts it (vectordotdev/vector's `handle_errors` does the
 //! same for its topology). Only the failure that started the shutdown counts: a component
 //! that fails while the others are already draining is logged, not reported.
+//! [`ShutdownSignal`] turns SIGTERM and Ctrl-C into the same cancellation.
 //!
 //! # Fault injection
 //!
@@ -21,6 +22,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -115,26 +117,47 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// Waits for SIGTERM, Ctrl-C or a cancellation (a failed component, a `restart` command),
-/// then cancels `cancel` so that every component drains.
-pub async fn shutdown_signal(cancel: CancellationToken) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the moment [`ShutdownSignal::listen`]
+/// returns. Make it before READY=1: until a listener exists, either signal kills the
+/// process with its default action, so a `systemctl stop` right after READY would skip the
+/// orderly shutdown (found by `agent/tests/supervision.rs`: the agent died of SIGTERM).
+#[derive(Debug)]
+pub struct ShutdownSignal {
+    term: Option<Signal>,
+    interrupt: Option<Signal>,
+}
+
+impl ShutdownSignal {
+    /// Starts listening (inside the runtime). A signal that cannot be listened for is
+    /// logged and never arrives.
+    pub fn listen() -> ShutdownSignal {
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| tracing::warn!("cannot listen for {name}: {e}")).ok()
+        };
+        ShutdownSignal {
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+            interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    /// Waits for SIGTERM, Ctrl-C or a cancellation (a failed component, a `restart`
+    /// command), then cancels `cancel` so that every component drains.
+    pub async fn wait(mut self, cancel: CancellationToken) {
+        async fn recv(s: &mut Option<Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
             }
         }
-    };
-    tokio::select! {
-        _ = term => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
-        _ = cancel.cancelled() => {}
+        tokio::select! {
+            _ = recv(&mut self.term) => tracing::info!("SIGTERM: shutting down"),
+            _ = recv(&mut self.interrupt) => tracing::info!("interrupt: shutting down"),
+            _ = cancel.cancelled() => {}
+        }
+        cancel.cancel();
     }
-    cancel.cancel();
 }
 
 #[cfg(test)]
