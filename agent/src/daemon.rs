@@ -20,7 +20,6 @@ use std::time::Duration;
 use anyhow::Context;
 use edge_proto::topics::Topics;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -37,52 +36,11 @@ use crate::sdnotify::{self, Notifier};
 use crate::serving::Registry;
 use crate::stats::InferenceStats;
 use crate::store::Store;
+use crate::supervisor::{supervise, ShutdownSignal, Tracker};
 use crate::telemetry::{Sampler, SeqStore, Telemetry};
 
 /// How long components get to finish after a shutdown request.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Runs a component; an error or a panic is logged and cancels everything.
-fn supervise<F>(tracker: &TaskTracker, cancel: &CancellationToken, name: &'static str, fut: F)
-where
-    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let cancel = cancel.clone();
-    let handle = tokio::spawn(fut);
-    tracker.spawn(async move {
-        match handle.await {
-            Ok(Ok(())) => tracing::debug!("{name} stopped"),
-            Ok(Err(e)) => {
-                tracing::error!("{name} failed: {e:#}; shutting down");
-                cancel.cancel();
-            }
-            Err(e) => {
-                tracing::error!("{name} crashed: {e}; shutting down");
-                cancel.cancel();
-            }
-        }
-    });
-}
-
-async fn shutdown_signal(cancel: CancellationToken) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await
-            }
-        }
-    };
-    tokio::select! {
-        _ = term => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
-        _ = cancel.cancelled() => {}
-    }
-    cancel.cancel();
-}
 
 /// Re-reads the configuration on SIGHUP and activates changed models. A configuration that
 /// no longer checks out is logged and ignored: the agent keeps its last good state.
@@ -113,12 +71,20 @@ async fn reload_on_sighup(
 }
 
 /// Why the agent stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stopped {
-    /// A signal (SIGTERM, Ctrl-C) or a failed component.
+    /// A signal (SIGTERM, Ctrl-C).
     Shutdown,
     /// A `restart` command: the service manager should start it again.
     Restart,
+    /// A component failed or panicked, and the rest shut down in order: the service
+    /// manager should start it again.
+    Failed {
+        /// The component that failed first (`link`, `telemetry`, `http`, ...).
+        component: &'static str,
+        /// Its error, or its panic message.
+        reason: String,
+    },
 }
 
 /// Runs the agent until a shutdown signal. `config_path` is re-read on SIGHUP; `log`
@@ -173,6 +139,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         Duration::from_secs(config.http.session_ttl_secs),
     ));
     let load_failures = prometheus_client::metrics::counter::Counter::default();
+    // Loading and optimising models can outlast TimeoutStartSec on a slow board.
+    let stored = store.names().map(|n| n.len()).unwrap_or(0);
+    Notifier::from_env().extend_timeout(sdnotify::start_budget(config.models.len() + stored));
     let mut models = Models::new(&config, store, registry.clone(), load_failures.clone());
     // Interrupted trials are settled (a version that killed the agent twice is replaced by
     // the one before it) before anything serves.
@@ -233,7 +202,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     tracing::info!(device = %config.device_id, broker = %config.mqtt.url, http = %config.http.listen, "edge-agent started");
 
     let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
+    let tracker = Tracker::new();
     let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The command component runs on its own thread: file I/O and model loading must not
     // stall the runtime. It gets what the link receives, a tick twice a second, and the
@@ -300,6 +269,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
             link_status.queued.load(std::sync::atomic::Ordering::Relaxed)
         )
     };
+    // Listening before READY=1: a SIGTERM right after it must not kill the process outright.
+    let signals = ShutdownSignal::listen();
     notifier.notify("READY=1");
     supervise(
         &tracker,
@@ -308,7 +279,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         sdnotify::supervise(notifier, Notifier::watchdog_interval(), status, cancel.clone()),
     );
     tracker.close();
-    shutdown_signal(cancel.clone()).await;
+    signals.wait(cancel.clone()).await;
     if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait()).await.is_err() {
         tracing::warn!("components did not stop within {SHUTDOWN_DEADLINE:?}; exiting anyway");
     }
@@ -323,6 +294,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         tracing::warn!("the command thread did not stop within {SHUTDOWN_DEADLINE:?}; exiting anyway");
     }
     let restart = restart.load(std::sync::atomic::Ordering::SeqCst);
-    tracing::info!(restart, "edge-agent stopped");
-    Ok(if restart { Stopped::Restart } else { Stopped::Shutdown })
+    let stopped = match tracker.failed() {
+        Some(failed) => Stopped::Failed { component: failed.component, reason: failed.reason },
+        None if restart => Stopped::Restart,
+        None => Stopped::Shutdown,
+    };
+    tracing::info!(?stopped, "edge-agent stopped");
+    Ok(stopped)
 }

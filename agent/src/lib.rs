@@ -26,11 +26,13 @@
 //!   writable on a full file system.
 //! - [`memory`]: the allocator tuning that keeps inference buffers on the heap.
 
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod disk;
 pub mod engine;
+pub mod exit;
 pub mod fsutil;
 pub mod http;
 pub mod link;
@@ -43,4 +45,5 @@ pub mod sdnotify;
 pub mod serving;
 pub mod stats;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
