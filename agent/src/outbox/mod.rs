@@ -110,6 +110,19 @@ pub enum OutboxError {
     },
 }
 
+impl OutboxError {
+    /// The file system is out of space (or quota): the error goes away once space is
+    /// freed, and meanwhile nothing new can be stored.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            OutboxError::Io { source, .. } => {
+                matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Counters for metrics. `queued` and `queued_bytes` include records that have expired but
 /// that `peek` has not reached yet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
