@@ -6,17 +6,19 @@
 //! the head the spool read from disk:
 //!
 //! ```text
-//!            stored               head(Some)            published         PUBACK
-//!   Empty ──────────> Asking ───────────────> Ready ──────────> Requested ──────> Sent ─┐
-//!     ^   head(None)    ^  ^                                        │  disconnected  │  │
-//!     └─────────────────┘  └────────────────────────────────────────┴────────────────┘  │
-//!                          └─────────────────── delivered: ack, then the next head ─────┘
+//!            stored              head(Some)          published           PUBACK
+//!   Empty ──────────> Asking ─────────────> Ready ──────────> Requested ────────> Sent
+//!     ^  <──────────    ^  ^     head(None)                                          │
+//!     │                 │  └──────────── delivered: ack, then the next head ─────────┘
+//!     │                 └── connected (from any other state): read the head afresh
+//!     └──────────────────── disconnected (Requested, Sent)
 //! ```
 //!
 //! A message is published only from `Ready`, that is after the spool read it back from
 //! disk, so nothing counts as sent before it is stored. The head leaves the outbox only on
-//! the PUBACK of the packet that carried it; after a disconnect the head is read again
-//! (it may have expired or been dropped meanwhile) and sent again.
+//! the PUBACK of the packet that carried it. On every connect the head is read again: one
+//! read while offline may have been dropped since (full outbox) or expired, and one lost
+//! with the connection is sent again.
 
 /// Where a lane's head is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,14 +116,19 @@ impl LaneState {
         }
     }
 
-    /// The connection dropped: whatever was on its way is sent again, read afresh.
-    pub(super) fn on_disconnected(&mut self) -> Then {
-        match self {
-            LaneState::Requested(_) | LaneState::Sent { .. } => {
-                *self = LaneState::Asking;
-                Then::AskHead
-            }
-            _ => Then::Nothing,
+    /// The connection is up: read the head afresh (unless a read is on its way already).
+    pub(super) fn on_connected(&mut self) -> Then {
+        if *self == LaneState::Asking {
+            return Then::Nothing;
+        }
+        *self = LaneState::Asking;
+        Then::AskHead
+    }
+
+    /// The connection dropped: whatever was on its way waits for the next connect.
+    pub(super) fn on_disconnected(&mut self) {
+        if let LaneState::Requested(_) | LaneState::Sent { .. } = self {
+            *self = LaneState::Empty;
         }
     }
 
@@ -165,18 +172,32 @@ mod tests {
 
     // A head lost with the connection must be sent again, never counted as delivered.
     #[test]
-    fn a_disconnect_before_the_puback_reads_the_head_again() {
+    fn a_disconnect_before_the_puback_reads_the_head_again_on_connect() {
         for published in [false, true] {
             let mut lane = LaneState::Ready(vec![1, 2]);
             lane.take_ready().unwrap();
             if published {
                 lane.on_published(3);
             }
-            assert_eq!(lane.on_disconnected(), Then::AskHead);
+            lane.on_disconnected();
             assert_eq!(lane.on_puback(3), Then::Nothing, "a PUBACK from the old connection");
+            assert_eq!(lane.on_connected(), Then::AskHead);
             lane.on_head(Some(vec![1, 2]));
             assert_eq!(lane.take_ready(), Some(vec![1, 2]));
         }
+    }
+
+    // Regression: a head read while offline was published on connect after the full
+    // outbox had dropped it, ahead of the newer records that were kept.
+    #[test]
+    fn a_head_read_while_offline_is_read_again_on_connect() {
+        let mut lane = LaneState::Empty;
+        assert_eq!(lane.on_stored(), Then::AskHead);
+        lane.on_head(Some(b"oldest".to_vec()));
+        assert_eq!(lane.on_connected(), Then::AskHead);
+        assert_eq!(lane.take_ready(), None, "the stale head was kept");
+        // A read already on its way is fresh enough: not asked twice.
+        assert_eq!(lane.on_connected(), Then::Nothing);
     }
 
     #[test]
@@ -185,7 +206,6 @@ mod tests {
         let p = lane.take_ready().unwrap();
         lane.unpublished(p);
         assert_eq!(lane, LaneState::Ready(vec![9]));
-        assert_eq!(lane.on_disconnected(), Then::Nothing);
     }
 
     #[test]

@@ -416,7 +416,7 @@ impl Link {
                         tracing::info!(host = %self.settings.host, port = self.settings.port, "connected to broker");
                         issued.clear();
                         for id in LaneId::ALL {
-                            follow(&spool, id, lanes.get(id).on_disconnected())?;
+                            follow(&spool, id, lanes.get(id).on_connected())?;
                         }
                         if self.inbound.is_some() {
                             let filters = self
@@ -439,7 +439,7 @@ impl Link {
                         }
                         issued.clear();
                         for id in LaneId::ALL {
-                            follow(&spool, id, lanes.get(id).on_disconnected())?;
+                            lanes.get(id).on_disconnected();
                         }
                     }
                     LinkEvent::Published(pkid) => {
