@@ -22,7 +22,6 @@
 //! outbox head is re-sent anyway.
 
 pub mod backoff;
-pub mod tls;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
