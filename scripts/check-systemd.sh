@@ -9,7 +9,13 @@
 #   3. `systemd-analyze security --offline=true`: prints the table, fails above an overall
 #      exposure of 2.0, and fails if any setting scores as open other than the ones the
 #      unit leaves open on purpose (listed below, each explained in the unit). The overall
-#      score alone would not notice e.g. NoNewPrivileges= going missing.
+#      score alone would not notice e.g. NoNewPrivileges= going missing;
+#   4. the restart policy (docs/deploy.md, "systemd policy"): a crash loop can never end
+#      with the unit failed for good. Restart= restarts on failure, RestartSec= is a real
+#      delay, the start limit is off (or cannot be reached at one start per RestartSec),
+#      only exit status 2 is final, Type=notify with a watchdog, After=time-sync.target,
+#      and no key systemd 252 ignores. The check is then run on broken copies of the unit,
+#      which it must reject.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -123,6 +129,90 @@ while IFS= read -r name; do
     done
     [ "$ok" -eq 1 ] || bad "security review flags $name: harden it, or, if it must stay open, say why in $unit and add it to allowed_open in $0"
 done < <(grep -o '"set":false,"name":"[^"]*"' <<<"$json" | sed 's/^"set":false,"name":"//; s/"$//')
+
+# --- 4. restart policy ---
+# The value of KEY in [SECTION] of FILE; the last assignment wins, as in systemd.
+section_value() {
+    awk -v sec="[$2]" -v key="$3" '
+        /^\[/ { in_sec = ($0 == sec); next }
+        in_sec && index($0, key "=") == 1 { v = substr($0, length(key) + 2) }
+        END { print v }' "$1"
+}
+# A systemd time span in microseconds ("infinity" stays as it is).
+usec() {
+    case "$1" in
+        infinity) echo infinity ;;
+        *) systemd-analyze timespan "$1" 2>/dev/null | sed -n 's/^ *μs: //p' ;;
+    esac
+}
+# Prints one line per way FILE's policy could leave a device down for good.
+policy_problems() {
+    local f=$1 restart delay interval burst prevent type watchdog after r i
+    restart=$(section_value "$f" Service Restart)
+    delay=$(section_value "$f" Service RestartSec)
+    interval=$(section_value "$f" Unit StartLimitIntervalSec)
+    burst=$(section_value "$f" Unit StartLimitBurst)
+    prevent=$(section_value "$f" Service RestartPreventExitStatus)
+    type=$(section_value "$f" Service Type)
+    watchdog=$(section_value "$f" Service WatchdogSec)
+    after=$(section_value "$f" Unit After)
+    case "$restart" in
+        on-failure | always) ;;
+        *) echo "Restart=${restart:-(missing)}: a failed agent (exit 70, a watchdog kill) must be restarted: on-failure or always" ;;
+    esac
+    r=$(usec "${delay:-100ms}")
+    if [ -z "$r" ] || [ "$r" = infinity ] || [ "$r" -lt 1000000 ]; then
+        echo "RestartSec=${delay:-(missing, 100ms)}: a crash loop needs a delay of at least 1 s between starts"
+    fi
+    if [ -z "$interval" ]; then
+        echo "StartLimitIntervalSec= missing in [Unit]: system.conf's default start limit (10 s, 5 starts) would decide; set 0"
+    else
+        i=$(usec "$interval")
+        if [ "$i" = infinity ]; then
+            echo "StartLimitIntervalSec=infinity: the unit fails for good after StartLimitBurst starts, ever"
+        elif [ -z "$i" ]; then
+            echo "StartLimitIntervalSec=$interval: not a time span"
+        elif [ "$i" -ne 0 ] && [ -n "$r" ] && [ "$r" != infinity ] && [ "$r" -gt 0 ]; then
+            # A crash loop starts at most once per RestartSec, so at most
+            # ceil(interval / RestartSec) starts fall into one window; more than
+            # StartLimitBurst fails the unit for good.
+            if [ $(((i + r - 1) / r)) -gt "${burst:-5}" ]; then
+                echo "StartLimitIntervalSec=$interval with StartLimitBurst=${burst:-5} and RestartSec=$delay: a crash loop reaches the start limit and the unit fails for good; set StartLimitIntervalSec=0"
+            fi
+        fi
+    fi
+    [ "$prevent" = 2 ] || echo "RestartPreventExitStatus=${prevent:-(missing)}: must be exactly 2 (invalid configuration); 1, 70 and 75 must restart"
+    [ "$type" = notify ] || echo "Type=${type:-(missing)}: must be notify (READY=1, EXTEND_TIMEOUT_USEC=, the watchdog)"
+    [ -n "$watchdog" ] || echo "WatchdogSec= missing: a hung agent would never be restarted"
+    grep -qw time-sync.target <<<"$after" || echo "After= lacks time-sync.target (boards without an RTC)"
+    if grep -Eq '^(RestartSteps|RestartMaxDelaySec)=' "$f"; then
+        echo "RestartSteps=/RestartMaxDelaySec= need systemd 254; 252 (Debian 12, Raspberry Pi OS bookworm) ignores them with a warning: use a drop-in"
+    fi
+}
+echo "== restart policy $unit"
+problems=$(policy_problems "$unit")
+if [ -n "$problems" ]; then
+    while IFS= read -r p; do bad "$p"; done <<<"$problems"
+else
+    echo "ok"
+fi
+# The check itself: each broken copy must be rejected, naming what broke.
+broken=$root/broken.service
+reject() { # description, expected words in the problem, sed script
+    sed "$3" "$unit" >"$broken"
+    if ! grep -qF -- "$2" <<<"$(policy_problems "$broken")"; then
+        bad "the restart-policy check accepts a unit with $1"
+    fi
+}
+reject "the old start limit (5 starts in 10 min)" "fails for good" 's/^StartLimitIntervalSec=.*/StartLimitIntervalSec=10min\nStartLimitBurst=5/'
+reject "StartLimitIntervalSec=infinity" "fails for good" 's/^StartLimitIntervalSec=.*/StartLimitIntervalSec=infinity/'
+reject "no StartLimitIntervalSec=" "StartLimitIntervalSec= missing" '/^StartLimitIntervalSec=/d'
+reject "no Restart=" "Restart=(missing)" '/^Restart=/d'
+reject "Restart=on-abnormal" "Restart=on-abnormal" 's/^Restart=.*/Restart=on-abnormal/'
+reject "no RestartSec=" "RestartSec=(missing" '/^RestartSec=/d'
+reject "exit 70 made final" "RestartPreventExitStatus=2 70" 's/^RestartPreventExitStatus=.*/RestartPreventExitStatus=2 70/'
+reject "no time-sync.target" "time-sync.target" 's/^After=.*/After=network.target/'
+reject "RestartSteps= in the unit" "RestartSteps" 's/^RestartSec=.*/&\nRestartSteps=5/'
 
 if [ "$fail" -ne 0 ]; then
     exit 1

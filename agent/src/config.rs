@@ -108,6 +108,10 @@ pub struct OtaConfig {
     /// Seconds without a chunk before the device asks again for what it is missing.
     #[serde(default = "default_stall_secs")]
     pub stall_secs: u64,
+    /// Seconds the agent must have run before a `restart` command is carried out: at most
+    /// one restart per this long.
+    #[serde(default = "default_restart_min_uptime_secs")]
+    pub restart_min_uptime_secs: u64,
     /// Address-space limit of the process that validates a new model, in bytes.
     #[serde(default = "default_validation_memory_bytes")]
     pub validation_memory_bytes: u64,
@@ -134,6 +138,7 @@ impl Default for OtaConfig {
             health_max_error_increase: default_health_max_error_increase(),
             health_max_latency_ratio: default_health_max_latency_ratio(),
             stall_secs: default_stall_secs(),
+            restart_min_uptime_secs: default_restart_min_uptime_secs(),
             validation_memory_bytes: default_validation_memory_bytes(),
             validation_timeout_secs: default_validation_timeout_secs(),
             encrypt_models: false,
@@ -265,6 +270,9 @@ fn default_max_model_bytes() -> u64 {
 }
 fn default_keep_versions() -> usize {
     3
+}
+fn default_restart_min_uptime_secs() -> u64 {
+    60
 }
 fn default_health_window_secs() -> u64 {
     60

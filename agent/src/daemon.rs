@@ -20,193 +20,34 @@ use std::time::Duration;
 use anyhow::Context;
 use edge_proto::topics::Topics;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
-use crate::commands::control::{CommandStats, Control, ControlDeps, Input, LogControl, RuntimeSettings};
+use crate::commands::control::{CommandStats, Control, ControlDeps, Input};
+use crate::commands::settings::{LogControl, RuntimeSettings, Settings};
 use crate::commands::{parse_trusted_keys, Gate, ReplayWindow};
-use crate::config::{host_port, Config, ModelConfig};
-use crate::engine::{self, Model};
+use crate::config::{host_port, Config};
 use crate::http::{self, Metrics};
 use crate::link::{Link, LinkSettings, LinkStats};
+use crate::models::Models;
 use crate::outbox::Outbox;
 use crate::sdnotify::{self, Notifier};
-use crate::serving::{PoolSettings, Registry};
+use crate::serving::Registry;
 use crate::stats::InferenceStats;
 use crate::store::Store;
+use crate::supervisor::{supervise, ShutdownSignal, Tracker};
 use crate::telemetry::{Sampler, SeqStore, Telemetry};
 
 /// How long components get to finish after a shutdown request.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Runs a component; an error or a panic is logged and cancels everything.
-fn supervise<F>(tracker: &TaskTracker, cancel: &CancellationToken, name: &'static str, fut: F)
-where
-    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let cancel = cancel.clone();
-    let handle = tokio::spawn(fut);
-    tracker.spawn(async move {
-        match handle.await {
-            Ok(Ok(())) => tracing::debug!("{name} stopped"),
-            Ok(Err(e)) => {
-                tracing::error!("{name} failed: {e:#}; shutting down");
-                cancel.cancel();
-            }
-            Err(e) => {
-                tracing::error!("{name} crashed: {e}; shutting down");
-                cancel.cancel();
-            }
-        }
-    });
-}
-
-async fn shutdown_signal(cancel: CancellationToken) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await
-            }
-        }
-    };
-    tokio::select! {
-        _ = term => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
-        _ = cancel.cancelled() => {}
-    }
-    cancel.cancel();
-}
-
-/// What identifies a configured model version: a change means a new activation.
-fn identity(m: &ModelConfig) -> (PathBuf, String) {
-    (m.path.clone(), m.version.clone())
-}
-
-/// Names of the models whose active version comes from the store (deployed over the air):
-/// those override a configuration entry of the same name.
-fn deployed(store: &Store) -> Vec<String> {
-    store
-        .names()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|n| store.current(n).map(|c| c.active.is_some()).unwrap_or(false))
-        .collect()
-}
-
-/// Loads and activates the configured models that are not active in that version yet; one
-/// that fails is logged and left as it was (the previous version keeps serving), the rest
-/// serve. Models no longer configured stop. Models deployed over the air are left alone.
-fn apply_models(
-    config: &Config,
-    store: &Store,
-    registry: &Registry,
-    active: &mut HashMap<String, (PathBuf, String)>,
-    failures: &prometheus_client::metrics::counter::Counter,
-) {
-    let over_the_air = deployed(store);
-    let mut expected: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
-    expected.extend(over_the_air.iter().cloned());
-    expected.sort();
-    expected.dedup();
-    registry.expect(expected);
-    for m in &config.models {
-        if active.get(&m.name) == Some(&identity(m)) || over_the_air.contains(&m.name) {
-            continue;
-        }
-        let settings = PoolSettings { workers: m.workers, queue: m.queue };
-        let result = engine::options_for(m).and_then(|o| Model::load(&m.path, &o)).map_err(|e| e.to_string()).and_then(
-            |model| registry.activate(&m.name, &m.version, Arc::new(model), settings).map_err(|e| e.to_string()),
-        );
-        match result {
-            Ok(()) => {
-                tracing::info!(model = %m.name, version = %m.version, path = %m.path.display(), "model loaded");
-                active.insert(m.name.clone(), identity(m));
-            }
-            Err(e) => {
-                failures.inc();
-                tracing::error!(model = %m.name, version = %m.version, path = %m.path.display(), "model not loaded: {e}");
-            }
-        }
-    }
-    let configured: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
-    active.retain(|name, _| {
-        let keep = configured.contains(&name.as_str());
-        if !keep && !over_the_air.contains(name) {
-            registry.deactivate(name);
-        }
-        keep
-    });
-}
-
-/// Activates the versions the store names as active. One that no longer loads is logged
-/// and counted; its previous version, or the configured model, serves instead.
-fn load_deployed(
-    config: &Config,
-    store: &Store,
-    registry: &Registry,
-    failures: &prometheus_client::metrics::counter::Counter,
-) {
-    for name in deployed(store) {
-        let current = match store.current(&name) {
-            Ok(c) => c,
-            Err(e) => {
-                failures.inc();
-                tracing::error!(model = %name, "{e}");
-                continue;
-            }
-        };
-        let settings = config
-            .models
-            .iter()
-            .find(|m| m.name == name)
-            .map(|m| PoolSettings { workers: m.workers, queue: m.queue })
-            .unwrap_or_default();
-        let candidates = current.active.iter().chain(current.previous.iter());
-        let mut served = false;
-        for version in candidates {
-            let loaded = store.read(&name, version).map_err(|e| e.to_string()).and_then(|(manifest, bytes)| {
-                let format = crate::store::engine_format(manifest.format);
-                engine::options_for_bytes(format, &bytes, &manifest.pins)
-                    .and_then(|o| Model::load_bytes(format, &bytes, &o))
-                    .map_err(|e| e.to_string())
-            });
-            match loaded
-                .and_then(|m| registry.activate(&name, version, Arc::new(m), settings).map_err(|e| e.to_string()))
-            {
-                Ok(()) => {
-                    tracing::info!(model = %name, version = %version, "deployed model loaded");
-                    if Some(version) != current.active.as_ref() {
-                        let _ = store.set_active(&name, version);
-                    }
-                    served = true;
-                    break;
-                }
-                Err(e) => {
-                    failures.inc();
-                    tracing::error!(model = %name, version = %version, "deployed model not loaded: {e}");
-                }
-            }
-        }
-        if !served {
-            tracing::error!(model = %name, "no deployed version of this model loads; the configured one serves, if any");
-        }
-    }
-}
-
 /// Re-reads the configuration on SIGHUP and activates changed models. A configuration that
 /// no longer checks out is logged and ignored: the agent keeps its last good state.
 async fn reload_on_sighup(
     path: PathBuf,
-    registry: Arc<Registry>,
-    mut active: HashMap<String, (PathBuf, String)>,
-    mut failures: prometheus_client::metrics::counter::Counter,
-    store: Store,
+    models: Arc<Mutex<Models>>,
+    failures: prometheus_client::metrics::counter::Counter,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -224,24 +65,26 @@ async fn reload_on_sighup(
                 continue;
             }
         };
-        let registry = registry.clone();
-        let store = store.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            apply_models(&config, &store, &registry, &mut active, &failures);
-            (active, failures)
-        })
-        .await?;
-        (active, failures) = done;
+        let models = models.clone();
+        tokio::task::spawn_blocking(move || models.lock().expect("models lock").reload(config.models)).await?;
     }
 }
 
 /// Why the agent stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stopped {
-    /// A signal (SIGTERM, Ctrl-C) or a failed component.
+    /// A signal (SIGTERM, Ctrl-C).
     Shutdown,
     /// A `restart` command: the service manager should start it again.
     Restart,
+    /// A component failed or panicked, and the rest shut down in order: the service
+    /// manager should start it again.
+    Failed {
+        /// The component that failed first (`link`, `telemetry`, `http`, ...).
+        component: &'static str,
+        /// Its error, or its panic message.
+        reason: String,
+    },
 }
 
 /// Runs the agent until a shutdown signal. `config_path` is re-read on SIGHUP; `log`
@@ -249,6 +92,8 @@ pub enum Stopped {
 pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogControl>) -> anyhow::Result<Stopped> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("state_dir {}: cannot create", config.state_dir.display()))?;
+    // Before anything else writes there: keeps the bookkeeping writable on a full disk.
+    let _disk = crate::disk::open_reserve(&config.state_dir);
     let config_text = config_path.as_ref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
     let settings = RuntimeSettings::load(&config.state_dir).unwrap_or_else(|| RuntimeSettings {
         telemetry_interval_secs: config.telemetry.interval_secs.min(u32::MAX as u64) as u32,
@@ -294,9 +139,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         Duration::from_secs(config.http.session_ttl_secs),
     ));
     let load_failures = prometheus_client::metrics::counter::Counter::default();
-    let mut active = HashMap::new();
-    apply_models(&config, &store, &registry, &mut active, &load_failures);
-    load_deployed(&config, &store, &registry, &load_failures);
+    // Loading and optimising models can outlast TimeoutStartSec on a slow board.
+    let stored = store.names().map(|n| n.len()).unwrap_or(0);
+    Notifier::from_env().extend_timeout(sdnotify::start_budget(config.models.len() + stored));
+    let mut models = Models::new(&config, store, registry.clone(), load_failures.clone());
+    // Interrupted trials are settled (a version that killed the agent twice is replaced by
+    // the one before it) before anything serves.
+    let resumed = models.boot();
+    let models = Arc::new(Mutex::new(models));
     let link_stats = Arc::new(LinkStats::default());
     let outbox_dir = config.state_dir.join("outbox");
     let outbox = Outbox::open(
@@ -321,17 +171,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         backoff_max: Duration::from_secs(config.mqtt.reconnect_max_secs),
         groups: config.groups.clone(),
     };
-    // Full queues refuse commands as busy and drop chunks (the link never waits on them);
-    // each chunk may be 1 MiB, so only a couple wait.
-    let (inbound_tx, mut inbound_rx) =
-        crate::link::inbound::queue(crate::link::inbound::COMMAND_QUEUE, crate::link::inbound::CHUNK_QUEUE);
+    // Each message in flight may be an OTA chunk: a few of them bound the RAM a transfer takes.
+    let (inbound_tx, mut inbound_rx) = tokio::sync::mpsc::channel(2);
     let (link, link_handle) = Link::new(link_settings, outbox, acks, Some(inbound_tx), link_stats.clone());
     let (interval_tx, interval_rx) =
         tokio::sync::watch::channel(Duration::from_secs(settings.telemetry_interval_secs.into()));
     let samples = prometheus_client::metrics::counter::Counter::default();
     let telemetry = Telemetry {
         sampler: Sampler::new(&config.device_id, &config.state_dir).context("system sampler")?,
-        seq: SeqStore::open(&config.state_dir.join("telemetry.seq")),
+        seq: SeqStore::open(&config.state_dir.join("telemetry.seq"))?,
         interval: interval_rx,
         link: link_handle.clone(),
         link_stats: link_stats.clone(),
@@ -354,30 +202,30 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     tracing::info!(device = %config.device_id, broker = %config.mqtt.url, http = %config.http.listen, "edge-agent started");
 
     let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
+    let tracker = Tracker::new();
     let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The command component runs on its own thread: file I/O and model loading must not
+    // stall the runtime. It gets what the link receives, a tick twice a second, and the
+    // reports of its validation threads.
+    let (input_tx, input_rx) = tokio::sync::mpsc::channel::<Input>(2);
     let control = Control::new(ControlDeps {
         config: config.clone(),
         config_text,
         gate,
         trusted,
-        store: store.clone(),
+        models: models.clone(),
+        resumed,
         registry: registry.clone(),
         stats: inference.clone(),
         link: link_handle,
         runtime: tokio::runtime::Handle::current(),
-        interval: interval_tx,
-        log,
-        settings,
+        settings: Settings { current: settings, state_dir: config.state_dir.clone(), interval: interval_tx, log },
         cancel: cancel.clone(),
         restart: restart.clone(),
         program: std::env::current_exe().context("cannot find the agent's own executable")?,
         metrics: command_stats,
+        input: input_tx.downgrade(),
     });
-    // The command component runs on its own thread: file I/O, model loading and the
-    // validation child must not stall the runtime. It gets what the link receives and a
-    // tick twice a second.
-    let (input_tx, input_rx) = tokio::sync::mpsc::channel::<Input>(2);
     let control_thread = std::thread::Builder::new()
         .name("commands".into())
         .spawn(move || control.run(input_rx))
@@ -407,12 +255,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     supervise(&tracker, &cancel, "http", http::serve(listener, metrics, api, cancel.clone()));
     let status_registry = registry.clone();
     if let Some(path) = config_path {
-        supervise(
-            &tracker,
-            &cancel,
-            "reload",
-            reload_on_sighup(path, registry, active, load_failures, store, cancel.clone()),
-        );
+        supervise(&tracker, &cancel, "reload", reload_on_sighup(path, models, load_failures, cancel.clone()));
     }
     // systemd: READY once everything runs, then STATUS and watchdog pings from this runtime.
     let notifier = Arc::new(Notifier::from_env());
@@ -426,6 +269,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
             link_status.queued.load(std::sync::atomic::Ordering::Relaxed)
         )
     };
+    // Listening before READY=1: a SIGTERM right after it must not kill the process outright.
+    let signals = ShutdownSignal::listen();
     notifier.notify("READY=1");
     supervise(
         &tracker,
@@ -434,7 +279,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         sdnotify::supervise(notifier, Notifier::watchdog_interval(), status, cancel.clone()),
     );
     tracker.close();
-    shutdown_signal(cancel.clone()).await;
+    signals.wait(cancel.clone()).await;
     if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait()).await.is_err() {
         tracing::warn!("components did not stop within {SHUTDOWN_DEADLINE:?}; exiting anyway");
     }
@@ -449,6 +294,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         tracing::warn!("the command thread did not stop within {SHUTDOWN_DEADLINE:?}; exiting anyway");
     }
     let restart = restart.load(std::sync::atomic::Ordering::SeqCst);
-    tracing::info!(restart, "edge-agent stopped");
-    Ok(if restart { Stopped::Restart } else { Stopped::Shutdown })
+    let stopped = match tracker.failed() {
+        Some(failed) => Stopped::Failed { component: failed.component, reason: failed.reason },
+        None if restart => Stopped::Restart,
+        None => Stopped::Shutdown,
+    };
+    tracing::info!(?stopped, "edge-agent stopped");
+    Ok(stopped)
 }

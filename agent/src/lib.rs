@@ -22,16 +22,22 @@
 //!     configuration, inference, erase and restart, reporting each step in an ack.
 //! - [`sdnotify`]: systemd READY/STATUS/WATCHDOG notifications.
 //! - [`fsutil`]: atomic, durable file replacement.
+//! - [`disk`]: free space, real preallocation, and the reserve that keeps bookkeeping
+//!   writable on a full file system.
 //! - [`memory`]: the allocator tuning that keeps inference buffers on the heap.
 
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod disk;
 pub mod engine;
+pub mod exit;
 pub mod fsutil;
 pub mod http;
 pub mod link;
 pub mod memory;
+pub mod models;
 pub mod npy;
 pub mod ota;
 pub mod outbox;
@@ -39,4 +45,5 @@ pub mod sdnotify;
 pub mod serving;
 pub mod stats;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;

@@ -1,9 +1,13 @@
-//! systemd service notifications (`sd_notify`): READY, STATUS and WATCHDOG.
+//! systemd service notifications (`sd_notify`): READY, STATUS, WATCHDOG and
+//! EXTEND_TIMEOUT_USEC.
 //!
 //! Under `Type=notify` systemd passes a datagram socket in `NOTIFY_SOCKET`; the protocol is
 //! one `KEY=value` line per field. Outside systemd the variable is unset and every call is a
 //! no-op. The watchdog is pinged from a task on the daemon's own runtime, so a runtime that
-//! hangs stops the pings and systemd restarts the service.
+//! hangs stops the pings and systemd restarts the service. systemd arms the watchdog only
+//! at READY=1; before that the start timeout (`TimeoutStartSec=`, 90 s by default) applies,
+//! which model loading can outlast on a slow board: the daemon asks for more with
+//! [`Notifier::extend_timeout`] and a [`start_budget`] per model.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
@@ -48,6 +52,14 @@ impl Notifier {
         }
     }
 
+    /// Asks systemd for `by` more time in the current phase (start-up, before READY=1):
+    /// `EXTEND_TIMEOUT_USEC=`. systemd only ever extends the deadline this way, never
+    /// shortens it; a start that outlasts it is killed and, under `Restart=on-failure`,
+    /// started again.
+    pub fn extend_timeout(&self, by: Duration) {
+        self.notify(&format!("EXTEND_TIMEOUT_USEC={}", by.as_micros()));
+    }
+
     /// Half the watchdog period systemd asks for (`WATCHDOG_USEC`), if it asks.
     pub fn watchdog_interval() -> Option<Duration> {
         let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
@@ -58,6 +70,18 @@ impl Notifier {
         }
         (usec > 0).then(|| Duration::from_micros(usec / 2))
     }
+}
+
+/// How long one model may take to load and optimise before the start counts as hung. Not
+/// measured on the slowest boards: a wide margin over the seconds the reference models take
+/// on a development machine, short enough that a hung load does not hold the unit in
+/// "activating" for long.
+pub const LOAD_BUDGET_PER_MODEL: Duration = Duration::from_secs(120);
+
+/// The start-up time to ask for before loading `models` models: [`LOAD_BUDGET_PER_MODEL`]
+/// each, and at least one budget for the rest of the start.
+pub fn start_budget(models: usize) -> Duration {
+    LOAD_BUDGET_PER_MODEL.saturating_mul(models.clamp(1, u32::MAX as usize) as u32)
 }
 
 /// Until `cancel`: pings the watchdog every `watchdog` (if systemd asked for one) and sends
@@ -108,6 +132,24 @@ mod tests {
         assert_eq!(&buf[..len], b"READY=1");
         let len = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"STATUS=connected");
+    }
+
+    #[test]
+    fn extend_timeout_sends_microseconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let listener = UnixDatagram::bind(&path).unwrap();
+        Notifier::new(Some(path.display().to_string())).extend_timeout(start_budget(3));
+        let mut buf = [0u8; 64];
+        let len = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"EXTEND_TIMEOUT_USEC=360000000");
+    }
+
+    #[test]
+    fn the_start_budget_grows_with_the_models_and_never_drops_to_zero() {
+        assert_eq!(start_budget(0), LOAD_BUDGET_PER_MODEL);
+        assert_eq!(start_budget(2), 2 * LOAD_BUDGET_PER_MODEL);
+        assert!(start_budget(usize::MAX) >= start_budget(1000));
     }
 
     #[test]

@@ -47,6 +47,47 @@ struct Window {
     latencies: VecDeque<f32>,
     requests: u64,
     errors: u64,
+    failures: u64,
+    timed: u64,
+}
+
+/// How a request ended, as the health of a model version sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered.
+    Ok,
+    /// Refused because the client got the request wrong (a 4xx the previous version would
+    /// have refused too): not the model's fault.
+    ClientError,
+    /// The model failed: an inference error, or a request the previous version accepted and
+    /// this one refuses (a 5xx, or a changed signature breaking its callers).
+    ModelError,
+    /// No answer within the deadline: a hung or overloaded worker.
+    Timeout,
+    /// The model's queue was full (503).
+    Busy,
+}
+
+impl Outcome {
+    /// Whether this outcome counts against the model version.
+    pub fn is_failure(self) -> bool {
+        !matches!(self, Outcome::Ok | Outcome::ClientError)
+    }
+}
+
+/// A model's counters and recent latencies, as the OTA health watch reads them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counts {
+    /// Requests ended, whatever their outcome.
+    pub requests: u64,
+    /// Of which not answered (any outcome but [`Outcome::Ok`]).
+    pub errors: u64,
+    /// Of which the model's fault ([`Outcome::is_failure`]).
+    pub failures: u64,
+    /// Requests that left a latency (answered or timed out), ever.
+    pub timed: u64,
+    /// Recent latencies (ms, oldest first) of answered and timed-out requests.
+    pub latencies: Vec<f32>,
 }
 
 impl Default for InferenceStats {
@@ -86,12 +127,14 @@ impl InferenceStats {
         self.in_flight.get_or_create(&ModelLabel { model: model.to_string() }).inc();
     }
 
-    /// A request ends, successfully or not, after `elapsed`.
-    pub fn end(&self, model: &str, elapsed: Duration, ok: bool) {
+    /// A request ends after `elapsed`, with `outcome`. A timed-out request's latency is its
+    /// deadline: a hung version's p95 shows it.
+    pub fn end(&self, model: &str, elapsed: Duration, outcome: Outcome) {
         let label = ModelLabel { model: model.to_string() };
         self.in_flight.get_or_create(&label).dec();
         self.requests.get_or_create(&label).inc();
-        if ok {
+        let timed = matches!(outcome, Outcome::Ok | Outcome::Timeout);
+        if outcome == Outcome::Ok {
             self.duration.get_or_create(&label).observe(elapsed.as_secs_f64());
         } else {
             self.errors.get_or_create(&label).inc();
@@ -99,23 +142,34 @@ impl InferenceStats {
         let mut recent = self.recent.lock().expect("stats lock");
         let w = recent.entry(model.to_string()).or_default();
         w.requests += 1;
-        if ok {
+        if outcome != Outcome::Ok {
+            w.errors += 1;
+        }
+        if outcome.is_failure() {
+            w.failures += 1;
+        }
+        if timed {
+            w.timed += 1;
             if w.latencies.len() == WINDOW {
                 w.latencies.pop_front();
             }
             w.latencies.push_back(elapsed.as_secs_f32() * 1e3);
-        } else {
-            w.errors += 1;
         }
     }
 
-    /// Requests, errors and the recent successful latencies (ms, oldest first) of `model`:
-    /// what the OTA health watch compares before and after an activation.
-    pub fn raw(&self, model: &str) -> (u64, u64, Vec<f32>) {
+    /// The counters and recent latencies of `model`: what the OTA health watch compares
+    /// before and after an activation.
+    pub fn counts(&self, model: &str) -> Counts {
         let recent = self.recent.lock().expect("stats lock");
         match recent.get(model) {
-            Some(w) => (w.requests, w.errors, w.latencies.iter().copied().collect()),
-            None => (0, 0, vec![]),
+            Some(w) => Counts {
+                requests: w.requests,
+                errors: w.errors,
+                failures: w.failures,
+                timed: w.timed,
+                latencies: w.latencies.iter().copied().collect(),
+            },
+            None => Counts::default(),
         }
     }
 
@@ -151,14 +205,26 @@ mod tests {
         s.register("wake");
         for ms in 1..=100 {
             s.begin("wake");
-            s.end("wake", Duration::from_millis(ms), true);
+            s.end("wake", Duration::from_millis(ms), Outcome::Ok);
         }
         s.begin("wake");
-        s.end("wake", Duration::from_millis(5), false);
+        s.end("wake", Duration::from_millis(5), Outcome::ModelError);
         s.begin("wake");
         let m = &s.snapshot()[0];
         assert_eq!((m.requests, m.errors, m.in_flight), (101, 1, 1));
         assert_eq!((m.p50_ms.round(), m.p95_ms.round(), m.p99_ms.round()), (50.0, 95.0, 99.0));
+    }
+
+    #[test]
+    fn client_errors_are_errors_but_not_failures_and_timeouts_keep_their_latency() {
+        let s = InferenceStats::default();
+        for outcome in [Outcome::Ok, Outcome::ClientError, Outcome::ModelError, Outcome::Timeout, Outcome::Busy] {
+            s.begin("m");
+            s.end("m", Duration::from_millis(7), outcome);
+        }
+        let c = s.counts("m");
+        assert_eq!((c.requests, c.errors, c.failures), (5, 4, 3));
+        assert_eq!(c.latencies, vec![7.0, 7.0]);
     }
 
     #[test]

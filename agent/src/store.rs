@@ -15,15 +15,21 @@
 //!
 //! The model's SHA-256 from its manifest is checked every time it is read back, so a file
 //! damaged on the flash is refused instead of loaded.
+//!
+//! On a full file system: an install that runs out of space removes its `.tmp` directory
+//! at once and fails with [`StoreError::NoSpace`]; removing needs no new block (files are
+//! overwritten in place, `current` is replaced through the reserve of [`crate::disk`]),
+//! and the space it frees makes that reserve whole again.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use edge_proto::ota::{sha256, valid_label, Manifest, ModelFormat};
+use edge_proto::ota::{sha256, valid_label, Manifest};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use serde::{Deserialize, Serialize};
 
+use crate::disk;
 use crate::fsutil::write_atomic;
 
 /// What went wrong in the store.
@@ -56,6 +62,21 @@ pub enum StoreError {
         version: String,
         /// What is installed, comma-separated.
         installed: String,
+    },
+    /// The file system has no room for a version being installed.
+    #[error(
+        "model store: not enough disk to install {name} {version}: it needs {need} bytes, {free} are free; \
+         remove an old model (edgectl remove-model) or free space, then deploy again"
+    )]
+    NoSpace {
+        /// Model name.
+        name: String,
+        /// Version being installed.
+        version: String,
+        /// Bytes the version takes.
+        need: u64,
+        /// Bytes free (after the partial copy was removed).
+        free: u64,
     },
     /// A name or version that is not a plain label.
     #[error("{0:?} is not a plain label (letters, digits, '.', '-', '_')")]
@@ -242,14 +263,29 @@ impl Store {
         let parent = self.model_dir(&manifest.name)?;
         let tmp = parent.join(format!("{}.tmp", manifest.version));
         let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
         let body = match &self.key {
             Some(key) => seal(key, model)?,
             None => model.to_vec(),
         };
-        write_synced(&tmp.join("model"), &body)?;
-        write_synced(&tmp.join("manifest"), &edge_proto::encode(manifest))?;
-        fsync_dir(&tmp)?;
+        let manifest_bytes = edge_proto::encode(manifest);
+        let written = fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp)).and_then(|_| {
+            write_synced(&tmp.join("model"), &body)?;
+            write_synced(&tmp.join("manifest"), &manifest_bytes)?;
+            fsync_dir(&tmp)
+        });
+        if let Err(e) = written {
+            // Nothing half-written stays behind taking the space.
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(match e {
+                StoreError::Io { source, .. } if disk::is_no_space(&source) => StoreError::NoSpace {
+                    name: manifest.name.clone(),
+                    version: manifest.version.clone(),
+                    need: (body.len() + manifest_bytes.len()) as u64,
+                    free: disk::space(&self.root).map(|s| s.free).unwrap_or(0),
+                },
+                e => e,
+            });
+        }
         fs::rename(&tmp, &final_dir).map_err(io_err("rename", &tmp))?;
         fsync_dir(&parent)?;
         self.note_installed(&manifest.name, &manifest.version)
@@ -341,6 +377,9 @@ impl Store {
             wipe_dir(&dir)?;
             removed.push(version);
         }
+        if !removed.is_empty() {
+            disk::refresh(&self.root);
+        }
         Ok(removed)
     }
 
@@ -349,16 +388,22 @@ impl Store {
         let mut current = self.current(name)?;
         current.installed.retain(|v| v != version);
         self.write_current(name, &current)?;
-        wipe_dir(&self.version_dir(name, version)?)
+        let wiped = wipe_dir(&self.version_dir(name, version)?);
+        disk::refresh(&self.root);
+        wiped
     }
 
-    /// Deletes every version of `name`, overwriting the files first.
+    /// Deletes every version of `name`, overwriting the files first. Works on a full file
+    /// system: nothing here needs a new block.
     pub fn remove(&self, name: &str) -> Result<(), StoreError> {
         let dir = self.model_dir(name)?;
         // `current` first: a crash midway leaves versions nobody points at, not a pointer
         // to a deleted version.
         let _ = fs::remove_file(dir.join("current"));
-        wipe_dir(&dir)
+        let wiped = wipe_dir(&dir);
+        // Space came back: the reserve for bookkeeping may be made whole again.
+        disk::refresh(&self.root);
+        wiped
     }
 
     /// Deletes every model, overwriting the files first.
@@ -368,14 +413,6 @@ impl Store {
         }
         wipe_dir(&self.root)?;
         fs::create_dir_all(&self.root).map_err(io_err("create directory", &self.root))
-    }
-}
-
-/// The format to load an installed model with.
-pub fn engine_format(format: ModelFormat) -> crate::engine::Format {
-    match format {
-        ModelFormat::Tflite => crate::engine::Format::Tflite,
-        ModelFormat::Onnx => crate::engine::Format::Onnx,
     }
 }
 
@@ -460,7 +497,7 @@ fn open_sealed(key: &LessSafeKey, mut body: Vec<u8>) -> Result<Vec<u8>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge_proto::ota::prepare;
+    use edge_proto::ota::{prepare, ModelFormat};
 
     fn manifest(version: &str, model: &[u8]) -> Manifest {
         prepare([1; 16], "kws", version, ModelFormat::Tflite, model, None, 64).0
@@ -570,6 +607,46 @@ mod tests {
         fs::create_dir_all(dir.path().join("new/1.tmp")).unwrap();
         Store::open(dir.path(), None).unwrap();
         assert!(!dir.path().join("new/1.tmp").exists());
+    }
+
+    #[test]
+    fn on_a_full_disk_remove_frees_space_and_install_fails_cleanly_until_then() {
+        let Some(fs) = crate::disk::tests::SmallFs::mount(2 * 1024 * 1024) else { return };
+        let reserve = crate::disk::open_reserve(fs.path());
+        let store = Store::open(&fs.path().join("models"), None).unwrap();
+        let big = |name: &str, version: &str, model: &[u8]| {
+            prepare([1; 16], name, version, ModelFormat::Tflite, model, None, 64 * 1024).0
+        };
+        let old = vec![1u8; 600_000];
+        store.install(&big("kws", "1", &old), &old).unwrap();
+        store.set_active("kws", "1").unwrap();
+        let other = big("old", "1", &old);
+        store.install(&other, &old).unwrap();
+        fs.fill("filler");
+        let filler = fs::metadata(fs.path().join("filler")).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(fs.path().join("filler"))
+            .unwrap()
+            .set_len(filler - 300_000)
+            .unwrap();
+
+        // Room for neither: the partial copy goes, the message says what to do.
+        let new = vec![2u8; 500_000];
+        let err = store.install(&big("kws", "2", &new), &new).unwrap_err();
+        assert!(matches!(err, StoreError::NoSpace { need: 500_000.., .. }), "{err:?}");
+        assert!(err.to_string().contains("remove-model"), "{err}");
+        assert!(!fs.path().join("models/kws/2.tmp").exists() && !store.has("kws", "2"));
+        assert_eq!(store.current("kws").unwrap().installed, ["1"]);
+
+        // With the disk full to the last byte, remove still works and makes the reserve whole.
+        fs.fill("filler2");
+        store.remove("old").unwrap();
+        assert_eq!(store.names().unwrap(), ["kws"]);
+        assert_eq!(reserve.reserve_bytes(), crate::disk::RESERVE_BYTES);
+        store.install(&big("kws", "2", &new), &new).unwrap();
+        store.set_active("kws", "2").unwrap();
+        assert_eq!(store.read("kws", "2").unwrap().1, new);
     }
 
     #[test]

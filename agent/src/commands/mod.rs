@@ -21,10 +21,19 @@
 //! command is accepted.
 
 pub mod control;
+mod erase;
 mod keys;
+pub mod settings;
+mod status;
 mod window;
 
 pub use keys::{parse_trusted_keys, TrustedKeyError};
+
+/// The wall clock, ms since the Unix epoch (0 before 1970: a board without a clock, which
+/// every command's issue time then refuses).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
 pub use window::{ReplayWindow, WindowError, MAX_ENTRIES, WINDOW_FILE};
 
 use edge_proto::command::{verify, Command, CommandError, Target, VerifyingKey};
@@ -218,7 +227,7 @@ mod tests {
             Verdict::Accepted(c) => panic!("accepted {c:?}, expected {label}"),
         }
         assert!(g.window().is_empty());
-        assert!(!dir.path().join(WINDOW_FILE).exists(), "a rejection wrote the window");
+        assert!(ReplayWindow::open_in(dir.path()).unwrap().is_empty(), "a rejection wrote the window");
     }
 
     #[test]

@@ -1,9 +1,33 @@
 //! The replay window: ids of accepted commands, kept on disk until they expire.
+//!
+//! # On disk
+//!
+//! Recording a command must work on a full file system: it is how `remove-model` and
+//! `erase`, the commands that free space, get accepted. So the file never grows and is
+//! never replaced: it is written in full once (real blocks, no holes), then overwritten
+//! in place.
+//!
+//! ```text
+//! commands.window   slot 0 ‖ slot 1, each SLOT_HEADER + capacity × 24 bytes
+//! slot              magic "EAWINDW2" ‖ generation u64 ‖ count u32 ‖ crc32 u32 ‖ entries
+//! entry             command id [u8; 16] ‖ expires_at u64 (ms since the Unix epoch)
+//! ```
+//!
+//! Integers are little-endian; the CRC (IEEE) covers generation, count and the `count`
+//! entries. A record writes the slot that does *not* hold the newest generation, with the
+//! next generation, and syncs it; opening reads both and takes the valid one with the
+//! higher generation. A write torn by a crash fails its CRC, and the other slot (the
+//! window as it was before that command) is read instead: the same guarantee as replacing
+//! the file, without needing a block.
+//!
+//! A file in the first layout (postcard, replaced whole) is read and rewritten in this one.
 
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::fsutil::write_atomic;
 
@@ -15,11 +39,23 @@ pub const WINDOW_FILE: &str = "commands.window";
 /// id forgotten early (which would let that command be replayed).
 pub const MAX_ENTRIES: usize = 4096;
 
-/// Layout version of the file.
-const FILE_VERSION: u16 = 1;
+/// First bytes of each slot.
+const MAGIC: &[u8; 8] = b"EAWINDW2";
 
-#[derive(Serialize, Deserialize)]
-struct OnDisk {
+/// Bytes before a slot's entries.
+const SLOT_HEADER: usize = 24;
+
+/// Bytes of one entry.
+const ENTRY: usize = 24;
+
+/// Bytes of one slot holding up to `capacity` entries.
+fn slot_len(capacity: usize) -> usize {
+    SLOT_HEADER + capacity * ENTRY
+}
+
+/// The first layout, read to migrate.
+#[derive(Deserialize)]
+struct V1 {
     version: u16,
     entries: Vec<([u8; 16], u64)>,
 }
@@ -60,6 +96,55 @@ pub struct ReplayWindow {
     path: PathBuf,
     capacity: usize,
     entries: HashMap<[u8; 16], u64>,
+    /// The file in the current layout, once it exists with room for `capacity` ids.
+    file: Option<File>,
+    /// Generation of the newest slot on disk, and which slot holds it.
+    generation: u64,
+    newest: usize,
+}
+
+/// Encodes one slot: header and entries, sorted so that the same window always makes the
+/// same bytes.
+fn encode_slot(generation: u64, entries: &HashMap<[u8; 16], u64>) -> Vec<u8> {
+    let mut sorted: Vec<([u8; 16], u64)> = entries.iter().map(|(k, v)| (*k, *v)).collect();
+    sorted.sort();
+    let mut body = Vec::with_capacity(12 + sorted.len() * ENTRY);
+    body.extend_from_slice(&generation.to_le_bytes());
+    body.extend_from_slice(&(sorted.len() as u32).to_le_bytes());
+    for (id, exp) in &sorted {
+        body.extend_from_slice(id);
+        body.extend_from_slice(&exp.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&body);
+    let mut out = Vec::with_capacity(SLOT_HEADER + sorted.len() * ENTRY);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&body[..12]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&body[12..]);
+    out
+}
+
+/// Decodes one slot: its generation and entries, or `None` when it is not a whole,
+/// checksummed slot (never written, or torn).
+fn decode_slot(slot: &[u8]) -> Option<(u64, HashMap<[u8; 16], u64>)> {
+    if slot.len() < SLOT_HEADER || &slot[..8] != MAGIC {
+        return None;
+    }
+    let generation = u64::from_le_bytes(slot[8..16].try_into().ok()?);
+    let count = u32::from_le_bytes(slot[16..20].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(slot[20..24].try_into().ok()?);
+    let entries = slot.get(SLOT_HEADER..SLOT_HEADER + count.checked_mul(ENTRY)?)?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&slot[8..20]);
+    h.update(entries);
+    if h.finalize() != crc {
+        return None;
+    }
+    let map = entries
+        .chunks_exact(ENTRY)
+        .map(|e| (e[..16].try_into().expect("16 bytes"), u64::from_le_bytes(e[16..].try_into().expect("8 bytes"))))
+        .collect();
+    Some((generation, map))
 }
 
 impl ReplayWindow {
@@ -69,24 +154,72 @@ impl ReplayWindow {
     }
 
     /// Opens the window at `path`, holding at most `capacity` ids. A missing file is an
-    /// empty window; a corrupt one is an error, not silently emptied.
+    /// empty window; a corrupt one is an error, not silently emptied. The file is made
+    /// (written in full) now if it is missing, in the first layout or too small; when that
+    /// fails (a full disk) it is logged and tried again at the first record.
     pub fn open(path: &Path, capacity: usize) -> Result<ReplayWindow, WindowError> {
-        let entries = match std::fs::read(path) {
-            Ok(bytes) => {
-                let disk: OnDisk = postcard::from_bytes(&bytes)
-                    .map_err(|e| WindowError::Corrupt { path: path.into(), reason: e.to_string() })?;
-                if disk.version != FILE_VERSION {
-                    return Err(WindowError::Corrupt {
-                        path: path.into(),
-                        reason: format!("unknown layout version {}", disk.version),
-                    });
-                }
-                disk.entries.into_iter().collect()
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+        let corrupt = |reason: String| WindowError::Corrupt { path: path.into(), reason };
+        let mut window =
+            ReplayWindow { path: path.into(), capacity, entries: HashMap::new(), file: None, generation: 0, newest: 0 };
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => return Err(WindowError::Io { path: path.into(), source }),
         };
-        Ok(ReplayWindow { path: path.into(), capacity, entries })
+        let mut current = false;
+        if let Some(bytes) = bytes {
+            if bytes.starts_with(MAGIC) || bytes.len() >= 2 * SLOT_HEADER {
+                let half = bytes.len() / 2;
+                let (a, b) = bytes.split_at(half);
+                let best = [decode_slot(a), decode_slot(b)]
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| s.map(|(g, e)| (g, i, e)))
+                    .max_by_key(|(g, i, _)| (*g, *i));
+                if let Some((generation, newest, entries)) = best {
+                    (window.generation, window.newest, window.entries) = (generation, newest, entries);
+                    current = half == slot_len(capacity);
+                } else if bytes.starts_with(MAGIC) {
+                    return Err(corrupt("neither slot is whole".into()));
+                }
+            }
+            if window.generation == 0 {
+                let v1: V1 = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
+                if v1.version != 1 {
+                    return Err(corrupt(format!("unknown layout version {}", v1.version)));
+                }
+                window.entries = v1.entries.into_iter().collect();
+            }
+        }
+        if current {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|source| WindowError::Io { path: path.into(), source })?;
+            window.file = Some(file);
+        } else if window.entries.len() <= capacity {
+            if let Err(e) = window.make_file() {
+                tracing::warn!("{e}; trying again at the next command");
+            }
+        }
+        Ok(window)
+    }
+
+    /// Writes the whole file (both slots, the newest holding the window as it is) and
+    /// keeps it open. Goes through [`write_atomic`], which draws on the space reserved for
+    /// bookkeeping on a full disk.
+    fn make_file(&mut self) -> Result<(), WindowError> {
+        let len = slot_len(self.capacity);
+        let mut bytes = vec![0u8; 2 * len];
+        let generation = self.generation + 1;
+        let slot = encode_slot(generation, &self.entries);
+        bytes[..slot.len()].copy_from_slice(&slot);
+        let io = |source| WindowError::Io { path: self.path.clone(), source };
+        write_atomic(&self.path, &bytes).map_err(io)?;
+        let file = OpenOptions::new().read(true).write(true).open(&self.path).map_err(io)?;
+        (self.file, self.generation, self.newest) = (Some(file), generation, 0);
+        Ok(())
     }
 
     /// Whether `id` was accepted and has not been forgotten.
@@ -104,8 +237,9 @@ impl ReplayWindow {
         self.entries.is_empty()
     }
 
-    /// Records an accepted command: drops the ids expired at `now_ms`, adds `id`, writes the
-    /// file. On any error nothing changes, in memory or on disk.
+    /// Records an accepted command: drops the ids expired at `now_ms`, adds `id`, writes
+    /// the older slot in place and syncs it. On any error nothing changes in memory, and
+    /// the newest slot on disk is untouched.
     pub fn record(&mut self, id: [u8; 16], expires_at: u64, now_ms: u64) -> Result<(), WindowError> {
         let mut next: HashMap<[u8; 16], u64> =
             self.entries.iter().filter(|(_, &exp)| exp >= now_ms).map(|(k, v)| (*k, *v)).collect();
@@ -113,12 +247,24 @@ impl ReplayWindow {
             return Err(WindowError::Full(next.len()));
         }
         next.insert(id, expires_at);
-        // Sorted, so that the same window always makes the same file.
-        let mut entries: Vec<([u8; 16], u64)> = next.iter().map(|(k, v)| (*k, *v)).collect();
-        entries.sort();
-        let bytes = postcard::to_stdvec(&OnDisk { version: FILE_VERSION, entries }).expect("window serializes");
-        write_atomic(&self.path, &bytes).map_err(|source| WindowError::Io { path: self.path.clone(), source })?;
-        self.entries = next;
+        if self.file.is_none() {
+            // Only where the file could not be made at open: a full disk then.
+            let before = std::mem::replace(&mut self.entries, next);
+            if let Err(e) = self.make_file() {
+                self.entries = before;
+                return Err(e);
+            }
+            return Ok(());
+        }
+        let file = self.file.as_ref().expect("file checked above");
+        let generation = self.generation + 1;
+        let slot = 1 - self.newest;
+        let bytes = encode_slot(generation, &next);
+        let offset = (slot * slot_len(self.capacity)) as u64;
+        file.write_all_at(&bytes, offset)
+            .and_then(|_| file.sync_data())
+            .map_err(|source| WindowError::Io { path: self.path.clone(), source })?;
+        (self.entries, self.generation, self.newest) = (next, generation, slot);
         Ok(())
     }
 }
@@ -126,6 +272,7 @@ impl ReplayWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serialize;
 
     #[test]
     fn persists_across_reopen() {
@@ -173,6 +320,71 @@ mod tests {
         std::fs::write(dir.path().join(WINDOW_FILE), b"\x05garbage").unwrap();
         let err = ReplayWindow::open_in(dir.path()).unwrap_err();
         assert!(err.to_string().contains(WINDOW_FILE), "{err}");
+    }
+
+    #[test]
+    fn the_file_has_its_full_size_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        ReplayWindow::open_in(dir.path()).unwrap();
+        let meta = std::fs::metadata(dir.path().join(WINDOW_FILE)).unwrap();
+        assert_eq!(meta.len(), 2 * slot_len(MAX_ENTRIES) as u64);
+        use std::os::unix::fs::MetadataExt;
+        assert!(meta.blocks() * 512 >= meta.len(), "written in full, not sparse");
+    }
+
+    #[test]
+    fn records_on_a_full_file_system() {
+        // Failed with "No space left on device": remove-model was refused on a full disk.
+        let Some(fs) = crate::disk::tests::SmallFs::mount(1024 * 1024) else { return };
+        let mut w = ReplayWindow::open_in(fs.path()).unwrap();
+        w.record([1; 16], 1000, 0).unwrap();
+        fs.fill("filler");
+        // No reserve on this file system: recording must not need a single new block.
+        for i in 2..200u8 {
+            w.record([i; 16], 1000 + i as u64, 0).unwrap();
+        }
+        let w = ReplayWindow::open_in(fs.path()).unwrap();
+        assert_eq!(w.len(), 199);
+        assert!(w.contains(&[1; 16]) && w.contains(&[199; 16]));
+    }
+
+    #[test]
+    fn a_torn_write_keeps_the_window_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w");
+        let mut w = ReplayWindow::open(&path, 8).unwrap();
+        w.record([1; 16], 100, 0).unwrap();
+        w.record([2; 16], 100, 0).unwrap();
+        let newest = w.newest;
+        drop(w);
+        // A crash in the middle of the last record: its slot's tail is garbage.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let offset = (newest * slot_len(8) + SLOT_HEADER + ENTRY) as u64;
+        f.write_all_at(&[0xff; 10], offset).unwrap();
+        let mut w = ReplayWindow::open(&path, 8).unwrap();
+        assert!(w.contains(&[1; 16]) && !w.contains(&[2; 16]));
+        // And recording goes on from there, into the torn slot.
+        w.record([3; 16], 100, 0).unwrap();
+        let w = ReplayWindow::open(&path, 8).unwrap();
+        assert!(w.contains(&[1; 16]) && w.contains(&[3; 16]) && !w.contains(&[2; 16]));
+    }
+
+    #[test]
+    fn a_file_in_the_first_layout_is_read_and_rewritten() {
+        #[derive(Serialize)]
+        struct V1Out {
+            version: u16,
+            entries: Vec<([u8; 16], u64)>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(WINDOW_FILE);
+        let old = V1Out { version: 1, entries: vec![([1; 16], 100), ([2; 16], 200), ([3; 16], 300)] };
+        std::fs::write(&path, postcard::to_stdvec(&old).unwrap()).unwrap();
+        let w = ReplayWindow::open_in(dir.path()).unwrap();
+        assert_eq!(w.len(), 3);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * slot_len(MAX_ENTRIES) as u64);
+        let w = ReplayWindow::open_in(dir.path()).unwrap();
+        assert!(w.contains(&[1; 16]) && w.contains(&[2; 16]) && w.contains(&[3; 16]));
     }
 
     #[test]

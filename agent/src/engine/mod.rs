@@ -4,9 +4,10 @@
 //!   tract `TypedModel` (through [`tflite`] or [`onnx`] for what stock tract lacks), pins
 //!   what the caller pins, optimises it and builds the execution plan. Loading runs under
 //!   `catch_unwind`: a file that makes tract panic is an error, never a crash.
-//! - A [`Session`] owns one spawned tract state and is reused call after call. Stateful
-//!   models (TFLite resource variables, ONNX state inputs bound by configuration) carry
-//!   their state in the session; a fresh session starts from the model's initial state.
+//! - A [`Session`] (in `session.rs`) owns one spawned tract state and is reused call after
+//!   call. Stateful models (TFLite resource variables, ONNX state inputs bound by
+//!   configuration) carry their state in the session; a fresh session starts from the
+//!   model's initial state.
 //!
 //! Every stateful model is turned into a pure function at load:
 //! `(inputs.., state..) -> (outputs.., state'..)`. The session feeds `state` and keeps
@@ -17,7 +18,10 @@ pub mod fuse;
 pub mod isolate;
 pub mod kernels;
 pub mod onnx;
+mod session;
 pub mod tflite;
+
+pub use session::{inputs_fit, NodeTime, Session};
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -305,147 +309,7 @@ impl Model {
 
     /// Opens a session: one reusable tract state, starting from the initial model state.
     pub fn session(self: &Arc<Self>) -> Result<Session, EngineError> {
-        let state = self.plan.spawn().map_err(|e| EngineError::Run(format!("{e:#}")))?;
-        Ok(Session {
-            model: self.clone(),
-            state,
-            carried: self.states.iter().map(|s| s.initial.clone().into_tvalue()).collect(),
-        })
-    }
-}
-
-/// Time spent in one plan node over a profile.
-#[derive(Debug, Clone)]
-pub struct NodeTime {
-    /// Node name.
-    pub node: String,
-    /// Operator name.
-    pub op: String,
-    /// What the operator says of itself (tract's `Op::info`: kernel, geometry).
-    pub info: Vec<String>,
-    /// Total time over all runs.
-    pub total: std::time::Duration,
-}
-
-/// One caller's use of a model: a spawned tract state reused across calls, plus the model
-/// state carried between calls.
-pub struct Session {
-    model: Arc<Model>,
-    state: TypedSimpleState,
-    carried: Vec<TValue>,
-}
-
-impl std::fmt::Debug for Session {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("states", &self.carried.len()).finish()
-    }
-}
-
-fn check_input(spec: &TensorSpec, t: &Tensor) -> Result<(), EngineError> {
-    let want = spec.fact.datum_type.unquantized();
-    if t.datum_type().unquantized() != want {
-        return Err(EngineError::BadInput(format!(
-            "input {:?}: expected {:?}, got {:?}",
-            spec.name,
-            want,
-            t.datum_type()
-        )));
-    }
-    let shape_ok = spec.fact.shape.len() == t.rank()
-        && spec.fact.shape.iter().zip(t.shape()).all(|(d, n)| d.to_usize().map(|d| d == *n).unwrap_or(true));
-    if !shape_ok {
-        return Err(EngineError::BadInput(format!(
-            "input {:?}: expected shape [{}], got {:?}",
-            spec.name,
-            spec.shape.join(","),
-            t.shape()
-        )));
-    }
-    Ok(())
-}
-
-impl Session {
-    /// The model this session runs.
-    pub fn model(&self) -> &Arc<Model> {
-        &self.model
-    }
-
-    /// The plan's inputs for one step: the caller's, checked, then the carried state.
-    fn feed(&self, inputs: Vec<Tensor>) -> Result<TVec<TValue>, EngineError> {
-        let model = &self.model;
-        if inputs.len() != model.inputs.len() {
-            return Err(EngineError::BadInput(format!(
-                "expected {} inputs ({}), got {}",
-                model.inputs.len(),
-                model.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "),
-                inputs.len()
-            )));
-        }
-        let mut feed: Vec<Option<TValue>> = vec![None; model.input_slots.len() + model.states.len()];
-        for ((spec, slot), t) in model.inputs.iter().zip(&model.input_slots).zip(inputs) {
-            check_input(spec, &t)?;
-            feed[*slot] = Some(t.into_tvalue());
-        }
-        for (slot, value) in model.states.iter().zip(&self.carried) {
-            // A shared handle, not a copy: the plan only reads its inputs.
-            feed[slot.input] = Some(value.clone());
-        }
-        Ok(feed.into_iter().map(|v| v.expect("every plan input is fed")).collect())
-    }
-
-    /// Runs one step: public inputs in, public outputs out. State moves forward.
-    pub fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
-        let feed = self.feed(inputs)?;
-        let model = self.model.clone();
-        let state = &mut self.state;
-        let outputs = guarded(|| {
-            tract_linalg::multithread::multithread_tract_scope(model.executor.clone(), || {
-                state.run(feed).map_err(|e| EngineError::Run(format!("{e:#}")))
-            })
-        })?;
-        for (ix, slot) in model.states.iter().enumerate() {
-            self.carried[ix] = outputs[slot.output].clone();
-        }
-        let mut outputs: Vec<Option<TValue>> = outputs.into_iter().map(Some).collect();
-        Ok(model
-            .output_slots
-            .iter()
-            .map(|ix| outputs[*ix].take().expect("distinct output slots").into_tensor())
-            .collect())
-    }
-
-    /// Runs `runs` steps on the same inputs and returns the time spent in each plan node,
-    /// slowest first: where the time goes, for tuning.
-    pub fn profile(&mut self, inputs: Vec<Tensor>, runs: usize) -> Result<Vec<NodeTime>, EngineError> {
-        let feed = self.feed(inputs)?;
-        let mut times: Vec<Option<NodeTime>> = vec![];
-        for _ in 0..runs {
-            self.state
-                .run_plan_with_eval(feed.clone(), |ctx, op_state, node, inputs| {
-                    let start = std::time::Instant::now();
-                    let out = tract_core::plan::eval(ctx, op_state, node, inputs);
-                    if times.len() <= node.id {
-                        times.resize(node.id + 1, None);
-                    }
-                    let entry = times[node.id].get_or_insert_with(|| NodeTime {
-                        node: node.name.clone(),
-                        op: node.op.name().to_string(),
-                        info: node.op.info().unwrap_or_default(),
-                        total: std::time::Duration::ZERO,
-                    });
-                    entry.total += start.elapsed();
-                    out
-                })
-                .map_err(|e| EngineError::Run(format!("{e:#}")))?;
-        }
-        let mut times: Vec<NodeTime> = times.into_iter().flatten().collect();
-        times.sort_by_key(|t| std::cmp::Reverse(t.total));
-        Ok(times)
-    }
-
-    /// Puts the state back where a fresh session starts.
-    pub fn reset(&mut self) {
-        self.carried = self.model.states.iter().map(|s| s.initial.clone().into_tvalue()).collect();
+        Session::new(self)
     }
 }
 
@@ -591,20 +455,4 @@ pub fn options_for_bytes(format: Format, bytes: &[u8], pins: &[(String, f64)]) -
         .map(|(name, v)| Ok((name.clone(), scalar_pin(&declared, name, *v)?)))
         .collect::<Result<Vec<_>, EngineError>>()?;
     Ok(LoadOptions { pins, ..LoadOptions::default() })
-}
-
-/// Load options for a model entry of the configuration.
-pub fn options_for(model: &crate::config::ModelConfig) -> Result<LoadOptions, EngineError> {
-    let declared = if model.pins.is_empty() { vec![] } else { declared_inputs(&model.path)? };
-    let pins = model
-        .pins
-        .iter()
-        .map(|(name, v)| Ok((name.clone(), scalar_pin(&declared, name, *v)?)))
-        .collect::<Result<Vec<_>, EngineError>>()?;
-    Ok(LoadOptions {
-        threads: model.threads,
-        pins,
-        state: model.state.iter().map(|(i, o)| (i.clone(), o.clone())).collect(),
-        shapes: model.shapes.iter().map(|(n, s)| (n.clone(), s.clone())).collect(),
-    })
 }

@@ -6,17 +6,21 @@
 //! without waiting for the window to end. Too little traffic to judge is not a regression:
 //! the deploy succeeds and says so.
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::OtaConfig;
 use crate::stats::{percentile, InferenceStats};
 
-/// A version's record: requests, errors and recent successful latencies (ms).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A version's record: requests, failures (the model's fault: errors, timeouts, a full
+/// queue; not the callers' bad requests) and recent latencies (ms). Persisted with a trial,
+/// so a window a restart interrupts is still judged against the version before it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
-    /// Requests served.
+    /// Requests ended.
     pub requests: u64,
-    /// Of which failed.
+    /// Of which the model's failures.
     pub errors: u64,
-    /// Recent successful latencies, ms.
+    /// Recent latencies of answered and timed-out requests, ms.
     pub latencies: Vec<f32>,
 }
 
@@ -48,27 +52,32 @@ pub enum Verdict {
 }
 
 /// Counters of a model at the moment a version was activated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mark {
     requests: u64,
-    errors: u64,
+    failures: u64,
+    /// Requests that left a latency (answered or timed out).
+    timed: u64,
 }
 
 /// Takes the baseline (everything recorded for `model` so far) and the mark the new
 /// version's record starts from.
 pub fn baseline(stats: &InferenceStats, model: &str) -> (Record, Mark) {
-    let (requests, errors, latencies) = stats.raw(model);
-    (Record { requests, errors, latencies }, Mark { requests, errors })
+    let c = stats.counts(model);
+    let mark = Mark { requests: c.requests, failures: c.failures, timed: c.timed };
+    (Record { requests: c.requests, errors: c.failures, latencies: c.latencies }, mark)
 }
 
 /// The new version's record since `mark`.
 pub fn since(stats: &InferenceStats, model: &str, mark: &Mark) -> Record {
-    let (requests, errors, latencies) = stats.raw(model);
-    let requests = requests.saturating_sub(mark.requests);
-    let errors = errors.saturating_sub(mark.errors);
-    let ok = (requests - errors.min(requests)) as usize;
-    let skip = latencies.len().saturating_sub(ok);
-    Record { requests, errors, latencies: latencies[skip..].to_vec() }
+    let c = stats.counts(model);
+    let new_timed = c.timed.saturating_sub(mark.timed) as usize;
+    let skip = c.latencies.len().saturating_sub(new_timed);
+    Record {
+        requests: c.requests.saturating_sub(mark.requests),
+        errors: c.failures.saturating_sub(mark.failures),
+        latencies: c.latencies[skip..].to_vec(),
+    }
 }
 
 /// Compares the new version's record with the baseline.
@@ -101,6 +110,7 @@ pub fn judge(base: &Record, new: &Record, cfg: &OtaConfig) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Outcome;
     use std::time::Duration;
 
     fn cfg() -> OtaConfig {
@@ -134,14 +144,16 @@ mod tests {
     fn the_new_record_counts_only_what_came_after_the_mark() {
         let stats = InferenceStats::default();
         for _ in 0..5 {
-            stats.end("m", Duration::from_millis(1), true);
+            stats.end("m", Duration::from_millis(1), Outcome::Ok);
         }
         let (base, mark) = baseline(&stats, "m");
         assert_eq!((base.requests, base.latencies.len()), (5, 5));
-        stats.end("m", Duration::from_millis(9), true);
-        stats.end("m", Duration::from_millis(9), false);
+        stats.end("m", Duration::from_millis(9), Outcome::Ok);
+        stats.end("m", Duration::from_millis(9), Outcome::ModelError);
+        stats.end("m", Duration::from_millis(8), Outcome::ClientError);
+        stats.end("m", Duration::from_millis(30), Outcome::Timeout);
         let new = since(&stats, "m", &mark);
-        assert_eq!((new.requests, new.errors), (2, 1));
-        assert_eq!(new.latencies, vec![9.0]);
+        assert_eq!((new.requests, new.errors), (4, 2), "the client's error is not the model's");
+        assert_eq!(new.latencies, vec![9.0, 30.0]);
     }
 }

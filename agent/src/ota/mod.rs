@@ -20,6 +20,9 @@
 //! to resume from) or the new one; on start the agent resumes staged transfers and always
 //! serves what `current` names.
 
+pub mod deploy;
 pub mod health;
 pub mod staging;
+pub mod transfer;
 pub mod validate;
+pub mod watch;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! {state_dir}/ota/{command id}/command    the signed deploy command, as received
-//! {state_dir}/ota/{command id}/artifact   model ‖ validation vector, preallocated (sparse)
+//! {state_dir}/ota/{command id}/artifact   model ‖ validation vector, allocated in full
 //! {state_dir}/ota/{command id}/bitmap     one bit per chunk received
 //! ```
 //!
@@ -11,6 +11,12 @@
 //! [`Staging::checkpoint`] syncs the artifact's data before it replaces the bitmap. Chunks
 //! received after the last checkpoint are simply asked for again after a crash. RAM holds
 //! one chunk at a time.
+//!
+//! The artifact's blocks are allocated when the transfer starts ([`disk::allocate`]), not
+//! left sparse: on a disk that fills up meanwhile, a transfer fails at its start with a
+//! clear [`StagingError::NoSpace`], not at 90 % after minutes of radio time. [`space_check`]
+//! is the deploy's precheck: room for this transfer and for the installed copies of every
+//! transfer already running.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -20,6 +26,7 @@ use std::path::{Path, PathBuf};
 use edge_proto::command::{hex, Command, Payload};
 use edge_proto::ota::{missing_ranges, sha256, Chunk, Manifest, Validation, MAX_VALIDATION_BYTES};
 
+use crate::disk;
 use crate::fsutil::write_atomic;
 
 /// What went wrong with a staged transfer.
@@ -57,6 +64,20 @@ pub enum StagingError {
     /// The validation vector does not hash or decode.
     #[error("validation vector: {0}")]
     Validation(String),
+    /// The file system has no room for the transfer.
+    #[error(
+        "not enough disk to stage the transfer in {}: it needs {need} bytes, {free} are free; \
+         remove an old model (edgectl remove-model) or free space, then deploy again",
+        dir.display()
+    )]
+    NoSpace {
+        /// Where the transfer was to be staged.
+        dir: PathBuf,
+        /// Bytes needed.
+        need: u64,
+        /// Bytes free.
+        free: u64,
+    },
     /// The staging directory does not hold a deploy command.
     #[error("staging {0}: not a deploy-model command")]
     NotADeploy(PathBuf),
@@ -105,8 +126,9 @@ impl Staging {
         root.join(hex(&command.id))
     }
 
-    /// Starts a transfer: records the signed command bytes and preallocates the artifact
-    /// (sparse). Reopens it instead when it already exists.
+    /// Starts a transfer: allocates the artifact's blocks in full and records the signed
+    /// command bytes. Reopens it instead when it already exists. Fails with
+    /// [`StagingError::NoSpace`] when the file system has no room, leaving nothing behind.
     pub fn create(root: &Path, command_bytes: &[u8], command: Command) -> Result<Staging, StagingError> {
         let dir = Staging::dir_for(root, &command);
         if dir.join("command").is_file() {
@@ -116,13 +138,28 @@ impl Staging {
         let tmp = root.join(format!("{}.tmp", hex(&command.id)));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
-        let artifact = tmp.join("artifact");
-        let file = File::create(&artifact).map_err(io_err("create", &artifact))?;
-        file.set_len(manifest.artifact_size()).map_err(io_err("size", &artifact))?;
-        write_atomic(&tmp.join("command"), command_bytes).map_err(io_err("write", &tmp))?;
+        if let Err(e) = Staging::fill_in(&tmp, command_bytes, &manifest) {
+            // A half-made directory must not keep the space it took.
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(match e {
+                StagingError::Io { source, .. } if disk::is_no_space(&source) => StagingError::NoSpace {
+                    dir: root.to_path_buf(),
+                    need: manifest.artifact_size(),
+                    free: disk::space(root).map(|s| s.free).unwrap_or(0),
+                },
+                e => e,
+            });
+        }
         fs::rename(&tmp, &dir).map_err(io_err("rename", &tmp))?;
         File::open(root).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", root))?;
         Staging::open(&dir, command)
+    }
+
+    fn fill_in(tmp: &Path, command_bytes: &[u8], manifest: &Manifest) -> Result<(), StagingError> {
+        let artifact = tmp.join("artifact");
+        let file = File::create(&artifact).map_err(io_err("create", &artifact))?;
+        disk::allocate(&file, manifest.artifact_size()).map_err(io_err("allocate", &artifact))?;
+        write_atomic(&tmp.join("command"), command_bytes).map_err(io_err("write", tmp))
     }
 
     /// Reopens a staged transfer whose command has been checked again by the caller.
@@ -267,7 +304,65 @@ impl Staging {
         if let Err(e) = fs::remove_dir_all(&dir) {
             tracing::warn!("staging {}: cannot remove: {e}", dir.display());
         }
+        // Space came back: the reserve for bookkeeping may be made whole again.
+        disk::refresh(&dir);
     }
+}
+
+/// Slack for what a deploy writes besides the model: directory entries, `current`, the
+/// store's and the staging's small files, rounding to blocks.
+const DEPLOY_SLACK: u64 = 64 * 1024;
+
+/// Bytes a file of `len` bytes takes on disk, in 4 KiB blocks.
+fn blocks(len: u64) -> u64 {
+    len.div_ceil(4096) * 4096
+}
+
+/// Bytes a deploy of `manifest` still has to write once its transfer starts, besides the
+/// staging file: its installed copy (encrypted: a nonce and a tag more), the store's copy
+/// of the manifest (a hash per chunk, as the command) and slack.
+fn install_bytes(manifest: &Manifest) -> u64 {
+    let chunks = manifest.chunk_count() as u64;
+    blocks(manifest.size + 28) + blocks(32 * chunks) + DEPLOY_SLACK
+}
+
+/// The deploy precheck for disk space: whether the state directory's file system has room
+/// for `manifest`'s transfer (its staging file, its command and bitmap) and its installed
+/// copy, with the installed copies of the transfers already staged under `ota_root` counted
+/// too (their staging files are allocated already, their installed copies are not). A
+/// staged transfer of the same model is not counted: the new deploy supersedes it.
+///
+/// The error says what is needed, what is free and what to do. When the free space cannot
+/// be read the check passes: staging then fails cleanly at its start if there is no room.
+pub fn space_check(state_dir: &Path, ota_root: &Path, manifest: &Manifest) -> Result<(), String> {
+    let Ok(space) = disk::space(state_dir) else { return Ok(()) };
+    let chunks = manifest.chunk_count() as u64;
+    let staging = blocks(manifest.artifact_size()) + blocks(32 * chunks) + blocks(chunks.div_ceil(8));
+    let install = install_bytes(manifest);
+    let (mut pending, mut running) = (0u64, 0usize);
+    for (dir, bytes) in Staging::list(ota_root) {
+        // The bytes were verified when the transfer started; here they only give sizes.
+        match postcard::take_from_bytes::<Command>(&bytes).map(|(c, _)| c.payload) {
+            Ok(Payload::DeployModel(m)) if m.name == manifest.name => continue,
+            Ok(Payload::DeployModel(m)) => pending += install_bytes(&m),
+            _ => pending += fs::metadata(dir.join("artifact")).map(|m| blocks(m.len())).unwrap_or(0),
+        }
+        running += 1;
+    }
+    let need = staging + install + pending;
+    if space.free >= need {
+        return Ok(());
+    }
+    let running = match running {
+        0 => String::new(),
+        n => format!(", {pending} for the installed copies of {n} transfer(s) in progress"),
+    };
+    Err(format!(
+        "not enough disk in {}: this deploy needs {need} bytes ({staging} to stage it, {install} to install it{running}), \
+         {} are free; remove an old model (edgectl remove-model) or free space, then deploy again",
+        state_dir.display(),
+        space.free
+    ))
 }
 
 /// Reads and checks the validation vector that follows the model in an artifact file.
@@ -295,9 +390,63 @@ mod tests {
     use edge_proto::ota::{prepare, ModelFormat};
 
     fn deploy(model: &[u8], chunk: u32) -> (Command, Vec<u8>) {
+        deploy_as("kws", [9; 16], model, chunk)
+    }
+
+    fn deploy_as(name: &str, id: [u8; 16], model: &[u8], chunk: u32) -> (Command, Vec<u8>) {
         let validation = Validation { version: 1, inputs: vec![], expected: vec![], tolerance: 0.0 };
-        let (m, artifact) = prepare([2; 16], "kws", "2", ModelFormat::Tflite, model, Some(&validation), chunk);
-        (Command::new([9; 16], 0, u64::MAX, Target::Device("d".into()), Payload::DeployModel(m)), artifact)
+        let (m, artifact) = prepare([2; 16], name, "2", ModelFormat::Tflite, model, Some(&validation), chunk);
+        (Command::new(id, 0, u64::MAX, Target::Device("d".into()), Payload::DeployModel(m)), artifact)
+    }
+
+    fn manifest(cmd: &Command) -> Manifest {
+        manifest_of(cmd, Path::new("")).unwrap()
+    }
+
+    #[test]
+    fn the_artifact_is_allocated_not_sparse() {
+        // A sparse artifact let a transfer fail at 90 % on a disk that filled meanwhile.
+        let root = tempfile::tempdir().unwrap();
+        let (cmd, _) = deploy(&[3; 300_000], 4096);
+        let s = Staging::create(root.path(), b"cmd", cmd).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(s.artifact_path()).unwrap();
+        assert_eq!(meta.len(), s.manifest.artifact_size());
+        assert!(meta.blocks() * 512 >= meta.len(), "{} blocks for {} bytes", meta.blocks(), meta.len());
+    }
+
+    #[test]
+    fn no_room_at_the_start_is_a_clean_error_that_leaves_nothing() {
+        let Some(fs) = crate::disk::tests::SmallFs::mount(256 * 1024) else { return };
+        let (cmd, _) = deploy(&[3; 400_000], 4096);
+        let err = Staging::create(fs.path(), b"cmd", cmd).unwrap_err();
+        let StagingError::NoSpace { need, free, .. } = &err else { panic!("{err:?}") };
+        assert!(*need > 400_000 && *free <= 256 * 1024, "{err}");
+        let text = err.to_string();
+        assert!(text.contains("remove-model") && text.contains(&need.to_string()), "{text}");
+        assert_eq!(fs::read_dir(fs.path()).unwrap().count(), 0, "leftovers after a failed start");
+        assert_eq!(crate::disk::space(fs.path()).unwrap().free, 256 * 1024);
+    }
+
+    #[test]
+    fn space_check_counts_the_installed_copies_of_transfers_in_progress() {
+        let Some(fs) = crate::disk::tests::SmallFs::mount(1536 * 1024) else { return };
+        let state = fs.path();
+        let root = state.join("ota");
+        fs::create_dir(&root).unwrap();
+        let (b, _) = deploy_as("b", [2; 16], &[2; 400_000], 16 * 1024);
+        space_check(state, &root, &manifest(&b)).unwrap();
+        // A transfer of another model starts: its staging file takes its space now, its
+        // installed copy will later. Together there is no room for b.
+        let (a, _) = deploy_as("a", [1; 16], &[1; 400_000], 16 * 1024);
+        let _a = Staging::create(&root, &edge_proto::encode(&a), a).unwrap();
+        let free = crate::disk::space(state).unwrap().free;
+        assert!(free > 400_000 * 2, "b alone would fit ({free} free)");
+        let err = space_check(state, &root, &manifest(&b)).unwrap_err();
+        assert!(err.contains("1 transfer(s) in progress") && err.contains("remove-model"), "{err}");
+        // A deploy of the same model supersedes the staged one: not counted.
+        let (a2, _) = deploy_as("a", [3; 16], &[4; 400_000], 16 * 1024);
+        space_check(state, &root, &manifest(&a2)).unwrap();
     }
 
     fn chunk(artifact: &[u8], size: usize, index: u32) -> Chunk {

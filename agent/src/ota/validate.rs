@@ -15,8 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::staging::Staging;
 use crate::engine::isolate::{run_child, Limits};
-use crate::engine::{options_for_bytes, Model};
-use crate::store::engine_format;
+use crate::engine::Model;
 
 /// Timed runs of the validation vector; the median is compared to the latency budget.
 const TIMED_RUNS: usize = 5;
@@ -64,9 +63,7 @@ pub fn validate_staging(dir: &Path) -> Report {
         Err(e) => return Report::fail(e.to_string()),
     };
     let manifest = &staging.manifest;
-    let format = engine_format(manifest.format);
-    let loaded = options_for_bytes(format, &model, &manifest.pins)
-        .and_then(|options| Model::load_bytes(format, &model, &options));
+    let loaded = crate::models::load::from_manifest(manifest, &model);
     let model = match loaded {
         Ok(m) => std::sync::Arc::new(m),
         Err(e) => return Report::fail(format!("does not load: {e}")),

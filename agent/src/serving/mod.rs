@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use tract_core::internal::Tensor;
 
-use crate::engine::{EngineError, Model, Session, TensorSpec};
-use crate::stats::InferenceStats;
+use crate::engine::{inputs_fit, EngineError, Model, Session, TensorSpec};
+use crate::stats::{InferenceStats, Outcome};
 
 /// Why a request was not served.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +88,6 @@ struct Job {
     inputs: Vec<Tensor>,
     session: Option<Arc<Mutex<Session>>>,
     reply: Reply,
-    queued_at: Instant,
 }
 
 /// Worker threads for one model version.
@@ -98,18 +97,12 @@ struct Pool {
 }
 
 impl Pool {
-    fn start(
-        name: &str,
-        model: &Arc<Model>,
-        settings: PoolSettings,
-        stats: Arc<InferenceStats>,
-    ) -> Result<Pool, ServeError> {
+    fn start(name: &str, model: &Arc<Model>, settings: PoolSettings) -> Result<Pool, ServeError> {
         let (tx, rx) = sync_channel::<Job>(settings.queue);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..settings.workers.max(1) {
             let mut own = model.session()?;
             let rx = rx.clone();
-            let stats = stats.clone();
             let name = name.to_string();
             std::thread::Builder::new()
                 .name(format!("infer-{name}-{i}"))
@@ -119,7 +112,6 @@ impl Pool {
                         Ok(job) => job,
                         Err(_) => return,
                     };
-                    stats.begin(&name);
                     let result = match &job.session {
                         Some(shared) => shared.lock().expect("session lock").run(job.inputs),
                         None => {
@@ -128,7 +120,6 @@ impl Pool {
                             own.run(job.inputs)
                         }
                     };
-                    stats.end(&name, job.queued_at.elapsed(), result.is_ok());
                     let _ = job.reply.send(result.map_err(ServeError::from));
                 })
                 .map_err(|e| ServeError::Failed(format!("cannot start a worker thread: {e}")))?;
@@ -190,6 +181,9 @@ pub struct Registry {
     expected: RwLock<Vec<String>>,
     sessions: Sessions,
     stats: Arc<InferenceStats>,
+    /// Input signatures of the versions that models on trial replaced: a request the new
+    /// version refuses but the previous one would have taken counts as the model's failure.
+    priors: RwLock<HashMap<String, Vec<TensorSpec>>>,
     /// How long a request may wait for its answer.
     pub timeout: Duration,
     /// How long an unused session lives.
@@ -206,6 +200,7 @@ impl Registry {
             expected: RwLock::new(vec![]),
             sessions: Sessions::default(),
             stats,
+            priors: RwLock::new(HashMap::new()),
             timeout,
             session_ttl,
             max_sessions: 64,
@@ -221,7 +216,7 @@ impl Registry {
         model: Arc<Model>,
         settings: PoolSettings,
     ) -> Result<(), ServeError> {
-        let pool = Pool::start(name, &model, settings, self.stats.clone())?;
+        let pool = Pool::start(name, &model, settings)?;
         self.stats.register(name);
         let served = Arc::new(Served {
             name: name.to_string(),
@@ -237,6 +232,16 @@ impl Registry {
             tracing::info!(model = name, version, "model activated");
         }
         Ok(())
+    }
+
+    /// While a new version of `name` is on trial: the input signature of the version it
+    /// replaced (`None` when the trial ends), to tell a caller's mistake from a regression.
+    pub fn set_prior_inputs(&self, name: &str, prior: Option<Vec<TensorSpec>>) {
+        let mut priors = self.priors.write().expect("registry lock");
+        match prior {
+            Some(specs) => priors.insert(name.to_string(), specs),
+            None => priors.remove(name),
+        };
     }
 
     /// The models the configuration asks for; readiness waits for all of them.
@@ -346,8 +351,32 @@ impl Registry {
         session: Option<Arc<Mutex<Session>>>,
     ) -> Result<Vec<Tensor>, ServeError> {
         let name = served.name.clone();
+        // Only while a trial runs: would the replaced version have taken these inputs?
+        let prior_fits = self.priors.read().expect("registry lock").get(&name).map(|p| inputs_fit(p, &inputs).is_ok());
+        let started = Instant::now();
+        self.stats.begin(&name);
+        let result = self.submit(served, inputs, session).await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(ServeError::BadInput(_)) if prior_fits == Some(true) => Outcome::ModelError,
+            Err(ServeError::BadInput(_)) => Outcome::ClientError,
+            Err(ServeError::Busy(..)) => Outcome::Busy,
+            Err(ServeError::Timeout(..)) => Outcome::Timeout,
+            Err(_) => Outcome::ModelError,
+        };
+        self.stats.end(&name, started.elapsed(), outcome);
+        result
+    }
+
+    async fn submit(
+        &self,
+        served: Arc<Served>,
+        inputs: Vec<Tensor>,
+        session: Option<Arc<Mutex<Session>>>,
+    ) -> Result<Vec<Tensor>, ServeError> {
+        let name = served.name.clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = Job { inputs, session, reply, queued_at: Instant::now() };
+        let job = Job { inputs, session, reply };
         match served.pool.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(ServeError::Busy(name, served.pool.queue)),

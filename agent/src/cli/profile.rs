@@ -1,0 +1,67 @@
+//! Timing and profiling for `edge-agent infer`: `--repeat N` times N runs of a warm
+//! session, `--profile N` prints where the plan spends its time, node by node and by
+//! operator. `EDGE_PROFILE_ALL` lists every node instead of the slowest 25;
+//! `EDGE_PROFILE_INFO` adds each node's details.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use tract_core::internal::Tensor;
+
+use crate::engine::Session;
+
+/// Times `n` runs of `session` on `inputs` (the caller has run it once: the warm-up) and
+/// prints `runs= median_ms= min_ms= p95_ms=`.
+pub fn repeat(session: &mut Session, inputs: &[Tensor], n: usize) -> Result<()> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let feed = inputs.to_vec();
+        let start = Instant::now();
+        session.run(feed)?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    if times.is_empty() {
+        bail!("--repeat needs at least 1");
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = times[times.len() / 2];
+    let p95 = times[((times.len() as f64 * 0.95).ceil() as usize).clamp(1, times.len()) - 1];
+    println!("runs={n} median_ms={median:.4} min_ms={:.4} p95_ms={p95:.4}", times[0]);
+    Ok(())
+}
+
+/// Profiles `runs` runs and prints the slowest plan nodes, then the time per operator.
+pub fn profile(session: &mut Session, inputs: &[Tensor], runs: usize) -> Result<()> {
+    let times = session.profile(inputs.to_vec(), runs.max(1))?;
+    let total: f64 = times.iter().map(|t| t.total.as_secs_f64()).sum();
+    println!("profile over {runs} runs, {:.4} ms per run:", total * 1e3 / runs.max(1) as f64);
+    let dw = crate::engine::kernels::depthwise_kernel();
+    println!("channels-last depthwise kernel: {}", dw.unwrap_or("tract's generic loop"));
+    let shown = if std::env::var_os("EDGE_PROFILE_ALL").is_some() { times.len() } else { 25 };
+    for t in times.iter().take(shown) {
+        let ms = t.total.as_secs_f64() * 1e3 / runs.max(1) as f64;
+        println!("  {ms:9.4} ms {:5.1}%  {} ({})", 100.0 * t.total.as_secs_f64() / total.max(1e-12), t.op, t.node);
+        if std::env::var_os("EDGE_PROFILE_INFO").is_some() {
+            for line in &t.info {
+                println!("                    {line}");
+            }
+        }
+    }
+    let mut by_op: Vec<(String, f64, usize)> = vec![];
+    for t in &times {
+        match by_op.iter_mut().find(|(op, _, _)| *op == t.op) {
+            Some(entry) => {
+                entry.1 += t.total.as_secs_f64();
+                entry.2 += 1;
+            }
+            None => by_op.push((t.op.clone(), t.total.as_secs_f64(), 1)),
+        }
+    }
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("by operator ({} plan nodes):", times.len());
+    for (op, secs, nodes) in by_op {
+        let ms = secs * 1e3 / runs.max(1) as f64;
+        println!("  {ms:9.4} ms {:5.1}%  {op} x{nodes}", 100.0 * secs / total.max(1e-12));
+    }
+    Ok(())
+}

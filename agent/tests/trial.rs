@@ -1,0 +1,230 @@
+//! Trials and mark-good, end to end: a version that kills the agent is replaced by the one
+//! before it, and commands are answered while a model is being validated. Real
+//! `edge-agent run` processes, a real Mosquitto, edgectl's library as the operator.
+
+mod daemon;
+mod operator;
+
+use std::time::{Duration, Instant};
+
+use daemon::{http_get, setup, Agent};
+use edge_proto::command::{NpyBytes, Payload, Reply};
+use edge_proto::ota::{ModelFormat, Validation};
+use edgectl::deploy::DeployRequest;
+use edgectl::link::Link;
+use edgectl::track::Outcome;
+use operator::*;
+
+/// Waits until the local API serves `name` in `version`.
+async fn serving(agent: &Agent, name: &str, version: &str) {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = http_get(&agent.http, &format!("/v1/models/{name}"));
+        if body.contains(&format!("\"version\":\"{version}\"")) {
+            return;
+        }
+        assert!(Instant::now() < end, "{name} {version} never served: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The version the local API answers with the first time it answers for `name` at all.
+async fn first_version_served(agent: &Agent, name: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = http_get(&agent.http, &format!("/v1/models/{name}"));
+        if code == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            return v["version"].as_str().unwrap_or_default().to_string();
+        }
+        assert!(Instant::now() < end, "{name} never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_twice_during_a_trial_restores_the_previous_version_before_serving() {
+    // Version 2 "kills" the agent twice inside its health window, as an OOM kill would: it
+    // used to come back serving version 2, and a crash loop took the box out of the fleet.
+    let s = setup();
+    let (mut agent, mut link, config) = dev1(&s, "health_window_secs = 600").await;
+    let http = agent.http.clone();
+    let v1 = deploy_model(&mut link, device("dev-1"), "hand", "1", RECROP, None).await;
+    assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}");
+    let mqtt = operator_mqtt(&s);
+    let v2 = tokio::spawn(async move {
+        let mut link = Link::connect(&mqtt).await.unwrap();
+        let out = deploy_model(&mut link, device("dev-1"), "hand", "2", RECROP, None).await;
+        link.close().await;
+        out
+    });
+    serving(&agent, "hand", "2").await;
+    agent.kill9();
+    // First death: the trial resumes, version 2 serves again.
+    let mut agent = Agent::start(&config, &http);
+    serving(&agent, "hand", "2").await;
+    agent.kill9();
+    // Second death: version 1 is back before anything serves.
+    let agent = Agent::start(&config, &http);
+    assert_eq!(first_version_served(&agent, "hand").await, "1");
+    let out = v2.await.unwrap();
+    assert_eq!(
+        only(&out),
+        &Outcome::Failed("agent died twice during the trial of hand 2; restored version 1".into()),
+        "{out:?}"
+    );
+    let now = active(&status(&mut link, "dev-1").await, "hand");
+    let log = agent.stop();
+    assert_eq!(now.as_deref(), Some("1"), "{log}");
+    assert!(log.contains("agent died twice during the trial of hand 2"), "{log}");
+    link.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orderly_restart_during_a_trial_is_not_a_death() {
+    let s = setup();
+    let (agent, mut link, config) = dev1(&s, "health_window_secs = 4").await;
+    let http = agent.http.clone();
+    let v1 = deploy_model(&mut link, device("dev-1"), "hand", "1", RECROP, None).await;
+    assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}");
+    let mqtt = operator_mqtt(&s);
+    let v2 = tokio::spawn(async move {
+        let mut link = Link::connect(&mqtt).await.unwrap();
+        let out = deploy_model(&mut link, device("dev-1"), "hand", "2", RECROP, None).await;
+        link.close().await;
+        out
+    });
+    serving(&agent, "hand", "2").await;
+    agent.stop();
+    let agent = Agent::start(&config, &http);
+    serving(&agent, "hand", "2").await;
+    agent.stop();
+    let agent = Agent::start(&config, &http);
+    // Two stops in order: still on trial, and its window ends well.
+    let out = v2.await.unwrap();
+    assert_eq!(only(&out), &Outcome::Succeeded, "{out:?}");
+    assert_eq!(first_version_served(&agent, "hand").await, "2");
+    link.close().await;
+}
+
+/// An ONNX model that takes minutes to run: its 1024x1024 input is multiplied by a
+/// constant 1024x1024 matrix `layers` times.
+fn slow_onnx(layers: usize) -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb;
+    const N: i64 = 1024;
+    let tensor_type = |dims: &[i64]| pb::TypeProto {
+        value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+            elem_type: 1,
+            shape: Some(pb::TensorShapeProto {
+                dim: dims
+                    .iter()
+                    .map(|d| pb::tensor_shape_proto::Dimension {
+                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(*d)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+        })),
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: &[&str], output: &str| pb::NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    let mut fill = node("ConstantOfShape", &["shape"], "w");
+    fill.attribute = vec![pb::AttributeProto {
+        name: "value".into(),
+        r#type: pb::attribute_proto::AttributeType::Tensor as i32,
+        t: Some(pb::TensorProto {
+            dims: vec![1],
+            data_type: 1,
+            float_data: vec![1.0 / N as f32],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let mut nodes = vec![fill];
+    for i in 0..layers {
+        let input = if i == 0 { "x".to_string() } else { format!("h{i}") };
+        nodes.push(node("MatMul", &[&input, "w"], &format!("h{}", i + 1)));
+    }
+    let graph = pb::GraphProto {
+        node: nodes,
+        initializer: vec![pb::TensorProto {
+            name: "shape".into(),
+            dims: vec![2],
+            data_type: 7,
+            int64_data: vec![N, N],
+            ..Default::default()
+        }],
+        input: vec![pb::ValueInfoProto { name: "x".into(), r#type: Some(tensor_type(&[N, N])), ..Default::default() }],
+        output: vec![pb::ValueInfoProto {
+            name: format!("h{layers}"),
+            r#type: Some(tensor_type(&[N, N])),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn npy_f32(shape: &[usize], values: &[f32]) -> Vec<u8> {
+    let t = tract_core::prelude::Tensor::from_shape(shape, values).unwrap();
+    edge_agent::npy::to_bytes(&t).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_answered_during_a_long_validation_and_the_link_stays_up() {
+    // Validation used to run on the command thread: a command sent during it waited, and
+    // past 30 s was dropped after the broker had its PUBACK.
+    let s = setup();
+    let (agent, mut link, config) = dev1(&s, "validation_timeout_secs = 60").await;
+    let mqtt = operator_mqtt(&s);
+    let deploy = tokio::spawn(async move {
+        let mut link = Link::connect(&mqtt).await.unwrap();
+        let mut req = DeployRequest::new(device("dev-1"), "slow", "1", ModelFormat::Onnx, slow_onnx(400));
+        req.validation = Some(Validation {
+            version: 1,
+            inputs: vec![NpyBytes(npy_f32(&[1024, 1024], &vec![1.0; 1024 * 1024]))],
+            expected: vec![NpyBytes(npy_f32(&[1], &[0.0]))],
+            tolerance: 1.0,
+        });
+        req.wait = true;
+        req.timeout = Duration::from_secs(120);
+        let out = edgectl::deploy::deploy(&mut link, &operator_key(), &req, |_| {}).await.expect("deploy sent");
+        link.close().await;
+        (out, Instant::now())
+    });
+    // Wait for the transfer to end: validation has begun.
+    let end = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_dir(config.parent().unwrap().join("state-dev-1/ota"))
+        .map(|d| d.flatten().any(|_| true))
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < end, "the transfer never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut answered = vec![];
+    for _ in 0..3 {
+        let results = command(&mut link, device("dev-1"), Payload::GetStatus).await;
+        assert!(matches!(results[0].reply, Some(Reply::Status(_))), "{results:?}");
+        answered.push(Instant::now());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (out, finished) = deploy.await.unwrap();
+    assert!(answered.iter().all(|t| *t < finished), "get-status answered only after the validation ended: {out:?}");
+    assert!(matches!(only(&out), Outcome::Failed(r) if r.contains("validation")), "{out:?}");
+    let metrics = agent.metrics();
+    assert!(metrics.contains("edge_agent_mqtt_reconnects_total 0"), "the link dropped:\n{metrics}");
+    link.close().await;
+}
