@@ -171,8 +171,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         backoff_max: Duration::from_secs(config.mqtt.reconnect_max_secs),
         groups: config.groups.clone(),
     };
-    // Each message in flight may be an OTA chunk: a few of them bound the RAM a transfer takes.
-    let (inbound_tx, mut inbound_rx) = tokio::sync::mpsc::channel(2);
+    // Full queues refuse commands as busy and drop chunks (the link never waits on them);
+    // each chunk may be 1 MiB, so only a couple wait.
+    let (inbound_tx, mut inbound_rx) =
+        crate::link::inbound::queue(crate::link::inbound::COMMAND_QUEUE, crate::link::inbound::CHUNK_QUEUE);
     let (link, link_handle) = Link::new(link_settings, outbox, acks, Some(inbound_tx), link_stats.clone());
     let (interval_tx, interval_rx) =
         tokio::sync::watch::channel(Duration::from_secs(settings.telemetry_interval_secs.into()));
