@@ -181,7 +181,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     let samples = prometheus_client::metrics::counter::Counter::default();
     let telemetry = Telemetry {
         sampler: Sampler::new(&config.device_id, &config.state_dir).context("system sampler")?,
-        seq: SeqStore::open(&config.state_dir.join("telemetry.seq"))?,
+        seq: SeqStore::open(&config.state_dir.join("telemetry.seq")),
         interval: interval_rx,
         link: link_handle.clone(),
         link_stats: link_stats.clone(),

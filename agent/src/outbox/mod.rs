@@ -222,9 +222,9 @@ impl Outbox {
         let written = self.writer.write_all(&record).and_then(|()| self.writer.sync_data());
         if let Err(source) = written {
             // Whatever part of the record reached the file must not become framing for the
-            // next record: cut it off, and in any case continue in a new segment.
-            let _ = self.writer.set_len(active.end);
-            self.writer_broken = true;
+            // next record: cut it off, or if that fails too, continue in a new segment. (Not
+            // a new segment every time: on a full disk each failed push would leave one.)
+            self.writer_broken = self.writer.set_len(active.end).is_err();
             return Err(OutboxError::Io { action: "append to segment", path, source });
         }
         active.end += record.len() as u64;

@@ -155,7 +155,12 @@ impl Outbox {
         }
         let (first, _) = outbox.head_position();
         if dirty || cursor.is_none_or(|c| c != (first, outbox.head)) {
-            outbox.commit()?;
+            // The queue in memory is right either way; a stale cursor only brings records
+            // back after a restart (duplicates, never loss), and a full disk must not keep
+            // the agent from starting.
+            if let Err(e) = outbox.commit() {
+                tracing::warn!("{e}; the outbox starts anyway (messages may be sent twice after a restart)");
+            }
         }
         Ok(outbox)
     }
