@@ -1,5 +1,6 @@
-//! The link against a real Mosquitto over mutual TLS, built in the test so that its
-//! consumers can be made to stall: it never waits on them, and never on its disk.
+//! The link against a real Mosquitto over mutual TLS: built in the test so that its
+//! consumers can be made to stall (it never waits on them), and in a real agent whose
+//! state directory's file system is full (it keeps reporting).
 
 mod daemon;
 
@@ -7,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use daemon::{operator, setup, Setup};
+use daemon::{agent_config, operator, setup, Agent, Setup};
 use edge_agent::link::{inbound, Link, LinkHandle, LinkSettings, LinkStats};
 use edge_agent::outbox::Outbox;
 use edge_proto::command::{sign, Ack, AckState, Command, Payload, SigningKey, Target};
@@ -156,4 +157,108 @@ async fn a_stalled_command_consumer_gets_busy_rejections_while_the_link_stays_up
     assert_eq!(queued, ["command 1", "command 2", "chunk [0, 0]"]);
     cancel.cancel();
     task.await.unwrap().unwrap();
+}
+
+/// A small tmpfs mounted on a temporary directory, unmounted on drop; `None` (with the
+/// reason printed) where mounting is refused.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(dir)),
+            Ok(o) => {
+                eprintln!("skipped: cannot mount a tmpfs: {}", String::from_utf8_lossy(&o.stderr).trim());
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    /// Fills the file system to the last byte.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.path().join("filler")).unwrap();
+        for chunk in [64 * 1024, 4096, 1] {
+            while f.write_all(&vec![0xAA; chunk]).and_then(|()| f.sync_all()).is_ok() {}
+        }
+        assert!(std::fs::write(self.0.path().join("one-more"), b"x").is_err(), "the file system is not full");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// Telemetry sequence numbers the operator receives within `wait`, until `enough`.
+async fn samples(ev: &mut EventLoop, wait: Duration, enough: usize) -> Vec<u64> {
+    let mut got = vec![];
+    let end = Instant::now() + wait;
+    while got.len() < enough {
+        let Some(left) = end.checked_duration_since(Instant::now()) else { break };
+        match tokio::time::timeout(left, ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                if let Ok(t) = edge_proto::decode::<edge_proto::telemetry::Telemetry>(&p.payload) {
+                    got.push(t.seq);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().last()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_its_file_system_full_the_agent_starts_and_keeps_reporting() {
+    let Some(fs) = Tmpfs::mount("4m") else { return };
+    let s = setup();
+    let state = fs.0.path().join("state");
+    let (config, http) = agent_config(&s, "dev-full", &s.broker.url(), s.pki.ca_pem(), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .lines()
+        .map(|l| if l.starts_with("state_dir") { format!("state_dir = \"{}\"", state.display()) } else { l.into() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, text).unwrap();
+    let (_op, mut ev) = operator(&s, "edge/dev-full/telemetry").await;
+
+    // A first run lays out the state directory; then the disk fills up.
+    let agent = Agent::start(&config, &http);
+    let before = samples(&mut ev, Duration::from_secs(20), 2).await;
+    assert!(!before.is_empty(), "no telemetry before the disk filled:\n{}", agent.stop());
+    agent.stop();
+    // Emptied, so that the very next sample finds no room: a segment's last, partly used
+    // page would otherwise take a few dozen more before the disk is full for it.
+    std::fs::remove_dir_all(state.join("outbox")).unwrap();
+    fs.fill();
+
+    let agent = Agent::start(&config, &http);
+    // Nothing can be stored: these come straight from the link, without a copy on disk.
+    let after = samples(&mut ev, Duration::from_secs(20), 3).await;
+    let metrics = agent.metrics();
+    assert!(after.len() >= 3, "telemetry stopped on a full disk: {after:?}\n{metrics}\n{}", agent.stop());
+    assert!(after[0] > *before.last().unwrap(), "numbering went back: {before:?} then {after:?}");
+    assert!(after.windows(2).all(|w| w[0] < w[1]), "{after:?}");
+    assert_eq!(metric(&metrics, "edge_agent_outbox_disk_full"), Some(1.0), "{metrics}");
+    assert!(metric(&metrics, "edge_agent_outbox_unstored_sent_messages_total").unwrap_or(0.0) >= 3.0, "{metrics}");
+    assert!(metric(&metrics, "edge_agent_outbox_errors_total").unwrap_or(0.0) >= 3.0, "{metrics}");
+    assert_eq!(metric(&metrics, "edge_agent_mqtt_connected"), Some(1.0), "{metrics}");
+    let log = agent.stop();
+    assert!(log.contains("published without a copy on disk"), "{log}");
 }
