@@ -9,7 +9,10 @@
 //!   to the id its envelope claims (as for any rejection, see `docs/protocol.md`), so the
 //!   operator knows to send it again; it was PUBACKed already, and dropping it silently
 //!   would lose it;
-//! - an **OTA chunk** is dropped: the device asks again for the chunks it is missing.
+//! - an **OTA chunk** is handed back: the link holds it a short while, without taking
+//!   further messages, so a transfer is paced by the rate chunks are written (see
+//!   [`chunk_patience`](super::chunk_patience)); if there is still no room, it is dropped
+//!   and the device asks again for the chunks it is missing.
 //!
 //! Both are counted ([`LinkStats::commands_busy`](super::LinkStats::commands_busy),
 //! [`LinkStats::chunks_busy`](super::LinkStats::chunks_busy)) and logged.
@@ -97,6 +100,13 @@ impl InboundTx {
             }
             Err(TrySendError::Closed(_)) => Offer::Closed,
         }
+    }
+}
+
+impl InboundTx {
+    /// Waits for room for one chunk; `None` once the command component is gone.
+    pub(super) async fn chunk_room(&self) -> Option<mpsc::Permit<'_, Vec<u8>>> {
+        self.chunks.reserve().await.ok()
     }
 }
 

@@ -18,8 +18,9 @@
 //!
 //! On every connect the link subscribes (QoS 1) to the device's command and OTA topics and
 //! to those of its groups, and routes what arrives to the command component through
-//! bounded queues it never waits on ([`inbound`]): a command that finds its queue full is
-//! answered `rejected(busy …)`, a chunk is dropped. Repair requests for missing OTA chunks are published directly (QoS 0):
+//! bounded queues ([`inbound`]): a command that finds its queue full is answered
+//! `rejected(busy …)` at once; a chunk waits for room a short while ([`chunk_patience`]),
+//! then is dropped. Repair requests for missing OTA chunks are published directly (QoS 0):
 //! they are repeated until answered, so there is nothing to keep.
 //!
 //! On every connect the link publishes a retained `online` [`Status`]; the broker publishes
@@ -274,13 +275,19 @@ impl Link {
     }
 
     /// Routes a received publish to the command component, without waiting: a command
-    /// that finds its queue full is answered `rejected(busy …)` through the ack outbox, a
-    /// chunk is dropped (see [`inbound`]).
-    fn route(&self, topic: &str, payload: Vec<u8>, spool: &mut SpoolHandle) -> Result<(), spool::SpoolStopped> {
-        let Some(inbound) = &self.inbound else { return Ok(()) };
+    /// that finds its queue full is answered `rejected(busy …)` through the ack outbox; a
+    /// chunk that finds its queue full is handed back, for the caller to hold a short while
+    /// (see [`inbound`]).
+    fn route(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        spool: &mut SpoolHandle,
+    ) -> Result<Option<Vec<u8>>, spool::SpoolStopped> {
+        let Some(inbound) = &self.inbound else { return Ok(None) };
         let Some(&(_, is_command)) = self.subscriptions.iter().find(|(t, _)| t == topic) else {
             tracing::debug!(topic, "message on a topic the agent does not handle; ignored");
-            return Ok(());
+            return Ok(None);
         };
         let message = if is_command { Inbound::Command(payload) } else { Inbound::Chunk(payload) };
         match inbound.offer(message) {
@@ -295,13 +302,19 @@ impl Link {
                     None => tracing::warn!(topic, queued, "command queue full; unreadable command dropped"),
                 }
             }
-            Offer::Busy { queued, message: Inbound::Chunk(_) } => {
-                self.stats.chunks_busy.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(topic, queued, "chunk queue full; OTA chunk dropped (it will be asked for again)");
-            }
+            Offer::Busy { message: Inbound::Chunk(bytes), .. } => return Ok(Some(bytes)),
             Offer::Closed => tracing::warn!(topic, "the command component has stopped; message dropped"),
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// A chunk held for room in the chunk queue did not get it in time.
+    fn drop_chunk(&self) {
+        self.stats.chunks_busy.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            queued = inbound::CHUNK_QUEUE,
+            "chunk queue full; OTA chunk dropped (the device asks for it again)"
+        );
     }
 
     /// Publishes a message the outbox could not store, if connected; drops it otherwise.
@@ -376,6 +389,10 @@ impl Link {
         }
         let mut issued: VecDeque<Issued> = VecDeque::new();
         let mut ever_connected = false;
+        // A chunk waiting for room in the chunk queue, and until when.
+        let mut parked: Option<(Vec<u8>, tokio::time::Instant)> = None;
+        let patience = chunk_patience(self.settings.keep_alive);
+        let chunk_room = self.inbound.clone();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -406,7 +423,21 @@ impl Link {
                     }
                     SpoolEvent::Erased => follow(&spool, LaneId::Telemetry, lanes.telemetry.on_erased())?,
                 },
-                Some(event) = events.recv() => match event {
+                room = room_for_chunk(chunk_room.as_ref()), if parked.is_some() => {
+                    let (chunk, _) = parked.take().expect("guarded");
+                    match room {
+                        Some(permit) => permit.send(chunk),
+                        None => tracing::warn!("the command component has stopped; OTA chunk dropped"),
+                    }
+                }
+                _ = tokio::time::sleep_until(parked.as_ref().map_or_else(tokio::time::Instant::now, |p| p.1)),
+                    if parked.is_some() =>
+                {
+                    parked = None;
+                    self.drop_chunk();
+                }
+                // Not while a chunk waits: the next event may be another chunk.
+                Some(event) = events.recv(), if parked.is_none() => match event {
                     LinkEvent::Connected => {
                         if ever_connected {
                             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -457,7 +488,11 @@ impl Link {
                             follow(&spool, id, then)?;
                         }
                     }
-                    LinkEvent::Message(topic, payload) => self.route(&topic, payload, &mut spool)?,
+                    LinkEvent::Message(topic, payload) => {
+                        if let Some(chunk) = self.route(&topic, payload, &mut spool)? {
+                            parked = Some((chunk, tokio::time::Instant::now() + patience));
+                        }
+                    }
                 },
             }
             if self.stats.connected.load(Ordering::Relaxed) {
@@ -500,6 +535,27 @@ impl Link {
         }
         drop(stored);
         Ok(())
+    }
+}
+
+/// How long a chunk waits for room in the chunk queue before it is dropped.
+///
+/// While a chunk waits, the link takes no further events from the event loop task, which
+/// then stops polling rumqttc once its small channel is full: the broker's sending slows
+/// down to the rate chunks are written (the transfer is paced, not repaired). But rumqttc
+/// must be polled well within the keep-alive, or the broker drops the device: so a chunk
+/// waits a quarter of the keep-alive at most (and no more than 2 s), after which it is
+/// dropped and the event loop moves on.
+pub fn chunk_patience(keep_alive: Duration) -> Duration {
+    (keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(2))
+}
+
+/// Room for one chunk in the chunk queue; `None` once the command component is gone (or
+/// there is no queue, which never has a chunk waiting).
+async fn room_for_chunk(inbound: Option<&InboundTx>) -> Option<mpsc::Permit<'_, Vec<u8>>> {
+    match inbound {
+        Some(inbound) => inbound.chunk_room().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -568,5 +624,17 @@ async fn poll_events(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_waits_well_within_the_keep_alive() {
+        assert_eq!(chunk_patience(Duration::from_secs(1)), Duration::from_millis(250));
+        assert_eq!(chunk_patience(Duration::from_secs(30)), Duration::from_secs(2));
+        assert_eq!(chunk_patience(Duration::ZERO), Duration::from_millis(100));
     }
 }
