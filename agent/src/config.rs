@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use edge_mqtt::valid_segment;
+/// The `[mqtt]` table and its URL helper live in edge-mqtt, shared with edgectl.
+pub use edge_mqtt::{host_port, MqttConfig};
+
 /// Environment variable that overrides `device_id`.
 pub const ENV_DEVICE_ID: &str = "EDGE_AGENT_DEVICE_ID";
 /// Environment variable that overrides `[mqtt] url`.
@@ -147,39 +151,6 @@ impl Default for OtaConfig {
     }
 }
 
-/// `[mqtt]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttConfig {
-    /// `mqtts://host:port` (or `mqtt://` with `allow_insecure`).
-    pub url: String,
-    /// CA certificate(s) that sign the broker's certificate, PEM.
-    pub ca_file: PathBuf,
-    /// This device's certificate, PEM.
-    pub cert_file: PathBuf,
-    /// This device's private key, PKCS#8 or SEC1 PEM.
-    pub key_file: PathBuf,
-    /// First topic segment.
-    #[serde(default = "default_topic_prefix")]
-    pub topic_prefix: String,
-    /// Accept `mqtt://` (plaintext). Logged as a warning.
-    #[serde(default)]
-    pub allow_insecure: bool,
-    /// Largest MQTT packet, both ways, in bytes.
-    #[serde(default = "default_max_packet_bytes")]
-    pub max_packet_bytes: usize,
-    /// Network timeout in seconds.
-    #[serde(default = "default_network_timeout_secs")]
-    pub network_timeout_secs: u64,
-    /// MQTT keep-alive in seconds.
-    #[serde(default = "default_keep_alive_secs")]
-    pub keep_alive_secs: u64,
-    /// Longest wait between reconnection attempts, in seconds (delays start at 0.5 s and
-    /// double, with jitter).
-    #[serde(default = "default_reconnect_max_secs")]
-    pub reconnect_max_secs: u64,
-}
-
 /// `[telemetry]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -295,21 +266,6 @@ fn default_validation_memory_bytes() -> u64 {
 fn default_validation_timeout_secs() -> u64 {
     120
 }
-fn default_topic_prefix() -> String {
-    "edge".into()
-}
-fn default_max_packet_bytes() -> usize {
-    256 * 1024
-}
-fn default_network_timeout_secs() -> u64 {
-    30
-}
-fn default_keep_alive_secs() -> u64 {
-    30
-}
-fn default_reconnect_max_secs() -> u64 {
-    60
-}
 fn default_interval_secs() -> u64 {
     10
 }
@@ -342,11 +298,6 @@ fn default_request_timeout_secs() -> u64 {
 }
 fn default_session_ttl_secs() -> u64 {
     300
-}
-
-/// Characters allowed in a device id and topic prefix: one MQTT topic level, no wildcards.
-fn valid_segment(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 impl Config {
@@ -390,9 +341,7 @@ impl Config {
             }
         };
         fix(&mut self.state_dir);
-        fix(&mut self.mqtt.ca_file);
-        fix(&mut self.mqtt.cert_file);
-        fix(&mut self.mqtt.key_file);
+        self.mqtt.resolve_paths(base);
         for m in &mut self.models {
             fix(&mut m.path);
         }
@@ -414,44 +363,8 @@ impl Config {
                 format!("{:?} must be 1-128 characters of A-Z a-z 0-9 - _ .", self.device_id),
             ));
         }
-        if !valid_segment(&self.mqtt.topic_prefix) {
-            return Err(bad(
-                "[mqtt] topic_prefix",
-                format!("{:?} must be one topic level of A-Z a-z 0-9 - _ .", self.mqtt.topic_prefix),
-            ));
-        }
-        let url = &self.mqtt.url;
-        match url.split_once("://").map(|(scheme, _)| scheme) {
-            Some("mqtts") => {}
-            Some("mqtt") if self.mqtt.allow_insecure => {}
-            Some("mqtt") => {
-                return Err(bad(
-                    "[mqtt] url",
-                    format!("{url:?} is plaintext; use mqtts://, or set allow_insecure = true to accept it"),
-                ))
-            }
-            _ => return Err(bad("[mqtt] url", format!("{url:?} is not an mqtts:// URL"))),
-        }
-        if crate::config::host_port(url).is_none() {
-            return Err(bad("[mqtt] url", format!("{url:?} has no host:port")));
-        }
-        for (key, file) in [
-            ("[mqtt] ca_file", &self.mqtt.ca_file),
-            ("[mqtt] cert_file", &self.mqtt.cert_file),
-            ("[mqtt] key_file", &self.mqtt.key_file),
-        ] {
-            if !file.is_file() {
-                return Err(bad(key, format!("{:?}: no such file", file.display().to_string())));
-            }
-        }
-        if self.mqtt.max_packet_bytes < 1024 {
-            return Err(bad("[mqtt] max_packet_bytes", format!("{} is below 1024", self.mqtt.max_packet_bytes)));
-        }
-        if self.mqtt.network_timeout_secs == 0 {
-            return Err(bad("[mqtt] network_timeout_secs", "must be at least 1".into()));
-        }
-        if self.mqtt.reconnect_max_secs == 0 {
-            return Err(bad("[mqtt] reconnect_max_secs", "must be at least 1".into()));
+        if let Err(e) = self.mqtt.check() {
+            return Err(bad(e.key, e.message));
         }
         if self.telemetry.interval_secs == 0 {
             return Err(bad("[telemetry] interval_secs", "must be at least 1".into()));
@@ -513,14 +426,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// `host:port` of an `mqtt(s)://host:port` URL.
-pub fn host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url.split_once("://")?.1.trim_end_matches('/');
-    let (host, port) = rest.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    (!host.is_empty()).then(|| (host.to_string(), port))
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.device_id).context("device_id or topic_prefix")?;
     let (host, port) = host_port(&config.mqtt.url).context("[mqtt] url has no host:port")?;
     let tls = if config.mqtt.url.starts_with("mqtts://") {
-        Some(crate::link::tls::client_config(&config.mqtt.ca_file, &config.mqtt.cert_file, &config.mqtt.key_file)?)
+        Some(edge_mqtt::client_config(&config.mqtt.ca_file, &config.mqtt.cert_file, &config.mqtt.key_file)?)
     } else {
         tracing::warn!(
             "[mqtt] url {} is plaintext (allow_insecure = true): telemetry is readable on the network",

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use edge_agent::config::MqttConfig;
 use edge_agent::ota::staging::Staging;
 use edge_it::{mqtt_options, unique_client_id, Broker, Pki};
+use edge_mqtt::MqttConfig;
 use edge_proto::codec::Versioned;
 use edge_proto::command::{hex, verify, Ack, AckState, NpyBytes, Payload, SigningKey, Target};
 use edge_proto::ota::{decode_chunk, ModelFormat, Need, Validation};

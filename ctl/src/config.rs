@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use edge_agent::config::MqttConfig;
+use edge_mqtt::MqttConfig;
 use edge_proto::command::SigningKey;
 use serde::Deserialize;
 
@@ -96,11 +96,7 @@ impl CtlConfig {
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: one_line(&e) })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut mqtt = file.mqtt;
-        for p in [&mut mqtt.ca_file, &mut mqtt.cert_file, &mut mqtt.key_file] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        mqtt.resolve_paths(base);
         let mut signing_key = file.signing_key.map(|p| if p.is_relative() { base.join(p) } else { p });
         if let Some(u) = &overrides.url {
             mqtt.url = u.clone();

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use edge_agent::config::{host_port, MqttConfig};
+use edge_mqtt::{host_port, MqttConfig};
 use rumqttc::{AsyncClient, ConnectionError, MqttOptions, Outgoing, Packet, QoS, SubscribeReasonCode, Transport};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -35,9 +35,9 @@ pub enum LinkError {
     /// Plaintext MQTT without `allow_insecure`.
     #[error("[mqtt] url {0:?}: plaintext MQTT needs allow_insecure = true in [mqtt]")]
     Insecure(String),
-    /// The CA, certificate or key cannot be loaded.
-    #[error("[mqtt] TLS files: {0}")]
-    Tls(String),
+    /// The CA, certificate or key cannot be loaded (the error names the `[mqtt]` key and file).
+    #[error(transparent)]
+    Tls(#[from] edge_mqtt::TlsError),
     /// The first connection failed.
     #[error("connecting to {url}: {reason}")]
     Connect {
@@ -115,8 +115,7 @@ impl Link {
         opts.set_max_packet_size(mqtt.max_packet_bytes, mqtt.max_packet_bytes);
         opts.set_inflight(INFLIGHT);
         if mqtt.url.starts_with("mqtts://") {
-            let tls = edge_agent::link::tls::client_config(&mqtt.ca_file, &mqtt.cert_file, &mqtt.key_file)
-                .map_err(|e| LinkError::Tls(e.to_string()))?;
+            let tls = edge_mqtt::client_config(&mqtt.ca_file, &mqtt.cert_file, &mqtt.key_file)?;
             opts.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
         } else if !mqtt.allow_insecure {
             return Err(LinkError::Insecure(mqtt.url.clone()));

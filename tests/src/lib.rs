@@ -538,7 +538,7 @@ fn free_port() -> Result<u16> {
 /// The agent's own builder (ring provider passed explicitly, no process-wide default), so
 /// test clients connect exactly as devices do.
 pub fn client_config(ca_pem: &Path, cert_pem: &Path, key_pem: &Path) -> Result<ClientConfig> {
-    let config = edge_agent::link::tls::client_config(ca_pem, cert_pem, key_pem)?;
+    let config = edge_mqtt::client_config(ca_pem, cert_pem, key_pem)?;
     Ok(Arc::unwrap_or_clone(config))
 }
 

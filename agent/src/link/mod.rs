@@ -33,7 +33,6 @@ pub mod backoff;
 pub mod inbound;
 mod lane;
 mod spool;
-pub mod tls;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
