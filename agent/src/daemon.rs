@@ -171,8 +171,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         backoff_max: Duration::from_secs(config.mqtt.reconnect_max_secs),
         groups: config.groups.clone(),
     };
-    // Full queues refuse commands as busy and drop chunks (the link never waits on them);
-    // each chunk may be 1 MiB, so only a couple wait.
+    // A full command queue refuses commands as busy; a chunk waits briefly for room, then is
+    // dropped (link::chunk_patience). Each chunk may be 1 MiB, so only a couple wait.
     let (inbound_tx, mut inbound_rx) =
         crate::link::inbound::queue(crate::link::inbound::COMMAND_QUEUE, crate::link::inbound::CHUNK_QUEUE);
     let (link, link_handle) = Link::new(link_settings, outbox, acks, Some(inbound_tx), link_stats.clone());
