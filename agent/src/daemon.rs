@@ -181,15 +181,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         backoff_max: Duration::from_secs(config.mqtt.reconnect_max_secs),
         groups: config.groups.clone(),
     };
-    // Each message in flight may be an OTA chunk: a few of them bound the RAM a transfer takes.
-    let (inbound_tx, mut inbound_rx) = tokio::sync::mpsc::channel(2);
+    // A full command queue refuses commands as busy; a chunk waits briefly for room, then is
+    // dropped (link::chunk_patience). Each chunk may be 1 MiB, so only a couple wait.
+    let (inbound_tx, mut inbound_rx) =
+        crate::link::inbound::queue(crate::link::inbound::COMMAND_QUEUE, crate::link::inbound::CHUNK_QUEUE);
     let (link, link_handle) = Link::new(link_settings, outbox, acks, Some(inbound_tx), link_stats.clone());
     let (interval_tx, interval_rx) =
         tokio::sync::watch::channel(Duration::from_secs(settings.telemetry_interval_secs.into()));
     let samples = prometheus_client::metrics::counter::Counter::default();
     let telemetry = Telemetry {
         sampler: Sampler::new(&config.device_id, &config.state_dir).context("system sampler")?,
-        seq: SeqStore::open(&config.state_dir.join("telemetry.seq"))?,
+        seq: SeqStore::open(&config.state_dir.join("telemetry.seq")),
         interval: interval_rx,
         link: link_handle.clone(),
         link_stats: link_stats.clone(),
