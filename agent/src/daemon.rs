@@ -103,7 +103,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("state_dir {}: cannot create", config.state_dir.display()))?;
     // Before anything else writes there: keeps the bookkeeping writable on a full disk.
-    let _disk = crate::disk::open_reserve(&config.state_dir);
+    let disk = crate::disk::open_reserve(&config.state_dir);
     let config_text = config_path.as_ref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
     let settings = RuntimeSettings::load(&config.state_dir).unwrap_or_else(|| RuntimeSettings {
         telemetry_interval_secs: config.telemetry.interval_secs.min(u32::MAX as u64) as u32,
@@ -207,6 +207,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         registry.clone(),
         load_failures.clone(),
         &command_stats,
+        disk,
     ));
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await

@@ -42,6 +42,11 @@ pub struct Metrics {
     outbox_errors: Counter,
     sent_unstored: Counter,
     disk_full: Gauge,
+    disk: Arc<crate::disk::DiskState>,
+    state_disk_full: Gauge,
+    reserve_bytes: Gauge,
+    reserve_draws: Counter,
+    no_space_errors: Counter,
     busy: Family<Kind, Counter>,
     models_loaded: Gauge,
     models: Arc<crate::serving::Registry>,
@@ -64,6 +69,7 @@ impl Metrics {
         serving: Arc<crate::serving::Registry>,
         load_failures: Counter,
         commands: &crate::commands::control::CommandStats,
+        disk: Arc<crate::disk::DiskState>,
     ) -> Metrics {
         let mut registry = Registry::default();
         registry.register(
@@ -86,6 +92,11 @@ impl Metrics {
             outbox_errors: Counter::default(),
             sent_unstored: Counter::default(),
             disk_full: Gauge::default(),
+            disk,
+            state_disk_full: Gauge::default(),
+            reserve_bytes: Gauge::default(),
+            reserve_draws: Counter::default(),
+            no_space_errors: Counter::default(),
             busy: Family::default(),
             models_loaded: Gauge::default(),
             models: serving,
@@ -118,6 +129,23 @@ impl Metrics {
             m.disk_full.clone(),
         );
         r.register(
+            "edge_agent_disk_full",
+            "1 when the state directory's file system is full (little free, the reserve drawn on, or a write \
+             refused for lack of space); free space with remove-model",
+            m.state_disk_full.clone(),
+        );
+        r.register(
+            "edge_agent_disk_reserve_bytes",
+            "Bytes held in reserve for the agent's bookkeeping on a full disk",
+            m.reserve_bytes.clone(),
+        );
+        r.register("edge_agent_disk_reserve_draws", "Writes that drew on the reserve", m.reserve_draws.clone());
+        r.register(
+            "edge_agent_disk_no_space_errors",
+            "Writes that failed for lack of space in the state directory",
+            m.no_space_errors.clone(),
+        );
+        r.register(
             "edge_agent_inbound_busy_messages",
             "Commands refused as busy and OTA chunks dropped because their queue was full, by kind",
             m.busy.clone(),
@@ -143,6 +171,10 @@ impl Metrics {
         sync_counter(&self.sent_unstored, l.sent_unstored.load(Ordering::Relaxed));
         self.disk_full.set(l.disk_full.load(Ordering::Relaxed) as i64);
         self.queued.set(l.queued.load(Ordering::Relaxed) as i64);
+        self.state_disk_full.set(self.disk.full() as i64);
+        self.reserve_bytes.set(self.disk.reserve_bytes() as i64);
+        sync_counter(&self.reserve_draws, self.disk.reserve_draws());
+        sync_counter(&self.no_space_errors, self.disk.no_space_errors());
         self.models_loaded.set(self.models.list().len() as i64);
         for (reason, total) in
             [("full", &l.dropped_full), ("expired", &l.dropped_expired), ("unstored", &l.dropped_unstored)]

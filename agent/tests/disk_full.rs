@@ -210,6 +210,16 @@ async fn starts_serves_and_answers_with_its_disk_full_to_the_last_byte() {
         status(&mut link).await;
     }
     assert_eq!(predict(&agent, "hand", RECROP), 200);
+    // The condition is where an operator's alerting looks.
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while !agent.metrics().contains("edge_agent_disk_full 1") {
+        assert!(std::time::Instant::now() < end, "/metrics never showed the full disk:\n{}", agent.metrics());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Erase (which frees space) works on a full disk, and the configured model serves on.
+    let erased = command(&mut link, Payload::Erase).await;
+    assert_eq!(erased.outcome, Outcome::Succeeded, "{erased:?}");
+    assert_eq!(predict(&agent, "hand", RECROP), 200);
     assert!(matches!(agent.child.try_wait(), Ok(None)), "the agent exited");
     let log = agent.stop();
     assert!(log.contains("reserved for bookkeeping"), "the full disk is not logged:\n{log}");
