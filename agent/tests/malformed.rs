@@ -2,6 +2,7 @@
 //! of what a header merely declares.
 
 mod common;
+mod onnx_build;
 
 use common::models_dir;
 use edge_agent::engine::{EngineError, Format, LoadOptions, Model};
@@ -146,23 +147,7 @@ fn tflite_header_declaring_terabytes_is_refused_without_allocating() {
 
 /// An ONNX model whose initializer declares 2^40 floats over 16 bytes.
 fn onnx_with_huge_initializer() -> Vec<u8> {
-    use prost::Message;
     use tract_onnx::pb;
-    let tensor_type = |dims: &[i64]| pb::TypeProto {
-        value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-            elem_type: 1,
-            shape: Some(pb::TensorShapeProto {
-                dim: dims
-                    .iter()
-                    .map(|d| pb::tensor_shape_proto::Dimension {
-                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(*d)),
-                        ..Default::default()
-                    })
-                    .collect(),
-            }),
-        })),
-        ..Default::default()
-    };
     let graph = pb::GraphProto {
         node: vec![pb::NodeProto {
             op_type: "Add".into(),
@@ -177,17 +162,11 @@ fn onnx_with_huge_initializer() -> Vec<u8> {
             raw_data: vec![0; 16],
             ..Default::default()
         }],
-        input: vec![pb::ValueInfoProto { name: "x".into(), r#type: Some(tensor_type(&[1, 1])), ..Default::default() }],
+        input: vec![onnx_build::value_info("x", &[1, 1])],
         output: vec![pb::ValueInfoProto { name: "y".into(), r#type: None, ..Default::default() }],
         ..Default::default()
     };
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
-        graph: Some(graph),
-        ..Default::default()
-    };
-    model.encode_to_vec()
+    onnx_build::model(graph)
 }
 
 #[test]

@@ -558,13 +558,7 @@ async fn kill_9_inside_the_health_window_still_ends_the_deploy() {
     let http = agent.http.clone();
     let v1 = deploy_model(&mut link, device("dev-1"), "hand", "1", RECROP, None).await;
     assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}");
-    let mqtt = operator_mqtt(&s);
-    let v2 = tokio::spawn(async move {
-        let mut link = Link::connect(&mqtt).await.unwrap();
-        let out = deploy_model(&mut link, device("dev-1"), "hand", "2", RECROP, None).await;
-        link.close().await;
-        out
-    });
+    let v2 = deploy_in_background(&s, "dev-1", "hand", "2", RECROP);
     // Version 2 is active (its health window has begun): kill the agent there.
     let end = Instant::now() + Duration::from_secs(60);
     loop {

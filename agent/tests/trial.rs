@@ -3,6 +3,7 @@
 //! `edge-agent run` processes, a real Mosquitto, edgectl's library as the operator.
 
 mod daemon;
+mod onnx_build;
 mod operator;
 
 use std::time::{Duration, Instant};
@@ -51,13 +52,7 @@ async fn sigkill_twice_during_a_trial_restores_the_previous_version_before_servi
     let http = agent.http.clone();
     let v1 = deploy_model(&mut link, device("dev-1"), "hand", "1", RECROP, None).await;
     assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}");
-    let mqtt = operator_mqtt(&s);
-    let v2 = tokio::spawn(async move {
-        let mut link = Link::connect(&mqtt).await.unwrap();
-        let out = deploy_model(&mut link, device("dev-1"), "hand", "2", RECROP, None).await;
-        link.close().await;
-        out
-    });
+    let v2 = deploy_in_background(&s, "dev-1", "hand", "2", RECROP);
     serving(&agent, "hand", "2").await;
     agent.kill9();
     // First death: the trial resumes, version 2 serves again.
@@ -87,13 +82,7 @@ async fn an_orderly_restart_during_a_trial_is_not_a_death() {
     let http = agent.http.clone();
     let v1 = deploy_model(&mut link, device("dev-1"), "hand", "1", RECROP, None).await;
     assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}");
-    let mqtt = operator_mqtt(&s);
-    let v2 = tokio::spawn(async move {
-        let mut link = Link::connect(&mqtt).await.unwrap();
-        let out = deploy_model(&mut link, device("dev-1"), "hand", "2", RECROP, None).await;
-        link.close().await;
-        out
-    });
+    let v2 = deploy_in_background(&s, "dev-1", "hand", "2", RECROP);
     serving(&agent, "hand", "2").await;
     agent.stop();
     let agent = Agent::start(&config, &http);
@@ -110,134 +99,39 @@ async fn an_orderly_restart_during_a_trial_is_not_a_death() {
 /// An ONNX model that takes minutes to run: its 1024x1024 input is multiplied by a
 /// constant 1024x1024 matrix `layers` times.
 fn slow_onnx(layers: usize) -> Vec<u8> {
-    use prost::Message;
-    use tract_onnx::pb;
     const N: i64 = 1024;
-    let tensor_type = |dims: &[i64]| pb::TypeProto {
-        value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-            elem_type: 1,
-            shape: Some(pb::TensorShapeProto {
-                dim: dims
-                    .iter()
-                    .map(|d| pb::tensor_shape_proto::Dimension {
-                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(*d)),
-                        ..Default::default()
-                    })
-                    .collect(),
-            }),
-        })),
-        ..Default::default()
-    };
-    let node = |op: &str, inputs: &[&str], output: &str| pb::NodeProto {
-        op_type: op.into(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        ..Default::default()
-    };
-    let mut fill = node("ConstantOfShape", &["shape"], "w");
-    fill.attribute = vec![pb::AttributeProto {
-        name: "value".into(),
-        r#type: pb::attribute_proto::AttributeType::Tensor as i32,
-        t: Some(pb::TensorProto {
-            dims: vec![1],
-            data_type: 1,
-            float_data: vec![1.0 / N as f32],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }];
-    let mut nodes = vec![fill];
+    let mut nodes = vec![onnx_build::constant_of_shape("shape", "w", 1.0 / N as f32)];
     for i in 0..layers {
         let input = if i == 0 { "x".to_string() } else { format!("h{i}") };
-        nodes.push(node("MatMul", &[&input, "w"], &format!("h{}", i + 1)));
+        nodes.push(onnx_build::node("MatMul", &[&input, "w"], &format!("h{}", i + 1)));
     }
-    let graph = pb::GraphProto {
+    onnx_build::model(tract_onnx::pb::GraphProto {
         node: nodes,
-        initializer: vec![pb::TensorProto {
-            name: "shape".into(),
-            dims: vec![2],
-            data_type: 7,
-            int64_data: vec![N, N],
-            ..Default::default()
-        }],
-        input: vec![pb::ValueInfoProto { name: "x".into(), r#type: Some(tensor_type(&[N, N])), ..Default::default() }],
-        output: vec![pb::ValueInfoProto {
-            name: format!("h{layers}"),
-            r#type: Some(tensor_type(&[N, N])),
-            ..Default::default()
-        }],
+        initializer: vec![onnx_build::int64s("shape", &[N, N])],
+        input: vec![onnx_build::value_info("x", &[N, N])],
+        output: vec![onnx_build::value_info(&format!("h{layers}"), &[N, N])],
         ..Default::default()
-    };
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
-        graph: Some(graph),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    })
 }
 
 /// An ONNX model `y = x + sum(zeros(n))`: loading it folds an `n`-float constant, which
 /// takes seconds for a large `n` (and as much memory as a model that big).
 fn heavy_onnx(n: i64) -> Vec<u8> {
-    use prost::Message;
     use tract_onnx::pb;
-    let vector = |name: &str| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: vec![pb::tensor_shape_proto::Dimension {
-                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(1)),
-                        ..Default::default()
-                    }],
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let node = |op: &str, inputs: &[&str], output: &str| pb::NodeProto {
-        op_type: op.into(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        ..Default::default()
-    };
-    let mut fill = node("ConstantOfShape", &["shape"], "big");
-    fill.attribute = vec![pb::AttributeProto {
-        name: "value".into(),
-        r#type: pb::attribute_proto::AttributeType::Tensor as i32,
-        t: Some(pb::TensorProto { dims: vec![1], data_type: 1, float_data: vec![0.0], ..Default::default() }),
-        ..Default::default()
-    }];
-    let mut sum = node("ReduceSum", &["big"], "s");
+    let mut sum = onnx_build::node("ReduceSum", &["big"], "s");
     sum.attribute = vec![pb::AttributeProto {
         name: "keepdims".into(),
         r#type: pb::attribute_proto::AttributeType::Int as i32,
         i: 1,
         ..Default::default()
     }];
-    let graph = pb::GraphProto {
-        node: vec![fill, sum, node("Add", &["x", "s"], "y")],
-        initializer: vec![pb::TensorProto {
-            name: "shape".into(),
-            dims: vec![1],
-            data_type: 7,
-            int64_data: vec![n],
-            ..Default::default()
-        }],
-        input: vec![vector("x")],
-        output: vec![vector("y")],
+    onnx_build::model(pb::GraphProto {
+        node: vec![onnx_build::constant_of_shape("shape", "big", 0.0), sum, onnx_build::node("Add", &["x", "s"], "y")],
+        initializer: vec![onnx_build::int64s("shape", &[n])],
+        input: vec![onnx_build::value_info("x", &[1])],
+        output: vec![onnx_build::value_info("y", &[1])],
         ..Default::default()
-    };
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
-        graph: Some(graph),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    })
 }
 
 /// The trial marker of `name`, if any.

@@ -186,3 +186,22 @@ pub fn predict(agent: &Agent, name: &str, prefix: &str) -> u16 {
     let input = std::fs::read(models_dir().join(format!("{prefix}.input.npy"))).unwrap();
     http_post(&agent.http, &format!("/v1/models/{name}:predict"), "application/x-npy", &input).0
 }
+
+/// Deploys `prefix`'s model to `d` as [`deploy_model`] does, from a link of its own on a
+/// task: the test goes on (kills the agent, restarts it) while the deploy waits for its end.
+pub fn deploy_in_background(
+    s: &Setup,
+    d: &str,
+    name: &str,
+    version: &str,
+    prefix: &str,
+) -> tokio::task::JoinHandle<DeployOutcome> {
+    let mqtt = operator_mqtt(s);
+    let (d, name, version, prefix) = (d.to_string(), name.to_string(), version.to_string(), prefix.to_string());
+    tokio::spawn(async move {
+        let mut link = Link::connect(&mqtt).await.unwrap();
+        let out = deploy_model(&mut link, device(&d), &name, &version, &prefix, None).await;
+        link.close().await;
+        out
+    })
+}
