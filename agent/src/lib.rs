@@ -34,6 +34,7 @@
 //! - [`memory`]: the allocator tuning that keeps inference buffers on the heap.
 
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -15,7 +15,7 @@ pub use seq::SeqStore;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use edge_proto::telemetry::{Agent, Cpu, Disk, Link, Mem, Net, Telemetry as Sample, Temp};
 use sysinfo::{Components, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
@@ -110,7 +110,7 @@ impl Sampler {
             version: 1,
             device: self.device.clone(),
             seq,
-            ts: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            ts: crate::clock::now_ms(),
             uptime_secs: System::uptime().unwrap_or(0),
             cpu: Cpu {
                 total_pct: self.sys.global_cpu_usage(),

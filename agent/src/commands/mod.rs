@@ -29,11 +29,7 @@ mod window;
 
 pub use keys::{parse_trusted_keys, TrustedKeyError};
 
-/// The wall clock, ms since the Unix epoch (0 before 1970: a board without a clock, which
-/// every command's issue time then refuses).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 pub use window::{ReplayWindow, WindowError, MAX_ENTRIES, WINDOW_FILE};
 
 use edge_proto::command::{verify, Command, CommandError, Target, VerifyingKey};

@@ -21,11 +21,11 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{LaneId, LinkStats};
+use crate::clock::now_ms;
 use crate::outbox::{Outbox, OutboxError};
 
 /// Pushes the link hands to the spool before it stops taking more from its producers.
@@ -123,10 +123,6 @@ struct Spool {
     telemetry: Outbox,
     stats: Arc<LinkStats>,
     events: mpsc::UnboundedSender<SpoolEvent>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Spool {
