@@ -21,7 +21,7 @@
 //!     their own thread: model updates through [`ota`] into the [`store`], status,
 //!     configuration, inference, erase and restart, reporting each step in an ack.
 //! - [`sdnotify`]: systemd READY/STATUS/WATCHDOG notifications.
-//! - [`fsutil`]: atomic, durable file replacement.
+//! - [`fsutil`]: durable file writes (atomic replacement; the log the power-cut tests replay).
 //! - [`disk`]: free space, real preallocation, and the reserve that keeps bookkeeping
 //!   writable on a full file system.
 //! - [`memory`]: the allocator tuning that keeps inference buffers on the heap.

@@ -36,7 +36,7 @@ use ring::aead::LessSafeKey;
 use serde::{Deserialize, Serialize};
 
 use crate::disk;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{self, write_atomic};
 
 pub mod seal;
 pub mod wipe;
@@ -136,7 +136,7 @@ impl Store {
     /// The store under `root` (created if missing); models are encrypted at rest when `key`
     /// is given. Leftovers of interrupted installs are removed.
     pub fn open(root: &Path, key: Option<[u8; 32]>) -> Result<Store, StoreError> {
-        fs::create_dir_all(root).map_err(io_err("create directory", root))?;
+        fsutil::create_dir_all(root).map_err(io_err("create directory", root))?;
         let key = key.map(sealing_key);
         let store = Store { root: root.to_path_buf(), key };
         // Every model directory, not only those with a `current` file: the first install
@@ -147,7 +147,7 @@ impl Store {
             for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))?.flatten() {
                 let file = entry.file_name().to_string_lossy().to_string();
                 if file.ends_with(".tmp") {
-                    let _ = fs::remove_dir_all(entry.path()).or_else(|_| fs::remove_file(entry.path()));
+                    let _ = fsutil::remove_dir_all(&entry.path()).or_else(|_| fsutil::remove_file(&entry.path()));
                 }
             }
         }
@@ -199,7 +199,7 @@ impl Store {
 
     fn write_current(&self, name: &str, current: &Current) -> Result<(), StoreError> {
         let dir = self.model_dir(name)?;
-        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        fsutil::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
         let path = dir.join("current");
         let json = serde_json::to_vec_pretty(current).expect("current serializes");
         write_atomic(&path, &json).map_err(io_err("write", &path))
@@ -231,20 +231,20 @@ impl Store {
         }
         let parent = self.model_dir(&manifest.name)?;
         let tmp = parent.join(format!("{}.tmp", manifest.version));
-        let _ = fs::remove_dir_all(&tmp);
+        let _ = fsutil::remove_dir_all(&tmp);
         let body = match &self.key {
             Some(key) => seal(key, model)?,
             None => model.to_vec(),
         };
         let manifest_bytes = edge_proto::encode(manifest);
-        let written = fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp)).and_then(|_| {
+        let written = fsutil::create_dir_all(&tmp).map_err(io_err("create directory", &tmp)).and_then(|_| {
             write_synced(&tmp.join("model"), &body)?;
             write_synced(&tmp.join("manifest"), &manifest_bytes)?;
             fsync_dir(&tmp)
         });
         if let Err(e) = written {
             // Nothing half-written stays behind taking the space.
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = fsutil::remove_dir_all(&tmp);
             return Err(match e {
                 StoreError::Io { source, .. } if disk::is_no_space(&source) => StoreError::NoSpace {
                     name: manifest.name.clone(),
@@ -255,7 +255,7 @@ impl Store {
                 e => e,
             });
         }
-        fs::rename(&tmp, &final_dir).map_err(io_err("rename", &tmp))?;
+        fsutil::rename(&tmp, &final_dir).map_err(io_err("rename", &tmp))?;
         fsync_dir(&parent)?;
         self.note_installed(&manifest.name, &manifest.version)
     }
@@ -368,7 +368,7 @@ impl Store {
         let dir = self.model_dir(name)?;
         // `current` first: a crash midway leaves versions nobody points at, not a pointer
         // to a deleted version.
-        let _ = fs::remove_file(dir.join("current"));
+        let _ = fsutil::remove_file(&dir.join("current"));
         let wiped = wipe_dir(&dir);
         // Space came back: the reserve for bookkeeping may be made whole again.
         disk::refresh(&self.root);
@@ -381,18 +381,17 @@ impl Store {
             self.remove(&name)?;
         }
         wipe_dir(&self.root)?;
-        fs::create_dir_all(&self.root).map_err(io_err("create directory", &self.root))
+        fsutil::create_dir_all(&self.root).map_err(io_err("create directory", &self.root))
     }
 }
 
 fn write_synced(path: &Path, data: &[u8]) -> Result<(), StoreError> {
-    use std::io::Write;
-    let mut f = fs::File::create(path).map_err(io_err("create", path))?;
+    let mut f = fsutil::File::create(path).map_err(io_err("create", path))?;
     f.write_all(data).and_then(|_| f.sync_all()).map_err(io_err("write", path))
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))
+    fsutil::sync_dir(dir).map_err(io_err("fsync directory", dir))
 }
 
 #[cfg(test)]

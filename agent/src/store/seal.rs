@@ -11,6 +11,7 @@ use std::sync::Arc;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 
 use super::{io_err, StoreError};
+use crate::fsutil;
 
 /// Reads the 32-byte device key from `path` (raw bytes or 64 hex digits), creating it from
 /// the OS random source (mode 0600) when it does not exist.
@@ -36,16 +37,9 @@ pub fn load_or_create_key(path: &Path) -> Result<[u8; 32], StoreError> {
             let mut key = [0u8; 32];
             getrandom::getrandom(&mut key).map_err(|e| bad(format!("OS random source: {e}")))?;
             if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+                fsutil::create_dir_all(dir).map_err(io_err("create directory", dir))?;
             }
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io_err("create", path))?;
+            let mut f = fsutil::File::create_new_with_mode(path, 0o600).map_err(io_err("create", path))?;
             f.write_all(&key).and_then(|_| f.sync_all()).map_err(io_err("write", path))?;
             tracing::info!(path = %path.display(), "generated the device key for models at rest");
             Ok(key)

@@ -5,19 +5,19 @@ use std::io;
 use std::path::Path;
 
 use super::{io_err, StoreError};
+use crate::fsutil;
 
 /// Overwrites a file with zeros and syncs it before unlinking it. On flash with wear
 /// levelling the old blocks may survive in the controller; with `encrypt_models`, erasing
 /// the key is what makes them unreadable.
 pub fn wipe_file(path: &Path) -> Result<(), StoreError> {
-    use std::io::Write;
     let len = match fs::metadata(path) {
         Ok(m) => m.len(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_err("stat", path)(e)),
     };
     {
-        let mut f = fs::OpenOptions::new().write(true).open(path).map_err(io_err("open", path))?;
+        let mut f = fsutil::File::open_rw(path).map_err(io_err("open", path))?;
         let zeros = vec![0u8; 64 * 1024];
         let mut left = len;
         while left > 0 {
@@ -27,7 +27,7 @@ pub fn wipe_file(path: &Path) -> Result<(), StoreError> {
         }
         f.sync_all().map_err(io_err("fsync", path))?;
     }
-    fs::remove_file(path).map_err(io_err("remove", path))
+    fsutil::remove_file(path).map_err(io_err("remove", path))
 }
 
 /// [`wipe_file`] on every file under `dir`, then removes it.
@@ -45,5 +45,5 @@ pub fn wipe_dir(dir: &Path) -> Result<(), StoreError> {
             wipe_file(&path)?;
         }
     }
-    fs::remove_dir(dir).map_err(io_err("remove directory", dir))
+    fsutil::remove_dir(dir).map_err(io_err("remove directory", dir))
 }
