@@ -215,3 +215,30 @@ fn an_accepted_command_stays_in_the_replay_window_after_any_cut() {
         },
     );
 }
+
+#[test]
+fn a_first_model_installed_and_activated_survives_any_cut() {
+    // Failed under POSIX rules: `models/` and `models/hand/` were made without an fsync of
+    // their parent, and a cut after the activation lost the model.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let model = recrop();
+    let key = load_or_create_key(&key_path(state)).unwrap();
+    matrix(
+        state,
+        || {
+            let store = Store::open(&state.join("models"), Some(key)).unwrap();
+            store.install(&manifest("1", &model).0, &model).unwrap();
+            store.set_active("hand", "1").unwrap();
+            record::mark("installed");
+        },
+        |state, cut| {
+            let (_, registry) = boot(state)?;
+            let serves = serving(&registry, "hand");
+            if cut.passed("installed") && serves.as_deref() != Some("1") {
+                return Err(format!("installed and activated, but {serves:?} serves"));
+            }
+            Ok(())
+        },
+    );
+}

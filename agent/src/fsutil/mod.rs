@@ -147,20 +147,24 @@ pub fn remove_file(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes the directory `dir` and its missing parents.
+/// Makes the directory `dir` and its missing parents, durably: the parent of each
+/// directory made is fsynced, so that what is written inside is not lost with the
+/// directory's own entry at a power cut.
 pub fn create_dir_all(dir: &Path) -> io::Result<()> {
-    if !record::active() {
-        return std::fs::create_dir_all(dir);
-    }
     let mut made = vec![];
     let mut at = Some(dir);
-    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        made.push(d.to_path_buf());
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        made.push(d);
         at = d.parent();
     }
-    std::fs::create_dir_all(dir)?;
-    for d in made.iter().rev() {
-        record::log(|rel| Some(Op::CreateDir(rel(d)?)));
+    for d in made.into_iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => record::log(|rel| Some(Op::CreateDir(rel(d)?))),
+            // Made meanwhile by someone else: theirs to sync.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => continue,
+            Err(e) => return Err(e),
+        }
+        sync_dir(d.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     }
     Ok(())
 }

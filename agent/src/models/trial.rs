@@ -131,12 +131,7 @@ impl Markers {
 
     /// Saves `trial` durably (replacing the model's marker, if any).
     pub fn save(&self, trial: &Trial) -> io::Result<()> {
-        if !self.dir.is_dir() {
-            fsutil::create_dir_all(&self.dir)?;
-            if let Some(parent) = self.dir.parent() {
-                fsutil::sync_dir(parent)?;
-            }
-        }
+        fsutil::create_dir_all(&self.dir)?;
         write_atomic(&self.path(&trial.name), &serde_json::to_vec(trial).expect("trial serializes"))
     }
 
