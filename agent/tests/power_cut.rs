@@ -242,3 +242,33 @@ fn a_first_model_installed_and_activated_survives_any_cut() {
         },
     );
 }
+
+#[test]
+fn the_device_key_is_absent_or_whole_after_a_cut_during_its_creation() {
+    // Key creation, then a first model encrypted under it.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let model = recrop();
+    matrix(
+        state,
+        || {
+            let key = load_or_create_key(&key_path(state)).unwrap();
+            record::mark("key");
+            let store = Store::open(&state.join("models"), Some(key)).unwrap();
+            store.install(&manifest("1", &model).0, &model).unwrap();
+            store.set_active("hand", "1").unwrap();
+            record::mark("installed");
+        },
+        |state, cut| {
+            load_or_create_key(&key_path(state)).map_err(|e| format!("the agent cannot start: {e}"))?;
+            let (models, registry) = boot(state)?;
+            if models.store().has("hand", "1") {
+                models.store().read("hand", "1").map_err(|e| format!("installed version 1 does not read: {e}"))?;
+            }
+            if cut.passed("installed") && serving(&registry, "hand").as_deref() != Some("1") {
+                return Err(format!("installed and activated, but {:?} serves", serving(&registry, "hand")));
+            }
+            Ok(())
+        },
+    );
+}

@@ -43,14 +43,6 @@ impl File {
         Ok(File { file, path: path.to_path_buf() })
     }
 
-    /// Creates `path`, which must not exist, for writing with permission bits `mode`.
-    pub fn create_new_with_mode(path: &Path, mode: u32) -> io::Result<File> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
-        record::log(|rel| Some(Op::Create(rel(path)?)));
-        Ok(File { file, path: path.to_path_buf() })
-    }
-
     /// Opens the existing `path` for reading and writing.
     pub fn open_rw(path: &Path) -> io::Result<File> {
         let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;

@@ -39,8 +39,15 @@ pub fn load_or_create_key(path: &Path) -> Result<[u8; 32], StoreError> {
             if let Some(dir) = path.parent() {
                 fsutil::create_dir_all(dir).map_err(io_err("create directory", dir))?;
             }
-            let mut f = fsutil::File::create_new_with_mode(path, 0o600).map_err(io_err("create", path))?;
-            f.write_all(&key).and_then(|_| f.sync_all()).map_err(io_err("write", path))?;
+            // Written beside it, synced, then renamed into place and the directory synced:
+            // a power cut leaves no key or the whole key, never an empty or torn file that
+            // stops the agent from starting, and a key that models were sealed with stays.
+            let tmp = fsutil::temporary_for(path);
+            let mut f = fsutil::File::create_with_mode(&tmp, 0o600).map_err(io_err("create", &tmp))?;
+            f.write_all(&key).and_then(|_| f.sync_all()).map_err(io_err("write", &tmp))?;
+            fsutil::rename(&tmp, path).map_err(io_err("rename into place", &tmp))?;
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            fsutil::sync_dir(dir).map_err(io_err("fsync directory", dir))?;
             tracing::info!(path = %path.display(), "generated the device key for models at rest");
             Ok(key)
         }
