@@ -43,21 +43,27 @@ use crate::telemetry::{Sampler, SeqStore, Telemetry};
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Re-reads the configuration on SIGHUP and activates changed models. A configuration that
-/// no longer checks out is logged and ignored: the agent keeps its last good state.
+/// no longer checks out is logged and ignored: the agent keeps its last good state. `hup`
+/// is registered by the caller before READY=1: a SIGHUP that came first would otherwise
+/// kill the agent (its default action), which systemd counts as a clean exit.
 async fn reload_on_sighup(
-    path: PathBuf,
+    mut hup: tokio::signal::unix::Signal,
+    path: Option<PathBuf>,
     models: Arc<Mutex<Models>>,
     failures: prometheus_client::metrics::counter::Counter,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = hup.recv() => {}
         }
+        let Some(path) = &path else {
+            tracing::warn!("SIGHUP: the agent was started without a configuration file; nothing to reload");
+            continue;
+        };
         tracing::info!("SIGHUP: reloading models from {}", path.display());
-        let config = match Config::load(&path) {
+        let config = match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
                 failures.inc();
@@ -90,10 +96,14 @@ pub enum Stopped {
 /// Runs the agent until a shutdown signal. `config_path` is re-read on SIGHUP; `log`
 /// changes the log filter at run time (`set-config`).
 pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogControl>) -> anyhow::Result<Stopped> {
+    // First: from here on a SIGHUP (`systemctl reload` during a slow start) is taken, not
+    // the default action that would end the process.
+    let hup =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("state_dir {}: cannot create", config.state_dir.display()))?;
     // Before anything else writes there: keeps the bookkeeping writable on a full disk.
-    let _disk = crate::disk::open_reserve(&config.state_dir);
+    let disk = crate::disk::open_reserve(&config.state_dir);
     let config_text = config_path.as_ref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
     let settings = RuntimeSettings::load(&config.state_dir).unwrap_or_else(|| RuntimeSettings {
         telemetry_interval_secs: config.telemetry.interval_secs.min(u32::MAX as u64) as u32,
@@ -171,15 +181,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         backoff_max: Duration::from_secs(config.mqtt.reconnect_max_secs),
         groups: config.groups.clone(),
     };
-    // Each message in flight may be an OTA chunk: a few of them bound the RAM a transfer takes.
-    let (inbound_tx, mut inbound_rx) = tokio::sync::mpsc::channel(2);
+    // A full command queue refuses commands as busy; a chunk waits briefly for room, then is
+    // dropped (link::chunk_patience). Each chunk may be 1 MiB, so only a couple wait.
+    let (inbound_tx, mut inbound_rx) =
+        crate::link::inbound::queue(crate::link::inbound::COMMAND_QUEUE, crate::link::inbound::CHUNK_QUEUE);
     let (link, link_handle) = Link::new(link_settings, outbox, acks, Some(inbound_tx), link_stats.clone());
     let (interval_tx, interval_rx) =
         tokio::sync::watch::channel(Duration::from_secs(settings.telemetry_interval_secs.into()));
     let samples = prometheus_client::metrics::counter::Counter::default();
     let telemetry = Telemetry {
         sampler: Sampler::new(&config.device_id, &config.state_dir).context("system sampler")?,
-        seq: SeqStore::open(&config.state_dir.join("telemetry.seq"))?,
+        seq: SeqStore::open(&config.state_dir.join("telemetry.seq")),
         interval: interval_rx,
         link: link_handle.clone(),
         link_stats: link_stats.clone(),
@@ -195,6 +207,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         registry.clone(),
         load_failures.clone(),
         &command_stats,
+        disk,
     ));
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
@@ -254,9 +267,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     let api = crate::serving::api::router(registry.clone(), config.http.max_body_bytes);
     supervise(&tracker, &cancel, "http", http::serve(listener, metrics, api, cancel.clone()));
     let status_registry = registry.clone();
-    if let Some(path) = config_path {
-        supervise(&tracker, &cancel, "reload", reload_on_sighup(path, models, load_failures, cancel.clone()));
-    }
+    supervise(&tracker, &cancel, "reload", reload_on_sighup(hup, config_path, models, load_failures, cancel.clone()));
     // systemd: READY once everything runs, then STATUS and watchdog pings from this runtime.
     let notifier = Arc::new(Notifier::from_env());
     let link_status = link_stats_for_status.clone();

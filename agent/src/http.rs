@@ -23,6 +23,12 @@ struct Reason {
     reason: String,
 }
 
+/// Label for inbound messages the command queues had no room for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct Kind {
+    kind: String,
+}
+
 /// Everything `/metrics` exports.
 pub struct Metrics {
     registry: Registry,
@@ -34,6 +40,14 @@ pub struct Metrics {
     bytes_sent: Counter,
     messages_sent: Counter,
     outbox_errors: Counter,
+    sent_unstored: Counter,
+    disk_full: Gauge,
+    disk: Arc<crate::disk::DiskState>,
+    state_disk_full: Gauge,
+    reserve_bytes: Gauge,
+    reserve_draws: Counter,
+    no_space_errors: Counter,
+    busy: Family<Kind, Counter>,
     models_loaded: Gauge,
     models: Arc<crate::serving::Registry>,
 }
@@ -55,6 +69,7 @@ impl Metrics {
         serving: Arc<crate::serving::Registry>,
         load_failures: Counter,
         commands: &crate::commands::control::CommandStats,
+        disk: Arc<crate::disk::DiskState>,
     ) -> Metrics {
         let mut registry = Registry::default();
         registry.register(
@@ -75,6 +90,14 @@ impl Metrics {
             bytes_sent: Counter::default(),
             messages_sent: Counter::default(),
             outbox_errors: Counter::default(),
+            sent_unstored: Counter::default(),
+            disk_full: Gauge::default(),
+            disk,
+            state_disk_full: Gauge::default(),
+            reserve_bytes: Gauge::default(),
+            reserve_draws: Counter::default(),
+            no_space_errors: Counter::default(),
+            busy: Family::default(),
             models_loaded: Gauge::default(),
             models: serving,
         };
@@ -91,10 +114,42 @@ impl Metrics {
         r.register("edge_agent_outbox_queued_messages", "Telemetry messages waiting in the outbox", m.queued.clone());
         r.register(
             "edge_agent_outbox_dropped_messages",
-            "Telemetry messages dropped from the outbox",
+            "Telemetry messages dropped from the outbox (full, expired), and messages it could not store (unstored)",
             m.dropped.clone(),
         );
-        r.register("edge_agent_outbox_errors", "Telemetry messages that could not be stored", m.outbox_errors.clone());
+        r.register("edge_agent_outbox_errors", "Messages the outbox could not store", m.outbox_errors.clone());
+        r.register(
+            "edge_agent_outbox_unstored_sent_messages",
+            "Messages the outbox could not store, published directly without a copy on disk",
+            m.sent_unstored.clone(),
+        );
+        r.register(
+            "edge_agent_outbox_disk_full",
+            "1 when the outbox's last write failed for lack of space",
+            m.disk_full.clone(),
+        );
+        r.register(
+            "edge_agent_disk_full",
+            "1 when the state directory's file system is full (little free, the reserve drawn on, or a write \
+             refused for lack of space); free space with remove-model",
+            m.state_disk_full.clone(),
+        );
+        r.register(
+            "edge_agent_disk_reserve_bytes",
+            "Bytes held in reserve for the agent's bookkeeping on a full disk",
+            m.reserve_bytes.clone(),
+        );
+        r.register("edge_agent_disk_reserve_draws", "Writes that drew on the reserve", m.reserve_draws.clone());
+        r.register(
+            "edge_agent_disk_no_space_errors",
+            "Writes that failed for lack of space in the state directory",
+            m.no_space_errors.clone(),
+        );
+        r.register(
+            "edge_agent_inbound_busy_messages",
+            "Commands refused as busy and OTA chunks dropped because their queue was full, by kind",
+            m.busy.clone(),
+        );
         r.register("edge_agent_telemetry_samples", "Telemetry samples taken", samples);
         r.register("edge_agent_models_loaded", "Models loaded and serving", m.models_loaded.clone());
         r.register("edge_agent_model_load_failures", "Model files that failed to load", load_failures);
@@ -113,10 +168,21 @@ impl Metrics {
         sync_counter(&self.bytes_sent, l.bytes_sent.load(Ordering::Relaxed));
         sync_counter(&self.messages_sent, l.messages_sent.load(Ordering::Relaxed));
         sync_counter(&self.outbox_errors, l.outbox_errors.load(Ordering::Relaxed));
+        sync_counter(&self.sent_unstored, l.sent_unstored.load(Ordering::Relaxed));
+        self.disk_full.set(l.disk_full.load(Ordering::Relaxed) as i64);
         self.queued.set(l.queued.load(Ordering::Relaxed) as i64);
+        self.state_disk_full.set(self.disk.full() as i64);
+        self.reserve_bytes.set(self.disk.reserve_bytes() as i64);
+        sync_counter(&self.reserve_draws, self.disk.reserve_draws());
+        sync_counter(&self.no_space_errors, self.disk.no_space_errors());
         self.models_loaded.set(self.models.list().len() as i64);
-        for (reason, total) in [("full", &l.dropped_full), ("expired", &l.dropped_expired)] {
+        for (reason, total) in
+            [("full", &l.dropped_full), ("expired", &l.dropped_expired), ("unstored", &l.dropped_unstored)]
+        {
             sync_counter(&self.dropped.get_or_create(&Reason { reason: reason.into() }), total.load(Ordering::Relaxed));
+        }
+        for (kind, total) in [("command", &l.commands_busy), ("chunk", &l.chunks_busy)] {
+            sync_counter(&self.busy.get_or_create(&Kind { kind: kind.into() }), total.load(Ordering::Relaxed));
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");

@@ -17,9 +17,16 @@
 //!     on disk, with the topic layout and messages of `edge-proto`;
 //!   - [`http`] serves `/metrics`, `/healthz` and `/readyz`, and the local inference API
 //!     of [`serving`];
-//!   - [`commands`] checks the signed commands the link receives and carries them out on
-//!     their own thread: model updates through [`ota`] into the [`store`], status,
-//!     configuration, inference, erase and restart, reporting each step in an ack.
+//!   - [`commands`] checks the signed commands the link receives and routes them on their
+//!     own thread: model updates through [`ota`] (transfer, validation, install, trial),
+//!     status, configuration, inference, erase and restart, reporting each step in an ack;
+//!   - [`models`] is the one place that decides which version of each model serves
+//!     (configuration file or [`store`]), and runs trials: a new version is on trial until
+//!     its health window ends with the agent alive;
+//!   - [`supervisor`] runs the components: a failure or panic starts the orderly shutdown
+//!     and an exit code from [`exit`].
+//! - [`cli`]: the `edge-agent` commands `main` dispatches to (`run`, `check-config`,
+//!   `inspect`, `infer`, `validate`).
 //! - [`sdnotify`]: systemd READY/STATUS/WATCHDOG notifications.
 //! - [`fsutil`]: durable file writes (atomic replacement; the log the power-cut tests replay).
 //! - [`disk`]: free space, real preallocation, and the reserve that keeps bookkeeping

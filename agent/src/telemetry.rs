@@ -6,8 +6,11 @@
 //! apart, so the first sample primes it), memory, and this process. Free disk space comes
 //! from one `statvfs` of `state_dir`, not a scan of every mount.
 //!
-//! Sequence numbers only increase, across restarts too: blocks of numbers are reserved in
-//! `state_dir/telemetry.seq` before use, so a restart skips ahead instead of reusing.
+//! Sequence numbers only increase, across restarts too, and never stop the agent ([`seq`]).
+
+pub mod seq;
+
+pub use seq::SeqStore;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -20,62 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::link::{LinkHandle, LinkStats};
 use crate::stats::InferenceStats;
-
-/// How many sequence numbers are reserved on disk at a time.
-const SEQ_BLOCK: u64 = 64;
-
-/// Sequence numbers that survive restarts without reuse.
-#[derive(Debug)]
-pub struct SeqStore {
-    path: PathBuf,
-    next: u64,
-    reserved: u64,
-}
-
-/// What can go wrong with the sequence file.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
-pub struct SeqError {
-    path: String,
-    source: std::io::Error,
-}
-
-impl SeqStore {
-    /// Opens (or creates) the store; the first number handed out is above any handed out
-    /// before.
-    pub fn open(path: &Path) -> Result<SeqStore, SeqError> {
-        let err = |source| SeqError { path: path.display().to_string(), source };
-        let start = match std::fs::read_to_string(path) {
-            Ok(text) => text.trim().parse::<u64>().unwrap_or_else(|_| {
-                tracing::warn!("{}: unreadable sequence file, starting after the current time", path.display());
-                // Milliseconds since the epoch are above any count a device could reach.
-                SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1 << 40)
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(err(e)),
-        };
-        let mut store = SeqStore { path: path.to_path_buf(), next: start, reserved: start };
-        store.reserve().map_err(err)?;
-        Ok(store)
-    }
-
-    fn reserve(&mut self) -> std::io::Result<()> {
-        let reserved = self.next + SEQ_BLOCK;
-        crate::fsutil::write_atomic(&self.path, format!("{reserved}\n").as_bytes())?;
-        self.reserved = reserved;
-        Ok(())
-    }
-
-    /// The next sequence number.
-    pub fn take(&mut self) -> Result<u64, SeqError> {
-        if self.next >= self.reserved {
-            self.reserve().map_err(|source| SeqError { path: self.path.display().to_string(), source })?;
-        }
-        let n = self.next;
-        self.next += 1;
-        Ok(n)
-    }
-}
 
 /// Bytes received and sent over every interface but loopback, from `/proc/net/dev`: one
 /// read, where sysinfo's network refresh reads a dozen sysfs files per interface and asks
@@ -238,13 +185,7 @@ impl Telemetry {
                 }
                 _ = tick.tick() => {}
             }
-            let seq = match self.seq.take() {
-                Ok(seq) => seq,
-                Err(e) => {
-                    tracing::error!("telemetry: cannot reserve a sequence number: {e}");
-                    continue;
-                }
-            };
+            let seq = self.seq.take();
             let sample = self.sampler.sample(seq, &self.link_stats, &self.models);
             self.samples.inc();
             if !self.link.send(edge_proto::encode(&sample)).await {
@@ -257,30 +198,6 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sequence_numbers_never_repeat_across_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("telemetry.seq");
-        let mut seen = vec![];
-        for _ in 0..3 {
-            let mut s = SeqStore::open(&path).unwrap();
-            for _ in 0..100 {
-                seen.push(s.take().unwrap());
-            }
-        }
-        assert!(seen.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
-        assert_eq!(&seen[..100], &(0..100).collect::<Vec<_>>()[..], "consecutive within a run");
-    }
-
-    #[test]
-    fn a_corrupt_sequence_file_skips_ahead_instead_of_failing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("telemetry.seq");
-        std::fs::write(&path, "garbage").unwrap();
-        let mut s = SeqStore::open(&path).unwrap();
-        assert!(s.take().unwrap() > 1_000_000);
-    }
 
     #[test]
     fn network_totals_skip_loopback_and_headers() {

@@ -177,6 +177,131 @@ fn slow_onnx(layers: usize) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// An ONNX model `y = x + sum(zeros(n))`: loading it folds an `n`-float constant, which
+/// takes seconds for a large `n` (and as much memory as a model that big).
+fn heavy_onnx(n: i64) -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb;
+    let vector = |name: &str| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: vec![pb::tensor_shape_proto::Dimension {
+                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(1)),
+                        ..Default::default()
+                    }],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: &[&str], output: &str| pb::NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    let mut fill = node("ConstantOfShape", &["shape"], "big");
+    fill.attribute = vec![pb::AttributeProto {
+        name: "value".into(),
+        r#type: pb::attribute_proto::AttributeType::Tensor as i32,
+        t: Some(pb::TensorProto { dims: vec![1], data_type: 1, float_data: vec![0.0], ..Default::default() }),
+        ..Default::default()
+    }];
+    let mut sum = node("ReduceSum", &["big"], "s");
+    sum.attribute = vec![pb::AttributeProto {
+        name: "keepdims".into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: 1,
+        ..Default::default()
+    }];
+    let graph = pb::GraphProto {
+        node: vec![fill, sum, node("Add", &["x", "s"], "y")],
+        initializer: vec![pb::TensorProto {
+            name: "shape".into(),
+            dims: vec![1],
+            data_type: 7,
+            int64_data: vec![n],
+            ..Default::default()
+        }],
+        input: vec![vector("x")],
+        output: vec![vector("y")],
+        ..Default::default()
+    };
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// The trial marker of `name`, if any.
+fn trial_marker(config: &std::path::Path, name: &str) -> Option<serde_json::Value> {
+    let path = config.parent().unwrap().join(format!("state-dev-1/trials/{name}.json"));
+    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Waits for the trial marker of `name` to record `deaths`.
+async fn marker_with_deaths(config: &std::path::Path, name: &str, deaths: u64) {
+    let end = Instant::now() + Duration::from_secs(120);
+    while trial_marker(config, name).and_then(|t| t["deaths"].as_u64()) != Some(deaths) {
+        assert!(Instant::now() < end, "no trial marker of {name} with {deaths} deaths");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_kills_the_agent_while_it_loads_is_replaced_by_the_previous_after_restart() {
+    // Loading version 2 takes seconds (and a gigabyte): the agent is killed while it loads,
+    // as an OOM kill or an abort at load would, at the deploy and again at the next start.
+    let s = setup();
+    let (mut agent, mut link, config) = dev1(
+        &s,
+        "health_window_secs = 600
+validation_memory_bytes = 8589934592",
+    )
+    .await;
+    let http = agent.http.clone();
+    let deploy = |version: &'static str, n: i64| {
+        let mqtt = operator_mqtt(&s);
+        async move {
+            let mut link = Link::connect(&mqtt).await.unwrap();
+            let mut req = DeployRequest::new(device("dev-1"), "heavy", version, ModelFormat::Onnx, heavy_onnx(n));
+            req.wait = true;
+            req.timeout = Duration::from_secs(180);
+            let out = edgectl::deploy::deploy(&mut link, &operator_key(), &req, |_| {}).await.expect("deploy sent");
+            link.close().await;
+            out
+        }
+    };
+    let v1 = deploy("1", 16).await;
+    assert_eq!(only(&v1), &Outcome::Succeeded, "{v1:?}");
+    let v2 = tokio::spawn(deploy("2", 400_000_000));
+    // The marker is written before version 2 loads: kill the agent as soon as it is there.
+    marker_with_deaths(&config, "heavy", 0).await;
+    agent.kill9();
+    let mut agent = Agent::start(&config, &http);
+    // The first death is counted before version 2 loads again: kill it there too.
+    marker_with_deaths(&config, "heavy", 1).await;
+    agent.kill9();
+    let agent = Agent::start(&config, &http);
+    assert_eq!(first_version_served(&agent, "heavy").await, "1");
+    let out = v2.await.unwrap();
+    assert_eq!(
+        only(&out),
+        &Outcome::Failed("agent died twice during the trial of heavy 2; restored version 1".into()),
+        "{out:?}"
+    );
+    assert!(trial_marker(&config, "heavy").is_none(), "the trial is over");
+    assert_eq!(active(&status(&mut link, "dev-1").await, "heavy").as_deref(), Some("1"));
+    link.close().await;
+}
+
 fn npy_f32(shape: &[usize], values: &[f32]) -> Vec<u8> {
     let t = tract_core::prelude::Tensor::from_shape(shape, values).unwrap();
     edge_agent::npy::to_bytes(&t).unwrap()

@@ -166,6 +166,9 @@ pub struct Control {
     started: Instant,
 }
 
+/// Ticks (half a second each) between checks of the state directory's free space.
+const DISK_REFRESH_TICKS: u64 = 20;
+
 /// Whether a `restart` may run `uptime` after the agent started: at most one per
 /// `min_uptime`, so a replayed or scripted stream of restarts cannot keep a device down.
 pub fn restart_allowed(uptime: Duration, min_uptime: Duration) -> Result<(), String> {
@@ -217,11 +220,20 @@ impl Control {
     pub fn run(mut self, mut rx: mpsc::Receiver<Input>) {
         let resumed = std::mem::take(&mut self.resumed);
         self.deploys.resume(resumed, &self.trusted);
+        let mut ticks = 0u64;
         while let Some(input) = rx.blocking_recv() {
             match input {
                 Input::Inbound(Inbound::Command(bytes)) => self.on_command(&bytes),
                 Input::Inbound(Inbound::Chunk(bytes)) => self.deploys.on_chunk(&bytes),
-                Input::Tick => self.deploys.on_tick(),
+                Input::Tick => {
+                    self.deploys.on_tick();
+                    ticks += 1;
+                    if ticks.is_multiple_of(DISK_REFRESH_TICKS) {
+                        // Space freed by other means (an operator deleting files): the
+                        // reserve is remade and the full-disk state clears.
+                        crate::disk::refresh(&self.config.state_dir);
+                    }
+                }
                 Input::Validated(v) => self.deploys.on_validated(*v),
             }
             if self.cancel.is_cancelled() {

@@ -1,18 +1,26 @@
 //! The MQTT link to the fleet: rumqttc over mutual TLS, with store-and-forward.
 //!
-//! Two tasks:
+//! Three parts, none of which waits on another:
 //! - the **event loop** task polls rumqttc, never blocks, and sleeps with exponential backoff
 //!   and jitter after a connection error (rumqttc itself would reconnect at once);
-//! - the **link** task owns two [`Outbox`]es, one *lane* each: command acks (first) and
-//!   telemetry. Every message is written to its outbox first (so a `kill -9` loses neither a
-//!   sample nor an ack) and published from the head, one at a time per lane, when
-//!   connected; the head is removed only when the broker's PUBACK arrives. Order is kept,
-//!   and a message whose ack was lost is sent again (at least once: receivers deduplicate
-//!   by sequence number or command id).
+//! - the **spool** thread ([`spool`]) owns two [`Outbox`]es, one *lane* each: command acks
+//!   and telemetry, and does every disk write and read for them, off the async runtime;
+//! - the **link** task routes between them. Every message is written to its outbox first
+//!   (so a `kill -9` loses neither a sample nor an ack) and published from the head, one at
+//!   a time per lane, acks first, when connected; the head is removed only when the
+//!   broker's PUBACK arrives ([`lane`]). Order is kept, and a message whose ack was lost is
+//!   sent again (at least once: receivers deduplicate by sequence number or command id).
+//!
+//! A message the outbox cannot store (a full disk) is still published directly when
+//! connected, once, without a copy on disk (counted in [`LinkStats::sent_unstored`]), and
+//! otherwise dropped ([`LinkStats::dropped_unstored`]); [`LinkStats::disk_full`] says the
+//! outbox's file system is out of space.
 //!
 //! On every connect the link subscribes (QoS 1) to the device's command and OTA topics and
-//! to those of its groups, and routes what arrives to the command component
-//! ([`Inbound`]). Repair requests for missing OTA chunks are published directly (QoS 0):
+//! to those of its groups, and routes what arrives to the command component through
+//! bounded queues ([`inbound`]): a command that finds its queue full is answered
+//! `rejected(busy …)` at once; a chunk waits for room a short while ([`chunk_patience`]),
+//! then is dropped. Repair requests for missing OTA chunks are published directly (QoS 0):
 //! they are repeated until answered, so there is nothing to keep.
 //!
 //! On every connect the link publishes a retained `online` [`Status`]; the broker publishes
@@ -22,6 +30,9 @@
 //! outbox head is re-sent anyway.
 
 pub mod backoff;
+pub mod inbound;
+mod lane;
+mod spool;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +49,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::outbox::Outbox;
 use backoff::Backoff;
+use inbound::Offer;
+pub use inbound::{Inbound, InboundRx, InboundTx};
+use lane::{LaneState, Then};
+use spool::{SpoolEvent, SpoolHandle};
 
 /// Link counters, shared with telemetry and `/metrics`.
 #[derive(Debug, Default)]
@@ -58,12 +73,24 @@ pub struct LinkStats {
     pub dropped_expired: AtomicU64,
     /// Messages that could not be written to the outbox (disk full, I/O error).
     pub outbox_errors: AtomicU64,
+    /// Of those, published directly (connected at the time), without a copy on disk.
+    pub sent_unstored: AtomicU64,
+    /// Of those, dropped: not connected at the time.
+    pub dropped_unstored: AtomicU64,
+    /// The last outbox write failed for lack of space (cleared by the next that succeeds).
+    pub disk_full: AtomicBool,
+    /// Commands refused `busy`: the command queue was full.
+    pub commands_busy: AtomicU64,
+    /// OTA chunks dropped: the chunk queue was full.
+    pub chunks_busy: AtomicU64,
 }
 
 impl LinkStats {
     /// All drops.
     pub fn dropped(&self) -> u64 {
-        self.dropped_full.load(Ordering::Relaxed) + self.dropped_expired.load(Ordering::Relaxed)
+        self.dropped_full.load(Ordering::Relaxed)
+            + self.dropped_expired.load(Ordering::Relaxed)
+            + self.dropped_unstored.load(Ordering::Relaxed)
     }
 }
 
@@ -141,29 +168,13 @@ impl LinkHandle {
     }
 }
 
-/// A message the link received for another component.
-#[derive(Debug)]
-pub enum Inbound {
-    /// On a command topic (the device's or a group's): a signed command.
-    Command(Vec<u8>),
-    /// On an OTA topic: a chunk.
-    Chunk(Vec<u8>),
-}
-
-/// One outbox and the topic its messages go to.
-struct Lane {
-    outbox: Outbox,
-    topic: String,
-    in_flight: Option<InFlight>,
-}
-
 /// The link component.
 pub struct Link {
     settings: LinkSettings,
     rx: mpsc::Receiver<Request>,
-    telemetry: Lane,
-    acks: Lane,
-    inbound: Option<mpsc::Sender<Inbound>>,
+    /// The ack and telemetry outboxes, until `run` hands them to the spool thread.
+    outboxes: Option<(Outbox, Outbox)>,
+    inbound: Option<InboundTx>,
     /// Topic filters subscribed to on every connect, and whether each carries commands
     /// (else OTA chunks). Exact topics: none has a wildcard.
     subscriptions: Vec<(String, bool)>,
@@ -180,66 +191,142 @@ fn now_ms() -> u64 {
 enum Issued {
     Status,
     Need,
-    Lane(LaneId, usize),
+    Lane(LaneId),
+    /// A message the outbox could not store, published without tracking.
+    Unstored,
 }
 
+/// One of the two outboxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LaneId {
     Acks,
     Telemetry,
 }
 
-/// The outbox head on its way to the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum InFlight {
-    Requested(usize),
-    Sent { pkid: u16, len: usize },
+impl LaneId {
+    const ALL: [LaneId; 2] = [LaneId::Acks, LaneId::Telemetry];
+
+    /// What the lane carries, for the log.
+    fn what(self) -> &'static str {
+        match self {
+            LaneId::Acks => "command ack",
+            LaneId::Telemetry => "telemetry sample",
+        }
+    }
 }
 
-impl Link {
-    /// A link and the handle that feeds it. `acks` is the outbox of command acks;
-    /// commands and chunks received go to `inbound` (none: not subscribed).
-    pub fn new(
-        settings: LinkSettings,
-        outbox: Outbox,
-        acks: Outbox,
-        inbound: Option<mpsc::Sender<Inbound>>,
-        stats: Arc<LinkStats>,
-    ) -> (Link, LinkHandle) {
-        let (tx, rx) = mpsc::channel(64);
-        let telemetry = Lane { outbox, topic: settings.topics.telemetry(), in_flight: None };
-        let acks = Lane { outbox: acks, topic: settings.topics.acks(), in_flight: None };
-        let subscriptions = subscriptions(&settings);
-        let link = Link { settings, rx, telemetry, acks, inbound, subscriptions, stats, started: Instant::now() };
-        (link, LinkHandle { tx })
-    }
+/// Both lanes' heads, and their topics.
+struct Lanes {
+    acks: LaneState,
+    telemetry: LaneState,
+    acks_topic: String,
+    telemetry_topic: String,
+}
 
-    fn lane(&mut self, id: LaneId) -> &mut Lane {
+impl Lanes {
+    fn get(&mut self, id: LaneId) -> &mut LaneState {
         match id {
             LaneId::Acks => &mut self.acks,
             LaneId::Telemetry => &mut self.telemetry,
         }
     }
 
-    /// Routes a received publish to the command component; waits if it is behind.
-    async fn route(&self, topic: &str, payload: Vec<u8>) {
-        let Some(inbound) = &self.inbound else { return };
+    fn topic(&self, id: LaneId) -> &str {
+        match id {
+            LaneId::Acks => &self.acks_topic,
+            LaneId::Telemetry => &self.telemetry_topic,
+        }
+    }
+}
+
+/// Carries out what a lane transition asks of the spool.
+fn follow(spool: &SpoolHandle, id: LaneId, then: Then) -> Result<(), spool::SpoolStopped> {
+    match then {
+        Then::Nothing => Ok(()),
+        Then::AskHead => spool.ask_head(id),
+        Then::Delivered { .. } => spool.delivered(id),
+    }
+}
+
+impl Link {
+    /// A link and the handle that feeds it. `outbox` holds telemetry, `acks` command acks;
+    /// commands and chunks received go to `inbound` (none: not subscribed), made by
+    /// [`inbound::queue`].
+    pub fn new(
+        settings: LinkSettings,
+        outbox: Outbox,
+        acks: Outbox,
+        inbound: Option<InboundTx>,
+        stats: Arc<LinkStats>,
+    ) -> (Link, LinkHandle) {
+        let (tx, rx) = mpsc::channel(64);
+        let subscriptions = subscriptions(&settings);
+        let link = Link {
+            settings,
+            rx,
+            outboxes: Some((acks, outbox)),
+            inbound,
+            subscriptions,
+            stats,
+            started: Instant::now(),
+        };
+        (link, LinkHandle { tx })
+    }
+
+    /// Routes a received publish to the command component, without waiting: a command
+    /// that finds its queue full is answered `rejected(busy …)` through the ack outbox; a
+    /// chunk that finds its queue full is handed back, for the caller to hold a short while
+    /// (see [`inbound`]).
+    fn route(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        spool: &mut SpoolHandle,
+    ) -> Result<Option<Vec<u8>>, spool::SpoolStopped> {
+        let Some(inbound) = &self.inbound else { return Ok(None) };
         let Some(&(_, is_command)) = self.subscriptions.iter().find(|(t, _)| t == topic) else {
             tracing::debug!(topic, "message on a topic the agent does not handle; ignored");
-            return;
+            return Ok(None);
         };
-        // Wait while the command thread is busy (backpressure keeps chunks coming at the
-        // rate they are written), but not forever: this task also publishes acks and
-        // telemetry, and a validation can take minutes. A chunk dropped here is asked for
-        // again; a command dropped here is logged (its sender sees no ack).
-        let (msg, patience) = if is_command {
-            (Inbound::Command(payload), Duration::from_secs(30))
-        } else {
-            (Inbound::Chunk(payload), Duration::from_secs(2))
-        };
-        if tokio::time::timeout(patience, inbound.send(msg)).await.is_err() {
-            tracing::warn!(topic, "the command thread is busy; message dropped");
+        let message = if is_command { Inbound::Command(payload) } else { Inbound::Chunk(payload) };
+        match inbound.offer(message) {
+            Offer::Queued => {}
+            Offer::Busy { queued, message: Inbound::Command(bytes) } => {
+                self.stats.commands_busy.fetch_add(1, Ordering::Relaxed);
+                match inbound::busy_ack(self.settings.topics.device(), &bytes, queued, now_ms()) {
+                    Some(ack) => {
+                        tracing::warn!(topic, queued, "command queue full; command refused as busy");
+                        spool.push(LaneId::Acks, ack)?;
+                    }
+                    None => tracing::warn!(topic, queued, "command queue full; unreadable command dropped"),
+                }
+            }
+            Offer::Busy { message: Inbound::Chunk(bytes), .. } => return Ok(Some(bytes)),
+            Offer::Closed => tracing::warn!(topic, "the command component has stopped; message dropped"),
         }
+        Ok(None)
+    }
+
+    /// A chunk held for room in the chunk queue did not get it in time.
+    fn drop_chunk(&self) {
+        self.stats.chunks_busy.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            queued = inbound::CHUNK_QUEUE,
+            "chunk queue full; OTA chunk dropped (the device asks for it again)"
+        );
+    }
+
+    /// Publishes a message the outbox could not store, if connected; drops it otherwise.
+    fn publish_unstored(&self, client: &AsyncClient, lanes: &Lanes, id: LaneId, payload: Vec<u8>) -> bool {
+        let connected = self.stats.connected.load(Ordering::Relaxed);
+        if connected && client.try_publish(lanes.topic(id), QoS::AtLeastOnce, false, payload).is_ok() {
+            self.stats.sent_unstored.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("{} published without a copy on disk (the outbox could not store it)", id.what());
+            return true;
+        }
+        self.stats.dropped_unstored.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("{} dropped: the outbox could not store it and the broker is not reachable", id.what());
+        false
     }
 
     fn status(&self, state: State) -> Vec<u8> {
@@ -267,20 +354,18 @@ impl Link {
         opts
     }
 
-    fn refresh_stats(&self) {
-        let s = self.telemetry.outbox.stats();
-        self.stats.queued.store(s.queued, Ordering::Relaxed);
-        self.stats.dropped_full.store(s.dropped_full, Ordering::Relaxed);
-        self.stats.dropped_expired.store(s.dropped_expired, Ordering::Relaxed);
-    }
-
     /// Runs until `cancel`, then publishes `offline` and disconnects (bounded by a deadline).
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let (acks, telemetry) = self.outboxes.take().expect("a link runs once");
+        let (mut spool, mut stored, spool_thread) = spool::start(acks, telemetry, self.stats.clone())
+            .map_err(|e| anyhow::anyhow!("cannot start the outbox thread: {e}"))?;
         let (client, mut eventloop) = AsyncClient::new(self.options(), 16);
         let mut net = eventloop.network_options();
         net.set_connection_timeout(self.settings.network_timeout.as_secs().max(1));
         eventloop.set_network_options(net);
         let stop_events = CancellationToken::new();
+        // Also when this returns early with an error.
+        let _stop_events = stop_events.clone().drop_guard();
         // Small: an event can carry an OTA chunk (up to 1 MiB), and RAM must stay bounded
         // to a few chunks however fast the broker sends them.
         let (events_tx, mut events) = mpsc::channel(4);
@@ -292,25 +377,28 @@ impl Link {
         ));
         let status_topic = self.settings.topics.status();
         let need_topic = self.settings.topics.need();
+        let mut lanes = Lanes {
+            acks: LaneState::Asking,
+            telemetry: LaneState::Asking,
+            acks_topic: self.settings.topics.acks(),
+            telemetry_topic: self.settings.topics.telemetry(),
+        };
+        for id in LaneId::ALL {
+            spool.ask_head(id)?;
+        }
         let mut issued: VecDeque<Issued> = VecDeque::new();
         let mut ever_connected = false;
-        self.refresh_stats();
+        // A chunk waiting for room in the chunk queue, and until when.
+        let mut parked: Option<(Vec<u8>, tokio::time::Instant)> = None;
+        let patience = chunk_patience(self.settings.keep_alive);
+        let chunk_room = self.inbound.clone();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                Some(request) = self.rx.recv() => match request {
-                    Request::Telemetry(payload) => {
-                        if let Err(e) = self.telemetry.outbox.push(now_ms(), &payload) {
-                            self.stats.outbox_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!("outbox: telemetry sample not stored: {e}");
-                        }
-                    }
-                    Request::Ack(payload) => {
-                        if let Err(e) = self.acks.outbox.push(now_ms(), &payload) {
-                            self.stats.outbox_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!("outbox: command ack not stored: {e}");
-                        }
-                    }
+                // Taken only while the spool keeps up: producers wait (bounded), the link does not.
+                Some(request) = self.rx.recv(), if spool.has_room() => match request {
+                    Request::Telemetry(payload) => spool.push(LaneId::Telemetry, payload)?,
+                    Request::Ack(payload) => spool.push(LaneId::Acks, payload)?,
                     Request::Need(payload) => {
                         if self.stats.connected.load(Ordering::Relaxed)
                             && client.try_publish(&need_topic, QoS::AtMostOnce, false, payload).is_ok()
@@ -318,11 +406,37 @@ impl Link {
                             issued.push_back(Issued::Need);
                         }
                     }
-                    Request::EraseTelemetry(reply) => {
-                        let _ = reply.send(self.telemetry.outbox.clear().map_err(|e| e.to_string()));
-                    }
+                    Request::EraseTelemetry(reply) => spool.erase(reply)?,
                 },
-                Some(event) = events.recv() => match event {
+                Some(event) = stored.recv() => match event {
+                    SpoolEvent::Head(id, head) => lanes.get(id).on_head(head),
+                    SpoolEvent::Stored(id) => {
+                        spool.answered();
+                        follow(&spool, id, lanes.get(id).on_stored())?;
+                    }
+                    SpoolEvent::Unstored(id, payload) => {
+                        spool.answered();
+                        if self.publish_unstored(&client, &lanes, id, payload) {
+                            issued.push_back(Issued::Unstored);
+                        }
+                    }
+                    SpoolEvent::Erased => follow(&spool, LaneId::Telemetry, lanes.telemetry.on_erased())?,
+                },
+                room = room_for_chunk(chunk_room.as_ref()), if parked.is_some() => {
+                    let (chunk, _) = parked.take().expect("guarded");
+                    match room {
+                        Some(permit) => permit.send(chunk),
+                        None => tracing::warn!("the command component has stopped; OTA chunk dropped"),
+                    }
+                }
+                _ = tokio::time::sleep_until(parked.as_ref().map_or_else(tokio::time::Instant::now, |p| p.1)),
+                    if parked.is_some() =>
+                {
+                    parked = None;
+                    self.drop_chunk();
+                }
+                // Not while a chunk waits: the next event may be another chunk.
+                Some(event) = events.recv(), if parked.is_none() => match event {
                     LinkEvent::Connected => {
                         if ever_connected {
                             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -331,8 +445,9 @@ impl Link {
                         self.stats.connected.store(true, Ordering::Relaxed);
                         tracing::info!(host = %self.settings.host, port = self.settings.port, "connected to broker");
                         issued.clear();
-                        self.telemetry.in_flight = None;
-                        self.acks.in_flight = None;
+                        for id in LaneId::ALL {
+                            follow(&spool, id, lanes.get(id).on_connected())?;
+                        }
                         if self.inbound.is_some() {
                             let filters = self
                                 .subscriptions
@@ -353,55 +468,42 @@ impl Link {
                             tracing::warn!("cannot connect to broker: {reason}");
                         }
                         issued.clear();
-                        self.telemetry.in_flight = None;
-                        self.acks.in_flight = None;
+                        for id in LaneId::ALL {
+                            lanes.get(id).on_disconnected();
+                        }
                     }
                     LinkEvent::Published(pkid) => {
-                        if let Some(Issued::Lane(id, len)) = issued.pop_front() {
-                            self.lane(id).in_flight = Some(InFlight::Sent { pkid, len });
+                        if let Some(Issued::Lane(id)) = issued.pop_front() {
+                            lanes.get(id).on_published(pkid);
                         }
                     }
                     LinkEvent::Acked(pkid) => {
-                        for id in [LaneId::Acks, LaneId::Telemetry] {
-                            let lane = self.lane(id);
-                            if let Some(InFlight::Sent { pkid: p, len }) = lane.in_flight {
-                                if p == pkid {
-                                    lane.in_flight = None;
-                                    match lane.outbox.ack() {
-                                        Ok(()) if id == LaneId::Telemetry => {
-                                            self.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
-                                            self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
-                                        }
-                                        Ok(()) => {}
-                                        Err(e) => tracing::error!("outbox: cannot mark a delivered message: {e}"),
-                                    }
-                                }
+                        for id in LaneId::ALL {
+                            let then = lanes.get(id).on_puback(pkid);
+                            if let (Then::Delivered { len }, LaneId::Telemetry) = (then, id) {
+                                self.stats.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+                                self.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
                             }
+                            follow(&spool, id, then)?;
                         }
                     }
-                    LinkEvent::Message(topic, payload) => self.route(&topic, payload).await,
+                    LinkEvent::Message(topic, payload) => {
+                        if let Some(chunk) = self.route(&topic, payload, &mut spool)? {
+                            parked = Some((chunk, tokio::time::Instant::now() + patience));
+                        }
+                    }
                 },
             }
             if self.stats.connected.load(Ordering::Relaxed) {
-                for id in [LaneId::Acks, LaneId::Telemetry] {
-                    let lane = self.lane(id);
-                    if lane.in_flight.is_some() {
-                        continue;
-                    }
-                    match lane.outbox.peek(now_ms()) {
-                        Ok(Some(payload)) => {
-                            let len = payload.len();
-                            if client.try_publish(&lane.topic, QoS::AtLeastOnce, false, payload).is_ok() {
-                                lane.in_flight = Some(InFlight::Requested(len));
-                                issued.push_back(Issued::Lane(id, len));
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => tracing::error!("outbox: cannot read the next message: {e}"),
+                for id in LaneId::ALL {
+                    let Some(payload) = lanes.get(id).take_ready() else { continue };
+                    if client.try_publish(lanes.topic(id), QoS::AtLeastOnce, false, payload.clone()).is_ok() {
+                        issued.push_back(Issued::Lane(id));
+                    } else {
+                        lanes.get(id).unpublished(payload);
                     }
                 }
             }
-            self.refresh_stats();
         }
         // Orderly shutdown: say goodbye while the connection is up, within a deadline.
         if self.stats.connected.load(Ordering::Relaxed) {
@@ -422,7 +524,37 @@ impl Link {
         stop_events.cancel();
         let _ = poller.await;
         self.stats.connected.store(false, Ordering::Relaxed);
+        // The spool finishes the pushes it was given: each is durable once it has answered.
+        drop(spool);
+        let joined = tokio::task::spawn_blocking(move || spool_thread.join());
+        match tokio::time::timeout(Duration::from_secs(2), joined).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(_) => tracing::error!("the outbox thread panicked"),
+            Err(_) => tracing::warn!("the outbox thread is still writing; not waiting for it"),
+        }
+        drop(stored);
         Ok(())
+    }
+}
+
+/// How long a chunk waits for room in the chunk queue before it is dropped.
+///
+/// While a chunk waits, the link takes no further events from the event loop task, which
+/// then stops polling rumqttc once its small channel is full: the broker's sending slows
+/// down to the rate chunks are written (the transfer is paced, not repaired). But rumqttc
+/// must be polled well within the keep-alive, or the broker drops the device: so a chunk
+/// waits a quarter of the keep-alive at most (and no more than 2 s), after which it is
+/// dropped and the event loop moves on.
+pub fn chunk_patience(keep_alive: Duration) -> Duration {
+    (keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(2))
+}
+
+/// Room for one chunk in the chunk queue; `None` once the command component is gone (or
+/// there is no queue, which never has a chunk waiting).
+async fn room_for_chunk(inbound: Option<&InboundTx>) -> Option<mpsc::Permit<'_, Vec<u8>>> {
+    match inbound {
+        Some(inbound) => inbound.chunk_room().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -491,5 +623,17 @@ async fn poll_events(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_waits_well_within_the_keep_alive() {
+        assert_eq!(chunk_patience(Duration::from_secs(1)), Duration::from_millis(250));
+        assert_eq!(chunk_patience(Duration::from_secs(30)), Duration::from_secs(2));
+        assert_eq!(chunk_patience(Duration::ZERO), Duration::from_millis(100));
     }
 }

@@ -527,3 +527,6 @@ impl Models {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

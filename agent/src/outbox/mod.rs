@@ -54,23 +54,26 @@
 //! does instead), counted in [`Outbox::dropped_corrupt`], and skipped. Framing cannot be
 //! recovered past a bad record, so a bad record in the middle of a segment drops the rest
 //! of that segment; an unreadable segment is renamed to `*.corrupt` for inspection.
+//!
+//! # Layout
+//!
+//! - this file: the queue API ([`Outbox::push`], [`Outbox::peek`], [`Outbox::ack`],
+//!   [`Outbox::clear`]) and the head's bookkeeping;
+//! - `format`: the bytes on disk (record framing, the cursor, segment names) and the scan
+//!   of one segment's framing;
+//! - `recovery`: [`Outbox::open`], which rebuilds the queue from what a crash left.
+
+mod format;
+mod recovery;
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A segment is rolled once it holds this many bytes.
-pub const SEGMENT_BYTES: u64 = 1 << 20;
-
-/// `[len u32][crc u32][enqueued_at_ms u64]`.
-const HEADER_BYTES: u64 = 16;
-/// The largest payload a frame can describe.
-const MAX_PAYLOAD: u64 = u32::MAX as u64;
-const CURSOR_FILE: &str = "cursor";
-const CURSOR_MAGIC: &[u8; 4] = b"OBX1";
-const CURSOR_BYTES: usize = 24;
+pub use format::SEGMENT_BYTES;
+use format::{encode_cursor, encode_record, record_crc, segment_name, Header, CURSOR_FILE, HEADER_BYTES, MAX_PAYLOAD};
 
 /// What went wrong in the outbox.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,19 @@ pub enum OutboxError {
     },
 }
 
+impl OutboxError {
+    /// The file system is out of space (or quota): the error goes away once space is
+    /// freed, and meanwhile nothing new can be stored.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            OutboxError::Io { source, .. } => {
+                matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Counters for metrics. `queued` and `queued_bytes` include records that have expired but
 /// that `peek` has not reached yet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -141,143 +157,6 @@ struct Peeked {
     offset: u64,
     size: u64,
     payload: u64,
-}
-
-/// A record's framing header.
-#[derive(Debug, Clone, Copy)]
-struct Header {
-    len: u32,
-    crc: u32,
-    enqueued_at_ms: u64,
-}
-
-impl Header {
-    fn parse(b: &[u8; HEADER_BYTES as usize]) -> Header {
-        Header {
-            len: u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")),
-            crc: u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")),
-            enqueued_at_ms: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
-        }
-    }
-
-    fn size(&self) -> u64 {
-        HEADER_BYTES + u64::from(self.len)
-    }
-}
-
-fn record_crc(len: u32, enqueued_at_ms: u64, payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&len.to_le_bytes());
-    h.update(&enqueued_at_ms.to_le_bytes());
-    h.update(payload);
-    h.finalize()
-}
-
-fn encode_record(enqueued_at_ms: u64, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).expect("checked against MAX_PAYLOAD");
-    let mut buf = Vec::with_capacity(HEADER_BYTES as usize + payload.len());
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&record_crc(len, enqueued_at_ms, payload).to_le_bytes());
-    buf.extend_from_slice(&enqueued_at_ms.to_le_bytes());
-    buf.extend_from_slice(payload);
-    buf
-}
-
-fn encode_cursor(seg: u64, offset: u64) -> [u8; CURSOR_BYTES] {
-    let mut b = [0u8; CURSOR_BYTES];
-    b[0..4].copy_from_slice(CURSOR_MAGIC);
-    b[4..12].copy_from_slice(&seg.to_le_bytes());
-    b[12..20].copy_from_slice(&offset.to_le_bytes());
-    let crc = crc32fast::hash(&b[0..20]);
-    b[20..24].copy_from_slice(&crc.to_le_bytes());
-    b
-}
-
-/// `Ok((segment, offset))`, or why the bytes are not a cursor.
-fn decode_cursor(b: &[u8]) -> Result<(u64, u64), String> {
-    if b.len() != CURSOR_BYTES {
-        return Err(format!("{} bytes, expected {CURSOR_BYTES}", b.len()));
-    }
-    if &b[0..4] != CURSOR_MAGIC {
-        return Err("bad magic".into());
-    }
-    let crc = u32::from_le_bytes(b[20..24].try_into().expect("4 bytes"));
-    if crc != crc32fast::hash(&b[0..20]) {
-        return Err("checksum mismatch".into());
-    }
-    let seg = u64::from_le_bytes(b[4..12].try_into().expect("8 bytes"));
-    let offset = u64::from_le_bytes(b[12..20].try_into().expect("8 bytes"));
-    Ok((seg, offset))
-}
-
-fn segment_name(id: u64) -> String {
-    format!("seg-{id:06}.log")
-}
-
-fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("seg-")?.strip_suffix(".log")?;
-    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// What a scan of one segment found.
-#[derive(Debug, Default)]
-struct Scan {
-    /// End of the last good record.
-    end: u64,
-    /// Offset of the first record not wholly before the cursor (or `end`).
-    head: u64,
-    /// Records and payload bytes from `head` to `end`.
-    records: u64,
-    bytes: u64,
-    /// Where framing broke, and why; the bytes from there to the file end are unusable.
-    bad: Option<(u64, String)>,
-}
-
-/// Walks the framing of a segment. Reads only headers unless `verify_crc`; records that end
-/// at or before `skip_before` are not counted (they were delivered).
-fn scan_segment(path: &Path, verify_crc: bool, skip_before: u64) -> io::Result<Scan> {
-    let file = File::open(path)?;
-    let file_len = file.metadata()?.len();
-    let mut r = BufReader::with_capacity(64 * 1024, file);
-    let mut scan = Scan::default();
-    let mut head: Option<u64> = None;
-    let mut payload = Vec::new();
-    let mut off = 0u64;
-    while off < file_len {
-        if file_len - off < HEADER_BYTES {
-            scan.bad = Some((off, format!("{} stray bytes, shorter than a record header", file_len - off)));
-            break;
-        }
-        let mut hb = [0u8; HEADER_BYTES as usize];
-        r.read_exact(&mut hb)?;
-        let h = Header::parse(&hb);
-        if h.size() > file_len - off {
-            scan.bad = Some((off, format!("record length {} runs past the end of the file", h.len)));
-            break;
-        }
-        if verify_crc {
-            payload.resize(h.len as usize, 0);
-            r.read_exact(&mut payload)?;
-            if record_crc(h.len, h.enqueued_at_ms, &payload) != h.crc {
-                scan.bad = Some((off, "checksum mismatch".into()));
-                break;
-            }
-        } else {
-            r.seek_relative(i64::from(h.len))?;
-        }
-        if off + h.size() > skip_before {
-            head.get_or_insert(off);
-            scan.records += 1;
-            scan.bytes += u64::from(h.len);
-        }
-        off += h.size();
-    }
-    scan.end = off;
-    scan.head = head.unwrap_or(off);
-    Ok(scan)
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> OutboxError + 'a {
@@ -320,150 +199,6 @@ impl Outbox {
         Outbox::open_with(dir, max_bytes, ttl, SEGMENT_BYTES)
     }
 
-    fn open_with(dir: &Path, max_bytes: u64, ttl: Duration, segment_bytes: u64) -> Result<Outbox, OutboxError> {
-        if max_bytes == 0 {
-            return Err(OutboxError::ZeroLimit { dir: dir.to_path_buf() });
-        }
-        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        // A leftover tmp is a cursor write that never got renamed: the old cursor stands.
-        let _ = fs::remove_file(crate::fsutil::temporary_for(&dir.join(CURSOR_FILE)));
-
-        let mut ids = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err("list directory", dir))? {
-            let entry = entry.map_err(io_err("list directory", dir))?;
-            if let Some(id) = entry.file_name().to_str().and_then(parse_segment_name) {
-                ids.push(id);
-            }
-        }
-        ids.sort_unstable();
-        let max_seen = ids.last().copied().unwrap_or(0);
-
-        let mut dropped_corrupt = 0;
-        let cursor = Outbox::read_cursor(dir, &ids);
-        let mut dirty = false;
-        let (cursor_seg, cursor_off) = match cursor {
-            Some((seg, off)) => {
-                // Segments before the cursor were delivered; a crash stopped their deletion.
-                for &id in ids.iter().filter(|&&id| id < seg) {
-                    let path = dir.join(segment_name(id));
-                    if let Err(e) = fs::remove_file(&path) {
-                        tracing::warn!("outbox: delivered segment {} could not be removed: {e}", path.display());
-                    }
-                }
-                ids.retain(|&id| id >= seg);
-                (seg, off)
-            }
-            None => (0, 0),
-        };
-
-        let mut segments = VecDeque::new();
-        let mut head = 0;
-        let last = ids.last().copied();
-        for &id in &ids {
-            let path = dir.join(segment_name(id));
-            let is_last = Some(id) == last;
-            let skip = if id == cursor_seg { cursor_off } else { 0 };
-            let scan = match scan_segment(&path, is_last, skip) {
-                Ok(scan) => scan,
-                Err(e) => {
-                    let aside = path.with_extension("log.corrupt");
-                    let moved = fs::rename(&path, &aside).is_ok();
-                    tracing::warn!(
-                        "outbox: segment {} is unreadable ({e}); its records are skipped{}",
-                        path.display(),
-                        if moved { format!(" and the file moved to {}", aside.display()) } else { String::new() }
-                    );
-                    dropped_corrupt += 1;
-                    dirty = true;
-                    continue;
-                }
-            };
-            if id == cursor_seg && scan.head != cursor_off && scan.head < scan.end {
-                tracing::warn!(
-                    "outbox: cursor offset {cursor_off} in {} is not on a record boundary; \
-                     resuming at offset {} (a message may be sent twice)",
-                    path.display(),
-                    scan.head
-                );
-            }
-            if let Some((at, why)) = &scan.bad {
-                dropped_corrupt += 1;
-                if is_last {
-                    // The only place a crash tears a record: cut it so appends continue
-                    // on clean framing.
-                    tracing::warn!(
-                        "outbox: segment {} has a torn or corrupt tail at offset {at} ({why}); \
-                         truncating it, earlier records are kept",
-                        path.display()
-                    );
-                    OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .and_then(|f| {
-                            f.set_len(scan.end)?;
-                            f.sync_all()
-                        })
-                        .map_err(io_err("truncate torn tail of segment", &path))?;
-                } else {
-                    tracing::warn!(
-                        "outbox: segment {} is corrupt at offset {at} ({why}); \
-                         the records after it in this segment are skipped",
-                        path.display()
-                    );
-                }
-            }
-            if segments.is_empty() {
-                head = scan.head;
-            } else {
-                debug_assert_eq!(scan.head, 0);
-            }
-            segments.push_back(Segment { id, end: scan.end, records: scan.records, bytes: scan.bytes });
-        }
-
-        // Append to the newest segment, unless it was unreadable (or absent): then start a
-        // fresh one numbered after everything seen, so ids stay in order.
-        let newest = max_seen.max(cursor_seg);
-        if segments.back().is_none_or(|s| s.id < newest) {
-            let id = newest + 1;
-            Outbox::create_segment(dir, id)?;
-            if segments.is_empty() {
-                head = 0;
-            }
-            segments.push_back(Segment { id, end: 0, records: 0, bytes: 0 });
-        }
-        let active = segments.back().expect("at least one segment");
-        let writer = Outbox::open_writer(dir, active.id)?;
-
-        let mut outbox = Outbox {
-            dir: dir.to_path_buf(),
-            max_bytes,
-            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
-            segment_bytes,
-            stats: OutboxStats::default(),
-            segments,
-            head,
-            writer,
-            writer_broken: false,
-            reader: None,
-            peeked: None,
-            retired: Vec::new(),
-            dropped_corrupt,
-        };
-        outbox.recount();
-        outbox.settle_head();
-        // The limit may have shrunk since the last run.
-        while outbox.stats.queued_bytes > max_bytes {
-            if outbox.drop_head_for_room()? {
-                dirty = true;
-            }
-        }
-        let (first, _) = outbox.head_position();
-        if dirty || cursor.is_none_or(|c| c != (first, outbox.head)) {
-            outbox.commit()?;
-        }
-        Ok(outbox)
-    }
-
     /// Appends `payload`, stamped `now_ms`. Durable (fsynced) when this returns `Ok`.
     /// Drops the oldest records if needed to stay within `max_bytes`.
     pub fn push(&mut self, now_ms: u64, payload: &[u8]) -> Result<(), OutboxError> {
@@ -487,9 +222,9 @@ impl Outbox {
         let written = self.writer.write_all(&record).and_then(|()| self.writer.sync_data());
         if let Err(source) = written {
             // Whatever part of the record reached the file must not become framing for the
-            // next record: cut it off, and in any case continue in a new segment.
-            let _ = self.writer.set_len(active.end);
-            self.writer_broken = true;
+            // next record: cut it off, or if that fails too, continue in a new segment. (Not
+            // a new segment every time: on a full disk each failed push would leave one.)
+            self.writer_broken = self.writer.set_len(active.end).is_err();
             return Err(OutboxError::Io { action: "append to segment", path, source });
         }
         active.end += record.len() as u64;
@@ -706,56 +441,6 @@ impl Outbox {
         self.settle_head();
         Ok(())
     }
-
-    fn create_segment(dir: &Path, id: u64) -> Result<(), OutboxError> {
-        let path = dir.join(segment_name(id));
-        File::create(&path).and_then(|f| f.sync_all()).map_err(io_err("create segment", &path))?;
-        // Without this, records fsynced into the new file can vanish with its directory
-        // entry on power loss.
-        fsync_dir(dir)
-    }
-
-    fn open_writer(dir: &Path, id: u64) -> Result<File, OutboxError> {
-        let path = dir.join(segment_name(id));
-        OpenOptions::new().append(true).open(&path).map_err(io_err("open segment for append", &path))
-    }
-
-    /// Reads the cursor; `None` if there is none or it is unusable (with a warning).
-    fn read_cursor(dir: &Path, ids: &[u64]) -> Option<(u64, u64)> {
-        let path = dir.join(CURSOR_FILE);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                tracing::warn!(
-                    "outbox: cursor file {} is unreadable ({e}); replaying from the oldest intact record \
-                     (messages may be sent twice)",
-                    path.display()
-                );
-                return None;
-            }
-        };
-        match decode_cursor(&bytes) {
-            Ok((seg, off)) if ids.last().is_none_or(|&newest| seg <= newest) => Some((seg, off)),
-            Ok((seg, _)) => {
-                tracing::warn!(
-                    "outbox: cursor file {} points at segment {seg}, newer than any on disk; \
-                     replaying from the oldest intact record (messages may be sent twice)",
-                    path.display()
-                );
-                None
-            }
-            Err(why) => {
-                tracing::warn!(
-                    "outbox: cursor file {} is corrupt ({why}); replaying from the oldest intact record \
-                     (messages may be sent twice)",
-                    path.display()
-                );
-                None
-            }
-        }
-    }
-
     /// Persists the head as the cursor (atomically), then deletes delivered segments.
     fn commit(&mut self) -> Result<(), OutboxError> {
         self.settle_head();
@@ -779,17 +464,19 @@ impl Outbox {
     }
 }
 
+/// What the tests of both halves share.
 #[cfg(test)]
-mod tests {
+mod test_support {
+    use super::format::parse_segment_name;
     use super::*;
 
-    const TTL: Duration = Duration::from_secs(3600);
+    pub(super) const TTL: Duration = Duration::from_secs(3600);
 
-    fn msg(i: u32) -> Vec<u8> {
+    pub(super) fn msg(i: u32) -> Vec<u8> {
         format!("telemetry message number {i:04}").into_bytes()
     }
 
-    fn segment_files(dir: &Path) -> Vec<u64> {
+    pub(super) fn segment_files(dir: &Path) -> Vec<u64> {
         let mut ids: Vec<u64> = fs::read_dir(dir)
             .unwrap()
             .filter_map(|e| e.unwrap().file_name().to_str().and_then(parse_segment_name))
@@ -798,12 +485,12 @@ mod tests {
         ids
     }
 
-    fn last_segment(dir: &Path) -> PathBuf {
+    pub(super) fn last_segment(dir: &Path) -> PathBuf {
         dir.join(segment_name(*segment_files(dir).last().unwrap()))
     }
 
     /// Peeks and acks everything, returning the payloads in delivery order.
-    fn drain(ob: &mut Outbox, now_ms: u64) -> Vec<Vec<u8>> {
+    pub(super) fn drain(ob: &mut Outbox, now_ms: u64) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         while let Some(p) = ob.peek(now_ms).unwrap() {
             out.push(p);
@@ -811,6 +498,12 @@ mod tests {
         }
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
 
     #[test]
     fn clear_empties_the_outbox_on_disk() {
@@ -857,138 +550,6 @@ mod tests {
     }
 
     #[test]
-    fn survives_reopen_without_acks() {
-        let tmp = tempfile::tempdir().unwrap();
-        {
-            let mut ob = Outbox::open_with(tmp.path(), 1 << 20, TTL, 100).unwrap();
-            for i in 0..10 {
-                ob.push(5, &msg(i)).unwrap();
-            }
-            // Dropped without any shutdown step, as with kill -9.
-        }
-        let mut ob = Outbox::open_with(tmp.path(), 1 << 20, TTL, 100).unwrap();
-        assert_eq!(ob.stats().queued, 10);
-        assert_eq!(ob.stats().queued_bytes, (0..10).map(|i| msg(i).len() as u64).sum::<u64>());
-        assert_eq!(drain(&mut ob, 10), (0..10).map(msg).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn survives_reopen_with_acks_and_keeps_appending() {
-        let tmp = tempfile::tempdir().unwrap();
-        {
-            let mut ob = Outbox::open_with(tmp.path(), 1 << 20, TTL, 100).unwrap();
-            for i in 0..10 {
-                ob.push(5, &msg(i)).unwrap();
-            }
-            for i in 0..4 {
-                assert_eq!(ob.peek(10).unwrap(), Some(msg(i)));
-                ob.ack().unwrap();
-            }
-            // Peeked but not acked: must come back after the restart.
-            assert_eq!(ob.peek(10).unwrap(), Some(msg(4)));
-        }
-        {
-            let mut ob = Outbox::open_with(tmp.path(), 1 << 20, TTL, 100).unwrap();
-            assert_eq!(ob.stats().queued, 6);
-            ob.push(20, &msg(10)).unwrap();
-        }
-        let mut ob = Outbox::open_with(tmp.path(), 1 << 20, TTL, 100).unwrap();
-        assert_eq!(drain(&mut ob, 30), (4..11).map(msg).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn torn_tail_loses_only_the_torn_record() {
-        let tmp = tempfile::tempdir().unwrap();
-        {
-            let mut ob = Outbox::open(tmp.path(), 1 << 20, TTL).unwrap();
-            for i in 0..3 {
-                ob.push(5, &msg(i)).unwrap();
-            }
-        }
-        // A crash in the middle of the third write.
-        let seg = last_segment(tmp.path());
-        let len = fs::metadata(&seg).unwrap().len();
-        OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 5).unwrap();
-
-        let mut ob = Outbox::open(tmp.path(), 1 << 20, TTL).unwrap();
-        assert_eq!(ob.stats().queued, 2);
-        assert_eq!(ob.dropped_corrupt(), 1);
-        // Appends continue on clean framing after the cut.
-        ob.push(6, &msg(9)).unwrap();
-        drop(ob);
-        let mut ob = Outbox::open(tmp.path(), 1 << 20, TTL).unwrap();
-        assert_eq!(ob.dropped_corrupt(), 0);
-        assert_eq!(drain(&mut ob, 10), vec![msg(0), msg(1), msg(9)]);
-    }
-
-    #[test]
-    fn garbage_or_zeros_after_the_last_record_are_cut_off() {
-        // A header-shaped record with a bad checksum, short garbage, and the zero-filled
-        // blocks some filesystems leave after a power cut.
-        let mut fake = encode_record(7, b"payload");
-        fake[20] ^= 0xff;
-        for tail in [fake, vec![0xAB; 7], vec![0; 4096], vec![0xff; 64]] {
-            let tmp = tempfile::tempdir().unwrap();
-            {
-                let mut ob = Outbox::open(tmp.path(), 1 << 20, TTL).unwrap();
-                ob.push(1, &msg(0)).unwrap();
-                ob.push(2, &msg(1)).unwrap();
-            }
-            let seg = last_segment(tmp.path());
-            OpenOptions::new().append(true).open(&seg).unwrap().write_all(&tail).unwrap();
-            let mut ob = Outbox::open(tmp.path(), 1 << 20, TTL).unwrap();
-            assert_eq!(ob.stats().queued, 2);
-            ob.push(3, &msg(2)).unwrap();
-            assert_eq!(drain(&mut ob, 10), vec![msg(0), msg(1), msg(2)]);
-        }
-    }
-
-    #[test]
-    fn segment_of_pure_garbage_does_not_panic() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut rng = fastrand::Rng::with_seed(7);
-        let junk: Vec<u8> = (0..5000).map(|_| rng.u8(..)).collect();
-        fs::write(tmp.path().join(segment_name(1)), &junk).unwrap();
-        fs::write(tmp.path().join(segment_name(2)), &junk[..100]).unwrap();
-        fs::write(tmp.path().join(CURSOR_FILE), &junk[..24]).unwrap();
-        let mut ob = Outbox::open(tmp.path(), 1 << 20, TTL).unwrap();
-        assert!(ob.is_empty());
-        ob.push(1, b"after").unwrap();
-        assert_eq!(drain(&mut ob, 2), vec![b"after".to_vec()]);
-    }
-
-    #[test]
-    fn corrupt_cursor_replays_from_the_oldest_record() {
-        for bad in [&b""[..], &b"garbage"[..], &[0u8; CURSOR_BYTES][..]] {
-            let tmp = tempfile::tempdir().unwrap();
-            {
-                let mut ob = Outbox::open(tmp.path(), 1 << 20, TTL).unwrap();
-                for i in 0..3 {
-                    ob.push(1, &msg(i)).unwrap();
-                }
-                ob.peek(2).unwrap();
-                ob.ack().unwrap();
-            }
-            fs::write(tmp.path().join(CURSOR_FILE), bad).unwrap();
-            let mut ob = Outbox::open(tmp.path(), 1 << 20, TTL).unwrap();
-            // Duplicates rather than loss: the acked record is sent again.
-            assert_eq!(drain(&mut ob, 3), vec![msg(0), msg(1), msg(2)]);
-        }
-    }
-
-    #[test]
-    fn cursor_pointing_past_every_segment_falls_back() {
-        let tmp = tempfile::tempdir().unwrap();
-        {
-            let mut ob = Outbox::open(tmp.path(), 1 << 20, TTL).unwrap();
-            ob.push(1, &msg(0)).unwrap();
-        }
-        fs::write(tmp.path().join(CURSOR_FILE), encode_cursor(99, 0)).unwrap();
-        let mut ob = Outbox::open(tmp.path(), 1 << 20, TTL).unwrap();
-        assert_eq!(drain(&mut ob, 3), vec![msg(0)]);
-    }
-
-    #[test]
     fn full_outbox_drops_oldest_and_counts() {
         let tmp = tempfile::tempdir().unwrap();
         let max = 100;
@@ -1006,21 +567,6 @@ mod tests {
         drop(ob);
         let ob = Outbox::open_with(tmp.path(), max, TTL, 64).unwrap();
         assert_eq!(ob.stats().queued, 1);
-    }
-
-    #[test]
-    fn smaller_limit_on_reopen_drops_oldest() {
-        let tmp = tempfile::tempdir().unwrap();
-        {
-            let mut ob = Outbox::open(tmp.path(), 1000, TTL).unwrap();
-            for i in 0..10u8 {
-                ob.push(1, &[i; 10]).unwrap();
-            }
-        }
-        let mut ob = Outbox::open(tmp.path(), 30, TTL).unwrap();
-        assert_eq!(ob.stats().dropped_full, 7);
-        assert_eq!(ob.stats().queued_bytes, 30);
-        assert_eq!(ob.peek(2).unwrap(), Some(vec![7; 10]));
     }
 
     // Regression: an ack after a push had dropped the peeked record removed the next,
@@ -1095,44 +641,5 @@ mod tests {
             ob.ack().unwrap();
         }
         assert_eq!(segment_files(tmp.path()).len(), 1);
-    }
-
-    #[test]
-    fn checksum_failure_mid_queue_skips_that_segment_only() {
-        let tmp = tempfile::tempdir().unwrap();
-        {
-            let mut ob = Outbox::open_with(tmp.path(), 1 << 20, TTL, 100).unwrap();
-            for i in 0..12 {
-                ob.push(1, &msg(i)).unwrap();
-            }
-        }
-        // Bit rot in the first record of the first segment (not checked at open).
-        let ids = segment_files(tmp.path());
-        let first = tmp.path().join(segment_name(ids[0]));
-        let mut bytes = fs::read(&first).unwrap();
-        bytes[HEADER_BYTES as usize + 3] ^= 0x01;
-        fs::write(&first, &bytes).unwrap();
-
-        let mut ob = Outbox::open_with(tmp.path(), 1 << 20, TTL, 100).unwrap();
-        let per_segment = ob.segments[0].records;
-        let got = drain(&mut ob, 2);
-        assert_eq!(got, (per_segment as u32..12).map(msg).collect::<Vec<_>>());
-        assert_eq!(ob.dropped_corrupt(), per_segment);
-    }
-
-    #[test]
-    fn unreadable_segment_is_moved_aside() {
-        let tmp = tempfile::tempdir().unwrap();
-        {
-            let mut ob = Outbox::open(tmp.path(), 1 << 20, TTL).unwrap();
-            ob.push(1, &msg(0)).unwrap();
-        }
-        // A directory where a segment file should be: opening it for reading fails.
-        fs::create_dir(tmp.path().join(segment_name(2))).unwrap();
-        let mut ob = Outbox::open(tmp.path(), 1 << 20, TTL).unwrap();
-        assert!(tmp.path().join("seg-000002.log.corrupt").exists());
-        ob.push(2, &msg(1)).unwrap();
-        assert_eq!(drain(&mut ob, 3), vec![msg(0), msg(1)]);
-        assert_eq!(segment_files(tmp.path()), vec![3]);
     }
 }
