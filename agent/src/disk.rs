@@ -24,7 +24,7 @@
 //! Space is allocated for real ([`allocate`]): a sparse file (`set_len`) takes no blocks,
 //! so a transfer into one fails at 90 % on a full disk instead of at its start.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -195,7 +195,7 @@ pub fn open_reserve(state_dir: &Path) -> Arc<DiskState> {
 /// updates the state (the `full` flag included).
 fn top_up(reserve: &Reserve) {
     let _guard = reserve.lock.lock().unwrap_or_else(|e| e.into_inner());
-    let file = match OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&reserve.path) {
+    let file = match crate::fsutil::File::open_or_create(&reserve.path) {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!("disk: cannot open {}: {e}", reserve.path.display());
@@ -203,12 +203,12 @@ fn top_up(reserve: &Reserve) {
             return;
         }
     };
-    let have = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let have = file.std().metadata().map(|m| m.len()).unwrap_or(0);
     let free = space(&reserve.path).map(|s| s.free).unwrap_or(0);
     let mut len = have;
     // Only with room to spare: making the reserve whole must not itself fill the disk.
     if have < RESERVE_BYTES && free >= (RESERVE_BYTES - have) + FULL_BELOW {
-        match allocate(&file, RESERVE_BYTES) {
+        match file.allocate(RESERVE_BYTES) {
             Ok(()) => {
                 let _ = file.sync_all();
                 len = RESERVE_BYTES;
@@ -237,8 +237,8 @@ pub fn release_for(path: &Path) -> bool {
     for reserve in &reserves {
         reserve.state.full.store(true, Ordering::Relaxed);
         let _guard = reserve.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let Ok(file) = OpenOptions::new().write(true).open(&reserve.path) else { continue };
-        let have = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let Ok(file) = crate::fsutil::File::open_rw(&reserve.path) else { continue };
+        let have = file.std().metadata().map(|m| m.len()).unwrap_or(0);
         if have == 0 {
             continue;
         }

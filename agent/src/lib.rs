@@ -28,7 +28,7 @@
 //! - [`cli`]: the `edge-agent` commands `main` dispatches to (`run`, `check-config`,
 //!   `inspect`, `infer`, `validate`).
 //! - [`sdnotify`]: systemd READY/STATUS/WATCHDOG notifications.
-//! - [`fsutil`]: atomic, durable file replacement.
+//! - [`fsutil`]: durable file writes (atomic replacement; the log the power-cut tests replay).
 //! - [`disk`]: free space, real preallocation, and the reserve that keeps bookkeeping
 //!   writable on a full file system.
 //! - [`memory`]: the allocator tuning that keeps inference buffers on the heap.

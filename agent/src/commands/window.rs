@@ -23,13 +23,11 @@
 //! A file in the first layout (postcard, replaced whole) is read and rewritten in this one.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, File};
 
 /// Name of the window file in `state_dir`.
 pub const WINDOW_FILE: &str = "commands.window";
@@ -192,11 +190,7 @@ impl ReplayWindow {
             }
         }
         if current {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(|source| WindowError::Io { path: path.into(), source })?;
+            let file = File::open_rw(path).map_err(|source| WindowError::Io { path: path.into(), source })?;
             window.file = Some(file);
         } else if window.entries.len() <= capacity {
             if let Err(e) = window.make_file() {
@@ -217,7 +211,7 @@ impl ReplayWindow {
         bytes[..slot.len()].copy_from_slice(&slot);
         let io = |source| WindowError::Io { path: self.path.clone(), source };
         write_atomic(&self.path, &bytes).map_err(io)?;
-        let file = OpenOptions::new().read(true).write(true).open(&self.path).map_err(io)?;
+        let file = File::open_rw(&self.path).map_err(io)?;
         (self.file, self.generation, self.newest) = (Some(file), generation, 0);
         Ok(())
     }
@@ -358,7 +352,8 @@ mod tests {
         let newest = w.newest;
         drop(w);
         // A crash in the middle of the last record: its slot's tail is garbage.
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         let offset = (newest * slot_len(8) + SLOT_HEADER + ENTRY) as u64;
         f.write_all_at(&[0xff; 10], offset).unwrap();
         let mut w = ReplayWindow::open(&path, 8).unwrap();

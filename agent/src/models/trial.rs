@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::{self, write_atomic};
 use crate::ota::health::Record;
 
 /// Deaths during one trial after which the previous version is restored.
@@ -131,19 +131,14 @@ impl Markers {
 
     /// Saves `trial` durably (replacing the model's marker, if any).
     pub fn save(&self, trial: &Trial) -> io::Result<()> {
-        if !self.dir.is_dir() {
-            std::fs::create_dir_all(&self.dir)?;
-            if let Some(parent) = self.dir.parent() {
-                std::fs::File::open(parent)?.sync_all()?;
-            }
-        }
+        fsutil::create_dir_all(&self.dir)?;
         write_atomic(&self.path(&trial.name), &serde_json::to_vec(trial).expect("trial serializes"))
     }
 
     /// Removes the marker of `name` durably: the trial is over.
     pub fn remove(&self, name: &str) -> io::Result<()> {
-        match std::fs::remove_file(self.path(name)) {
-            Ok(()) => std::fs::File::open(&self.dir)?.sync_all(),
+        match fsutil::remove_file(&self.path(name)) {
+            Ok(()) => fsutil::sync_dir(&self.dir),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
@@ -177,7 +172,7 @@ impl Markers {
         for p in entries.flatten().map(|e| e.path()) {
             let readable = std::fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Trial>(&b).ok()).is_some();
             if !readable {
-                let _ = std::fs::remove_file(&p);
+                let _ = fsutil::remove_file(&p);
             }
         }
     }

@@ -18,7 +18,7 @@
 //! is the deploy's precheck: room for this transfer and for the installed copies of every
 //! transfer already running.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ use edge_proto::command::{hex, Command, Payload};
 use edge_proto::ota::{missing_ranges, sha256, Chunk, Manifest, Validation, MAX_VALIDATION_BYTES};
 
 use crate::disk;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{self, write_atomic, File};
 
 /// What went wrong with a staged transfer.
 #[derive(Debug, thiserror::Error)]
@@ -136,11 +136,11 @@ impl Staging {
         }
         let manifest = manifest_of(&command, &dir)?;
         let tmp = root.join(format!("{}.tmp", hex(&command.id)));
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
+        let _ = fsutil::remove_dir_all(&tmp);
+        fsutil::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
         if let Err(e) = Staging::fill_in(&tmp, command_bytes, &manifest) {
             // A half-made directory must not keep the space it took.
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = fsutil::remove_dir_all(&tmp);
             return Err(match e {
                 StagingError::Io { source, .. } if disk::is_no_space(&source) => StagingError::NoSpace {
                     dir: root.to_path_buf(),
@@ -150,15 +150,15 @@ impl Staging {
                 e => e,
             });
         }
-        fs::rename(&tmp, &dir).map_err(io_err("rename", &tmp))?;
-        File::open(root).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", root))?;
+        fsutil::rename(&tmp, &dir).map_err(io_err("rename", &tmp))?;
+        fsutil::sync_dir(root).map_err(io_err("fsync directory", root))?;
         Staging::open(&dir, command)
     }
 
     fn fill_in(tmp: &Path, command_bytes: &[u8], manifest: &Manifest) -> Result<(), StagingError> {
         let artifact = tmp.join("artifact");
         let file = File::create(&artifact).map_err(io_err("create", &artifact))?;
-        disk::allocate(&file, manifest.artifact_size()).map_err(io_err("allocate", &artifact))?;
+        file.allocate(manifest.artifact_size()).map_err(io_err("allocate", &artifact))?;
         write_atomic(&tmp.join("command"), command_bytes).map_err(io_err("write", tmp))
     }
 
@@ -166,7 +166,7 @@ impl Staging {
     pub fn open(dir: &Path, command: Command) -> Result<Staging, StagingError> {
         let manifest = manifest_of(&command, dir)?;
         let artifact = dir.join("artifact");
-        let file = OpenOptions::new().read(true).write(true).open(&artifact).map_err(io_err("open", &artifact))?;
+        let file = File::open_rw(&artifact).map_err(io_err("open", &artifact))?;
         let count = manifest.chunk_count();
         let mut bitmap = match fs::read(dir.join("bitmap")) {
             Ok(b) => b,
@@ -186,7 +186,7 @@ impl Staging {
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "tmp") {
-                let _ = fs::remove_dir_all(&path);
+                let _ = fsutil::remove_dir_all(&path);
                 continue;
             }
             if let Ok(bytes) = fs::read(path.join("command")) {
@@ -283,7 +283,7 @@ impl Staging {
     pub fn read_model(&self) -> Result<Vec<u8>, StagingError> {
         let mut model = vec![0u8; self.manifest.size as usize];
         let artifact = self.artifact_path();
-        self.file.read_exact_at(&mut model, 0).map_err(io_err("read", &artifact))?;
+        self.file.std().read_exact_at(&mut model, 0).map_err(io_err("read", &artifact))?;
         let found = sha256(&model);
         if found != self.manifest.sha256 {
             return Err(StagingError::ModelHash { found: hex(&found), expected: hex(&self.manifest.sha256) });
@@ -294,14 +294,14 @@ impl Staging {
     /// The validation vector, checked against its SHA-256 and decoded; `None` when the
     /// manifest has none.
     pub fn read_validation(&self) -> Result<Option<Validation>, StagingError> {
-        read_validation_at(&self.file, &self.artifact_path(), &self.manifest)
+        read_validation_at(self.file.std(), &self.artifact_path(), &self.manifest)
     }
 
     /// Deletes the staging directory.
     pub fn remove(self) {
         let dir = self.dir.clone();
         drop(self);
-        if let Err(e) = fs::remove_dir_all(&dir) {
+        if let Err(e) = fsutil::remove_dir_all(&dir) {
             tracing::warn!("staging {}: cannot remove: {e}", dir.display());
         }
         // Space came back: the reserve for bookkeeping may be made whole again.
@@ -366,7 +366,11 @@ pub fn space_check(state_dir: &Path, ota_root: &Path, manifest: &Manifest) -> Re
 }
 
 /// Reads and checks the validation vector that follows the model in an artifact file.
-pub fn read_validation_at(file: &File, path: &Path, manifest: &Manifest) -> Result<Option<Validation>, StagingError> {
+pub fn read_validation_at(
+    file: &fs::File,
+    path: &Path,
+    manifest: &Manifest,
+) -> Result<Option<Validation>, StagingError> {
     if manifest.validation_size == 0 {
         return Ok(None);
     }

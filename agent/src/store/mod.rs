@@ -20,17 +20,30 @@
 //! at once and fails with [`StoreError::NoSpace`]; removing needs no new block (files are
 //! overwritten in place, `current` is replaced through the reserve of [`crate::disk`]),
 //! and the space it frees makes that reserve whole again.
+//!
+//! # Layout
+//!
+//! - this file: the layout, versions, `current`, install, activate, prune;
+//! - [`seal`]: AES-256-GCM at rest and the device key file;
+//! - [`wipe`]: overwrite-then-delete of model files.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use edge_proto::ota::{sha256, valid_label, Manifest};
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::aead::LessSafeKey;
 use serde::{Deserialize, Serialize};
 
 use crate::disk;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{self, write_atomic};
+
+pub mod seal;
+pub mod wipe;
+
+pub use seal::load_or_create_key;
+use seal::{open_sealed, seal, sealing_key};
+pub use wipe::{wipe_dir, wipe_file};
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +104,7 @@ pub enum StoreError {
     },
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+pub(super) fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| StoreError::Io { action, path: path.to_path_buf(), source }
 }
 
@@ -119,56 +132,12 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Reads the 32-byte device key from `path` (raw bytes or 64 hex digits), creating it from
-/// the OS random source (mode 0600) when it does not exist.
-pub fn load_or_create_key(path: &Path) -> Result<[u8; 32], StoreError> {
-    let bad = |reason: String| StoreError::Key { path: path.to_path_buf(), reason };
-    match fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let text = text.trim();
-            if bytes.len() == 32 {
-                Ok(bytes.try_into().expect("32 bytes"))
-            } else if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-                let mut key = [0u8; 32];
-                for (i, k) in key.iter_mut().enumerate() {
-                    *k = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex digits");
-                }
-                Ok(key)
-            } else {
-                Err(bad(format!("{} bytes; expected 32 raw bytes or 64 hex digits", bytes.len())))
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
-            getrandom::getrandom(&mut key).map_err(|e| bad(format!("OS random source: {e}")))?;
-            if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-            }
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io_err("create", path))?;
-            f.write_all(&key).and_then(|_| f.sync_all()).map_err(io_err("write", path))?;
-            tracing::info!(path = %path.display(), "generated the device key for models at rest");
-            Ok(key)
-        }
-        Err(e) => Err(io_err("read", path)(e)),
-    }
-}
-
 impl Store {
     /// The store under `root` (created if missing); models are encrypted at rest when `key`
     /// is given. Leftovers of interrupted installs are removed.
     pub fn open(root: &Path, key: Option<[u8; 32]>) -> Result<Store, StoreError> {
-        fs::create_dir_all(root).map_err(io_err("create directory", root))?;
-        let key = key.map(|k| {
-            std::sync::Arc::new(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k).expect("32-byte AES-256 key")))
-        });
+        fsutil::create_dir_all(root).map_err(io_err("create directory", root))?;
+        let key = key.map(sealing_key);
         let store = Store { root: root.to_path_buf(), key };
         // Every model directory, not only those with a `current` file: the first install
         // of a model writes `current` after its version directory is renamed into place.
@@ -178,7 +147,7 @@ impl Store {
             for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))?.flatten() {
                 let file = entry.file_name().to_string_lossy().to_string();
                 if file.ends_with(".tmp") {
-                    let _ = fs::remove_dir_all(entry.path()).or_else(|_| fs::remove_file(entry.path()));
+                    let _ = fsutil::remove_dir_all(&entry.path()).or_else(|_| fsutil::remove_file(&entry.path()));
                 }
             }
         }
@@ -230,7 +199,7 @@ impl Store {
 
     fn write_current(&self, name: &str, current: &Current) -> Result<(), StoreError> {
         let dir = self.model_dir(name)?;
-        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        fsutil::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
         let path = dir.join("current");
         let json = serde_json::to_vec_pretty(current).expect("current serializes");
         write_atomic(&path, &json).map_err(io_err("write", &path))
@@ -262,20 +231,20 @@ impl Store {
         }
         let parent = self.model_dir(&manifest.name)?;
         let tmp = parent.join(format!("{}.tmp", manifest.version));
-        let _ = fs::remove_dir_all(&tmp);
+        let _ = fsutil::remove_dir_all(&tmp);
         let body = match &self.key {
             Some(key) => seal(key, model)?,
             None => model.to_vec(),
         };
         let manifest_bytes = edge_proto::encode(manifest);
-        let written = fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp)).and_then(|_| {
+        let written = fsutil::create_dir_all(&tmp).map_err(io_err("create directory", &tmp)).and_then(|_| {
             write_synced(&tmp.join("model"), &body)?;
             write_synced(&tmp.join("manifest"), &manifest_bytes)?;
             fsync_dir(&tmp)
         });
         if let Err(e) = written {
             // Nothing half-written stays behind taking the space.
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = fsutil::remove_dir_all(&tmp);
             return Err(match e {
                 StoreError::Io { source, .. } if disk::is_no_space(&source) => StoreError::NoSpace {
                     name: manifest.name.clone(),
@@ -286,7 +255,7 @@ impl Store {
                 e => e,
             });
         }
-        fs::rename(&tmp, &final_dir).map_err(io_err("rename", &tmp))?;
+        fsutil::rename(&tmp, &final_dir).map_err(io_err("rename", &tmp))?;
         fsync_dir(&parent)?;
         self.note_installed(&manifest.name, &manifest.version)
     }
@@ -399,7 +368,7 @@ impl Store {
         let dir = self.model_dir(name)?;
         // `current` first: a crash midway leaves versions nobody points at, not a pointer
         // to a deleted version.
-        let _ = fs::remove_file(dir.join("current"));
+        let _ = fsutil::remove_file(&dir.join("current"));
         let wiped = wipe_dir(&dir);
         // Space came back: the reserve for bookkeeping may be made whole again.
         disk::refresh(&self.root);
@@ -412,86 +381,17 @@ impl Store {
             self.remove(&name)?;
         }
         wipe_dir(&self.root)?;
-        fs::create_dir_all(&self.root).map_err(io_err("create directory", &self.root))
+        fsutil::create_dir_all(&self.root).map_err(io_err("create directory", &self.root))
     }
 }
 
 fn write_synced(path: &Path, data: &[u8]) -> Result<(), StoreError> {
-    use std::io::Write;
-    let mut f = fs::File::create(path).map_err(io_err("create", path))?;
+    let mut f = fsutil::File::create(path).map_err(io_err("create", path))?;
     f.write_all(data).and_then(|_| f.sync_all()).map_err(io_err("write", path))
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))
-}
-
-/// Overwrites a file with zeros and syncs it before unlinking it. On flash with wear
-/// levelling the old blocks may survive in the controller; with `encrypt_models`, erasing
-/// the key is what makes them unreadable.
-pub fn wipe_file(path: &Path) -> Result<(), StoreError> {
-    use std::io::Write;
-    let len = match fs::metadata(path) {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("stat", path)(e)),
-    };
-    {
-        let mut f = fs::OpenOptions::new().write(true).open(path).map_err(io_err("open", path))?;
-        let zeros = vec![0u8; 64 * 1024];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            f.write_all(&zeros[..n]).map_err(io_err("overwrite", path))?;
-            left -= n as u64;
-        }
-        f.sync_all().map_err(io_err("fsync", path))?;
-    }
-    fs::remove_file(path).map_err(io_err("remove", path))
-}
-
-/// [`wipe_file`] on every file under `dir`, then removes it.
-pub fn wipe_dir(dir: &Path) -> Result<(), StoreError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("list", dir)(e)),
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            wipe_dir(&path)?;
-        } else {
-            wipe_file(&path)?;
-        }
-    }
-    fs::remove_dir(dir).map_err(io_err("remove directory", dir))
-}
-
-fn seal(key: &LessSafeKey, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    getrandom::getrandom(&mut nonce)
-        .map_err(|e| StoreError::Key { path: PathBuf::new(), reason: format!("OS random source: {e}") })?;
-    let mut body = plain.to_vec();
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut body)
-        .map_err(|_| StoreError::Key { path: PathBuf::new(), reason: "encryption failed".into() })?;
-    let mut out = nonce.to_vec();
-    out.extend(body);
-    Ok(out)
-}
-
-fn open_sealed(key: &LessSafeKey, mut body: Vec<u8>) -> Result<Vec<u8>, String> {
-    if body.len() < NONCE_LEN + AES_256_GCM.tag_len() {
-        return Err("too short to be an encrypted model".into());
-    }
-    let nonce: [u8; NONCE_LEN] = body[..NONCE_LEN].try_into().expect("nonce length");
-    let plain_len = key
-        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut body[NONCE_LEN..])
-        .map_err(|_| "does not decrypt with the device key (another key, or damaged)".to_string())?
-        .len();
-    body.drain(..NONCE_LEN);
-    body.truncate(plain_len);
-    Ok(body)
+    fsutil::sync_dir(dir).map_err(io_err("fsync directory", dir))
 }
 
 #[cfg(test)]
@@ -574,18 +474,6 @@ mod tests {
         assert_eq!(store.read("kws", "1").unwrap().1, model);
         let other = Store::open(dir.path(), Some([8; 32])).unwrap();
         assert!(other.read("kws", "1").unwrap_err().to_string().contains("device key"));
-    }
-
-    #[test]
-    fn key_file_is_created_once_with_mode_0600() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k/model.key");
-        let a = load_or_create_key(&path).unwrap();
-        assert_eq!(load_or_create_key(&path).unwrap(), a);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        fs::write(&path, "zz").unwrap();
-        assert!(load_or_create_key(&path).unwrap_err().to_string().contains("64 hex digits"));
     }
 
     #[test]
