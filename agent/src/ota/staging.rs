@@ -159,6 +159,10 @@ impl Staging {
         let artifact = tmp.join("artifact");
         let file = File::create(&artifact).map_err(io_err("create", &artifact))?;
         file.allocate(manifest.artifact_size()).map_err(io_err("allocate", &artifact))?;
+        // The allocation is made durable before the staging is: after a power cut the
+        // transfer resumes into a file that still holds its blocks, so it cannot run out
+        // of space at 90 %.
+        file.sync_all().map_err(io_err("sync", &artifact))?;
         write_atomic(&tmp.join("command"), command_bytes).map_err(io_err("write", tmp))
     }
 
