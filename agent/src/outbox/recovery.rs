@@ -13,16 +13,13 @@ use super::format::{decode_cursor, parse_segment_name, scan_segment, segment_nam
 use super::{fsync_dir, io_err, Outbox, OutboxError, OutboxStats, Segment};
 
 impl Outbox {
-    pub(super) fn open_with(
-        dir: &Path,
-        max_bytes: u64,
-        ttl: Duration,
-        segment_bytes: u64,
-    ) -> Result<Outbox, OutboxError> {
+    /// As [`Outbox::open`], rolling segments once they hold `segment_bytes` instead of
+    /// [`SEGMENT_BYTES`](super::SEGMENT_BYTES): tests use small segments to see rolls.
+    pub fn open_with(dir: &Path, max_bytes: u64, ttl: Duration, segment_bytes: u64) -> Result<Outbox, OutboxError> {
         if max_bytes == 0 {
             return Err(OutboxError::ZeroLimit { dir: dir.to_path_buf() });
         }
-        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        fsutil::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         // A leftover tmp is a cursor write that never got renamed: the old cursor stands.
         let _ = fsutil::remove_file(&fsutil::temporary_for(&dir.join(CURSOR_FILE)));
 
