@@ -117,8 +117,8 @@ impl Driver {
 }
 
 /// Runs `run` with the file operations under `state` logged and checks the outbox after
-/// every cut of it. Fails with every cut that broke an invariant.
-fn matrix(state: &Path, limits: Limits, initial: Range<u64>, run: impl FnOnce(&mut Driver)) {
+/// every cut of it. Fails with every cut that broke an invariant; returns the operations.
+fn matrix(state: &Path, limits: Limits, initial: Range<u64>, run: impl FnOnce(&mut Driver)) -> Vec<record::Op> {
     let snapshot = Crash::snapshot(state);
     let mut driver = Driver::new(state, limits, initial);
     let ops = {
@@ -132,6 +132,7 @@ fn matrix(state: &Path, limits: Limits, initial: Range<u64>, run: impl FnOnce(&m
     let (states, failures) = every_cut(&snapshot, &ops, |state, cut| check(state, cut, limits, &steps));
     eprintln!("{} operations, {} steps, {states} distinct states after a cut", ops.len(), steps.len() - 1);
     assert!(failures.is_empty(), "{} of the cuts broke an invariant:\n{}", failures.len(), failures.join("\n"));
+    ops
 }
 
 /// What must hold after `cut`, whose last completed step left the queue `steps[m]` and
@@ -227,4 +228,69 @@ fn acknowledged_telemetry_survives_any_cut_and_delivered_telemetry_stays_deliver
         }
         d.push();
     });
+}
+
+#[test]
+fn a_full_outbox_keeps_its_newest_records_after_any_cut() {
+    // Pushes past the limit drop the oldest and move the cursor in the same step; segments
+    // roll every two records.
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { max_bytes: 3 * SAMPLE_BYTES, segment_bytes: segment_of(2) };
+    matrix(dir.path(), limits, 0..0, |d| {
+        d.start();
+        for _ in 0..5 {
+            d.push();
+        }
+        d.deliver();
+        for _ in 0..3 {
+            d.push();
+        }
+        d.deliver();
+        d.deliver();
+        d.push();
+    });
+}
+
+#[test]
+fn a_cut_while_the_outbox_repairs_a_torn_tail_loses_nothing_acknowledged() {
+    // What an earlier cut left: a torn record after the last good one, and a cursor
+    // written to its temporary file but never renamed.
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { max_bytes: 1 << 20, segment_bytes: segment_of(3) };
+    {
+        let mut outbox = limits.open(dir.path()).unwrap();
+        for i in 0..4 {
+            outbox.push(NOW, &sample(i)).unwrap();
+        }
+        assert_eq!(outbox.peek(NOW).unwrap(), Some(sample(0)));
+        outbox.ack().unwrap();
+    }
+    let outbox_dir = dir.path().join("outbox");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&outbox_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("seg-"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 2, "the records span a roll: {segments:?}");
+    let mut torn = (SAMPLE_BYTES as u32).to_le_bytes().to_vec();
+    torn.extend_from_slice(&[0xA5; 20]);
+    let last = segments.last().unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    bytes.extend_from_slice(&torn);
+    let bytes_len = bytes.len() as u64;
+    std::fs::write(last, bytes).unwrap();
+    std::fs::write(outbox_dir.join("cursor.tmp"), [0x5A; 24]).unwrap();
+
+    let ops = matrix(dir.path(), limits, 1..4, |d| {
+        d.start();
+        d.push();
+        d.deliver();
+        d.push();
+    });
+    // The cuts fell inside the repair: the tail cut off, the temporary cursor removed.
+    let last = last.strip_prefix(dir.path()).unwrap();
+    let cut_off = bytes_len - torn.len() as u64;
+    assert!(ops.contains(&record::Op::SetLen { path: last.to_path_buf(), len: cut_off }), "{ops:?}");
+    assert!(ops.contains(&record::Op::Remove(Path::new("outbox/cursor.tmp").to_path_buf())), "{ops:?}");
 }
