@@ -1,7 +1,7 @@
 //! Durable file writes: the one path by which the agent's durable state reaches the disk.
 //!
-//! The store, the staging of transfers, the replay window, trial markers, the device key
-//! and the disk reserve write through [`File`] and the functions here, not `std::fs`
+//! The store, the staging of transfers, the replay window, trial markers, the device key,
+//! the outboxes and the disk reserve write through [`File`] and the functions here, not `std::fs`
 //! directly. Each does the real operation and, in the power-cut tests, also logs it
 //! ([`record`]) so that a test can replay what a power cut at any point leaves on disk.
 //!
@@ -25,6 +25,8 @@ use record::Op;
 pub struct File {
     file: std::fs::File,
     path: PathBuf,
+    /// Opened with `O_APPEND`: every write lands at the file's end, wherever the position.
+    append: bool,
 }
 
 impl File {
@@ -32,7 +34,7 @@ impl File {
     pub fn create(path: &Path) -> io::Result<File> {
         let file = std::fs::File::create(path)?;
         record::log(|rel| Some(Op::Create(rel(path)?)));
-        Ok(File { file, path: path.to_path_buf() })
+        Ok(File { file, path: path.to_path_buf(), append: false })
     }
 
     /// Creates `path` for writing with permission bits `mode`, truncating it if it exists.
@@ -40,13 +42,13 @@ impl File {
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
         record::log(|rel| Some(Op::Create(rel(path)?)));
-        Ok(File { file, path: path.to_path_buf() })
+        Ok(File { file, path: path.to_path_buf(), append: false })
     }
 
     /// Opens the existing `path` for reading and writing.
     pub fn open_rw(path: &Path) -> io::Result<File> {
         let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(File { file, path: path.to_path_buf() })
+        Ok(File { file, path: path.to_path_buf(), append: false })
     }
 
     /// Opens `path` for reading and writing, creating it empty if it does not exist.
@@ -56,7 +58,13 @@ impl File {
         if !existed {
             record::log(|rel| Some(Op::Create(rel(path)?)));
         }
-        Ok(File { file, path: path.to_path_buf() })
+        Ok(File { file, path: path.to_path_buf(), append: false })
+    }
+
+    /// Opens the existing `path` for appending (`O_APPEND`): each write goes to its end.
+    pub fn open_append(path: &Path) -> io::Result<File> {
+        let file = std::fs::OpenOptions::new().append(true).open(path)?;
+        Ok(File { file, path: path.to_path_buf(), append: true })
     }
 
     /// The file, to read it.
@@ -69,9 +77,15 @@ impl File {
         &self.path
     }
 
-    /// Writes all of `data` at the current position.
+    /// Writes all of `data` at the current position (at the end, for [`File::open_append`]).
     pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        let offset = if record::active() { self.file.stream_position()? } else { 0 };
+        let offset = match record::active() {
+            false => 0,
+            // The position of an `O_APPEND` file is not where its next write lands (it is 0
+            // until the first write): the end is.
+            true if self.append => self.file.metadata()?.len(),
+            true => self.file.stream_position()?,
+        };
         self.file.write_all(data)?;
         record::log(|rel| Some(Op::Write { path: rel(&self.path)?, offset, data: data.to_vec() }));
         Ok(())
@@ -254,6 +268,31 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_append_is_recorded_at_the_end_of_the_file() {
+        // At the stream position, an O_APPEND file's first write would be logged at offset 0
+        // and a write after a truncation past the end: a replayed outbox segment would
+        // overwrite its first record, or gain a hole, instead of growing by one.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("seg");
+        std::fs::write(&p, b"12345").unwrap();
+        let recording = record::start(dir.path());
+        let mut f = File::open_append(&p).unwrap();
+        f.write_all(b"abc").unwrap();
+        f.set_len(6).unwrap();
+        f.write_all(b"de").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"12345ade");
+        let writes: Vec<(u64, Vec<u8>)> = recording
+            .ops()
+            .into_iter()
+            .filter_map(|op| match op {
+                Op::Write { offset, data, .. } => Some((offset, data)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(writes, vec![(5, b"abc".to_vec()), (6, b"de".to_vec())]);
     }
 
     #[test]

@@ -28,6 +28,9 @@
 //! next [`Outbox::open`] detects by length and CRC and truncates away, keeping every
 //! earlier record.
 //!
+//! Every write, sync, rename and removal goes through [`crate::fsutil`], so the power-cut
+//! tests replay them (`agent/tests/power_cut_outbox.rs`).
+//!
 //! Delivery is at-least-once: the cursor is persisted on every [`Outbox::ack`], so after a
 //! crash between the broker's acknowledgement and the cursor rename, one message is sent
 //! twice. A corrupt cursor file replays from the oldest intact record (duplicates, never
@@ -68,10 +71,11 @@ mod recovery;
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::fsutil;
 pub use format::SEGMENT_BYTES;
 use format::{encode_cursor, encode_record, record_crc, segment_name, Header, CURSOR_FILE, HEADER_BYTES, MAX_PAYLOAD};
 
@@ -164,7 +168,7 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), OutboxError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))
+    fsutil::sync_dir(dir).map_err(io_err("fsync directory", dir))
 }
 
 /// A bounded, crash-safe FIFO of payloads in a directory. See the module docs.
@@ -179,7 +183,7 @@ pub struct Outbox {
     /// Offset of the next undelivered record in `segments[0]`.
     head: u64,
     /// Append handle on the last segment.
-    writer: File,
+    writer: fsutil::File,
     /// A failed write may have left bytes past `end`: the next push starts a new segment.
     writer_broken: bool,
     /// Read handle on some segment, kept while the head stays in it.
@@ -446,12 +450,12 @@ impl Outbox {
         self.settle_head();
         let (seg, off) = self.head_position();
         let dst = self.dir.join(CURSOR_FILE);
-        crate::fsutil::write_atomic(&dst, &encode_cursor(seg, off)).map_err(io_err("replace cursor", &dst))?;
+        fsutil::write_atomic(&dst, &encode_cursor(seg, off)).map_err(io_err("replace cursor", &dst))?;
         // Only now that the cursor is past them: a crash before this point leaves them for
         // `open` to delete.
         for id in self.retired.drain(..) {
             let path = self.dir.join(segment_name(id));
-            if let Err(e) = fs::remove_file(&path) {
+            if let Err(e) = fsutil::remove_file(&path) {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::warn!("outbox: delivered segment {} could not be removed: {e}", path.display());
                 }

@@ -2,27 +2,26 @@
 //! a crash) left, repairing what the [module docs](super) say a crash can leave.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io;
 use std::path::Path;
 use std::time::Duration;
+
+use crate::fsutil;
 
 use super::format::{decode_cursor, parse_segment_name, scan_segment, segment_name, CURSOR_FILE};
 use super::{fsync_dir, io_err, Outbox, OutboxError, OutboxStats, Segment};
 
 impl Outbox {
-    pub(super) fn open_with(
-        dir: &Path,
-        max_bytes: u64,
-        ttl: Duration,
-        segment_bytes: u64,
-    ) -> Result<Outbox, OutboxError> {
+    /// As [`Outbox::open`], rolling segments once they hold `segment_bytes` instead of
+    /// [`SEGMENT_BYTES`](super::SEGMENT_BYTES): tests use small segments to see rolls.
+    pub fn open_with(dir: &Path, max_bytes: u64, ttl: Duration, segment_bytes: u64) -> Result<Outbox, OutboxError> {
         if max_bytes == 0 {
             return Err(OutboxError::ZeroLimit { dir: dir.to_path_buf() });
         }
-        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        fsutil::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         // A leftover tmp is a cursor write that never got renamed: the old cursor stands.
-        let _ = fs::remove_file(crate::fsutil::temporary_for(&dir.join(CURSOR_FILE)));
+        let _ = fsutil::remove_file(&fsutil::temporary_for(&dir.join(CURSOR_FILE)));
 
         let mut ids = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_err("list directory", dir))? {
@@ -42,7 +41,7 @@ impl Outbox {
                 // Segments before the cursor were delivered; a crash stopped their deletion.
                 for &id in ids.iter().filter(|&&id| id < seg) {
                     let path = dir.join(segment_name(id));
-                    if let Err(e) = fs::remove_file(&path) {
+                    if let Err(e) = fsutil::remove_file(&path) {
                         tracing::warn!("outbox: delivered segment {} could not be removed: {e}", path.display());
                     }
                 }
@@ -63,7 +62,7 @@ impl Outbox {
                 Ok(scan) => scan,
                 Err(e) => {
                     let aside = path.with_extension("log.corrupt");
-                    let moved = fs::rename(&path, &aside).is_ok();
+                    let moved = fsutil::rename(&path, &aside).is_ok();
                     tracing::warn!(
                         "outbox: segment {} is unreadable ({e}); its records are skipped{}",
                         path.display(),
@@ -92,9 +91,7 @@ impl Outbox {
                          truncating it, earlier records are kept",
                         path.display()
                     );
-                    OpenOptions::new()
-                        .write(true)
-                        .open(&path)
+                    fsutil::File::open_rw(&path)
                         .and_then(|f| {
                             f.set_len(scan.end)?;
                             f.sync_all()
@@ -167,15 +164,15 @@ impl Outbox {
 
     pub(super) fn create_segment(dir: &Path, id: u64) -> Result<(), OutboxError> {
         let path = dir.join(segment_name(id));
-        File::create(&path).and_then(|f| f.sync_all()).map_err(io_err("create segment", &path))?;
+        fsutil::File::create(&path).and_then(|f| f.sync_all()).map_err(io_err("create segment", &path))?;
         // Without this, records fsynced into the new file can vanish with its directory
         // entry on power loss.
         fsync_dir(dir)
     }
 
-    pub(super) fn open_writer(dir: &Path, id: u64) -> Result<File, OutboxError> {
+    pub(super) fn open_writer(dir: &Path, id: u64) -> Result<fsutil::File, OutboxError> {
         let path = dir.join(segment_name(id));
-        OpenOptions::new().append(true).open(&path).map_err(io_err("open segment for append", &path))
+        fsutil::File::open_append(&path).map_err(io_err("open segment for append", &path))
     }
 
     /// Reads the cursor; `None` if there is none or it is unusable (with a warning).
@@ -220,6 +217,7 @@ mod tests {
     use super::super::format::{encode_cursor, encode_record, CURSOR_BYTES, HEADER_BYTES};
     use super::super::test_support::*;
     use super::*;
+    use std::fs::OpenOptions;
     use std::io::Write;
 
     #[test]
