@@ -100,7 +100,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     // the default action that would end the process.
     let hup =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    std::fs::create_dir_all(&config.state_dir)
+    crate::fsutil::create_dir_all(&config.state_dir)
         .with_context(|| format!("state_dir {}: cannot create", config.state_dir.display()))?;
     // Before anything else writes there: keeps the bookkeeping writable on a full disk.
     let disk = crate::disk::open_reserve(&config.state_dir);
