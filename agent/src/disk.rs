@@ -280,57 +280,8 @@ pub fn refresh(path: &Path) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A tmpfs of `bytes` mounted on a fresh directory, unmounted on drop; `None` (with the
-    /// reason printed) where mounting is refused, e.g. not running as root.
-    pub(crate) struct SmallFs {
-        pub dir: tempfile::TempDir,
-    }
-
-    impl SmallFs {
-        pub(crate) fn mount(bytes: u64) -> Option<SmallFs> {
-            let dir = tempfile::tempdir().unwrap();
-            let out = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-                .arg(dir.path())
-                .output();
-            match out {
-                Ok(o) if o.status.success() => Some(SmallFs { dir }),
-                Ok(o) => {
-                    eprintln!("skipped: cannot mount a tmpfs: {}", String::from_utf8_lossy(&o.stderr).trim());
-                    None
-                }
-                Err(e) => {
-                    eprintln!("skipped: cannot run mount: {e}");
-                    None
-                }
-            }
-        }
-
-        pub(crate) fn path(&self) -> &Path {
-            self.dir.path()
-        }
-
-        /// Fills the file system to the last byte with a file named `name`.
-        pub(crate) fn fill(&self, name: &str) {
-            use std::io::Write;
-            let mut f = File::create(self.path().join(name)).unwrap();
-            let block = vec![0xa5u8; 4096];
-            while f.write_all(&block).is_ok() {}
-            // The last partial block, byte by byte.
-            while f.write_all(&[0]).is_ok() {}
-            assert!(is_no_space(&f.write_all(&[0]).unwrap_err()));
-            f.sync_all().ok();
-        }
-    }
-
-    impl Drop for SmallFs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
-        }
-    }
 
     #[test]
     fn allocate_takes_real_blocks() {
@@ -345,7 +296,7 @@ pub(crate) mod tests {
 
     #[test]
     fn allocate_on_a_full_file_system_fails_with_enospc() {
-        let Some(fs) = SmallFs::mount(256 * 1024) else { return };
+        let Some(fs) = edge_it::Tmpfs::mount(256 * 1024) else { return };
         let f = File::create(fs.path().join("big")).unwrap();
         let err = allocate(&f, 1 << 20).unwrap_err();
         assert!(is_no_space(&err), "{err}");
@@ -353,7 +304,7 @@ pub(crate) mod tests {
 
     #[test]
     fn space_reports_the_file_system_size() {
-        let Some(fs) = SmallFs::mount(512 * 1024) else { return };
+        let Some(fs) = edge_it::Tmpfs::mount(512 * 1024) else { return };
         let s = space(fs.path()).unwrap();
         assert_eq!(s.total, 512 * 1024);
         assert_eq!(s.free, 512 * 1024);
@@ -361,7 +312,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_reserve_is_drawn_on_step_by_step_and_made_whole_when_space_returns() {
-        let Some(fs) = SmallFs::mount(1024 * 1024) else { return };
+        let Some(fs) = edge_it::Tmpfs::mount(1024 * 1024) else { return };
         let state = open_reserve(fs.path());
         assert_eq!(state.reserve_bytes(), RESERVE_BYTES);
         assert!(!state.full());
@@ -383,7 +334,7 @@ pub(crate) mod tests {
 
     #[test]
     fn without_room_the_reserve_is_absent_and_reported() {
-        let Some(fs) = SmallFs::mount(128 * 1024) else { return };
+        let Some(fs) = edge_it::Tmpfs::mount(128 * 1024) else { return };
         let state = open_reserve(fs.path());
         assert_eq!(state.reserve_bytes(), 0);
         assert!(state.full());

@@ -9,7 +9,7 @@
 mod daemon;
 mod operator;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use daemon::{setup, Agent, Setup};
@@ -19,52 +19,6 @@ use edgectl::deploy::{deploy, DeployOutcome, DeployRequest};
 use edgectl::link::Link;
 use edgectl::track::Outcome;
 use operator::{models_dir, operator_key, operator_mqtt, ota_config, predict, request, FULL, RECROP, SHORT};
-
-/// A tmpfs of `bytes` mounted on `dir` (created), unmounted on drop.
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(dir: &Path, bytes: u64) -> Option<SmallFs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(SmallFs(dir.to_path_buf())),
-            Ok(o) => {
-                eprintln!("skipped: cannot mount a tmpfs: {}", String::from_utf8_lossy(&o.stderr).trim());
-                None
-            }
-            Err(e) => {
-                eprintln!("skipped: cannot run mount: {e}");
-                None
-            }
-        }
-    }
-
-    /// Fills the file system to the last byte with the file `name`.
-    fn fill(&self, name: &str) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.0.join(name)).unwrap();
-        let block = vec![0xa5u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-        while f.write_all(&[0]).is_ok() {}
-        let err = f.write_all(&[0]).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
-    }
-
-    fn free(&self) -> u64 {
-        let out = std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(&self.0).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
 
 fn state_dir(s: &Setup) -> PathBuf {
     s.dir.path().join("state-dev-1")
@@ -127,7 +81,7 @@ async fn deploy_with(link: &mut Link, req: &DeployRequest, mut on_progress: impl
 async fn starts_serves_and_answers_with_its_disk_full_to_the_last_byte() {
     // Exited at once with "telemetry.seq: No space left on device" before the reserve.
     let s = setup();
-    let Some(fs) = SmallFs::mount(&state_dir(&s), 4 * 1024 * 1024) else { return };
+    let Some(fs) = edge_it::Tmpfs::mount_on(&state_dir(&s), 4 * 1024 * 1024) else { return };
     let (config, http) = config(&s);
     // The agent has run on this device before (that is when its reserve was made) ...
     ready(Agent::start(&config, &http)).await.stop();
@@ -163,7 +117,7 @@ async fn starts_serves_and_answers_with_its_disk_full_to_the_last_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_that_runs_out_of_space_fails_cleanly_and_succeeds_after_remove_model() {
     let s = setup();
-    let Some(fs) = SmallFs::mount(&state_dir(&s), 4 * 1024 * 1024) else { return };
+    let Some(fs) = edge_it::Tmpfs::mount_on(&state_dir(&s), 4 * 1024 * 1024) else { return };
     let (config, http) = config(&s);
     let agent = ready(Agent::start(&config, &http)).await;
     let mut link = Link::connect(&operator_mqtt(&s)).await.unwrap();

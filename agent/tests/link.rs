@@ -159,56 +159,15 @@ async fn a_stalled_command_consumer_gets_busy_rejections_while_the_link_stays_up
     task.await.unwrap().unwrap();
 }
 
-/// A small tmpfs mounted on a temporary directory, unmounted on drop; `None` (with the
-/// reason printed) where mounting is refused.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(dir)),
-            Ok(o) => {
-                eprintln!("skipped: cannot mount a tmpfs: {}", String::from_utf8_lossy(&o.stderr).trim());
-                None
-            }
-            Err(e) => {
-                eprintln!("skipped: cannot run mount: {e}");
-                None
-            }
-        }
-    }
-
-    /// Fills the file system to the last byte.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.0.path().join("filler")).unwrap();
-        for chunk in [64 * 1024, 4096, 1] {
-            while f.write_all(&vec![0xAA; chunk]).and_then(|()| f.sync_all()).is_ok() {}
-        }
-        assert!(std::fs::write(self.0.path().join("one-more"), b"x").is_err(), "the file system is not full");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
 // Regression: on a full disk a sample or an ack that the outbox could not store was
 // logged and lost, even with the broker connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_full_disk_what_cannot_be_stored_is_published_directly() {
-    let Some(fs) = Tmpfs::mount("256k") else { return };
+    let Some(fs) = edge_it::Tmpfs::mount(256 * 1024) else { return };
     let mut s = setup();
-    fs.fill();
+    fs.fill("filler");
     // Opening on the full file system works (it cannot even write its cursor).
-    let (outbox, acks) = outboxes(fs.0.path());
+    let (outbox, acks) = outboxes(fs.path());
     let stats = Arc::new(LinkStats::default());
     let (link, handle) = Link::new(settings(&s, "dev-full"), outbox, acks, None, stats.clone());
     let cancel = CancellationToken::new();

@@ -41,6 +41,9 @@
 //! Mosquitto must be installed (`scripts/setup.sh` does it); it is looked up on `PATH` and
 //! then as `/usr/sbin/mosquitto`, where Debian puts it.
 
+mod tmpfs;
+pub use tmpfs::Tmpfs;
+
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;

@@ -329,7 +329,7 @@ mod tests {
     #[test]
     fn records_on_a_full_file_system() {
         // Failed with "No space left on device": remove-model was refused on a full disk.
-        let Some(fs) = crate::disk::tests::SmallFs::mount(1024 * 1024) else { return };
+        let Some(fs) = edge_it::Tmpfs::mount(1024 * 1024) else { return };
         let mut w = ReplayWindow::open_in(fs.path()).unwrap();
         w.record([1; 16], 1000, 0).unwrap();
         fs.fill("filler");

@@ -258,7 +258,7 @@ fn write_once(path: &Path, data: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::disk::tests::SmallFs;
+    use edge_it::Tmpfs;
 
     #[test]
     fn replaces_contents_and_leaves_no_temporary() {
@@ -298,7 +298,7 @@ mod tests {
     #[test]
     fn a_full_file_system_draws_on_the_reserve() {
         // Failed with "No space left on device" before the reserve: telemetry.seq, `current`.
-        let Some(fs) = SmallFs::mount(1024 * 1024) else { return };
+        let Some(fs) = Tmpfs::mount(1024 * 1024) else { return };
         let state = disk::open_reserve(fs.path());
         let p = fs.path().join("current");
         write_atomic(&p, b"old").unwrap();
@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn without_a_reserve_a_full_file_system_fails_cleanly() {
-        let Some(fs) = SmallFs::mount(64 * 1024) else { return };
+        let Some(fs) = Tmpfs::mount(64 * 1024) else { return };
         let p = fs.path().join("current");
         write_atomic(&p, b"old").unwrap();
         fs.fill("filler");

@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn no_room_at_the_start_is_a_clean_error_that_leaves_nothing() {
-        let Some(fs) = crate::disk::tests::SmallFs::mount(256 * 1024) else { return };
+        let Some(fs) = edge_it::Tmpfs::mount(256 * 1024) else { return };
         let (cmd, _) = deploy(&[3; 400_000], 4096);
         let err = Staging::create(fs.path(), b"cmd", cmd).unwrap_err();
         let StagingError::NoSpace { need, free, .. } = &err else { panic!("{err:?}") };
@@ -438,7 +438,7 @@ mod tests {
 
     #[test]
     fn space_check_counts_the_installed_copies_of_transfers_in_progress() {
-        let Some(fs) = crate::disk::tests::SmallFs::mount(1536 * 1024) else { return };
+        let Some(fs) = edge_it::Tmpfs::mount(1536 * 1024) else { return };
         let state = fs.path();
         let root = state.join("ota");
         fs::create_dir(&root).unwrap();

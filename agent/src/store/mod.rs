@@ -499,7 +499,7 @@ mod tests {
 
     #[test]
     fn on_a_full_disk_remove_frees_space_and_install_fails_cleanly_until_then() {
-        let Some(fs) = crate::disk::tests::SmallFs::mount(2 * 1024 * 1024) else { return };
+        let Some(fs) = edge_it::Tmpfs::mount(2 * 1024 * 1024) else { return };
         let reserve = crate::disk::open_reserve(fs.path());
         let store = Store::open(&fs.path().join("models"), None).unwrap();
         let big = |name: &str, version: &str, model: &[u8]| {

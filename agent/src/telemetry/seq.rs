@@ -268,55 +268,14 @@ mod tests {
         assert!(first >= SEQ_BLOCK && first > handed[SEQ_BLOCK as usize - 1], "{first}");
     }
 
-    /// A small tmpfs mounted on a temporary directory, unmounted on drop; `None` (with the
-    /// reason printed) where mounting is refused.
-    struct Tmpfs(tempfile::TempDir);
-
-    impl Tmpfs {
-        fn mount(size: &str) -> Option<Tmpfs> {
-            let dir = tempfile::tempdir().unwrap();
-            let out = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir.path())
-                .output();
-            match out {
-                Ok(o) if o.status.success() => Some(Tmpfs(dir)),
-                Ok(o) => {
-                    eprintln!("skipped: cannot mount a tmpfs: {}", String::from_utf8_lossy(&o.stderr).trim());
-                    None
-                }
-                Err(e) => {
-                    eprintln!("skipped: cannot run mount: {e}");
-                    None
-                }
-            }
-        }
-
-        /// Fills the file system to the last byte.
-        fn fill(&self) {
-            use std::io::Write;
-            let mut f = File::create(self.0.path().join("filler")).unwrap();
-            for chunk in [64 * 1024, 4096, 1] {
-                while f.write_all(&vec![0xAA; chunk]).and_then(|()| f.sync_all()).is_ok() {}
-            }
-            assert!(std::fs::write(self.0.path().join("one-more"), b"x").is_err(), "the file system is not full");
-        }
-    }
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0.path()).status();
-        }
-    }
-
     #[test]
     fn a_full_file_system_neither_stops_nor_rewinds_the_numbering() {
-        let Some(fs) = Tmpfs::mount("64k") else { return };
-        let path = fs.0.path().join("telemetry.seq");
+        let Some(fs) = edge_it::Tmpfs::mount(64 * 1024) else { return };
+        let path = fs.path().join("telemetry.seq");
         let mut before = SeqStore::open(&path);
         let last = (0..10).map(|_| before.take()).last().unwrap();
         drop(before);
-        fs.fill();
+        fs.fill("filler");
         // The file exists: reservations overwrite it in place, and persist.
         let mut s = SeqStore::open(&path);
         let numbers: Vec<u64> = (0..3 * SEQ_BLOCK).map(|_| s.take()).collect();
@@ -325,7 +284,7 @@ mod tests {
         drop(s);
         assert!(SeqStore::open(&path).take() > *numbers.last().unwrap());
         // No file yet and no room for one: numbering starts anyway, after the current time.
-        let mut fresh = SeqStore::open(&fs.0.path().join("new.seq"));
+        let mut fresh = SeqStore::open(&fs.path().join("new.seq"));
         assert!(!fresh.persisted());
         assert!(fresh.take() > 1_600_000_000_000);
     }
