@@ -27,11 +27,11 @@
 //!
 //! # Layout
 //!
-//! - [`conv`]: [`DirectConv`]: which convolutions it takes, its packed weights, its `eval`;
-//! - [`loops`]: the pixel loops `DirectConv` runs, compiled per target feature;
-//! - [`depthwise`]: [`NhwcDepthwise`]: its precomputed taps and the row/border dispatch onto
+//! - `conv`: [`DirectConv`]: which convolutions it takes, its packed weights, its `eval`;
+//! - `loops`: the pixel loops `DirectConv` runs, compiled per target feature;
+//! - `depthwise`: [`NhwcDepthwise`]: its precomputed taps and the row/border dispatch onto
 //!   the SIMD kernels;
-//! - [`replace`]: the graph pass that swaps both ops in and fuses what follows them, and
+//! - `replace`: the graph pass that swaps both ops in and fuses what follows them, and
 //!   the optimisation pipeline around it.
 //!
 //! This file holds what both ops share: reading a `Conv`'s kernel and bias, the shape

@@ -3,7 +3,7 @@
 //!
 //! The link task also publishes acks and telemetry, and the command component can be busy
 //! for minutes (a validation run, a model load). So the link offers each message once
-//! ([`InboundTx::offer`]); when the queue is full:
+//! (`InboundTx::offer`); when the queue is full:
 //!
 //! - a **command** is refused with a `Rejected("busy: …")` ack, sent through the ack outbox
 //!   to the id its envelope claims (as for any rejection, see `docs/protocol.md`), so the

@@ -8,7 +8,7 @@
 //! - the **link** task routes between them. Every message is written to its outbox first
 //!   (so a `kill -9` loses neither a sample nor an ack) and published from the head, one at
 //!   a time per lane, acks first, when connected; the head is removed only when the
-//!   broker's PUBACK arrives ([`lane`]). Order is kept, and a message whose ack was lost is
+//!   broker's PUBACK arrives (`lane`). Order is kept, and a message whose ack was lost is
 //!   sent again (at least once: receivers deduplicate by sequence number or command id).
 //!
 //! A message the outbox cannot store (a full disk) is still published directly when

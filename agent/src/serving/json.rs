@@ -40,11 +40,11 @@
 //!
 //! # Layout
 //!
-//! - [`request`]: the request's top level: which form, which input gets which value, and
+//! - `request`: the request's top level: which form, which input gets which value, and
 //!   the messages that name an input and what the model expects of it;
-//! - [`values`]: one tensor value: the single walk over nested arrays that finds its shape,
+//! - `values`: one tensor value: the single walk over nested arrays that finds its shape,
 //!   checks it is rectangular and fits the model's, and converts the leaves to the dtype;
-//! - [`response`]: writing the outputs as JSON text, whole or unstacked into predictions.
+//! - `response`: writing the outputs as JSON text, whole or unstacked into predictions.
 //!
 //! This file holds what they share: the types of the public API and the wording for JSON
 //! values, shapes and positions inside a value. The round-trip tests live here too, as they

@@ -7,7 +7,7 @@
 //!
 //! - [`tensors`]: tensor descriptions, constants (size-checked before allocation), per-axis
 //!   dequantisation and DENSIFY of sparse constants;
-//! - [`ops`]: one translator per operator;
+//! - `ops`: one translator per operator;
 //! - [`qops`]: quantised graphs run in real f32 with explicit requantisation;
 //! - [`pool`]: global average pooling with an f64 accumulator;
 //! - [`channel`]: one-pass per-channel element-wise ops (PRELU, squeeze-and-excitation).
