@@ -3,7 +3,7 @@
 //! Three parts, none of which waits on another:
 //! - the **event loop** task polls rumqttc, never blocks, and sleeps with exponential backoff
 //!   and jitter after a connection error (rumqttc itself would reconnect at once);
-//! - the **spool** thread ([`spool`]) owns two [`Outbox`]es, one *lane* each: command acks
+//! - the **spool** thread (`spool`) owns two [`Outbox`]es, one *lane* each: command acks
 //!   and telemetry, and does every disk write and read for them, off the async runtime;
 //! - the **link** task routes between them. Every message is written to its outbox first
 //!   (so a `kill -9` loses neither a sample nor an ack) and published from the head, one at

@@ -1,7 +1,7 @@
 //! Serving models to local applications: a registry of active model versions, per-model
 //! worker threads with bounded queues, and stateful sessions.
 //!
-//! - Each active version has its own [`Pool`]: worker threads that each keep a spawned tract
+//! - Each active version has its own `Pool`: worker threads that each keep a spawned tract
 //!   state, fed by a bounded queue. A full queue is an immediate [`ServeError::Busy`]
 //!   (HTTP 503 with `Retry-After`): backpressure instead of unbounded memory.
 //! - [`Registry::activate`] swaps a model's active version atomically. A request holds an
