@@ -117,6 +117,15 @@ fn json_predict_in_both_forms_matches_the_reference() {
     let preds = body["predictions"].as_array().unwrap();
     assert_eq!(preds.len(), 1);
     assert_close("instances form", &from_json(&json!([preds[0].clone()]), &want), &want, 0.0);
+
+    // `curl -d '{"inputs": ...}'` as TF Serving's docs show it: curl labels the body
+    // application/x-www-form-urlencoded. It used to get 415.
+    let body = json!({ "inputs": to_json(&input) }).to_string();
+    let (code, _, raw) =
+        request(&s.addr, "POST", "/v1/models/deepa:predict", "application/x-www-form-urlencoded", body.as_bytes());
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    assert_eq!(code, 200, "{body}");
+    assert_close("curl -d form", &from_json(&body["outputs"], &want), &want, 0.0);
 }
 
 #[test]

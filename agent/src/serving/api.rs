@@ -33,6 +33,8 @@ use crate::npy;
 
 /// Media type of the binary predict route.
 pub const NPY_MEDIA_TYPE: &str = "application/x-npy";
+/// What `curl -d` labels a body with when no `Content-Type` is given.
+const CURL_DEFAULT_MEDIA_TYPE: &str = "application/x-www-form-urlencoded";
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
@@ -132,7 +134,10 @@ async fn predict_on(
 ) -> Response {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let binary = content_type.starts_with(NPY_MEDIA_TYPE) || content_type.starts_with("application/octet-stream");
-    if !binary && !content_type.starts_with("application/json") {
+    // `curl -d`, as TF Serving documents its API, labels a JSON body as a form: TF Serving
+    // reads it as JSON whatever the label, so this does too.
+    let json = content_type.starts_with("application/json") || content_type.starts_with(CURL_DEFAULT_MEDIA_TYPE);
+    if !binary && !json {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("content type {content_type:?}: send application/json or {NPY_MEDIA_TYPE}"),
