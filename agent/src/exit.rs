@@ -10,6 +10,7 @@
 //! | 0 | done; `run`: stopped by SIGTERM or Ctrl-C, every component drained | not restarted (a stop that was asked for) |
 //! | 1 | the command failed: a tool's error (`inspect`, `infer`, ...), or `run` could not start (state directory, `[http] listen` port, certificates, key store) | restarted |
 //! | 2 | invalid configuration (`run`, `check-config`), or an invalid command line (clap's usage error) | **not** restarted: restarting cannot fix it |
+//! | 3 | `inspect`: the model is not supported (its report says why); never from `run` | — |
 //! | 70 | `run`: a component failed or panicked while running; the others were shut down in order (EX_SOFTWARE) | restarted |
 //! | 75 | `run`: stopped by a `restart` command (EX_TEMPFAIL) | restarted |
 //! | 101 | a panic outside any component (Rust's panic exit status): a bug | restarted |
@@ -29,6 +30,8 @@ pub enum Code {
     Failed = 1,
     /// The configuration or the command line is invalid: restarting cannot fix it.
     Config = 2,
+    /// `inspect` found the model unsupported (the report was printed).
+    Unsupported = 3,
     /// A component of the running agent failed or panicked (EX_SOFTWARE).
     ComponentFailed = 70,
     /// A `restart` command stopped the agent (EX_TEMPFAIL).
@@ -37,7 +40,8 @@ pub enum Code {
 
 impl Code {
     /// Every code `edge-agent` itself returns (101, a panic, is Rust's).
-    pub const ALL: [Code; 5] = [Code::Ok, Code::Failed, Code::Config, Code::ComponentFailed, Code::Restart];
+    pub const ALL: [Code; 6] =
+        [Code::Ok, Code::Failed, Code::Config, Code::Unsupported, Code::ComponentFailed, Code::Restart];
 
     /// The process exit status.
     pub fn status(self) -> u8 {
@@ -45,7 +49,8 @@ impl Code {
     }
 
     /// Whether the service manager should start the agent again after `run` ends with this
-    /// code. Only a stop that was asked for (0) and an invalid configuration (2) are final.
+    /// code. Only a stop that was asked for (0) and an invalid configuration (2) are final
+    /// (`run` never ends with 3).
     pub fn restart(self) -> bool {
         !matches!(self, Code::Ok | Code::Config)
     }

@@ -132,7 +132,9 @@ fn repeat_prints_timing_figures() {
 fn face_landmark_with_attention_is_refused_naming_its_three_custom_ops() {
     let path = model("mediapipe__face_landmark_with_attention.tflite");
     let out = edge_agent(&["inspect", "--model", &path, "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    // The full report, then exit 3: a script can gate a model on `inspect`.
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not supported by this agent"), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["supported"], false);
     let missing: Vec<&str> = report["missing_ops"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();

@@ -22,18 +22,26 @@ pub struct Args {
     pub pins: Vec<String>,
 }
 
-/// Prints the report; an unsupported model is a report (`supported: no`), not a failure.
+/// Prints the report. An unsupported model is reported in full, then exits 3, so that a
+/// script can gate a model on `edge-agent inspect`.
 pub fn run(args: Args) -> Result<(), Failure> {
-    Ok(inspect(&args)?)
+    if inspect(&args)? {
+        return Ok(());
+    }
+    Err(Failure::new(
+        crate::exit::Code::Unsupported,
+        format!("{}: not supported by this agent (see the report above)", args.model.display()),
+    ))
 }
 
-fn inspect(args: &Args) -> Result<()> {
+/// Prints the report; whether the model is supported.
+fn inspect(args: &Args) -> Result<bool> {
     let declared = engine::declared_inputs(&args.model)?;
     let options = LoadOptions { pins: super::parse_pins(&args.pins, &declared)?, ..Default::default() };
     let report = engine::inspect(&args.model, &options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+        return Ok(report.supported);
     }
     println!("format: {:?}", report.format);
     let show = |label: &str, specs: &[TensorSpec]| {
@@ -59,5 +67,5 @@ fn inspect(args: &Args) -> Result<()> {
             println!("error: {e}");
         }
     }
-    Ok(())
+    Ok(report.supported)
 }
