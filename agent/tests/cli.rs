@@ -192,12 +192,23 @@ fn failures_exit_non_zero_with_one_line() {
     assert!(Path::new(&model("openwakeword-js__hello_deepa.onnx")).exists());
 }
 
-/// A config in a temporary directory, with placeholder certificate files beside it.
+/// A certificate for `cn`, self-signed, valid until 2100, in `path`.
+fn device_cert(path: &std::path::Path, cn: &str) {
+    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    let cert = params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(path, cert.pem()).unwrap();
+}
+
+/// A config for `dev-1` in a temporary directory, with its device certificate (CN dev-1)
+/// and placeholder CA and key files beside it.
 fn config_with(models: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    for f in ["ca.pem", "device.pem", "device.key"] {
+    for f in ["ca.pem", "device.key"] {
         std::fs::write(dir.path().join(f), "placeholder").unwrap();
     }
+    device_cert(&dir.path().join("device.pem"), "dev-1");
     let text = format!(
         "device_id = \"dev-1\"\nstate_dir = \"state\"\n[mqtt]\nurl = \"mqtts://127.0.0.1:8883\"\n\
          ca_file = \"ca.pem\"\ncert_file = \"device.pem\"\nkey_file = \"device.key\"\n{models}"
@@ -242,4 +253,23 @@ fn check_config_exits_2_with_one_line_naming_the_problem() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(err.contains(needle), "{needle} not in {err}");
     }
+}
+
+#[test]
+fn check_config_refuses_a_certificate_the_broker_would_silently_drop_or_rustls_refuse() {
+    // A CN other than device_id: the broker's ACL drops every publish while acknowledging it.
+    let (dir, path) = config_with("");
+    device_cert(&dir.path().join("device.pem"), "dev-2");
+    let out = edge_agent(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("CN is \"dev-2\"") && err.contains("set device_id = \"dev-2\""), "{err}");
+    // X.509 v1, as `openssl x509 -req` makes it without extensions (Mosquitto's TLS guide).
+    let v1 = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mqtt/tests/fixtures/dev-7-v1.pem");
+    std::fs::copy(v1, dir.path().join("device.pem")).unwrap();
+    let out = edge_agent(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("X.509 v1") && err.contains("issue it again as v3"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }

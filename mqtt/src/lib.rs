@@ -33,6 +33,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cert;
 pub mod config;
 pub mod tls;
 

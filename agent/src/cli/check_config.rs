@@ -1,6 +1,8 @@
-//! `edge-agent check-config`: the configuration checked in full, and every model it names
-//! loaded with its options, without starting the agent. Anything wrong exits 2 with one
-//! line naming the file, the key or model, and the problem.
+//! `edge-agent check-config`: the configuration checked in full, the device certificate
+//! read (X.509 v3, CN = `device_id`, not expired: [`edge_mqtt::cert`]), and every model it
+//! names loaded with its options, without starting the agent. Anything wrong exits 2 with
+//! one line naming the file, the key or model, and the problem; a certificate that expires
+//! within 30 days is a warning on stderr.
 
 use std::path::PathBuf;
 
@@ -20,6 +22,20 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Failure> {
     let path = &args.config;
     let config = Config::load(path).map_err(Failure::config)?;
+    if config.mqtt.url.starts_with("mqtts://") {
+        let now = (crate::clock::now_ms() / 1000) as i64;
+        let cert = edge_mqtt::cert::check_device(&config.mqtt.cert_file, &config.device_id, now)
+            .map_err(|e| Failure::config(format!("config {}: {e}", path.display())))?;
+        let left = cert.not_after - now;
+        if left < edge_mqtt::cert::EXPIRY_WARNING_SECS {
+            eprintln!(
+                "warning: [mqtt] cert_file {} expires in {} days; issue a new certificate for {}",
+                config.mqtt.cert_file.display(),
+                left / 86_400,
+                config.device_id
+            );
+        }
+    }
     for (i, m) in config.models.iter().enumerate() {
         let what = format!("config {}: [[models]] #{} ({:?})", path.display(), i + 1, m.name);
         let options = crate::models::load::options_for(m).map_err(|e| Failure::config(format!("{what}: {e}")))?;
