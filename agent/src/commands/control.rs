@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::settings::Settings;
-use super::{now_ms, Gate, Rejection, Verdict};
+use super::{Gate, Rejection, Verdict};
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::link::{Inbound, LinkHandle};
 use crate::models::{Models, Resumed};

@@ -29,7 +29,6 @@ mod window;
 
 pub use keys::{parse_trusted_keys, TrustedKeyError};
 
-pub use crate::clock::now_ms;
 pub use window::{ReplayWindow, WindowError, MAX_ENTRIES, WINDOW_FILE};
 
 use edge_proto::command::{verify, Command, CommandError, Target, VerifyingKey};

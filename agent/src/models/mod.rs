@@ -250,7 +250,6 @@ impl Models {
                 }
             }
         }
-        self.markers.discard_unreadable();
         self.load_all();
         // A trial whose version did not load at all has already failed: what serves instead
         // is what the store fell back to.

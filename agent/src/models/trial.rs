@@ -150,8 +150,9 @@ impl Markers {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Every marker, sorted by model name. One that does not decode is reported with its
-    /// path and the reason (a torn marker cannot be: it is replaced atomically).
+    /// Every marker, sorted by model name. One that does not decode is removed (nothing can
+    /// act on it) and reported with its path and the reason (a torn marker cannot be: it is
+    /// replaced atomically).
     pub fn all(&self) -> Vec<Result<Trial, String>> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return vec![] };
         let mut paths: Vec<PathBuf> =
@@ -161,20 +162,12 @@ impl Markers {
             .into_iter()
             .map(|p| {
                 let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}; removed", p.display()))
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    let _ = fsutil::remove_file(&p);
+                    format!("{}: {e}; removed", p.display())
+                })
             })
             .collect()
-    }
-
-    /// Removes a marker by path (one that does not decode).
-    pub fn discard_unreadable(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
-        for p in entries.flatten().map(|e| e.path()) {
-            let readable = std::fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Trial>(&b).ok()).is_some();
-            if !readable {
-                let _ = fsutil::remove_file(&p);
-            }
-        }
     }
 }
 
@@ -221,6 +214,10 @@ mod tests {
         assert_eq!(m.all(), vec![Ok(t)]);
         m.remove("wake").unwrap();
         m.remove("wake").unwrap();
+        assert!(m.all().is_empty());
+        // One that does not decode is reported once and removed.
+        std::fs::write(dir.path().join("trials/junk.json"), b"{").unwrap();
+        assert!(matches!(&m.all()[..], [Err(e)] if e.contains("junk.json") && e.contains("removed")));
         assert!(m.all().is_empty());
     }
 

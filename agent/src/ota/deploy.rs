@@ -77,10 +77,6 @@ pub struct Deploys {
     origin: Instant,
 }
 
-fn wall_ms() -> u64 {
-    crate::commands::now_ms()
-}
-
 impl Deploys {
     /// No deploy in progress yet; [`Deploys::resume`] picks up what a restart interrupted.
     pub fn new(deps: DeployDeps) -> Deploys {
@@ -394,7 +390,7 @@ impl Deploys {
 
     /// Time passes: stalled and expired transfers, health windows.
     pub fn on_tick(&mut self) {
-        let (now, wall) = (self.now(), wall_ms());
+        let (now, wall) = (self.now(), crate::clock::now_ms());
         let mut i = 0;
         while i < self.transfers.len() {
             let actions = self.transfers[i].clock.on_tick(now, wall);
