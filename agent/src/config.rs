@@ -164,6 +164,10 @@ pub struct TelemetryConfig {
     /// How long a queued sample stays worth sending, in seconds.
     #[serde(default = "default_outbox_ttl_secs")]
     pub outbox_ttl_secs: u64,
+    /// `postcard` (default) or `json` (docs/telemetry.schema.json), for consumers that
+    /// cannot read postcard.
+    #[serde(default)]
+    pub encoding: edge_proto::telemetry::Encoding,
 }
 
 impl Default for TelemetryConfig {
@@ -172,6 +176,7 @@ impl Default for TelemetryConfig {
             interval_secs: default_interval_secs(),
             outbox_max_bytes: default_outbox_bytes(),
             outbox_ttl_secs: default_outbox_ttl_secs(),
+            encoding: Default::default(),
         }
     }
 }
@@ -472,6 +477,11 @@ pins = { sr = 16000 }
         assert_eq!(c.telemetry.interval_secs, 1);
         assert_eq!(c.models[0].pins["sr"], 16000.0);
         assert_eq!(c.mqtt.ca_file, d.0.path().join("ca.pem"));
+        assert_eq!(c.telemetry.encoding, edge_proto::telemetry::Encoding::Postcard);
+        let json = parse(&d, &GOOD.replace("interval_secs = 1", "interval_secs = 1\nencoding = \"json\"")).unwrap();
+        assert_eq!(json.telemetry.encoding, edge_proto::telemetry::Encoding::Json);
+        let err = parse(&d, &GOOD.replace("interval_secs = 1", "interval_secs = 1\nencoding = \"xml\"")).unwrap_err();
+        assert!(err.to_string().contains("encoding"), "{err}");
     }
 
     #[test]

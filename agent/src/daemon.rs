@@ -189,14 +189,26 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     let (interval_tx, interval_rx) =
         tokio::sync::watch::channel(Duration::from_secs(settings.telemetry_interval_secs.into()));
     let samples = prometheus_client::metrics::counter::Counter::default();
+    // check-config and the TLS handshake report an unreadable certificate; here it only
+    // leaves the expiry out of telemetry.
+    let cert_not_after = match edge_mqtt::cert::read(&config.mqtt.cert_file) {
+        Ok(c) => Some(c.not_after),
+        Err(_) if tls.is_none() => None,
+        Err(e) => {
+            tracing::warn!("certificate expiry not reported in telemetry: {e}");
+            None
+        }
+    };
     let telemetry = Telemetry {
-        sampler: Sampler::new(&config.device_id, &config.state_dir).context("system sampler")?,
+        sampler: Sampler::new(&config.device_id, &config.state_dir, disk.clone(), cert_not_after)
+            .context("system sampler")?,
         seq: SeqStore::open(&config.state_dir.join("telemetry.seq")),
         interval: interval_rx,
         link: link_handle.clone(),
         link_stats: link_stats.clone(),
         models: inference.clone(),
         samples: samples.clone(),
+        encoding: config.telemetry.encoding,
     };
     let link_stats_for_status = link_stats.clone();
     let command_stats = CommandStats::default();

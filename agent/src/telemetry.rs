@@ -17,7 +17,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_proto::telemetry::{Agent, Cpu, Disk, Link, Mem, Net, Telemetry as Sample, Temp};
+use edge_proto::codec::Versioned;
+use edge_proto::telemetry::{Agent, Cpu, Disk, Encoding, Link, Mem, ModelStats, Net, Telemetry as Sample, Temp};
 use sysinfo::{Components, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use tokio_util::sync::CancellationToken;
 
@@ -40,10 +41,22 @@ fn net_totals(proc_net_dev: &str) -> (u64, u64) {
         .fold((0, 0), |(rx, tx), (r, t)| (rx + r, tx + t))
 }
 
+/// A reading as a number JSON can carry: sysinfo and the latency window can yield NaN,
+/// which JSON writes as `null`, and which no consumer wants in a gauge.
+fn finite(x: f32) -> f32 {
+    if x.is_finite() {
+        x
+    } else {
+        0.0
+    }
+}
+
 /// Samples the box.
 pub struct Sampler {
     device: String,
     state_dir: PathBuf,
+    disk: Arc<crate::disk::DiskState>,
+    cert_not_after: Option<i64>,
     sys: System,
     components: Option<Components>,
     pid: Option<Pid>,
@@ -64,7 +77,14 @@ fn statvfs(path: &Path) -> Option<(u64, u64)> {
 
 impl Sampler {
     /// A sampler for this process; the first CPU figures appear from the second sample.
-    pub fn new(device: &str, state_dir: &Path) -> Result<Sampler, sysinfo::Error> {
+    /// `disk` says whether the state directory is full; `cert_not_after` is the device
+    /// certificate's expiry, read once at start (a new certificate means a restart).
+    pub fn new(
+        device: &str,
+        state_dir: &Path,
+        disk: Arc<crate::disk::DiskState>,
+        cert_not_after: Option<i64>,
+    ) -> Result<Sampler, sysinfo::Error> {
         let mut sys = System::new()?;
         sys.refresh_cpu_usage();
         let pid = sysinfo::get_current_pid().ok();
@@ -72,6 +92,8 @@ impl Sampler {
         Ok(Sampler {
             device: device.to_string(),
             state_dir: state_dir.to_path_buf(),
+            disk,
+            cert_not_after,
             sys,
             components,
             pid,
@@ -90,7 +112,7 @@ impl Sampler {
                     false,
                     ProcessRefreshKind::nothing().with_memory().with_cpu(),
                 );
-                self.sys.process(pid).map(|p| (p.memory(), p.cpu_usage())).unwrap_or((0, 0.0))
+                self.sys.process(pid).map(|p| (p.memory(), finite(p.cpu_usage()))).unwrap_or((0, 0.0))
             }
             None => (0, 0.0),
         };
@@ -99,22 +121,27 @@ impl Sampler {
             Some(c) => {
                 c.refresh(false);
                 c.iter()
-                    .filter_map(|c| c.temperature().map(|t| Temp { label: c.label().to_string(), celsius: t }))
+                    .filter_map(|c| {
+                        let celsius = c.temperature().filter(|t| t.is_finite())?;
+                        Some(Temp { label: c.label().to_string(), celsius })
+                    })
                     .collect()
             }
             None => vec![],
         };
         let (free_bytes, total_bytes) = statvfs(&self.state_dir).unwrap_or((0, 0));
-        let load = System::load_average().map(|l| [l.one as f32, l.five as f32, l.fifteen as f32]).unwrap_or_default();
+        let load = System::load_average()
+            .map(|l| [l.one as f32, l.five as f32, l.fifteen as f32].map(finite))
+            .unwrap_or_default();
         Sample {
-            version: 1,
+            version: Sample::VERSION,
             device: self.device.clone(),
             seq,
             ts: crate::clock::now_ms(),
             uptime_secs: System::uptime().unwrap_or(0),
             cpu: Cpu {
-                total_pct: self.sys.global_cpu_usage(),
-                per_core_pct: self.sys.cpus().iter().map(|c| c.usage()).collect(),
+                total_pct: finite(self.sys.global_cpu_usage()),
+                per_core_pct: self.sys.cpus().iter().map(|c| finite(c.usage())).collect(),
             },
             load,
             mem: Mem {
@@ -133,13 +160,19 @@ impl Sampler {
             disk: Disk { free_bytes, total_bytes },
             temps,
             net: Net { rx_bytes, tx_bytes },
-            models: models.snapshot(),
+            models: models
+                .snapshot()
+                .into_iter()
+                .map(|m| ModelStats { p50_ms: finite(m.p50_ms), p95_ms: finite(m.p95_ms), p99_ms: finite(m.p99_ms), ..m })
+                .collect(),
             link: Link {
                 reconnects: link.reconnects.load(Ordering::Relaxed),
                 queued: link.queued.load(Ordering::Relaxed),
                 dropped: link.dropped(),
                 bytes_sent: link.bytes_sent.load(Ordering::Relaxed),
             },
+            disk_full: self.disk.full(),
+            cert_not_after: self.cert_not_after,
         }
     }
 }
@@ -161,6 +194,8 @@ pub struct Telemetry {
     pub models: Arc<InferenceStats>,
     /// Samples taken, for `/metrics`.
     pub samples: prometheus_client::metrics::counter::Counter,
+    /// How samples are encoded on the wire.
+    pub encoding: Encoding,
 }
 
 impl Telemetry {
@@ -188,7 +223,7 @@ impl Telemetry {
             let seq = self.seq.take();
             let sample = self.sampler.sample(seq, &self.link_stats, &self.models);
             self.samples.inc();
-            if !self.link.send(edge_proto::encode(&sample)).await {
+            if !self.link.send(sample.encode(self.encoding)).await {
                 return Ok(());
             }
         }
@@ -212,7 +247,8 @@ mod tests {
     #[test]
     fn samples_report_plausible_values() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sampler = Sampler::new("dev-1", dir.path()).unwrap();
+        let disk = crate::disk::open_reserve(dir.path());
+        let mut sampler = Sampler::new("dev-1", dir.path(), disk, Some(1_900_000_000)).unwrap();
         std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
         let models = InferenceStats::default();
         models.register("wake");
@@ -224,5 +260,7 @@ mod tests {
         assert!(s.disk.total_bytes > 0 && s.disk.free_bytes <= s.disk.total_bytes);
         assert_eq!(s.models[0].name, "wake");
         assert!(s.ts > 1_600_000_000_000);
+        assert_eq!((s.disk_full, s.cert_not_after), (false, Some(1_900_000_000)));
+        assert_eq!(s.version, Sample::VERSION);
     }
 }

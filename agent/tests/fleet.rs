@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use daemon::{agent_config, http_get, operator, operator_session, promtool_accepts, setup, Agent};
 use edge_it::unique_client_id;
 use edge_proto::status::{State, Status};
+use edge_proto::codec::Versioned;
 use edge_proto::telemetry::Telemetry;
 use rumqttc::{Event, EventLoop, Packet};
 
@@ -25,7 +26,7 @@ async fn collect(ev: &mut EventLoop, deadline: Duration, mut done: impl FnMut(&[
         }
         match tokio::time::timeout(left, ev.poll()).await {
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                if let Ok(t) = edge_proto::decode::<Telemetry>(&p.payload) {
+                if let Ok(t) = edge_proto::telemetry::decode(&p.payload) {
                     got.push(t);
                 }
             }
@@ -63,6 +64,8 @@ async fn telemetry_arrives_decodes_and_is_plausible() {
     assert!(t.ts > 1_600_000_000_000);
     assert_eq!(t.models.len(), 1);
     assert_eq!((t.models[0].name.as_str(), t.models[0].requests), ("wake", 0));
+    let expiry = edge_mqtt::cert::read(&s.pki.dir().join("client-dev-1.pem")).unwrap().not_after;
+    assert_eq!((t.version, t.cert_not_after, t.disk_full), (Telemetry::VERSION, Some(expiry), false));
     let (code, body) = http_get(&http, "/readyz");
     assert_eq!(code, 200, "{body}");
     let metrics = agent.metrics();
@@ -90,6 +93,47 @@ async fn telemetry_arrives_decodes_and_is_plausible() {
         }
     }
     assert_eq!(last.map(|s| s.state), Some(State::Offline));
+}
+
+/// With `[telemetry] encoding = "json"`, what reaches the broker is one JSON object per
+/// sample that validates against docs/telemetry.schema.json, and edgectl's decoder reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_telemetry_validates_against_its_published_schema() {
+    let s = setup();
+    let (config, http) = agent_config(&s, "dev-1", &s.broker.url(), s.pki.ca_pem(), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("interval_secs = 1\n", "interval_secs = 1\nencoding = \"json\"\n")).unwrap();
+    let schema_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/telemetry.schema.json");
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the published schema is a valid JSON Schema");
+    let (_op, mut ev) = operator(&s, "edge/dev-1/telemetry").await;
+    let agent = Agent::start(&config, &http);
+    let mut payloads = vec![];
+    let end = Instant::now() + Duration::from_secs(20);
+    while payloads.len() < 2 && Instant::now() < end {
+        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+            tokio::time::timeout(Duration::from_secs(1), ev.poll()).await
+        {
+            payloads.push(p.payload.to_vec());
+        }
+    }
+    let log = agent.stop();
+    assert_eq!(payloads.len(), 2, "agent log:\n{log}");
+    let expiry = edge_mqtt::cert::read(&s.pki.dir().join("client-dev-1.pem")).unwrap().not_after;
+    for payload in &payloads {
+        let value: serde_json::Value = serde_json::from_slice(payload).expect("a JSON object");
+        let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        assert!(errors.is_empty(), "schema violations: {errors:?}\nin {value}");
+        assert_eq!(value["device"], "dev-1");
+        assert_eq!(value["cert_not_after"], expiry);
+        assert_eq!(value["disk_full"], false);
+        let t = edge_proto::telemetry::decode(payload).unwrap();
+        assert_eq!((t.device.as_str(), t.cert_not_after), ("dev-1", Some(expiry)));
+    }
+    // The schema is strict enough to catch a sample that lost a field.
+    let mut broken: serde_json::Value = serde_json::from_slice(&payloads[0]).unwrap();
+    broken["mem"].as_object_mut().unwrap().remove("used_bytes");
+    assert!(!validator.is_valid(&broken));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,7 @@ pub async fn watch(
     let mut seen = 0;
     while count.is_none_or(|c| seen < c) {
         let LinkEvent::Message(m) = link.next_event().await.ok_or(LinkError::Closed)? else { continue };
-        match edge_proto::decode::<Telemetry>(&m.payload) {
+        match edge_proto::telemetry::decode(&m.payload) {
             Ok(t) => {
                 on(Ok(t));
                 seen += 1;

@@ -1,12 +1,18 @@
 //! Telemetry: one sample of the box, the agent, its models and its link.
 //!
-//! JSON field names (as `edgectl watch --json` prints them) are the Rust field names, so
-//! scripts can rely on `device`, `seq`, `ts`, `cpu.total_pct`, `mem.used_bytes` and
-//! `agent.rss_bytes`.
+//! Two encodings on the wire, told apart by the first byte ([`decode`]):
+//! - postcard (the default): version first, then the fields in order. Version 2 appended
+//!   `disk_full` and `cert_not_after` to version 1; a version 1 sample still decodes, with
+//!   those unknown (`false`, `None`).
+//! - JSON (`[telemetry] encoding = "json"`), for Telegraf, Node-RED and broker rule
+//!   engines: one object whose field names are the Rust field names, the schema in
+//!   `docs/telemetry.schema.json`. Scripts can rely on `device`, `seq`, `ts`,
+//!   `cpu.total_pct`, `mem.used_bytes` and `agent.rss_bytes`; `edgectl watch --json` prints
+//!   the same object.
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::Versioned;
+use crate::codec::{ProtoError, Versioned, MAX_MESSAGE_BYTES};
 
 /// One telemetry message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,12 +45,107 @@ pub struct Telemetry {
     pub models: Vec<ModelStats>,
     /// The MQTT link.
     pub link: Link,
+    /// The state directory's file system is full (little free, the agent's reserve drawn
+    /// on, or a write refused for lack of space). Since version 2.
+    pub disk_full: bool,
+    /// End of validity of the device's MQTT certificate, seconds since the Unix epoch;
+    /// `None` where it could not be read. Since version 2.
+    pub cert_not_after: Option<i64>,
 }
 
 impl Versioned for Telemetry {
+    const VERSION: u16 = 2;
+    fn version(&self) -> u16 {
+        self.version
+    }
+}
+
+/// Version 1: version 2 without its last two fields. Read, never written.
+#[derive(Deserialize)]
+struct TelemetryV1 {
+    version: u16,
+    device: String,
+    seq: u64,
+    ts: u64,
+    uptime_secs: u64,
+    cpu: Cpu,
+    load: [f32; 3],
+    mem: Mem,
+    agent: Agent,
+    disk: Disk,
+    temps: Vec<Temp>,
+    net: Net,
+    models: Vec<ModelStats>,
+    link: Link,
+}
+
+impl Versioned for TelemetryV1 {
     const VERSION: u16 = 1;
     fn version(&self) -> u16 {
         self.version
+    }
+}
+
+impl From<TelemetryV1> for Telemetry {
+    fn from(v: TelemetryV1) -> Telemetry {
+        Telemetry {
+            version: v.version,
+            device: v.device,
+            seq: v.seq,
+            ts: v.ts,
+            uptime_secs: v.uptime_secs,
+            cpu: v.cpu,
+            load: v.load,
+            mem: v.mem,
+            agent: v.agent,
+            disk: v.disk,
+            temps: v.temps,
+            net: v.net,
+            models: v.models,
+            link: v.link,
+            disk_full: false,
+            cert_not_after: None,
+        }
+    }
+}
+
+/// How a device encodes its telemetry (`[telemetry] encoding`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// postcard: compact, what the fleet tools read by default.
+    #[default]
+    Postcard,
+    /// JSON, for tools that cannot read postcard.
+    Json,
+}
+
+impl Telemetry {
+    /// The sample in `encoding`.
+    pub fn encode(&self, encoding: Encoding) -> Vec<u8> {
+        match encoding {
+            Encoding::Postcard => crate::codec::encode(self),
+            Encoding::Json => serde_json::to_vec(self).expect("telemetry serializes to JSON"),
+        }
+    }
+}
+
+/// Decodes a sample in either encoding and any version this build reads (1 and 2): a JSON
+/// object starts with `{`, which no postcard sample does (its first byte is the version).
+pub fn decode(bytes: &[u8]) -> Result<Telemetry, ProtoError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(ProtoError::TooLarge(bytes.len()));
+    }
+    if bytes.first() == Some(&b'{') {
+        let t: Telemetry = serde_json::from_slice(bytes).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+        if !(TelemetryV1::VERSION..=Telemetry::VERSION).contains(&t.version) {
+            return Err(ProtoError::UnknownVersion { found: t.version, expected: Telemetry::VERSION });
+        }
+        return Ok(t);
+    }
+    match crate::codec::decode::<Telemetry>(bytes) {
+        Err(ProtoError::UnknownVersion { found: 1, .. }) => crate::codec::decode::<TelemetryV1>(bytes).map(Telemetry::from),
+        other => other,
     }
 }
 
@@ -147,7 +248,7 @@ pub struct Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{decode, encode, ProtoError, MAX_MESSAGE_BYTES};
+    use crate::codec::{decode, encode};
 
     fn sample() -> Telemetry {
         Telemetry {
@@ -165,13 +266,44 @@ mod tests {
             net: Net::default(),
             models: vec![ModelStats { name: "wake".into(), requests: 3, ..Default::default() }],
             link: Link::default(),
+            disk_full: true,
+            cert_not_after: Some(1_800_000_000),
         }
     }
 
     #[test]
-    fn round_trips_through_postcard() {
+    fn round_trips_through_postcard_and_json() {
         let t = sample();
         assert_eq!(decode::<Telemetry>(&encode(&t)).unwrap(), t);
+        assert_eq!(super::decode(&t.encode(Encoding::Postcard)).unwrap(), t);
+        assert_eq!(super::decode(&t.encode(Encoding::Json)).unwrap(), t);
+    }
+
+    #[test]
+    fn a_version_1_sample_still_decodes_with_the_new_fields_unknown() {
+        // Version 1 is version 2 without the last two fields: cut them off the encoding.
+        let mut t = sample();
+        t.version = 1;
+        t.disk_full = false;
+        t.cert_not_after = None;
+        let mut bytes = encode(&t);
+        assert_eq!(bytes.pop(), Some(0), "None is one 0 byte");
+        assert_eq!(bytes.pop(), Some(0), "false is one 0 byte");
+        assert_eq!(super::decode(&bytes).unwrap(), t);
+        // And a version 2 decoder alone refuses it as an older version, not as garbage.
+        assert!(matches!(decode::<Telemetry>(&bytes), Err(ProtoError::UnknownVersion { found: 1, .. })));
+    }
+
+    #[test]
+    fn json_samples_of_unknown_versions_or_shapes_are_refused() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["version"] = 3.into();
+        let bytes = serde_json::to_vec(&v).unwrap();
+        assert!(matches!(super::decode(&bytes), Err(ProtoError::UnknownVersion { found: 3, .. })));
+        assert!(matches!(super::decode(b"{\"device\": 1}"), Err(ProtoError::Malformed(_))));
+        let mut big = b"{".to_vec();
+        big.resize(MAX_MESSAGE_BYTES + 1, b' ');
+        assert!(matches!(super::decode(&big), Err(ProtoError::TooLarge(_))));
     }
 
     #[test]
