@@ -163,7 +163,12 @@ impl Sampler {
             models: models
                 .snapshot()
                 .into_iter()
-                .map(|m| ModelStats { p50_ms: finite(m.p50_ms), p95_ms: finite(m.p95_ms), p99_ms: finite(m.p99_ms), ..m })
+                .map(|m| ModelStats {
+                    p50_ms: finite(m.p50_ms),
+                    p95_ms: finite(m.p95_ms),
+                    p99_ms: finite(m.p99_ms),
+                    ..m
+                })
                 .collect(),
             link: Link {
                 reconnects: link.reconnects.load(Ordering::Relaxed),

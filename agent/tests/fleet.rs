@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use daemon::{agent_config, http_get, operator, operator_session, promtool_accepts, setup, Agent};
 use edge_it::unique_client_id;
-use edge_proto::status::{State, Status};
 use edge_proto::codec::Versioned;
+use edge_proto::status::{State, Status};
 use edge_proto::telemetry::Telemetry;
 use rumqttc::{Event, EventLoop, Packet};
 
@@ -122,7 +122,8 @@ async fn json_telemetry_validates_against_its_published_schema() {
     let expiry = edge_mqtt::cert::read(&s.pki.dir().join("client-dev-1.pem")).unwrap().not_after;
     for payload in &payloads {
         let value: serde_json::Value = serde_json::from_slice(payload).expect("a JSON object");
-        let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        let errors: Vec<String> =
+            validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
         assert!(errors.is_empty(), "schema violations: {errors:?}\nin {value}");
         assert_eq!(value["device"], "dev-1");
         assert_eq!(value["cert_not_after"], expiry);

@@ -144,7 +144,9 @@ pub fn decode(bytes: &[u8]) -> Result<Telemetry, ProtoError> {
         return Ok(t);
     }
     match crate::codec::decode::<Telemetry>(bytes) {
-        Err(ProtoError::UnknownVersion { found: 1, .. }) => crate::codec::decode::<TelemetryV1>(bytes).map(Telemetry::from),
+        Err(ProtoError::UnknownVersion { found: 1, .. }) => {
+            crate::codec::decode::<TelemetryV1>(bytes).map(Telemetry::from)
+        }
         other => other,
     }
 }
