@@ -106,6 +106,25 @@ check_deb() {
     fi
 }
 
+# Shell completions and man pages, written by the binaries themselves from the clap
+# definitions they parse with (the same on every architecture, so the host's debug build
+# makes them once); the packages take them from deploy/deb/generated (git-ignored).
+gen_docs() {
+    local gen=deploy/deb/generated bin b
+    rm -rf "$gen"
+    cargo build --quiet -p edge-agent -p edgectl --bins
+    bin="${CARGO_TARGET_DIR:-target}/debug"
+    for b in edge-agent edgectl; do
+        mkdir -p "$gen/$b/man"
+        "$bin/$b" completions bash >"$gen/$b/$b.bash"
+        "$bin/$b" completions zsh >"$gen/$b/_$b"
+        "$bin/$b" completions fish >"$gen/$b/$b.fish"
+        "$bin/$b" man --out "$gen/$b/man" >/dev/null
+        gzip -9n "$gen/$b/man/"*.1
+    done
+}
+gen_docs
+
 for target in "${targets[@]}"; do
     case "$target" in
         host) target_args=(); strip_env=() ;;
@@ -137,7 +156,10 @@ for target in "${targets[@]}"; do
                     usr/lib/sysusers.d/edge-agent.conf \
                     usr/lib/tmpfiles.d/edge-agent.conf \
                     etc/edge-agent/edge-agent.example.toml \
-                    usr/share/edge-agent/models/pymicro-wakeword__okay_nabu.tflite
+                    usr/share/edge-agent/models/pymicro-wakeword__okay_nabu.tflite \
+                    usr/share/man/man1/edge-agent.1.gz \
+                    usr/share/man/man1/edge-agent-run.1.gz \
+                    usr/share/bash-completion/completions/edge-agent
                 # The example config is a conffile, and the real one is never shipped.
                 dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles \
                     | grep -qx /etc/edge-agent/edge-agent.example.toml \
@@ -147,7 +169,12 @@ for target in "${targets[@]}"; do
                 fi
                 ;;
             edgectl)
-                check_deb "$deb" usr/bin/edgectl usr/bin/edgectl ;;
+                check_deb "$deb" usr/bin/edgectl usr/bin/edgectl \
+                    usr/share/man/man1/edgectl.1.gz \
+                    usr/share/man/man1/edgectl-deploy.1.gz \
+                    usr/share/bash-completion/completions/edgectl \
+                    usr/share/zsh/vendor-completions/_edgectl \
+                    usr/share/fish/vendor_completions.d/edgectl.fish ;;
         esac
         built+=("$deb ($(stat -c %s "$deb") bytes)")
     done

@@ -3,7 +3,8 @@
 //! Every error names what is wrong and where: the key (with its table), the file, and the
 //! line when the TOML itself is at fault. Relative paths are relative to the config file.
 //! Deploy-time values can be overridden from the environment:
-//! `EDGE_AGENT_DEVICE_ID` and `EDGE_AGENT_MQTT_URL`.
+//! `EDGE_AGENT_DEVICE_ID` and `EDGE_AGENT_MQTT_URL`. Without `--config`, the commands read
+//! `EDGE_AGENT_CONFIG`, then `/etc/edge-agent/edge-agent.toml` (where the .deb's unit looks).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,10 @@ pub use edge_mqtt::{host_port, MqttConfig};
 pub const ENV_DEVICE_ID: &str = "EDGE_AGENT_DEVICE_ID";
 /// Environment variable that overrides `[mqtt] url`.
 pub const ENV_MQTT_URL: &str = "EDGE_AGENT_MQTT_URL";
+/// Environment variable naming the configuration file when `--config` is not given.
+pub const CONFIG_ENV: &str = "EDGE_AGENT_CONFIG";
+/// The configuration file when neither `--config` nor [`CONFIG_ENV`] names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/edge-agent/edge-agent.toml";
 
 /// What is wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -481,7 +486,10 @@ pins = { sr = 16000 }
         let json = parse(&d, &GOOD.replace("interval_secs = 1", "interval_secs = 1\nencoding = \"json\"")).unwrap();
         assert_eq!(json.telemetry.encoding, edge_proto::telemetry::Encoding::Json);
         let err = parse(&d, &GOOD.replace("interval_secs = 1", "interval_secs = 1\nencoding = \"xml\"")).unwrap_err();
-        assert!(err.to_string().contains("encoding"), "{err}");
+        assert!(
+            err.to_string().contains("line 11") && err.to_string().contains("expected `postcard` or `json`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use edge_agent::cli;
 use edge_agent::exit::{Code, Failure};
 
@@ -32,6 +32,18 @@ enum Command {
     /// report.
     #[command(hide = true)]
     Validate(cli::validate::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (edge-agent.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 fn dispatch(command: Command) -> Result<(), Failure> {
@@ -41,6 +53,14 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Inspect(args) => cli::inspect::run(args),
         Command::Infer(args) => cli::infer::run(args),
         Command::Validate(args) => cli::validate::run(args),
+        // Generated from the definitions the binary parses with; the .deb ships them.
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "edge-agent", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out } => std::fs::create_dir_all(&out)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), &out))
+            .map_err(|e| Failure::new(Code::Failed, format!("--out {}: {e}", out.display()))),
     }
 }
 

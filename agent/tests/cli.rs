@@ -233,6 +233,47 @@ fn check_config_loads_every_model_with_its_pins_and_shapes() {
 }
 
 #[test]
+fn completions_and_man_pages_name_every_command() {
+    let out = edge_agent(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = String::from_utf8_lossy(&out.stdout);
+    for word in ["check-config", "inspect", "infer", "--log-format"] {
+        assert!(script.contains(word), "bash completion lacks {word}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = edge_agent(&["man", "--out", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in ["edge-agent.1", "edge-agent-run.1", "edge-agent-check-config.1", "edge-agent-infer.1"] {
+        assert!(dir.path().join(page).exists(), "{page} missing");
+    }
+    // The internal `validate` child command is hidden, and so has no page.
+    assert!(!dir.path().join("edge-agent-validate.1").exists());
+}
+
+#[test]
+fn without_config_the_commands_read_edge_agent_config_then_etc() {
+    let (_dir, path) = config_with("");
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .arg("check-config")
+        .env("EDGE_AGENT_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dev-1"));
+    if Path::new(edge_agent::config::DEFAULT_CONFIG_PATH).exists() {
+        eprintln!("SKIPPED the default-path half: {} exists here", edge_agent::config::DEFAULT_CONFIG_PATH);
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .arg("check-config")
+        .env_remove("EDGE_AGENT_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/etc/edge-agent/edge-agent.toml"), "{}", stderr(&out));
+}
+
+#[test]
 fn check_config_exits_2_with_one_line_naming_the_problem() {
     let cases = [
         ("[telemetry]\nintervall = 3\n".to_string(), "intervall"),

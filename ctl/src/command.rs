@@ -65,6 +65,16 @@ pub enum CommandError {
     Random(std::io::Error),
 }
 
+impl CommandError {
+    /// The broker connection error underneath, if that is what this is.
+    pub fn link(&self) -> Option<&LinkError> {
+        match self {
+            CommandError::Link(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// A command to send, and how long to wait for its acks.
 #[derive(Debug, Clone)]
 pub struct CommandRequest {

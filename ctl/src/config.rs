@@ -12,6 +12,10 @@
 //!
 //! Relative paths are taken from the directory of `ctl.toml`; command-line flags
 //! ([`Overrides`]) replace the file's values.
+//!
+//! Without `--config` (or `EDGECTL_CONFIG`), edgectl reads the first of [`search_path`]
+//! that exists: `./ctl.toml`, `$XDG_CONFIG_HOME/edgectl/ctl.toml` (by default
+//! `~/.config/edgectl/ctl.toml`), `/etc/edgectl/ctl.toml`.
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +44,12 @@ pub enum ConfigError {
         /// What the parser says, with the position.
         message: String,
     },
+    /// No `--config` and none of the default places holds a configuration.
+    #[error(
+        "no configuration: none of {} exists; pass --config FILE or set EDGECTL_CONFIG",
+        .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NotFound(Vec<PathBuf>),
     /// A command needs a signing key and none is configured.
     #[error(
         "no signing key: pass --signing-key FILE or add `signing_key = \"operator.key\"` at the top of {} \
@@ -129,6 +139,35 @@ impl CtlConfig {
     }
 }
 
+/// Where edgectl looks for its configuration when none is named, in order; `env` reads an
+/// environment variable (`XDG_CONFIG_HOME`, `HOME`).
+pub fn search_path(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Vec<PathBuf> {
+    let mut places = vec![PathBuf::from("ctl.toml")];
+    let xdg = env("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".config")));
+    if let Some(dir) = xdg {
+        places.push(dir.join("edgectl").join("ctl.toml"));
+    }
+    places.push(PathBuf::from("/etc/edgectl/ctl.toml"));
+    places
+}
+
+/// The configuration file to read: `explicit` when given, else the first of [`search_path`]
+/// for which `exists` holds.
+pub fn locate(
+    explicit: Option<&Path>,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    exists: impl Fn(&Path) -> bool,
+) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let places = search_path(env);
+    places.iter().find(|p| exists(p)).cloned().ok_or(ConfigError::NotFound(places))
+}
+
 /// toml's messages span several lines (a source excerpt); operators get one.
 fn one_line(e: &toml::de::Error) -> String {
     let msg = e.message().trim().to_string();
@@ -182,6 +221,34 @@ mod tests {
         let c = CtlConfig::parse(&text, Path::new("/nonexistent/ctl.toml"), &Overrides::default()).unwrap();
         let err = c.signing_key().unwrap_err().to_string();
         assert!(err.contains("/nonexistent/operator.key"), "{err}");
+    }
+
+    #[test]
+    fn without_config_the_first_existing_default_place_is_read() {
+        let env = |k: &str| match k {
+            "HOME" => Some("/home/op".into()),
+            _ => None,
+        };
+        assert_eq!(
+            search_path(env),
+            [Path::new("ctl.toml"), Path::new("/home/op/.config/edgectl/ctl.toml"), Path::new("/etc/edgectl/ctl.toml")]
+        );
+        let only_etc = |p: &Path| p.starts_with("/etc");
+        assert_eq!(locate(None, env, only_etc).unwrap(), Path::new("/etc/edgectl/ctl.toml"));
+        let home_too = |p: &Path| p.starts_with("/etc") || p.starts_with("/home");
+        assert_eq!(locate(None, env, home_too).unwrap(), Path::new("/home/op/.config/edgectl/ctl.toml"));
+        let xdg = |k: &str| (k == "XDG_CONFIG_HOME").then(|| "/x".into());
+        assert_eq!(locate(None, xdg, |p| p.starts_with("/x")).unwrap(), Path::new("/x/edgectl/ctl.toml"));
+        // An explicit file (--config or EDGECTL_CONFIG) is taken as is, even if missing:
+        // reading it then names it.
+        assert_eq!(locate(Some(Path::new("mine.toml")), env, |_| false).unwrap(), Path::new("mine.toml"));
+    }
+
+    #[test]
+    fn no_configuration_anywhere_lists_the_places_and_what_to_do() {
+        let err = locate(None, |_| None, |_| false).unwrap_err().to_string();
+        assert!(err.contains("ctl.toml, /etc/edgectl/ctl.toml"), "{err}");
+        assert!(err.contains("--config") && err.contains("EDGECTL_CONFIG"), "{err}");
     }
 
     #[test]

@@ -76,6 +76,16 @@ pub enum DeployError {
     Pin(String),
 }
 
+impl DeployError {
+    /// The broker connection error underneath, if that is what this is.
+    pub fn link(&self) -> Option<&LinkError> {
+        match self {
+            DeployError::Command(e) => e.link(),
+            _ => None,
+        }
+    }
+}
+
 impl From<LinkError> for DeployError {
     fn from(e: LinkError) -> Self {
         DeployError::Command(e.into())

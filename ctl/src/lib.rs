@@ -44,6 +44,7 @@
 //! - [`observe`]: telemetry and retained status.
 //! - [`npy`]: `.npy` headers (dtype and shape).
 //! - [`report`]: tables and JSON.
+//! - [`tally`]: a group's devices counted per stage (pure), for progress above a handful.
 #![deny(missing_docs)]
 
 pub mod command;
@@ -54,6 +55,7 @@ pub mod link;
 pub mod npy;
 pub mod observe;
 pub mod report;
+pub mod tally;
 pub mod track;
 pub mod transfer;
 

@@ -57,6 +57,14 @@ pub enum LinkError {
     Closed,
 }
 
+impl LinkError {
+    /// Whether the broker could not be reached or the connection broke: worth retrying
+    /// later, unlike a configuration or ACL problem.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, LinkError::Connect { .. } | LinkError::SubscribeTimeout(_) | LinkError::Closed)
+    }
+}
+
 /// A message received on a subscribed topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {

@@ -47,6 +47,22 @@ fn row(r: &DeviceResult, width: usize) -> String {
     line.trim_end().to_string()
 }
 
+/// A command's or deploy's results as one JSON object: `command_id` (hex), `ok` (every
+/// device reached the goal), and `results`, one per device with `device`, `result` (the
+/// table's label), `reason` (or null) and `elapsed_ms`.
+pub fn results_json(command_id: &[u8; 16], results: &[DeviceResult]) -> serde_json::Value {
+    json!({
+        "command_id": edge_proto::command::hex(command_id),
+        "ok": !results.is_empty() && results.iter().all(|r| r.outcome.is_ok()),
+        "results": results.iter().map(|r| json!({
+            "device": r.device,
+            "result": r.outcome.label(),
+            "reason": r.outcome.reason(),
+            "elapsed_ms": r.elapsed.as_millis() as u64,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// `get-status` as one JSON object: `device`, `agent_version`, `config_digest`,
 /// `telemetry_interval_secs`, `log_level`, and `models` with `name`, `active_version`,
 /// `installed_versions`, `health`.
@@ -119,6 +135,23 @@ mod tests {
             lines[3].contains("timed out") && lines[3].contains("10 min 00 s") && lines[3].ends_with("40 %"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn results_json_has_one_entry_per_device_and_is_ok_only_if_all_are() {
+        let id = [0xab; 16];
+        let v = results_json(
+            &id,
+            &[result("a", Outcome::Succeeded, 1_500), result("b", Outcome::Rejected("busy; retry later".into()), 20)],
+        );
+        assert_eq!(v["command_id"], "ab".repeat(16));
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["results"][0]["result"], "succeeded");
+        assert!(v["results"][0]["reason"].is_null());
+        assert_eq!(v["results"][0]["elapsed_ms"], 1500);
+        assert_eq!(v["results"][1]["reason"], "busy; retry later");
+        assert_eq!(results_json(&id, &[result("a", Outcome::Accepted, 5)])["ok"], true);
+        assert_eq!(results_json(&id, &[])["ok"], false);
     }
 
     #[test]

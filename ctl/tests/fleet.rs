@@ -264,7 +264,12 @@ fn get_status_json_has_the_devices_answer() {
     runtime.block_on(fleet.device("dev-1", &[], Script::succeed()));
     let out = fleet.edgectl(&["cmd", "get-status", "--device", "dev-1", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["command_id"].as_str().unwrap().len(), 32);
+    assert_eq!(doc["results"][0]["device"], "dev-1");
+    assert_eq!(doc["results"][0]["result"], "succeeded");
+    let v = &doc["results"][0]["status"];
     assert_eq!(v["device"], "dev-1");
     assert_eq!(v["agent_version"], "9.9.9");
     assert_eq!(v["config_digest"], "c0ffee");
@@ -273,7 +278,7 @@ fn get_status_json_has_the_devices_answer() {
     assert_eq!(v["models"][0]["name"], "kws");
     assert_eq!(v["models"][0]["installed_versions"], serde_json::json!(["6", "7"]));
 
-    // A failure is one line per device and exit status 1.
+    // One line per device without --json.
     let out = fleet.edgectl(&["cmd", "restart", "--device", "dev-1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -384,4 +389,49 @@ fn deploy_refuses_a_chunk_size_over_the_packet_size_with_what_fits() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--chunk-size 300000") && stderr.contains("max_packet_bytes = 262144"), "{stderr}");
+}
+
+/// Above a handful of devices a deploy shows counts per stage and each failure as it
+/// happens, not one line per device per step; with --json, stdout is one document.
+#[test]
+fn a_deploy_to_many_devices_shows_counts_and_failures_and_json_results() {
+    let fleet = Fleet::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let broken = Script { lose: vec![], end: AckState::Failed("validation: max diff 0.31 > 1e-4".into()) };
+    for i in 0..10 {
+        let script = if i == 7 { broken.clone() } else { Script::succeed() };
+        runtime.block_on(fleet.device(&format!("cam-{i:02}"), &["cams"], script));
+    }
+    let model_path = fleet.dir.path().join("m.onnx");
+    std::fs::write(&model_path, model(40_000)).unwrap();
+    let deploy = |extra: &[&str], version: &str| {
+        let mut args = vec!["deploy", "--model", model_path.to_str().unwrap(), "--name", "kws", "--group", "cams"];
+        args.extend(["--version", version, "--wait", "--accept-wait", "3", "--timeout", "60"]);
+        args.extend(extra);
+        fleet.edgectl(&args)
+    };
+
+    let out = deploy(&[], "7");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("cam-07: failed validation: max diff 0.31 > 1e-4"), "{stdout}");
+    assert!(stdout.contains("10 devices: 9 succeeded, 1 failed"), "{stdout}");
+    // Once the group is past the handful, no per-device progress lines: a device shows in
+    // the failures (if it failed) and in the final table, not at every step.
+    assert!(!stdout.contains("progress"), "{stdout}");
+
+    let out = deploy(&["--json"], "8");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cam-07: failed"), "progress goes to stderr with --json: {stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert_eq!(doc["ok"], false);
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 10);
+    let failed: Vec<_> = results.iter().filter(|r| r["result"] == "failed").collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["device"], "cam-07");
+    assert_eq!(failed[0]["reason"], "validation: max diff 0.31 > 1e-4");
+    assert!(doc["transfer"]["chunks"].as_u64().unwrap() >= 1);
+    runtime.shutdown_timeout(Duration::from_secs(1));
 }

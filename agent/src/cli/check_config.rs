@@ -14,7 +14,7 @@ use crate::exit::Failure;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The TOML configuration.
-    #[arg(long)]
+    #[arg(long, env = crate::config::CONFIG_ENV, default_value = crate::config::DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 }
 

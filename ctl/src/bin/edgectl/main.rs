@@ -1,317 +1,33 @@
-//! `edgectl`: the operator's CLI for an edge-agent fleet. Parses flags, calls the
-//! `edgectl` library, prints, and maps the result to an exit code: 0 when every device
-//! succeeded, 1 when one did not (failed, rejected, timed out, no answer), 2 when edgectl
-//! itself could not do its job (flags, configuration, key, broker connection).
+//! `edgectl`: the operator's CLI for an edge-agent fleet. Parses flags ([`cli`]), calls
+//! the `edgectl` library, prints ([`output`], [`progress`]), and maps the result to an exit
+//! status ([`exit`]: 0 every device reached the goal, 1 one did not, 2 edgectl could not run
+//! the command, 3 the broker could not be reached).
 
-use std::collections::HashMap;
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+mod cli;
+mod exit;
+mod output;
+mod progress;
+
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser};
 use edge_proto::codec::Versioned;
-use edge_proto::command::{hex, AckState, NpyBytes, Payload, Reply, Target};
-use edge_proto::ota::{ModelFormat, Validation, DEFAULT_CHUNK_BYTES};
-use edge_proto::status::State;
-use edge_proto::telemetry::Telemetry;
-use edgectl::command::{parse_command_id, send_command, CommandOutcome, CommandRequest, Event};
-use edgectl::config::{CtlConfig, Overrides};
-use edgectl::deploy::{check_chunk_size, deploy, parse_pin, DeployRequest};
-use edgectl::track::{state_text, Goal, Outcome};
-use edgectl::{keys, npy, observe, report, Link};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use edge_proto::command::{NpyBytes, Payload, Target};
+use edge_proto::ota::{ModelFormat, Validation};
+use edgectl::command::{parse_command_id, send_command, CommandRequest, Event};
+use edgectl::config::{self, CtlConfig, Overrides};
+use edgectl::deploy::{check_chunk_size, deploy, DeployRequest};
+use edgectl::track::Goal;
+use edgectl::{keys, npy, observe, Link};
+use serde_json::json;
 
-#[derive(Parser)]
-#[command(
-    name = "edgectl",
-    version,
-    about = "Operate an edge-agent fleet",
-    after_help = "Exit status: 0 every device succeeded; 1 a device failed, rejected, timed out or did not \
-                  answer; 2 edgectl could not run the command (flags, configuration, key, broker). \
-                  EDGECTL_LOG=debug shows what is ignored on the wire."
-)]
-struct Cli {
-    /// Configuration file: an [mqtt] table as the agent's, and an optional top-level
-    /// signing_key.
-    #[arg(long, global = true, default_value = "ctl.toml")]
-    config: PathBuf,
-    /// Broker URL, overriding [mqtt] url.
-    #[arg(long, global = true)]
-    url: Option<String>,
-    /// CA file, overriding [mqtt] ca_file.
-    #[arg(long, global = true)]
-    ca_file: Option<PathBuf>,
-    /// Operator certificate, overriding [mqtt] cert_file.
-    #[arg(long, global = true)]
-    cert_file: Option<PathBuf>,
-    /// Operator TLS key, overriding [mqtt] key_file.
-    #[arg(long, global = true)]
-    key_file: Option<PathBuf>,
-    /// Command-signing key (operator.key from `edgectl keygen`), overriding signing_key.
-    #[arg(long, global = true)]
-    signing_key: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Print telemetry as it arrives.
-    Watch {
-        /// One device.
-        #[arg(long, conflicts_with = "all")]
-        device: Option<String>,
-        /// Every device (the default).
-        #[arg(long)]
-        all: bool,
-        /// Stop after N messages.
-        #[arg(long)]
-        count: Option<usize>,
-        /// One JSON object per line instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List devices from their retained status.
-    Status {
-        /// Seconds to wait for retained messages.
-        #[arg(long, default_value_t = 2)]
-        wait: u64,
-        /// JSON lines instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Make the operator key pair that signs commands: DIR/operator.key (secret, 0600) and
-    /// DIR/operator.pub (for the devices' [ota] trusted_keys). Never overwrites.
-    Keygen {
-        /// Directory to write the two files into.
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Deploy a model over the air: send the signed manifest, then the chunks, then serve
-    /// repairs until every device has it (or, with --wait, has installed it).
-    Deploy(Box<DeployArgs>),
-    /// Go back to the previously active version of a model.
-    Rollback {
-        #[command(flatten)]
-        to: TargetArgs,
-        /// Model name.
-        #[arg(long)]
-        name: String,
-        #[command(flatten)]
-        wait: WaitArgs,
-    },
-    /// Make an installed version of a model the active one.
-    Activate {
-        #[command(flatten)]
-        to: TargetArgs,
-        /// Model name.
-        #[arg(long)]
-        name: String,
-        /// Version to activate.
-        #[arg(long)]
-        version: String,
-        #[command(flatten)]
-        wait: WaitArgs,
-    },
-    /// Send a command and wait for every device's final answer.
-    Cmd {
-        #[command(subcommand)]
-        cmd: Cmd,
-    },
-    /// Run one inference on a device and fetch the outputs.
-    Infer {
-        /// Device id.
-        #[arg(long)]
-        device: String,
-        /// Model name on the device.
-        #[arg(long)]
-        model: String,
-        /// Input tensors (.npy), in the model's input order.
-        #[arg(long = "input", required = true)]
-        inputs: Vec<PathBuf>,
-        /// Write DIR/output.K.npy per output; without it, print each output's dtype and shape.
-        #[arg(long)]
-        output_dir: Option<PathBuf>,
-        #[command(flatten)]
-        timing: Timing,
-    },
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Print a device's agent version, configuration and models.
-    GetStatus {
-        /// Device id.
-        #[arg(long)]
-        device: String,
-        /// One JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        timing: Timing,
-    },
-    /// Change runtime settings.
-    SetConfig {
-        #[command(flatten)]
-        to: TargetArgs,
-        /// New telemetry interval.
-        #[arg(long)]
-        telemetry_interval: Option<u32>,
-        /// New log filter (e.g. info, edge_agent=debug).
-        #[arg(long)]
-        log_level: Option<String>,
-        #[command(flatten)]
-        timing: Timing,
-    },
-    /// Delete every model and all state on the devices.
-    Erase {
-        #[command(flatten)]
-        to: TargetArgs,
-        /// Confirm: erasing cannot be undone.
-        #[arg(long)]
-        yes: bool,
-        #[command(flatten)]
-        timing: Timing,
-    },
-    /// Restart the agent.
-    Restart {
-        #[command(flatten)]
-        to: TargetArgs,
-        #[command(flatten)]
-        timing: Timing,
-    },
-    /// Unload and delete a model.
-    RemoveModel {
-        #[command(flatten)]
-        to: TargetArgs,
-        /// Model name.
-        #[arg(long)]
-        name: String,
-        #[command(flatten)]
-        timing: Timing,
-    },
-    /// Abandon a deploy still transferring or installing (its id as `deploy` printed it).
-    Cancel {
-        #[command(flatten)]
-        to: TargetArgs,
-        /// The deploy's command id (32 hex digits).
-        #[arg(long)]
-        command: String,
-        #[command(flatten)]
-        timing: Timing,
-    },
-}
-
-#[derive(Args)]
-#[group(required = true, multiple = false)]
-struct TargetArgs {
-    /// One device, by id.
-    #[arg(long)]
-    device: Option<String>,
-    /// Every device of a group.
-    #[arg(long)]
-    group: Option<String>,
-}
-
-impl TargetArgs {
-    fn target(&self) -> Target {
-        match (&self.device, &self.group) {
-            (Some(d), _) => Target::Device(d.clone()),
-            (None, Some(g)) => Target::Group(g.clone()),
-            (None, None) => unreachable!("clap requires one of --device and --group"),
-        }
-    }
-}
-
-/// How long a command waits, and how long it is valid.
-#[derive(Args)]
-struct Timing {
-    /// Seconds to wait for the devices' answers.
-    #[arg(long, default_value_t = 30)]
-    timeout: u64,
-    /// Seconds the command stays valid on devices.
-    #[arg(long, default_value_t = 300)]
-    ttl: u64,
-    /// For a group: seconds its devices have to acknowledge (those that do are waited for).
-    #[arg(long, default_value_t = 3)]
-    accept_wait: u64,
-}
-
-#[derive(Args)]
-struct WaitArgs {
-    /// Wait for the result, not only for the device to accept.
-    #[arg(long)]
-    wait: bool,
-    #[command(flatten)]
-    timing: Timing,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum FormatArg {
-    Tflite,
-    Onnx,
-}
-
-#[derive(Args)]
-struct DeployArgs {
-    /// The model file (.tflite or .onnx).
-    #[arg(long)]
-    model: PathBuf,
-    /// Name the model is served under.
-    #[arg(long)]
-    name: String,
-    /// Version label.
-    #[arg(long)]
-    version: String,
-    #[command(flatten)]
-    to: TargetArgs,
-    /// Wait until every device has installed it (or failed), not only received it.
-    #[arg(long)]
-    wait: bool,
-    /// Model format; by default from the file's extension.
-    #[arg(long, value_enum)]
-    format: Option<FormatArg>,
-    /// Validation input (.npy), in the model's input order; devices run it before switching.
-    #[arg(long = "validate-input")]
-    validate_inputs: Vec<PathBuf>,
-    /// Expected validation output (.npy), in the model's output order.
-    #[arg(long = "validate-output")]
-    validate_outputs: Vec<PathBuf>,
-    /// Largest accepted absolute difference per output element.
-    #[arg(long, default_value_t = 1e-4)]
-    tolerance: f32,
-    /// Longest acceptable median latency of a validation run, in ms (0: no budget).
-    #[arg(long, default_value_t = 0)]
-    latency_budget_ms: u32,
-    /// Scalar input fixed at load, NAME=VALUE (repeatable).
-    #[arg(long = "pin", value_parser = pin)]
-    pins: Vec<(String, f64)>,
-    /// Oldest agent version that may install it (X.Y.Z); any by default.
-    #[arg(long)]
-    min_agent_version: Option<String>,
-    /// Chunk size in bytes; a chunk plus 1 KiB must fit [mqtt] max_packet_bytes.
-    #[arg(long, default_value_t = DEFAULT_CHUNK_BYTES)]
-    chunk_size: u32,
-    /// Most bytes per second to publish, chunks and repairs together.
-    #[arg(long)]
-    rate: Option<u64>,
-    /// Seconds devices have to accept: for a group, those that do are its members for this
-    /// deploy; a single device that does not answer in time is reported as `no answer`.
-    #[arg(long, default_value_t = 3)]
-    accept_wait: u64,
-    /// Seconds to wait for every device.
-    #[arg(long, default_value_t = 600)]
-    timeout: u64,
-    /// Seconds the command stays valid (devices refuse it, and a resumed transfer, after).
-    #[arg(long, default_value_t = 3600)]
-    ttl: u64,
-}
-
-fn pin(s: &str) -> Result<(String, f64), String> {
-    parse_pin(s).map_err(|e| e.to_string())
-}
+use crate::cli::{Cli, Cmd, Command, DeployArgs, FormatArg, Timing};
+use crate::exit::Exit;
+use crate::output::Show;
+use crate::progress::DeployUi;
 
 /// A run that went through: whether every device succeeded.
 type Verdict = bool;
@@ -326,20 +42,40 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match run(&cli) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(true) => Exit::Ok.into(),
+        Ok(false) => Exit::DeviceFailed.into(),
         Err(e) => {
             eprintln!("edgectl: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::from(2)
+            Exit::of_error(&e).into()
         }
     }
 }
 
 fn run(cli: &Cli) -> Result<Verdict> {
-    if let Command::Keygen { out } = &cli.command {
-        let (key, public, id) = keys::keygen(out)?;
-        println!("wrote {} and {} (key id {id})", key.display(), public.display());
-        return Ok(true);
+    // What needs no configuration.
+    match &cli.command {
+        Command::Keygen { out } => {
+            let (key, public, id) = keys::keygen(out)?;
+            if cli.json {
+                output::document(&json!({"key": key, "public": public, "key_id": id.to_string()}));
+            } else {
+                println!("wrote {} and {} (key id {id})", key.display(), public.display());
+            }
+            return Ok(true);
+        }
+        // Generated from the definitions the binary parses with, so they cannot drift from
+        // the flags; scripts/build-debs.sh puts them in the .deb.
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "edgectl", &mut std::io::stdout());
+            return Ok(true);
+        }
+        Command::Man { out } => {
+            std::fs::create_dir_all(out).with_context(|| format!("--out {}", out.display()))?;
+            clap_mangen::generate_to(Cli::command(), out).with_context(|| format!("--out {}", out.display()))?;
+            println!("wrote man pages into {}", out.display());
+            return Ok(true);
+        }
+        _ => {}
     }
     let overrides = Overrides {
         url: cli.url.clone(),
@@ -348,9 +84,10 @@ fn run(cli: &Cli) -> Result<Verdict> {
         key_file: cli.key_file.clone(),
         signing_key: cli.signing_key.clone(),
     };
-    let config = CtlConfig::load(&cli.config, &overrides)?;
+    let path = config::locate(cli.config.as_deref(), |k| std::env::var_os(k), Path::exists)?;
+    let config = CtlConfig::load(&path, &overrides)?;
     // Everything that can be refused without the broker is, before connecting.
-    let job = Job::new(&cli.command, &config)?;
+    let job = Job::new(&cli.command, &config, cli.json)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut link = Link::connect(&config.mqtt).await?;
@@ -361,18 +98,17 @@ fn run(cli: &Cli) -> Result<Verdict> {
 }
 
 /// A command line turned into what to do, with every file read and every flag checked.
-enum Job {
-    Watch { device: Option<String>, count: Option<usize>, json: bool },
-    Status { wait: Duration, json: bool },
-    Deploy { req: Box<DeployRequest>, key: Box<edge_proto::command::SigningKey> },
-    Command { req: Box<CommandRequest>, key: Box<edge_proto::command::SigningKey>, show: Show },
+struct Job {
+    what: What,
+    /// `--json`.
+    json: bool,
 }
 
-/// What to print of a command's outcome.
-enum Show {
-    Lines,
-    Status { json: bool },
-    Outputs { dir: Option<PathBuf> },
+enum What {
+    Watch { device: Option<String>, count: Option<usize> },
+    Status { wait: Duration },
+    Deploy { req: Box<DeployRequest>, key: Box<edge_proto::command::SigningKey> },
+    Command { req: Box<CommandRequest>, key: Box<edge_proto::command::SigningKey>, show: Show },
 }
 
 fn secs(s: u64) -> Duration {
@@ -391,18 +127,71 @@ fn request(target: Target, payload: Payload, timing: &Timing, goal: Goal) -> Com
 }
 
 impl Job {
-    fn new(command: &Command, config: &CtlConfig) -> Result<Job> {
+    fn new(command: &Command, config: &CtlConfig, json: bool) -> Result<Job> {
+        Ok(Job { what: What::new(command, config)?, json })
+    }
+
+    async fn run(self, link: &mut Link) -> Result<Verdict> {
+        let json = self.json;
+        match self.what {
+            What::Watch { device, count } => {
+                output::watch_header(json);
+                observe::watch(link, device.as_deref(), count, |sample| match sample {
+                    Ok(t) => output::watch_sample(&t, json),
+                    Err((topic, e)) => eprintln!("edgectl: skipping message on {topic}: {e}"),
+                })
+                .await?;
+                Ok(true)
+            }
+            What::Status { wait } => {
+                let (devices, skipped) = observe::statuses(link, wait).await?;
+                for (topic, e) in skipped {
+                    eprintln!("edgectl: skipping status on {topic}: {e}");
+                }
+                output::statuses(devices.values(), json)?;
+                Ok(true)
+            }
+            What::Deploy { req, key } => {
+                let mut ui = DeployUi::new(&req.target, json);
+                let outcome = deploy(link, &key, &req, |e| ui.on_event(e)).await?;
+                ui.finish();
+                output::deploy(&outcome, &req.target, req.accept_wait, json);
+                Ok(outcome.all_ok())
+            }
+            What::Command { req, key, show } => {
+                let outcome = send_command(link, &key, &req, |e| match e {
+                    Event::Disconnected(why) => eprintln!("edgectl: broker connection lost ({why}); reconnecting"),
+                    Event::Reconnected => eprintln!("edgectl: reconnected to the broker"),
+                    _ => {}
+                })
+                .await?;
+                if outcome.results.is_empty() {
+                    if let Target::Group(g) = &req.target {
+                        eprintln!("edgectl: no device of group {g} answered within {:?}", req.accept_wait);
+                    }
+                }
+                output::command(&outcome, &show, json)?;
+                Ok(outcome.all_ok())
+            }
+        }
+    }
+}
+
+impl What {
+    fn new(command: &Command, config: &CtlConfig) -> Result<What> {
         let key = || config.signing_key().map(Box::new);
         let (target, payload, timing, goal, show) = match command {
-            Command::Keygen { .. } => unreachable!("handled before loading the configuration"),
-            Command::Watch { device, all: _, count, json } => {
-                return Ok(Job::Watch { device: device.clone(), count: *count, json: *json })
+            Command::Keygen { .. } | Command::Completions { .. } | Command::Man { .. } => {
+                unreachable!("handled before loading the configuration")
             }
-            Command::Status { wait, json } => return Ok(Job::Status { wait: secs(*wait), json: *json }),
+            Command::Watch { device, all: _, count } => {
+                return Ok(What::Watch { device: device.clone(), count: *count })
+            }
+            Command::Status { wait } => return Ok(What::Status { wait: secs(*wait) }),
             Command::Deploy(args) => {
                 let req = deploy_request(args)?;
                 check_chunk_size(req.chunk_size, config.mqtt.max_packet_bytes)?;
-                return Ok(Job::Deploy { req: Box::new(req), key: key()? });
+                return Ok(What::Deploy { req: Box::new(req), key: key()? });
             }
             Command::Rollback { to, name, wait } => {
                 let goal = if wait.wait { Goal::Terminal } else { Goal::Accepted };
@@ -425,13 +214,9 @@ impl Job {
                 )
             }
             Command::Cmd { cmd } => match cmd {
-                Cmd::GetStatus { device, json, timing } => (
-                    Target::Device(device.clone()),
-                    Payload::GetStatus,
-                    timing,
-                    Goal::Terminal,
-                    Show::Status { json: *json },
-                ),
+                Cmd::GetStatus { device, timing } => {
+                    (Target::Device(device.clone()), Payload::GetStatus, timing, Goal::Terminal, Show::Status)
+                }
                 Cmd::SetConfig { to, telemetry_interval, log_level, timing } => {
                     if telemetry_interval.is_none() && log_level.is_none() {
                         bail!("set-config: nothing to set; pass --telemetry-interval SECS and/or --log-level FILTER");
@@ -463,51 +248,7 @@ impl Job {
                 }
             },
         };
-        Ok(Job::Command { req: Box::new(request(target, payload, timing, goal)), key: key()?, show })
-    }
-
-    async fn run(self, link: &mut Link) -> Result<Verdict> {
-        match self {
-            Job::Watch { device, count, json } => watch(link, device.as_deref(), count, json).await,
-            Job::Status { wait, json } => status(link, wait, json).await,
-            Job::Deploy { req, key } => {
-                let mut ui = DeployUi::new(&req.target);
-                let outcome = deploy(link, &key, &req, |e| ui.on_event(e)).await?;
-                ui.finish();
-                print!("{}", report::results_table(&outcome.results));
-                if outcome.results.is_empty() {
-                    if let Target::Group(g) = &req.target {
-                        eprintln!("edgectl: no device of group {g} answered within {:?}", req.accept_wait);
-                    }
-                }
-                let s = &outcome.stats;
-                if s.repair_requests > 0 {
-                    println!("repairs: {} requests, {} chunks resent", s.repair_requests, s.repaired_chunks);
-                }
-                if outcome.results.iter().any(|r| matches!(r.outcome, Outcome::TimedOut(_))) {
-                    eprintln!(
-                        "edgectl: devices still at work can be stopped with `edgectl cmd cancel --command {}`",
-                        hex(&outcome.command_id)
-                    );
-                }
-                Ok(outcome.all_ok())
-            }
-            Job::Command { req, key, show } => {
-                let outcome = send_command(link, &key, &req, |e| match e {
-                    Event::Disconnected(why) => eprintln!("edgectl: broker connection lost ({why}); reconnecting"),
-                    Event::Reconnected => eprintln!("edgectl: reconnected to the broker"),
-                    _ => {}
-                })
-                .await?;
-                if outcome.results.is_empty() {
-                    if let Target::Group(g) = &req.target {
-                        eprintln!("edgectl: no device of group {g} answered within {:?}", req.accept_wait);
-                    }
-                    return Ok(false);
-                }
-                show_outcome(&outcome, &show)
-            }
-        }
+        Ok(What::Command { req: Box::new(request(target, payload, timing, goal)), key: key()?, show })
     }
 }
 
@@ -552,213 +293,4 @@ fn read_npy(path: &Path) -> Result<NpyBytes> {
     let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
     npy::header(&bytes).with_context(|| format!("{}", path.display()))?;
     Ok(NpyBytes(bytes))
-}
-
-fn show_outcome(outcome: &CommandOutcome, show: &Show) -> Result<Verdict> {
-    match show {
-        Show::Lines => {
-            for r in &outcome.results {
-                println!("{}", report::result_line(r));
-            }
-        }
-        Show::Status { json } => {
-            for r in &outcome.results {
-                match (&r.reply, r.outcome.is_ok()) {
-                    (Some(Reply::Status(s)), true) if *json => println!("{}", report::status_json(&r.device, s)),
-                    (Some(Reply::Status(s)), true) => print!("{}", report::status_text(&r.device, s)),
-                    (_, true) => bail!("{}: succeeded without a status in its answer", r.device),
-                    (_, false) => eprintln!("edgectl: {}", report::result_line(r)),
-                }
-            }
-        }
-        Show::Outputs { dir } => {
-            for r in &outcome.results {
-                match (&r.reply, r.outcome.is_ok()) {
-                    (Some(Reply::Outputs(outputs)), true) => write_outputs(outputs, dir.as_deref())?,
-                    (_, true) => bail!("{}: succeeded without outputs in its answer", r.device),
-                    (_, false) => eprintln!("edgectl: {}", report::result_line(r)),
-                }
-            }
-        }
-    }
-    Ok(outcome.all_ok())
-}
-
-fn write_outputs(outputs: &[NpyBytes], dir: Option<&Path>) -> Result<()> {
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("--output-dir {}", dir.display()))?;
-    }
-    for (k, NpyBytes(bytes)) in outputs.iter().enumerate() {
-        match dir {
-            Some(dir) => {
-                let path = dir.join(format!("output.{k}.npy"));
-                std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-                println!("{}", path.display());
-            }
-            None => match npy::header(bytes) {
-                Ok(h) => println!("output {k}: {} {}", h.dtype(), h.shape_text()),
-                Err(e) => println!("output {k}: {} bytes, {e}", bytes.len()),
-            },
-        }
-    }
-    Ok(())
-}
-
-/// Progress bars for a deploy, one per device plus one for the first pass, on stdout when
-/// it is a terminal; otherwise one line per device state change (the ack lifecycle, for
-/// logs), then the final table.
-struct DeployUi {
-    multi: MultiProgress,
-    tty: bool,
-    target: String,
-    bars: HashMap<String, ProgressBar>,
-    chunks: Option<ProgressBar>,
-}
-
-impl DeployUi {
-    fn new(target: &Target) -> DeployUi {
-        let tty = std::io::stdout().is_terminal();
-        let draw = if tty { ProgressDrawTarget::stdout() } else { ProgressDrawTarget::hidden() };
-        let target = match target {
-            Target::Device(d) => format!("device {d}"),
-            Target::Group(g) => format!("group {g}"),
-        };
-        DeployUi {
-            multi: MultiProgress::with_draw_target(draw),
-            tty,
-            target,
-            bars: Default::default(),
-            chunks: Default::default(),
-        }
-    }
-
-    /// A line above the bars (or plainly, without bars).
-    fn say(&self, line: &str) {
-        if self.tty {
-            let _ = self.multi.println(line);
-        } else {
-            println!("{line}");
-        }
-    }
-
-    fn on_event(&mut self, event: &Event) {
-        let style = |t: &str| ProgressStyle::with_template(t).expect("static template").progress_chars("=> ");
-        match event {
-            Event::Published { command_id, chunks, bytes, .. } => {
-                let plural = if *chunks == 1 { "" } else { "s" };
-                self.say(&format!(
-                    "deploy command {} to {} ({bytes} bytes in {chunks} chunk{plural})",
-                    hex(command_id),
-                    self.target
-                ));
-            }
-            Event::TransferStarted { .. } => {
-                // Above the devices' bars, which appear as they accept.
-                let bar = self.multi.insert(0, ProgressBar::new(0));
-                bar.set_style(style("{prefix:<16} [{bar:30}] {pos}/{len} chunks"));
-                bar.set_prefix("published");
-                self.chunks = Some(bar);
-            }
-            Event::Sent { sent, total } => {
-                if let Some(bar) = &self.chunks {
-                    bar.set_length(u64::from(*total));
-                    bar.set_position(u64::from(*sent));
-                }
-            }
-            Event::Ack(change) if !self.tty => {
-                let what = match &change.state {
-                    AckState::Progress(p) if *p >= 100 => "progress 100 % (verified, installing)".to_string(),
-                    AckState::Progress(p) => format!("progress {p} %"),
-                    state => state_text(state),
-                };
-                println!("{:<16} {what}", change.device);
-            }
-            Event::Ack(change) => {
-                let bar = self.bars.entry(change.device.clone()).or_insert_with(|| {
-                    let bar = self.multi.add(ProgressBar::new(100));
-                    bar.set_style(style("{prefix:<16} [{bar:30}] {pos:>3} % {msg}"));
-                    bar.set_prefix(change.device.clone());
-                    bar
-                });
-                match &change.state {
-                    AckState::Accepted => bar.set_message("accepted"),
-                    AckState::Progress(p) => {
-                        bar.set_position(u64::from(*p));
-                        bar.set_message(if *p >= 100 { "verified, installing" } else { "receiving" });
-                    }
-                    AckState::Succeeded => bar.finish_with_message("succeeded"),
-                    state => bar.abandon_with_message(state_text(state)),
-                }
-            }
-            Event::Repair { device, queued } if *queued > 0 => {
-                self.say(&format!("{device}: resending {queued} missing chunks"));
-            }
-            Event::Repair { .. } => {}
-            Event::Disconnected(why) => self.say(&format!("broker connection lost ({why}); reconnecting")),
-            Event::Reconnected => self.say("reconnected to the broker"),
-        }
-    }
-
-    fn finish(&mut self) {
-        if let Some(bar) = self.chunks.take() {
-            bar.finish();
-        }
-        for bar in self.bars.values() {
-            if !bar.is_finished() {
-                bar.abandon();
-            }
-        }
-        let _ = self.multi.clear();
-    }
-}
-
-fn table_row(t: &Telemetry) -> String {
-    format!(
-        "{:<16} {:>8} {:>6.1} {:>10} {:>10} {:>7} {:>7}",
-        t.device,
-        t.seq,
-        t.cpu.total_pct,
-        t.mem.used_bytes / (1 << 20),
-        t.agent.rss_bytes / 1024,
-        t.link.queued,
-        t.link.dropped
-    )
-}
-
-async fn watch(link: &mut Link, device: Option<&str>, count: Option<usize>, json: bool) -> Result<Verdict> {
-    if !json {
-        println!(
-            "{:<16} {:>8} {:>6} {:>10} {:>10} {:>7} {:>7}",
-            "DEVICE", "SEQ", "CPU%", "MEM MiB", "RSS KiB", "QUEUED", "DROPPED"
-        );
-    }
-    observe::watch(link, device, count, |sample| match sample {
-        Ok(t) if json => println!("{}", serde_json::to_string(&t).expect("telemetry serializes")),
-        Ok(t) => println!("{}", table_row(&t)),
-        Err((topic, e)) => eprintln!("edgectl: skipping message on {topic}: {e}"),
-    })
-    .await?;
-    Ok(true)
-}
-
-async fn status(link: &mut Link, wait: Duration, json: bool) -> Result<Verdict> {
-    let (devices, skipped) = observe::statuses(link, wait).await?;
-    for (topic, e) in skipped {
-        eprintln!("edgectl: skipping status on {topic}: {e}");
-    }
-    if json {
-        for s in devices.values() {
-            println!("{}", serde_json::to_string(s)?);
-        }
-        return Ok(true);
-    }
-    println!("{:<16} {:<8} {:<10} {:>10}  MODELS", "DEVICE", "STATE", "VERSION", "UPTIME s");
-    for s in devices.values() {
-        let state = match s.state {
-            State::Online => "online",
-            State::Offline => "offline",
-        };
-        println!("{:<16} {:<8} {:<10} {:>10}  {}", s.device, state, s.agent_version, s.uptime_secs, s.models.join(","));
-    }
-    Ok(true)
 }

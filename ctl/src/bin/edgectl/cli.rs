@@ -1,0 +1,306 @@
+//! The command line: every subcommand and flag, as clap reads them. Global flags take their
+//! default from the environment (`EDGECTL_CONFIG`, `EDGECTL_URL`, ...), then from `ctl.toml`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use edge_proto::command::Target;
+use edge_proto::ota::DEFAULT_CHUNK_BYTES;
+use edgectl::deploy::parse_pin;
+
+#[derive(Parser)]
+#[command(
+    name = "edgectl",
+    version,
+    about = "Operate an edge-agent fleet",
+    after_help = crate::exit::HELP
+)]
+pub struct Cli {
+    /// Configuration file: an [mqtt] table as the agent's, and an optional top-level
+    /// signing_key. Default: the first of ./ctl.toml, ~/.config/edgectl/ctl.toml
+    /// ($XDG_CONFIG_HOME), /etc/edgectl/ctl.toml.
+    #[arg(long, global = true, env = "EDGECTL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Broker URL, overriding [mqtt] url.
+    #[arg(long, global = true, env = "EDGECTL_URL")]
+    pub url: Option<String>,
+    /// CA file, overriding [mqtt] ca_file.
+    #[arg(long, global = true, env = "EDGECTL_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Operator certificate, overriding [mqtt] cert_file.
+    #[arg(long, global = true, env = "EDGECTL_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Operator TLS key, overriding [mqtt] key_file.
+    #[arg(long, global = true, env = "EDGECTL_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Command-signing key (operator.key from `edgectl keygen`), overriding signing_key.
+    #[arg(long, global = true, env = "EDGECTL_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// Machine-readable output on stdout: one JSON document (for `watch`, one object per
+    /// line); messages stay on stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Print telemetry as it arrives.
+    Watch {
+        /// One device.
+        #[arg(long, conflicts_with = "all")]
+        device: Option<String>,
+        /// Every device (the default without --device).
+        #[arg(long)]
+        all: bool,
+        /// Stop after N messages.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// List devices from their retained status.
+    Status {
+        /// Seconds to wait for retained messages.
+        #[arg(long, default_value_t = 2)]
+        wait: u64,
+    },
+    /// Make the operator key pair that signs commands: DIR/operator.key (secret, 0600) and
+    /// DIR/operator.pub (for the devices' [ota] trusted_keys). Never overwrites.
+    Keygen {
+        /// Directory to write the two files into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Deploy a model over the air: send the signed manifest, then the chunks, then serve
+    /// repairs until every device has it (or, with --wait, has installed it).
+    Deploy(Box<DeployArgs>),
+    /// Go back to the previously active version of a model.
+    Rollback {
+        #[command(flatten)]
+        to: TargetArgs,
+        /// Model name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Make an installed version of a model the active one.
+    Activate {
+        #[command(flatten)]
+        to: TargetArgs,
+        /// Model name.
+        #[arg(long)]
+        name: String,
+        /// Version to activate.
+        #[arg(long)]
+        version: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Send a command and wait for every device's final answer.
+    Cmd {
+        #[command(subcommand)]
+        cmd: Cmd,
+    },
+    /// Run one inference on a device and fetch the outputs.
+    Infer {
+        /// Device id.
+        #[arg(long)]
+        device: String,
+        /// Model name on the device.
+        #[arg(long)]
+        model: String,
+        /// Input tensors (.npy), in the model's input order.
+        #[arg(long = "input", required = true)]
+        inputs: Vec<PathBuf>,
+        /// Write DIR/output.K.npy per output; without it, print each output's dtype and shape.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout,
+    /// e.g. `edgectl completions bash > /etc/bash_completion.d/edgectl`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (edgectl.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Print a device's agent version, configuration and models.
+    GetStatus {
+        /// Device id.
+        #[arg(long)]
+        device: String,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Change runtime settings.
+    SetConfig {
+        #[command(flatten)]
+        to: TargetArgs,
+        /// New telemetry interval.
+        #[arg(long)]
+        telemetry_interval: Option<u32>,
+        /// New log filter (e.g. info, edge_agent=debug).
+        #[arg(long)]
+        log_level: Option<String>,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Delete every model and all state on the devices.
+    Erase {
+        #[command(flatten)]
+        to: TargetArgs,
+        /// Confirm: erasing cannot be undone.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Restart the agent.
+    Restart {
+        #[command(flatten)]
+        to: TargetArgs,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Unload and delete a model.
+    RemoveModel {
+        #[command(flatten)]
+        to: TargetArgs,
+        /// Model name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Abandon a deploy still transferring or installing (its id as `deploy` printed it).
+    Cancel {
+        #[command(flatten)]
+        to: TargetArgs,
+        /// The deploy's command id (32 hex digits).
+        #[arg(long)]
+        command: String,
+        #[command(flatten)]
+        timing: Timing,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct TargetArgs {
+    /// One device, by id.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Every device of a group.
+    #[arg(long)]
+    pub group: Option<String>,
+}
+
+impl TargetArgs {
+    pub fn target(&self) -> Target {
+        match (&self.device, &self.group) {
+            (Some(d), _) => Target::Device(d.clone()),
+            (None, Some(g)) => Target::Group(g.clone()),
+            (None, None) => unreachable!("clap requires one of --device and --group"),
+        }
+    }
+}
+
+/// How long a command waits, and how long it is valid.
+#[derive(Args)]
+pub struct Timing {
+    /// Seconds to wait for the devices' answers.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Seconds the command stays valid on devices.
+    #[arg(long, default_value_t = 300)]
+    pub ttl: u64,
+    /// For a group: seconds its devices have to acknowledge (those that do are waited for).
+    #[arg(long, default_value_t = 3)]
+    pub accept_wait: u64,
+}
+
+#[derive(Args)]
+pub struct WaitArgs {
+    /// Wait for the result, not only for the device to accept.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub timing: Timing,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Tflite,
+    Onnx,
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// The model file (.tflite or .onnx).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Name the model is served under.
+    #[arg(long)]
+    pub name: String,
+    /// Version label.
+    #[arg(long)]
+    pub version: String,
+    #[command(flatten)]
+    pub to: TargetArgs,
+    /// Wait until every device has installed it (or failed), not only received it.
+    #[arg(long)]
+    pub wait: bool,
+    /// Model format; by default from the file's extension.
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Validation input (.npy), in the model's input order; devices run it before switching.
+    #[arg(long = "validate-input")]
+    pub validate_inputs: Vec<PathBuf>,
+    /// Expected validation output (.npy), in the model's output order.
+    #[arg(long = "validate-output")]
+    pub validate_outputs: Vec<PathBuf>,
+    /// Largest accepted absolute difference per output element.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f32,
+    /// Longest acceptable median latency of a validation run, in ms (0: no budget).
+    #[arg(long, default_value_t = 0)]
+    pub latency_budget_ms: u32,
+    /// Scalar input fixed at load, NAME=VALUE (repeatable).
+    #[arg(long = "pin", value_parser = pin)]
+    pub pins: Vec<(String, f64)>,
+    /// Oldest agent version that may install it (X.Y.Z); any by default.
+    #[arg(long)]
+    pub min_agent_version: Option<String>,
+    /// Chunk size in bytes; a chunk plus 1 KiB must fit [mqtt] max_packet_bytes.
+    #[arg(long, default_value_t = DEFAULT_CHUNK_BYTES)]
+    pub chunk_size: u32,
+    /// Most bytes per second to publish, chunks and repairs together.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Seconds devices have to accept: for a group, those that do are its members for this
+    /// deploy; a single device that does not answer in time is reported as `no answer`.
+    #[arg(long, default_value_t = 3)]
+    pub accept_wait: u64,
+    /// Seconds to wait for every device.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Seconds the command stays valid (devices refuse it, and a resumed transfer, after).
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+}
+
+pub fn pin(s: &str) -> Result<(String, f64), String> {
+    parse_pin(s).map_err(|e| e.to_string())
+}
