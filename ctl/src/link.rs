@@ -45,6 +45,9 @@ pub enum LinkError {
         url: String,
         /// Why.
         reason: String,
+        /// Whether trying again later may work: the network or the broker was down, not
+        /// the certificates or the ACL.
+        transient: bool,
     },
     /// The broker refused a subscription (its ACL does not let this certificate read it).
     #[error("the broker refused the subscription to {0}: check that the operator certificate's ACL grants read on it")]
@@ -61,7 +64,7 @@ impl LinkError {
     /// Whether the broker could not be reached or the connection broke: worth retrying
     /// later, unlike a configuration or ACL problem.
     pub fn is_connection(&self) -> bool {
-        matches!(self, LinkError::Connect { .. } | LinkError::SubscribeTimeout(_) | LinkError::Closed)
+        matches!(self, LinkError::Connect { transient: true, .. } | LinkError::SubscribeTimeout(_) | LinkError::Closed)
     }
 }
 
@@ -134,7 +137,10 @@ impl Link {
             match eventloop.poll().await {
                 Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => break,
                 Ok(_) => continue,
-                Err(e) => return Err(LinkError::Connect { url: mqtt.url.clone(), reason: describe(&e) }),
+                Err(e) => {
+                    let transient = matches!(e, ConnectionError::Io(_) | ConnectionError::NetworkTimeout);
+                    return Err(LinkError::Connect { url: mqtt.url.clone(), reason: describe(&e), transient });
+                }
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();

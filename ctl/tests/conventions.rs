@@ -91,3 +91,27 @@ fn completions_and_man_pages_cover_every_subcommand() {
     // The hidden `man` command itself has no page.
     assert!(!man.join("edgectl-man.1").exists());
 }
+
+#[test]
+fn a_certificate_the_broker_refuses_exits_2_not_retry_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = edge_it::Pki::generate(&dir.path().join("pki")).unwrap();
+    let broker = edge_it::Broker::start(&pki).unwrap();
+    let rogue = pki.rogue_client("operator").unwrap();
+    let ctl = dir.path().join("ctl.toml");
+    std::fs::write(
+        &ctl,
+        format!(
+            "[mqtt]\nurl = \"{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            broker.url(),
+            pki.ca_pem().display(),
+            rogue.cert.display(),
+            rogue.key.display()
+        ),
+    )
+    .unwrap();
+    let out = edgectl(dir.path(), &[("EDGECTL_CONFIG", &ctl)], &["status", "--wait", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("connecting to"), "{stderr}");
+}

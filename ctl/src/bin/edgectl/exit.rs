@@ -64,8 +64,11 @@ mod tests {
 
     #[test]
     fn a_broken_broker_connection_is_3_and_anything_else_2() {
-        let connect = LinkError::Connect { url: "mqtts://b:8883".into(), reason: "refused".into() };
-        assert_eq!(Exit::of_error(&anyhow::Error::from(connect).context("watch")), Exit::Broker);
+        let down = LinkError::Connect { url: "mqtts://b:8883".into(), reason: "refused".into(), transient: true };
+        assert_eq!(Exit::of_error(&anyhow::Error::from(down).context("watch")), Exit::Broker);
+        // A certificate the broker refuses will not get better by retrying.
+        let tls = LinkError::Connect { url: "mqtts://b:8883".into(), reason: "TLS: bad cert".into(), transient: false };
+        assert_eq!(Exit::of_error(&anyhow::Error::from(tls)), Exit::Usage);
         let deploy = DeployError::from(LinkError::Closed);
         assert_eq!(Exit::of_error(&anyhow::Error::from(deploy)), Exit::Broker);
         let acl = CommandError::from(LinkError::SubscribeRefused("edge/+/ack".into()));
