@@ -36,7 +36,7 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # HTTP client (PyPI `tritonclient[http]`), from a venv in the repository (.venv, ignored by
 # git) so that no system Python is touched. Rebuilt only when the pinned version is missing.
 TRITONCLIENT_VERSION=2.73.0
-venv="$(cd "$(dirname "$0")/.." && pwd)/.venv"
+venv="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv"
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"

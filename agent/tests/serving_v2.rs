@@ -371,3 +371,37 @@ fn tritonclient_infers_and_reads_metadata_as_against_triton() {
     }
     assert!(!stdout.contains("FAIL"), "{stdout}");
 }
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_on_v2_too() {
+    // The v2 routes share the v1 queue: PP-OCRv6 takes tens of milliseconds per request, one
+    // worker, a queue of one, eight callers at once.
+    let input = npy::read(&models_dir().join("rapidocr__PP-OCRv6_det_small.input.npy")).unwrap();
+    let options = LoadOptions { shapes: vec![("x".into(), input.shape().to_vec())], ..Default::default() };
+    let model = load("rapidocr__PP-OCRv6_det_small.onnx", options);
+    let s = server(&[("det", "1", model, PoolSettings { workers: 1, queue: 1 })], 16 << 20);
+    let header_json = json!({
+        "inputs": [{ "name": "x", "shape": input.shape(), "datatype": "FP32",
+                     "parameters": { "binary_data_size": raw(&input).len() } }],
+        "parameters": { "binary_data_output": true },
+    });
+    let codes: Vec<u16> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (code, head, body) = post_binary(&s.addr, "/v2/models/det/infer", &header_json, &[&input]);
+                    if code == 503 {
+                        assert_eq!(header(&head, "retry-after"), Some("1"), "{head}");
+                        let v: Value = serde_json::from_slice(&body).unwrap();
+                        assert!(v["error"].as_str().unwrap().contains("busy"), "{v}");
+                    }
+                    code
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert!(codes.iter().all(|c| *c == 200 || *c == 503), "{codes:?}");
+    assert!(codes.contains(&503), "no 503 under 8 concurrent requests with a queue of 1: {codes:?}");
+    assert!(codes.contains(&200), "{codes:?}");
+}
