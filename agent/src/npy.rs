@@ -174,7 +174,8 @@ pub fn from_le_bytes(dt: DatumType, shape: &[usize], data: &[u8]) -> Result<Tens
     }
     let want = shape.iter().try_fold(dt.size_of(), |acc, d| acc.checked_mul(*d));
     if want != Some(data.len()) {
-        return Err(format!("{} bytes, but {shape:?} elements of {dt:?} take {want:?}", data.len()));
+        let want = want.map_or_else(|| "more than memory holds".to_string(), |w| w.to_string());
+        return Err(format!("{} bytes, but a {shape:?} tensor of {dt:?} takes {want}", data.len()));
     }
     // A bool other than 0 or 1 is undefined behaviour in Rust: refuse it before casting.
     if dt == DatumType::Bool && data.iter().any(|b| *b > 1) {

@@ -277,6 +277,7 @@ fn client_errors_say_what_was_expected() {
         request_with(a, "POST", "/v2/models/deepa/infer", &[("Inference-Header-Content-Length", &len)], &body)
     };
     let bin_input = with(json!({ "data": null, "parameters": { "binary_data_size": bytes.len() } }));
+    let short_input = with(json!({ "data": null, "parameters": { "binary_data_size": bytes.len() - 4 } }));
     let infer = "/v2/models/deepa/infer";
     let cases: Vec<(u16, Reply, &str)> = vec![
         (404, post("/v2/models/nope/infer", &with(json!({}))), "nope"),
@@ -296,6 +297,7 @@ fn client_errors_say_what_was_expected() {
         // Binary data without the header that says where the JSON ends.
         (400, request(a, "POST", infer, "application/json", &[b"{}".as_slice(), &bytes].concat()), "Inference-Header"),
         (400, binary(&bin_input, &bytes[4..]), "binary_data_size"),
+        (400, binary(&short_input, &bytes[4..]), "takes 9600"),
         (400, binary(&bin_input, &[bytes.as_slice(), &[0u8; 8]].concat()), "8 bytes"),
         (
             400,

@@ -95,16 +95,18 @@ pub struct Decoded {
     pub outputs: Vec<Wanted>,
 }
 
+/// `FP32 [-1, 16, 96]`.
+fn describe(s: &TensorSpec) -> String {
+    let dims: Vec<String> = super::dims_or_minus_one(s).iter().map(i64::to_string).collect();
+    format!("{} [{}]", datatype(s.datum_type()).unwrap_or("?"), dims.join(", "))
+}
+
 /// `"x" (FP32 [-1, 16, 96]), "y" (INT64 [1])`.
 fn list(specs: &[TensorSpec]) -> String {
-    let one = |s: &TensorSpec| {
-        let dims: Vec<String> = super::dims_or_minus_one(s).iter().map(i64::to_string).collect();
-        format!("\"{}\" ({} [{}])", s.name, datatype(s.datum_type()).unwrap_or("?"), dims.join(", "))
-    };
     if specs.is_empty() {
         "none".to_string()
     } else {
-        specs.iter().map(one).collect::<Vec<_>>().join(", ")
+        specs.iter().map(|s| format!("\"{}\" ({})", s.name, describe(s))).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -147,71 +149,13 @@ pub fn decode(
 
     let mut tensors: Vec<Option<Tensor>> = vec![None; inputs.len()];
     for input in &request.inputs {
-        let what = format!("input \"{}\"", input.name);
         let Some(index) = inputs.iter().position(|s| s.name == input.name) else {
-            return Err(bad(format!("unknown {what}; the model's inputs are {}", list(inputs))));
+            return Err(bad(format!("unknown input \"{}\"; the model's inputs are {}", input.name, list(inputs))));
         };
         if tensors[index].is_some() {
-            return Err(bad(format!("{what} is given twice")));
+            return Err(bad(format!("input \"{}\" is given twice", input.name)));
         }
-        let spec = &inputs[index];
-        // Quantized inputs take their storage type (INT8, UINT8), as TF Serving's routes do.
-        let dtype = spec.datum_type().unquantized();
-        let want = datatype(dtype).unwrap_or("?");
-        if input.datatype != want {
-            return Err(bad(format!("{what}: datatype \"{}\", but the model takes {want}", input.datatype)));
-        }
-        let shape: Vec<usize> = input
-            .shape
-            .iter()
-            .map(|d| usize::try_from(*d))
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad(format!("{what}: shape {:?} has a negative dimension", input.shape)))?;
-        let spec_dims: Vec<Option<usize>> = spec.shape.iter().map(|d| d.parse().ok()).collect();
-        let fits =
-            spec_dims.len() == shape.len() && spec_dims.iter().zip(&shape).all(|(w, g)| w.is_none_or(|w| w == *g));
-        if !fits {
-            return Err(bad(format!(
-                "{what}: shape {:?}, but the model takes {} (-1: any size)",
-                input.shape,
-                list(std::slice::from_ref(spec))
-            )));
-        }
-        if input.parameters.contains_key("shared_memory_region") {
-            return Err(bad(format!("{what}: shared memory is not supported; send \"data\" or binary data")));
-        }
-        let tensor = match (input.parameters.get("binary_data_size"), &input.data) {
-            (Some(_), Some(_)) => return Err(bad(format!("{what} has both \"data\" and \"binary_data_size\""))),
-            (Some(size), None) => {
-                let size = size
-                    .as_u64()
-                    .and_then(|s| usize::try_from(s).ok())
-                    .ok_or_else(|| bad(format!("{what}: \"binary_data_size\" must be a byte count; found {size}")))?;
-                if size > binary.len() {
-                    return Err(bad(format!(
-                        "{what}: binary_data_size is {size}, but only {} bytes of binary data are left after the \
-                         JSON header{}",
-                        binary.len(),
-                        if header_length.is_none() {
-                            " (no Inference-Header-Content-Length header was sent)"
-                        } else {
-                            ""
-                        }
-                    )));
-                }
-                let (bytes, rest) = binary.split_at(size);
-                binary = rest;
-                npy::from_le_bytes(dtype, &shape, bytes).map_err(|m| bad(format!("{what}: binary data: {m}")))?
-            }
-            (None, Some(data)) => {
-                let view = InputSpec { name: &spec.name, dtype, shape: &spec_dims };
-                parse_data(&view, &shape, data).map_err(|e| bad(e.to_string()))?
-            }
-            (None, None) => {
-                return Err(bad(format!("{what} has neither \"data\" nor a \"binary_data_size\" parameter")));
-            }
-        };
-        tensors[index] = Some(tensor);
+        tensors[index] = Some(input_tensor(input, &inputs[index], &mut binary, header_length.is_some())?);
     }
     if !binary.is_empty() {
         return Err(bad(format!(
@@ -250,6 +194,66 @@ pub fn decode(
             .collect::<Result<Vec<_>, _>>()?,
     };
     Ok(Decoded { id: request.id, inputs: inputs_out, outputs: wanted })
+}
+
+/// One input's tensor, checked against the model's `spec`; binary data is taken from the
+/// front of `binary`.
+fn input_tensor(
+    input: &RequestInput,
+    spec: &TensorSpec,
+    binary: &mut &[u8],
+    header_sent: bool,
+) -> Result<Tensor, InferError> {
+    let what = format!("input \"{}\"", input.name);
+    // Quantized inputs take their storage type (INT8, UINT8), as TF Serving's routes do.
+    let dtype = spec.datum_type().unquantized();
+    let want = datatype(dtype).unwrap_or("?");
+    if input.datatype != want {
+        return Err(bad(format!("{what}: datatype \"{}\", but the model takes {want}", input.datatype)));
+    }
+    let shape: Vec<usize> = input
+        .shape
+        .iter()
+        .map(|d| usize::try_from(*d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad(format!("{what}: shape {:?} has a negative dimension", input.shape)))?;
+    let spec_dims: Vec<Option<usize>> = spec.shape.iter().map(|d| d.parse().ok()).collect();
+    let fits = spec_dims.len() == shape.len() && spec_dims.iter().zip(&shape).all(|(w, g)| w.is_none_or(|w| w == *g));
+    if !fits {
+        return Err(bad(format!(
+            "{what}: shape {:?}, but the model takes {} (-1: any size)",
+            input.shape,
+            describe(spec)
+        )));
+    }
+    if input.parameters.contains_key("shared_memory_region") {
+        return Err(bad(format!("{what}: shared memory is not supported; send \"data\" or binary data")));
+    }
+    match (input.parameters.get("binary_data_size"), &input.data) {
+        (Some(_), Some(_)) => Err(bad(format!("{what} has both \"data\" and \"binary_data_size\""))),
+        (Some(size), None) => {
+            let size = size
+                .as_u64()
+                .and_then(|s| usize::try_from(s).ok())
+                .ok_or_else(|| bad(format!("{what}: \"binary_data_size\" must be a byte count; found {size}")))?;
+            if size > binary.len() {
+                let why = if header_sent { "" } else { " (no Inference-Header-Content-Length header was sent)" };
+                return Err(bad(format!(
+                    "{what}: binary_data_size is {size}, but only {} bytes of binary data are left after the JSON \
+                     header{why}",
+                    binary.len()
+                )));
+            }
+            let (bytes, rest) = binary.split_at(size);
+            *binary = rest;
+            npy::from_le_bytes(dtype, &shape, bytes).map_err(|m| bad(format!("{what}: binary data: {m}")))
+        }
+        (None, Some(data)) => {
+            let view = InputSpec { name: &spec.name, dtype, shape: &spec_dims };
+            parse_data(&view, &shape, data).map_err(|e| bad(e.to_string()))
+        }
+        (None, None) => Err(bad(format!("{what} has neither \"data\" nor a \"binary_data_size\" parameter"))),
+    }
 }
 
 /// Encodes the response: its body, and the JSON header's length when binary outputs follow
