@@ -118,6 +118,8 @@ fn json_infer_with_flat_or_nested_data_matches_the_reference() {
         assert_eq!(v["outputs"][0]["shape"], json!(want.shape()));
         assert_close(path, &got[0].1, &want, 0.0);
     }
+    // Each went through the registry's one path, which counts what `/metrics` exports.
+    assert_eq!(s.stats.counts("deepa").requests, 3);
 }
 
 #[test]

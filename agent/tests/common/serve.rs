@@ -18,6 +18,8 @@ use super::models_dir;
 pub struct Server {
     pub addr: String,
     pub registry: Arc<Registry>,
+    /// The counters behind `/metrics`, as the registry updates them.
+    pub stats: Arc<InferenceStats>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -27,8 +29,8 @@ pub fn load(file: &str, options: LoadOptions) -> Arc<Model> {
 
 pub fn server(models: &[(&str, &str, Arc<Model>, PoolSettings)], max_body: usize) -> Server {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let registry =
-        Arc::new(Registry::new(Arc::new(InferenceStats::default()), Duration::from_secs(20), Duration::from_secs(60)));
+    let stats = Arc::new(InferenceStats::default());
+    let registry = Arc::new(Registry::new(stats.clone(), Duration::from_secs(20), Duration::from_secs(60)));
     for (name, version, model, settings) in models {
         registry.activate(name, version, model.clone(), *settings).unwrap();
     }
@@ -36,7 +38,7 @@ pub fn server(models: &[(&str, &str, Arc<Model>, PoolSettings)], max_body: usize
     let addr = listener.local_addr().unwrap().to_string();
     let app = api::router(registry.clone(), max_body);
     runtime.spawn(async move { axum::serve(listener, app).await });
-    Server { addr, registry, _runtime: runtime }
+    Server { addr, registry, stats, _runtime: runtime }
 }
 
 /// Status, head (lowercased) and body of a response.
