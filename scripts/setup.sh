@@ -15,6 +15,8 @@ if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
 fi
 # promtool (Debian's `prometheus` package) checks the agent's /metrics exposition in the tests.
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# curl sends TF Serving's documented `curl -d` requests in agent/tests/serving.rs.
+command -v curl >/dev/null || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -28,6 +30,27 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# --- Python client of the serving tests ---------------------------------------------------
+# agent/tests/serving_v2.rs drives the agent's Open Inference Protocol routes with NVIDIA's own
+# HTTP client (PyPI `tritonclient[http]`), from a venv in the repository (.venv, ignored by
+# git) so that no system Python is touched. Rebuilt only when the pinned version is missing.
+TRITONCLIENT_VERSION=2.73.0
+venv="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv"
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
+fi
+if ! "$venv/bin/python" -c "
+import importlib.metadata as m, numpy, tritonclient.http
+assert m.version('tritonclient') == '$TRITONCLIENT_VERSION'" 2>/dev/null; then
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        "tritonclient[http]==$TRITONCLIENT_VERSION" numpy
+fi
 
 # --- Cross builds (cross/build.sh, cross/test-qemu.sh) -------------------------------------
 # Not run by default: CI and a plain `scripts/setup.sh` never install cross toolchains. The

@@ -147,14 +147,45 @@ pub fn read_prefix(bytes: &[u8]) -> Result<(Tensor, usize), NpyError> {
             data.len()
         )));
     }
-    let data = &data[..expected];
-    // SAFETY: the length was checked against the shape and element size above, and every
-    // dtype accepted here is plain old data (bool bytes are validated below).
-    let tensor = unsafe { Tensor::from_raw_dt(dt, &shape, data) }.map_err(|e| format_err(format!("npy data: {e}")))?;
-    if dt == DatumType::Bool && data.iter().any(|b| *b > 1) {
-        return Err(format_err("npy bool array holds bytes other than 0 and 1"));
-    }
+    let tensor = from_le_bytes(dt, &shape, &data[..expected]).map_err(|m| format_err(format!("npy data: {m}")))?;
     Ok((tensor, offset + header_len + expected))
+}
+
+/// A tensor from its elements' raw little-endian bytes in C order, as `.npy` files and the
+/// Open Inference Protocol's binary tensors carry them. `data` must hold exactly the
+/// elements of `shape`; bool elements must be bytes 0 or 1. The error says what is wrong.
+pub fn from_le_bytes(dt: DatumType, shape: &[usize], data: &[u8]) -> Result<Tensor, String> {
+    if !matches!(
+        dt,
+        DatumType::Bool
+            | DatumType::U8
+            | DatumType::I8
+            | DatumType::U16
+            | DatumType::I16
+            | DatumType::U32
+            | DatumType::I32
+            | DatumType::U64
+            | DatumType::I64
+            | DatumType::F16
+            | DatumType::F32
+            | DatumType::F64
+    ) {
+        return Err(format!("{dt:?} elements cannot be read from raw bytes"));
+    }
+    let want = shape.iter().try_fold(dt.size_of(), |acc, d| acc.checked_mul(*d));
+    if want != Some(data.len()) {
+        let want = want.map_or_else(|| "more than memory holds".to_string(), |w| w.to_string());
+        return Err(format!("{} bytes, but a {shape:?} tensor of {dt:?} takes {want}", data.len()));
+    }
+    // A bool other than 0 or 1 is undefined behaviour in Rust: refuse it before casting.
+    if dt == DatumType::Bool && data.iter().any(|b| *b > 1) {
+        return Err("bool elements hold bytes other than 0 and 1".to_string());
+    }
+    // Every target this agent ships for (x86_64, aarch64, armv7) is little-endian, so the
+    // bytes are the elements' in-memory representation.
+    // SAFETY: the length matches the shape and element size, and every dtype accepted above
+    // is plain old data whose every bit pattern is valid (bool bytes checked).
+    unsafe { Tensor::from_raw_dt(dt, shape, data) }.map_err(|e| e.to_string())
 }
 
 /// Reads a `.npy` file.

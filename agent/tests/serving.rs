@@ -3,97 +3,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::serve::*;
 use common::*;
-use edge_agent::engine::{LoadOptions, Model};
+use edge_agent::engine::LoadOptions;
 use edge_agent::npy;
 use edge_agent::serving::{api, PoolSettings, Registry};
 use edge_agent::stats::InferenceStats;
 use serde_json::{json, Value};
-use tract_core::internal::*;
-
-/// An API server on a free port, on its own runtime.
-struct Server {
-    addr: String,
-    registry: Arc<Registry>,
-    _runtime: tokio::runtime::Runtime,
-}
-
-fn load(file: &str, options: LoadOptions) -> Arc<Model> {
-    Arc::new(Model::load(&models_dir().join(file), &options).unwrap())
-}
-
-fn server(models: &[(&str, &str, Arc<Model>, PoolSettings)], max_body: usize) -> Server {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let registry =
-        Arc::new(Registry::new(Arc::new(InferenceStats::default()), Duration::from_secs(20), Duration::from_secs(60)));
-    for (name, version, model, settings) in models {
-        registry.activate(name, version, model.clone(), *settings).unwrap();
-    }
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let app = api::router(registry.clone(), max_body);
-    runtime.spawn(async move { axum::serve(listener, app).await });
-    Server { addr, registry, _runtime: runtime }
-}
-
-/// Status, head (lowercased) and body of a response.
-type Reply = (u16, String, Vec<u8>);
-
-/// A minimal HTTP/1.1 client.
-fn request(addr: &str, method: &str, path: &str, content_type: &str, body: &[u8]) -> Reply {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = vec![];
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP response head");
-    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, head, raw[split + 4..].to_vec())
-}
-
-fn post_json(addr: &str, path: &str, body: &Value) -> (u16, Value) {
-    let (code, _, body) = request(addr, "POST", path, "application/json", body.to_string().as_bytes());
-    (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
-fn to_json(t: &Tensor) -> Value {
-    let v = t.cast_to::<f64>().unwrap();
-    let v = v.to_plain_array_view::<f64>().unwrap();
-    fn rec(a: &tract_ndarray::ArrayViewD<f64>, dt: DatumType) -> Value {
-        if a.ndim() == 0 {
-            let x = *a.first().unwrap();
-            return if dt.is_float() { json!(x) } else { json!(x as i64) };
-        }
-        Value::Array(a.outer_iter().map(|sub| rec(&sub, dt)).collect())
-    }
-    rec(&v, t.datum_type())
-}
-
-fn from_json(v: &Value, like: &Tensor) -> Tensor {
-    fn flat(v: &Value, out: &mut Vec<f64>) {
-        match v {
-            Value::Array(items) => items.iter().for_each(|i| flat(i, out)),
-            x => out.push(x.as_f64().unwrap()),
-        }
-    }
-    let mut values = vec![];
-    flat(v, &mut values);
-    let t = Tensor::from_shape(like.shape(), &values).unwrap();
-    t.cast_to_dt(like.datum_type()).unwrap().into_owned()
-}
 
 #[test]
 fn json_predict_in_both_forms_matches_the_reference() {
@@ -330,4 +250,78 @@ fn sessions_are_capped_and_expire() {
     assert!(registry.session("wake", &a).is_err());
     registry.open_session("wake").unwrap();
     registry.open_session("wake").unwrap();
+}
+
+#[test]
+fn tf_serving_metadata_has_the_signature_def_shape() {
+    // The speech embedding model keeps its symbolic batch when loaded without concrete
+    // shapes: it must show as -1.
+    let emb = load("pyopen-wakeword__embedding_model.tflite", LoadOptions::default());
+    let wake = load("pymicro-wakeword__okay_nabu.tflite", LoadOptions::default());
+    let s = server(
+        &[("emb", "3", emb.clone(), PoolSettings::default()), ("wake", "1", wake, PoolSettings::default())],
+        1 << 20,
+    );
+    for path in ["/v1/models/emb/metadata", "/v1/models/emb/versions/3/metadata"] {
+        let (code, v) = get_json(&s.addr, path);
+        assert_eq!(code, 200, "{path}: {v}");
+        assert_eq!(v["model_spec"], json!({ "name": "emb", "signature_name": "", "version": "3" }), "{path}");
+        let sig = &v["metadata"]["signature_def"]["signature_def"]["serving_default"];
+        assert_eq!(sig["method_name"], "tensorflow/serving/predict", "{v}");
+        let input = &emb.inputs()[0];
+        let info = &sig["inputs"][&input.name];
+        assert_eq!(info["dtype"], "DT_FLOAT", "{v}");
+        assert_eq!(info["name"], input.name.as_str());
+        assert_eq!(info["tensor_shape"]["unknown_rank"], false);
+        let sizes: Vec<&str> =
+            info["tensor_shape"]["dim"].as_array().unwrap().iter().map(|d| d["size"].as_str().unwrap()).collect();
+        let want: Vec<String> =
+            input.shape.iter().map(|d| if d.parse::<u64>().is_ok() { d.clone() } else { "-1".into() }).collect();
+        assert_eq!(sizes, want, "{v}");
+        assert!(sizes.contains(&"-1"), "a symbolic dimension should show as -1: {sizes:?}");
+        assert!(sizes.contains(&"76"), "the fixed dimensions should show: {sizes:?}");
+        assert_eq!(sig["outputs"].as_object().unwrap().len(), emb.outputs().len(), "{v}");
+    }
+    // Integer signatures: okay_nabu takes int8 and answers uint8.
+    let (code, v) = get_json(&s.addr, "/v1/models/wake/metadata");
+    assert_eq!(code, 200, "{v}");
+    let sig = &v["metadata"]["signature_def"]["signature_def"]["serving_default"];
+    let dtypes = |side: &str| -> Vec<String> {
+        sig[side].as_object().unwrap().values().map(|t| t["dtype"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(dtypes("inputs"), ["DT_INT8"], "{v}");
+    assert_eq!(dtypes("outputs"), ["DT_UINT8"], "{v}");
+
+    assert_eq!(get_json(&s.addr, "/v1/models/nope/metadata").0, 404);
+    let (code, v) = get_json(&s.addr, "/v1/models/emb/versions/2/metadata");
+    assert_eq!(code, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("\"3\""), "the error names the active version: {v}");
+}
+
+#[test]
+fn curl_d_without_a_content_type_predicts_as_tf_serving_documents() {
+    // The real curl, as TF Serving's REST docs use it: `-d` with no -H.
+    let prefix = "openwakeword-js__hello_deepa";
+    let e = entry(prefix);
+    let input = references(&e, "ref_inputs").remove(0).1;
+    let want = references(&e, "ref_outputs").remove(0).1;
+    let s = server(
+        &[("deepa", "1", load(&format!("{prefix}.onnx"), LoadOptions::default()), PoolSettings::default())],
+        1 << 20,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("request.json");
+    std::fs::write(&body, json!({ "instances": [to_json(&input)[0]] }).to_string()).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "-d"])
+        .arg(format!("@{}", body.display()))
+        .arg(format!("http://{}/v1/models/deepa:predict", s.addr))
+        .output()
+        .expect("curl runs (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "200", "{body}");
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_close("curl -d", &from_json(&v["predictions"], &want), &want, 0.0);
 }

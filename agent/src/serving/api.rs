@@ -1,14 +1,21 @@
-//! The TF-Serving-shaped HTTP API over the [`Registry`].
+//! The HTTP inference API over the [`Registry`]: TF Serving's REST routes (`/v1`, here) and
+//! the Open Inference Protocol's (`/v2`, KServe v2 / Triton, in [`super::v2`]).
 //!
 //! | route | what |
 //! |---|---|
 //! | `GET /v1/models` | every model: name, version, state, signature |
 //! | `GET /v1/models/{name}` | one model |
 //! | `GET /v1/models/{name}/versions/{v}` | one version (only the active one is served) |
+//! | `GET /v1/models/{name}[/versions/{v}]/metadata` | TF Serving's model metadata: the `serving_default` signature, dtypes as `DT_FLOAT`..., symbolic dimensions as `-1` |
 //! | `POST /v1/models/{name}:predict` | JSON `{"inputs": ..}` or `{"instances": [..]}`; or, with `Content-Type: application/x-npy`, `.npy` images of the inputs back to back, answered the same way |
 //! | `POST /v1/models/{name}/versions/{v}:predict` | the same, pinned to the active version |
 //! | `POST /v1/models/{name}/sessions` | opens a session on a stateful model |
 //! | `DELETE /v1/models/{name}/sessions/{id}` | closes it |
+//! | `GET /v2/health/live`, `GET /v2/health/ready` | 200 when alive; when every configured model is active |
+//! | `GET /v2` | server metadata: name, version, extensions (`binary_tensor_data`) |
+//! | `GET /v2/models/{name}[/versions/{v}]` | model metadata: versions, platform, inputs and outputs with `FP32`-style datatypes and `-1` for dynamic dimensions |
+//! | `GET /v2/models/{name}[/versions/{v}]/ready` | 200 when that model (version) is active, else 404 |
+//! | `POST /v2/models/{name}[/versions/{v}]/infer` | Open Inference Protocol request, JSON `data` or binary tensors after an `Inference-Header-Content-Length` JSON header; outputs as JSON or binary |
 //!
 //! A predict names its session with `?session=ID`. Errors are `{"error": "..."}` with 400
 //! (bad input), 404 (unknown model, version or session), 413 (body too large), 415 (content
@@ -24,7 +31,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tract_core::internal::Tensor;
+use tract_core::internal::{DatumType, Tensor};
 
 use super::json::{parse_request, render_response, InputSpec, JsonError};
 use super::{Registry, ServeError, Served};
@@ -36,11 +43,11 @@ pub const NPY_MEDIA_TYPE: &str = "application/x-npy";
 /// What `curl -d` labels a body with when no `Content-Type` is given.
 const CURL_DEFAULT_MEDIA_TYPE: &str = "application/x-www-form-urlencoded";
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+pub(super) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
-fn serve_error(e: ServeError) -> Response {
+pub(super) fn serve_error(e: ServeError) -> Response {
     let status = match &e {
         ServeError::UnknownModel(_) | ServeError::UnknownSession(..) | ServeError::InactiveVersion(..) => {
             StatusCode::NOT_FOUND
@@ -88,7 +95,7 @@ async fn model(State(r): State<Arc<Registry>>, Path(name): Path<String>) -> Resp
     }
 }
 
-fn active_version(r: &Registry, name: &str, version: &str) -> Result<Arc<Served>, ServeError> {
+pub(super) fn active_version(r: &Registry, name: &str, version: &str) -> Result<Arc<Served>, ServeError> {
     let served = r.get(name)?;
     if served.version != version {
         return Err(ServeError::InactiveVersion(name.into(), version.into(), served.version.clone()));
@@ -108,7 +115,7 @@ struct PredictQuery {
     session: Option<String>,
 }
 
-fn input_specs(specs: &[TensorSpec]) -> Vec<(String, tract_core::internal::DatumType, Vec<Option<usize>>)> {
+pub(super) fn input_specs(specs: &[TensorSpec]) -> Vec<(String, tract_core::internal::DatumType, Vec<Option<usize>>)> {
     specs.iter().map(|s| (s.name.clone(), s.datum_type(), s.shape.iter().map(|d| d.parse().ok()).collect())).collect()
 }
 
@@ -242,14 +249,85 @@ async fn close_session(State(r): State<Arc<Registry>>, Path((name, id)): Path<(S
     }
 }
 
-/// The `/v1` routes; requests larger than `max_body_bytes` get 413.
+/// TF Serving's name for an element type (`DataType` in its `types.proto`).
+fn tf_dtype(dt: DatumType) -> &'static str {
+    use DatumType as D;
+    match dt.unquantized() {
+        D::Bool => "DT_BOOL",
+        D::U8 => "DT_UINT8",
+        D::I8 => "DT_INT8",
+        D::U16 => "DT_UINT16",
+        D::I16 => "DT_INT16",
+        D::U32 => "DT_UINT32",
+        D::I32 => "DT_INT32",
+        D::U64 => "DT_UINT64",
+        D::I64 => "DT_INT64",
+        D::F16 => "DT_HALF",
+        D::F32 => "DT_FLOAT",
+        D::F64 => "DT_DOUBLE",
+        _ => "DT_INVALID",
+    }
+}
+
+/// A spec's dimensions with symbolic ones as -1, as both TF Serving and the Open Inference
+/// Protocol show a dimension of any size.
+pub(super) fn dims_or_minus_one(s: &TensorSpec) -> Vec<i64> {
+    s.shape.iter().map(|d| d.parse().unwrap_or(-1)).collect()
+}
+
+/// A `TensorInfo` as TF Serving prints it: int64 sizes as strings (protobuf's JSON mapping),
+/// unnamed dimensions.
+fn tensor_info(s: &TensorSpec) -> serde_json::Value {
+    let dims: Vec<_> = dims_or_minus_one(s).iter().map(|d| json!({ "size": d.to_string(), "name": "" })).collect();
+    json!({
+        "dtype": tf_dtype(s.datum_type()),
+        "tensor_shape": { "dim": dims, "unknown_rank": false },
+        "name": s.name,
+    })
+}
+
+/// `GET /v1/models/{name}[/versions/{v}]/metadata`: the model's one signature, under TF
+/// Serving's default signature name, in the shape of its `GetModelMetadataResponse`.
+fn metadata_json(s: &Served) -> Response {
+    let map = |specs: &[TensorSpec]| -> serde_json::Map<String, serde_json::Value> {
+        specs.iter().map(|t| (t.name.clone(), tensor_info(t))).collect()
+    };
+    Json(json!({
+        "model_spec": { "name": s.name, "signature_name": "", "version": s.version },
+        "metadata": { "signature_def": { "signature_def": { "serving_default": {
+            "inputs": map(s.inputs()),
+            "outputs": map(s.outputs()),
+            "method_name": "tensorflow/serving/predict",
+        }}}},
+    }))
+    .into_response()
+}
+
+async fn metadata(State(r): State<Arc<Registry>>, Path(name): Path<String>) -> Response {
+    match r.get(&name) {
+        Ok(s) => metadata_json(&s),
+        Err(e) => serve_error(e),
+    }
+}
+
+async fn version_metadata(State(r): State<Arc<Registry>>, Path((name, v)): Path<(String, String)>) -> Response {
+    match active_version(&r, &name, &v) {
+        Ok(s) => metadata_json(&s),
+        Err(e) => serve_error(e),
+    }
+}
+
+/// The `/v1` and `/v2` routes; requests larger than `max_body_bytes` get 413.
 pub fn router(registry: Arc<Registry>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/models", get(list))
         .route("/v1/models/{target}", get(model).post(predict))
+        .route("/v1/models/{name}/metadata", get(metadata))
         .route("/v1/models/{name}/versions/{target}", get(version).post(predict_version))
+        .route("/v1/models/{name}/versions/{v}/metadata", get(version_metadata))
         .route("/v1/models/{name}/sessions", post(open_session))
         .route("/v1/models/{name}/sessions/{id}", delete(close_session))
+        .merge(super::v2::routes())
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(registry)
 }

@@ -46,6 +46,10 @@
 //!   checks it is rectangular and fits the model's, and converts the leaves to the dtype;
 //! - `response`: writing the outputs as JSON text, whole or unstacked into predictions.
 //!
+//! The Open Inference Protocol routes ([`super::v2`]) reuse the value walk and the writer
+//! for its `"data"` fields: [`parse_data`] reads elements given flat or nested beside a
+//! stated shape, [`write_flat`] writes a tensor's elements as one flat array.
+//!
 //! This file holds what they share: the types of the public API and the wording for JSON
 //! values, shapes and positions inside a value. The round-trip tests live here too, as they
 //! exercise both directions.
@@ -54,8 +58,8 @@ mod request;
 mod response;
 mod values;
 
-pub use request::parse_request;
-pub use response::render_response;
+pub use request::{parse_data, parse_request};
+pub use response::{render_response, write_flat};
 
 use serde_json::Value;
 use tract_core::internal::*;

@@ -11,10 +11,12 @@
 //! - Stateful models keep their state in a [`Sessions`] entry that requests name; idle
 //!   sessions expire.
 //!
-//! The HTTP API ([`crate::http`]) and the MQTT `infer` command use this same path.
+//! The HTTP API ([`api`]: TF Serving's routes, and the Open Inference Protocol's in [`v2`]) and
+//! the MQTT `infer` command use this same path.
 
 pub mod api;
 pub mod json;
+pub mod v2;
 
 use std::collections::HashMap;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};

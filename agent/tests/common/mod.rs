@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::path::PathBuf;
 
 use edge_agent::npy;

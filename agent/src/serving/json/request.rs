@@ -44,12 +44,22 @@ pub fn parse_request(body: &[u8], specs: &[InputSpec]) -> Result<(Form, Vec<Tens
     }
 }
 
+/// Reads one input's elements given apart from its shape, as the Open Inference Protocol
+/// sends them (`"shape"` beside `"data"`): `value` holds the elements either flat, in C
+/// order, or nested as `shape`. `shape` must already fit the model's; the leaves follow the
+/// same dtype rules as a predict request's.
+pub fn parse_data(spec: &InputSpec, shape: &[usize], value: &Value) -> Result<Tensor, JsonError> {
+    build_input(spec, Source::Data(value, shape))
+}
+
 /// Where one input's value comes from.
 enum Source<'v> {
     /// The whole tensor (columnar form).
     Whole(&'v Value),
     /// One value per instance, to stack along a new batch axis (row form).
     Instances(Vec<&'v Value>),
+    /// The elements, flat or nested, of a tensor whose shape the request states apart.
+    Data(&'v Value, &'v [usize]),
 }
 
 fn parse_columnar(inputs: &Value, specs: &[InputSpec]) -> Result<Vec<Tensor>, JsonError> {
@@ -152,6 +162,31 @@ fn build<T: Datum + Default>(spec: &InputSpec, source: Source, leaf: Leaf<T>) ->
                 return Err(err(format!("{} is {problem}", fmt_path(&path))));
             }
             shape
+        }
+        Source::Data(value, shape) => {
+            let err = |problem| input_err(spec, false, problem);
+            // A lone scalar is the flat form of a one-element tensor.
+            let found = if value.is_array() {
+                walk.value(value).map_err(err)?
+            } else {
+                walk.value(&Value::Array(vec![value.clone()])).map_err(err)?
+            };
+            let count = shape.iter().product::<usize>();
+            let flat = found.len() == 1 && found[0] == count;
+            if found != shape && !flat {
+                return Err(err(format!(
+                    "\"data\" has shape {} ({} elements), but \"shape\" is {} ({count} elements); send the \
+                     elements flat in C order, or nested as \"shape\"",
+                    fmt_dims(&found),
+                    found.iter().product::<usize>(),
+                    fmt_dims(shape)
+                )));
+            }
+            if let Some((path, problem)) = walk.bad.take() {
+                let path = if flat && found != shape { format!("element {}", path[0]) } else { fmt_path(&path) };
+                return Err(err(format!("{path} is {problem}")));
+            }
+            shape.to_vec()
         }
         Source::Instances(values) => {
             let err = |problem| input_err(spec, true, problem);
@@ -407,5 +442,28 @@ mod tests {
     fn unsupported_input_dtype() {
         let msg = err(r#"{"inputs": ["a"]}"#, &[spec("s", DatumType::String, &[None])]);
         assert_contains(&msg, &["\"s\"", "String", "cannot be sent as JSON"]);
+    }
+
+    // --- elements given beside their shape (Open Inference Protocol) ---
+
+    #[test]
+    fn data_flat_nested_or_scalar() {
+        let sp = spec("x", DatumType::F32, F32_N3);
+        let want = tensor2(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]]);
+        assert_eq!(parse_data(&sp, &[2, 3], &json("[1, 2, 3, 4, 5, 6]")).unwrap(), want);
+        assert_eq!(parse_data(&sp, &[2, 3], &json("[[1, 2, 3], [4, 5, 6]]")).unwrap(), want);
+        let one = spec("y", DatumType::I64, &[]);
+        assert_eq!(parse_data(&one, &[], &json("7")).unwrap(), tensor0(7i64));
+    }
+
+    #[test]
+    fn data_count_or_shape_mismatch_names_both() {
+        let sp = spec("x", DatumType::F32, F32_N3);
+        let msg = parse_data(&sp, &[2, 3], &json("[1, 2, 3]")).unwrap_err().to_string();
+        assert_contains(&msg, &["\"x\"", "[3] (3 elements)", "[2, 3] (6 elements)"]);
+        let msg = parse_data(&sp, &[2, 3], &json("[[1, 2], [3, 4], [5, 6]]")).unwrap_err().to_string();
+        assert_contains(&msg, &["[3, 2]", "[2, 3]"]);
+        let msg = parse_data(&sp, &[1, 3], &json(r#"[1, "x", 3]"#)).unwrap_err().to_string();
+        assert_contains(&msg, &["element 1", "\"x\"", "expected a number"]);
     }
 }

@@ -85,6 +85,12 @@ fn write_key(out: &mut Vec<u8>, name: &str) {
     out.push(b':');
 }
 
+/// Writes a tensor's elements as one flat JSON array in C order, as the Open Inference
+/// Protocol's `"data"` carries them; floats follow the same rules as predict responses.
+pub fn write_flat(out: &mut Vec<u8>, name: &str, t: &Tensor) -> Result<(), JsonError> {
+    write_slice(out, name, t, &[t.len()], 0..t.len())
+}
+
 /// Writes a tensor as nested arrays; with `index`, only its `index`-th slice along axis 0.
 fn write_tensor(out: &mut Vec<u8>, name: &str, t: &Tensor, index: Option<usize>) -> Result<(), JsonError> {
     let (shape, range) = match index {
@@ -94,6 +100,17 @@ fn write_tensor(out: &mut Vec<u8>, name: &str, t: &Tensor, index: Option<usize>)
             (&t.shape()[1..], i * inner..(i + 1) * inner)
         }
     };
+    write_slice(out, name, t, shape, range)
+}
+
+/// Writes the elements `range` of `t` as nested arrays of `shape`.
+fn write_slice(
+    out: &mut Vec<u8>,
+    name: &str,
+    t: &Tensor,
+    shape: &[usize],
+    range: std::ops::Range<usize>,
+) -> Result<(), JsonError> {
     fn go<T: Datum>(
         out: &mut Vec<u8>,
         t: &Tensor,
