@@ -5,7 +5,7 @@
 //!                 ├── outboxes (disk) for telemetry and acks while offline
 //!                 └──> commands (own thread) ──> gate, OTA staging, store, registry
 //!                          acks ──> link
-//! http: /v1 inference API ──> serving registry (worker pools per model version)
+//! http: /v1 (TF Serving) and /v2 (OIP) APIs ──> serving registry (worker pools per model version)
 //!       /metrics, /healthz, /readyz read the shared counters
 //! SIGHUP ──> reload: activate changed model versions
 //! ```
