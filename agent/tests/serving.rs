@@ -21,6 +21,7 @@ use tract_core::internal::*;
 struct Server {
     addr: String,
     registry: Arc<Registry>,
+    stats: Arc<InferenceStats>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -30,8 +31,8 @@ fn load(file: &str, options: LoadOptions) -> Arc<Model> {
 
 fn server(models: &[(&str, &str, Arc<Model>, PoolSettings)], max_body: usize) -> Server {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let registry =
-        Arc::new(Registry::new(Arc::new(InferenceStats::default()), Duration::from_secs(20), Duration::from_secs(60)));
+    let stats = Arc::new(InferenceStats::default());
+    let registry = Arc::new(Registry::new(stats.clone(), Duration::from_secs(20), Duration::from_secs(60)));
     for (name, version, model, settings) in models {
         registry.activate(name, version, model.clone(), *settings).unwrap();
     }
@@ -39,7 +40,17 @@ fn server(models: &[(&str, &str, Arc<Model>, PoolSettings)], max_body: usize) ->
     let addr = listener.local_addr().unwrap().to_string();
     let app = api::router(registry.clone(), max_body);
     runtime.spawn(async move { axum::serve(listener, app).await });
-    Server { addr, registry, _runtime: runtime }
+    Server { addr, registry, stats, _runtime: runtime }
+}
+
+/// The OpenMetrics text of the request counters and latencies, as `/metrics` exports them.
+fn exposition(stats: &InferenceStats) -> String {
+    let mut r = prometheus_client::registry::Registry::default();
+    r.register("requests", "", stats.requests.clone());
+    r.register("duration", "", stats.duration.clone());
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+    out
 }
 
 /// Status, head (lowercased) and body of a response.
@@ -241,6 +252,16 @@ fn client_errors_say_what_was_expected() {
     }
     let (code, _, body) = request(a, "GET", "/v1/models/deepa/versions/7", "application/json", b"");
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    // The predicts refused for their body (five 400s, the 415) count as the model's
+    // bad requests; a 404 (unknown model or session) and the 413 (refused before the route
+    // runs) are not requests to this model.
+    let text = exposition(&s.stats);
+    for series in [
+        "requests_total{model=\"deepa\",outcome=\"bad_request\"} 6\n",
+        "duration_count{model=\"deepa\",outcome=\"bad_request\"} 6\n",
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
 }
 
 #[test]
@@ -270,8 +291,20 @@ fn a_full_queue_answers_503_with_retry_after() {
         })
         .collect();
     threads.into_iter().for_each(|t| t.join().unwrap());
-    assert!(busy.load(Ordering::Relaxed) >= 1, "no 503 under 8 concurrent requests with a queue of 1");
-    assert!(ok.load(Ordering::Relaxed) >= 1);
+    let (busy, ok) = (busy.load(Ordering::Relaxed), ok.load(Ordering::Relaxed));
+    assert!(busy >= 1, "no 503 under 8 concurrent requests with a queue of 1");
+    assert!(ok >= 1);
+    // Each 503 is counted and timed as `unavailable`, each answer as `ok`; the queue is
+    // empty again (every request counted in was counted out).
+    let text = exposition(&s.stats);
+    for (outcome, n) in [("unavailable", busy), ("ok", ok)] {
+        for family in ["requests_total", "duration_count"] {
+            let series = format!("{family}{{model=\"det\",outcome=\"{outcome}\"}} {n}\n");
+            assert!(text.contains(&series), "no {series} in:\n{text}");
+        }
+    }
+    let served = s.registry.get("det").unwrap();
+    assert_eq!((served.queued(), served.queue_capacity()), (0, 1));
 }
 
 #[test]
