@@ -261,6 +261,7 @@ async fn bad_updates_are_refused_with_their_reason_and_the_old_model_keeps_servi
         r#"edge_agent_commands_total{command="unknown",outcome="rejected",reason="unknown_version"} 1"#,
         r#"edge_agent_deploys_total{outcome="failed"} 4"#,
         r#"edge_agent_model_info{model="hand",version="1",format="tflite"} 1"#,
+        r#"edge_agent_ota_chunks_total{outcome="stored"} "#,
     ] {
         assert!(metrics.contains(series), "no {series} in:\n{metrics}");
     }
