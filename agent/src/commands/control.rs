@@ -322,9 +322,20 @@ impl Control {
 
     fn on_rejected(&mut self, bytes: &[u8], r: Rejection) {
         // The verdict does not carry the command: one rejected after it authenticated
-        // (expired, replayed, for another target...) is verified again to name it. Only this
-        // refusal path pays for the second signature check.
-        let command = edge_proto::command::verify(bytes, &self.trusted).map_or("unknown", |c| payload_name(&c.payload));
+        // (expired, replayed, for another target...) is verified again to name it. Only that
+        // refusal path pays for a second signature check; a forgery is not checked twice.
+        let authenticated = !matches!(
+            r,
+            Rejection::Oversized(_)
+                | Rejection::UnknownVersion(_)
+                | Rejection::Malformed(_)
+                | Rejection::UnknownKey(_)
+                | Rejection::BadSignature(_)
+        );
+        let command = match authenticated {
+            true => edge_proto::command::verify(bytes, &self.trusted).map_or("unknown", |c| payload_name(&c.payload)),
+            false => "unknown",
+        };
         self.metrics.rejected(command, r.label());
         if let Rejection::WrongTarget(_) = r {
             // For another device or group: not ours to answer.
