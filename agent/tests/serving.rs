@@ -43,16 +43,6 @@ fn server(models: &[(&str, &str, Arc<Model>, PoolSettings)], max_body: usize) ->
     Server { addr, registry, stats, _runtime: runtime }
 }
 
-/// The OpenMetrics text of the request counters and latencies, as `/metrics` exports them.
-fn exposition(stats: &InferenceStats) -> String {
-    let mut r = prometheus_client::registry::Registry::default();
-    r.register("requests", "", stats.requests.clone());
-    r.register("duration", "", stats.duration.clone());
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
-    out
-}
-
 /// Status, head (lowercased) and body of a response.
 type Reply = (u16, String, Vec<u8>);
 
@@ -363,4 +353,14 @@ fn sessions_are_capped_and_expire() {
     assert!(registry.session("wake", &a).is_err());
     registry.open_session("wake").unwrap();
     registry.open_session("wake").unwrap();
+}
+
+/// The OpenMetrics text of the request counters and latencies, as `/metrics` exports them.
+fn exposition(stats: &InferenceStats) -> String {
+    let mut r = prometheus_client::registry::Registry::default();
+    r.register("requests", "", stats.requests.clone());
+    r.register("duration", "", stats.duration.clone());
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+    out
 }
