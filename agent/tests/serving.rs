@@ -297,6 +297,16 @@ fn a_full_queue_answers_503_with_retry_after() {
     assert_eq!((served.queued(), served.queue_capacity()), (0, 1));
 }
 
+/// The OpenMetrics text of the request counters and latencies, as `/metrics` exports them.
+fn exposition(stats: &InferenceStats) -> String {
+    let mut r = prometheus_client::registry::Registry::default();
+    r.register("requests", "", stats.requests.clone());
+    r.register("duration", "", stats.duration.clone());
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+    out
+}
+
 #[test]
 fn swapping_versions_under_load_fails_no_request() {
     let prefix = "openwakeword-js__hello_deepa";
@@ -353,14 +363,4 @@ fn sessions_are_capped_and_expire() {
     assert!(registry.session("wake", &a).is_err());
     registry.open_session("wake").unwrap();
     registry.open_session("wake").unwrap();
-}
-
-/// The OpenMetrics text of the request counters and latencies, as `/metrics` exports them.
-fn exposition(stats: &InferenceStats) -> String {
-    let mut r = prometheus_client::registry::Registry::default();
-    r.register("requests", "", stats.requests.clone());
-    r.register("duration", "", stats.duration.clone());
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
-    out
 }
