@@ -211,3 +211,24 @@ fn alert_rules_pass_promtool_fire_in_their_unit_tests_and_name_exported_metrics(
         assert!(rules.contains(&format!("alert: {alert}\n")), "{alert} missing from the rules");
     }
 }
+
+#[test]
+fn dashboard_panels_have_unique_ids_and_do_not_overlap() {
+    let text = std::fs::read_to_string(repo("deploy/grafana/edge-agent.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = BTreeSet::new();
+    let mut boxes: Vec<(String, [u64; 4])> = vec![];
+    for p in panels {
+        let title = p["title"].as_str().unwrap_or("?").to_string();
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "panel id {} used twice ({title})", p["id"]);
+        let g = &p["gridPos"];
+        let b = ["x", "y", "w", "h"].map(|k| g[k].as_u64().unwrap_or_else(|| panic!("{title}: gridPos.{k}")));
+        assert!(b[0] + b[2] <= 24, "{title} is wider than the 24-column grid: {g}");
+        for (other, o) in &boxes {
+            let apart = b[0] + b[2] <= o[0] || o[0] + o[2] <= b[0] || b[1] + b[3] <= o[1] || o[1] + o[3] <= b[1];
+            assert!(apart, "{title} overlaps {other}");
+        }
+        boxes.push((title, b));
+    }
+}
