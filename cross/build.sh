@@ -73,6 +73,10 @@ dir_profile="$profile"
 target_dir="${CARGO_TARGET_DIR:-target}"
 if [ "$target" = host ]; then out="$target_dir/$dir_profile"; else out="$target_dir/$target/$dir_profile"; fi
 
+# The commit built from, for /metrics (edge_agent_build_info{git_sha}); left out when the
+# source is not a git checkout (a release tarball).
+EDGE_AGENT_GIT_SHA="$(git rev-parse --short=12 HEAD 2>/dev/null || true)"
+export EDGE_AGENT_GIT_SHA
 echo "build.sh: cargo build -p edge-agent -p edgectl --profile $profile ${target_args[*]}" >&2
 start=$(date +%s)
 cargo build -p edge-agent -p edgectl --profile "$profile" "${target_args[@]}"

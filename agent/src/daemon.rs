@@ -220,6 +220,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         load_failures.clone(),
         &command_stats,
         disk,
+        cert_not_after,
     ));
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await

@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::link::LinkStats;
-use crate::stats::InferenceStats;
+use crate::stats::{InferenceStats, ModelLabel};
 
 /// Label for outbox drops.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -27,6 +27,18 @@ struct Reason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct Kind {
     kind: String,
+}
+
+/// The label set of `edge_agent_build_info`: version, `git_sha` when the build set
+/// `EDGE_AGENT_GIT_SHA`, and the target (architecture and OS: a plain `cargo build` has no
+/// target triple to read, and these two are what tells an armv7 box from an aarch64 one).
+fn build_labels() -> Vec<(&'static str, String)> {
+    let mut labels = vec![("version", env!("CARGO_PKG_VERSION").to_string())];
+    if let Some(sha) = option_env!("EDGE_AGENT_GIT_SHA").filter(|s| !s.is_empty()) {
+        labels.push(("git_sha", sha.to_string()));
+    }
+    labels.push(("target", format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)));
+    labels
 }
 
 /// Everything `/metrics` exports.
@@ -50,6 +62,8 @@ pub struct Metrics {
     busy: Family<Kind, Counter>,
     models_loaded: Gauge,
     models: Arc<crate::serving::Registry>,
+    queue_depth: Family<ModelLabel, Gauge>,
+    queue_capacity: Family<ModelLabel, Gauge>,
 }
 
 /// Moves a counter up to a total kept elsewhere (counters only grow).
@@ -61,7 +75,9 @@ fn sync_counter(c: &Counter, total: u64) {
 }
 
 impl Metrics {
-    /// Registers the agent's metrics.
+    /// Registers the agent's metrics. `cert_not_after` is the device certificate's expiry
+    /// (Unix seconds), as the daemon read it once at start.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         link: Arc<LinkStats>,
         models: &InferenceStats,
@@ -70,16 +86,37 @@ impl Metrics {
         load_failures: Counter,
         commands: &crate::commands::control::CommandStats,
         disk: Arc<crate::disk::DiskState>,
+        cert_not_after: Option<i64>,
     ) -> Metrics {
         let mut registry = Registry::default();
+        let build_info = Family::<Vec<(&'static str, String)>, Gauge>::default();
+        build_info.get_or_create(&build_labels()).set(1);
+        registry.register("edge_agent_build_info", "1, labelled with this agent's version and target", build_info);
+        if let Some(not_after) = cert_not_after {
+            let expiry: Gauge = Gauge::default();
+            expiry.set(not_after);
+            registry.register(
+                "edge_agent_certificate_expiry_timestamp_seconds",
+                "When the device certificate ([mqtt] cert_file) expires, Unix seconds; renew it before then",
+                expiry,
+            );
+        }
         registry.register(
             "edge_agent_inference_duration_seconds",
-            "Time to run one inference request",
+            "Time from a request's arrival to its answer, by model and outcome (every outcome)",
             models.duration.clone(),
         );
-        registry.register("edge_agent_inference_requests", "Inference requests served", models.requests.clone());
-        registry.register("edge_agent_inference_errors", "Inference requests that failed", models.errors.clone());
+        registry.register(
+            "edge_agent_inference_requests",
+            "Inference requests ended, by model and outcome (ok, bad_request, error, timeout, unavailable)",
+            models.requests.clone(),
+        );
         registry.register("edge_agent_inference_in_flight", "Inference requests running", models.in_flight.clone());
+        registry.register(
+            "edge_agent_model_info",
+            "1 for the active version of each model, labelled with its version and format",
+            models.model_info.clone(),
+        );
         let m = Metrics {
             registry,
             link,
@@ -100,6 +137,8 @@ impl Metrics {
             busy: Family::default(),
             models_loaded: Gauge::default(),
             models: serving,
+            queue_depth: Family::default(),
+            queue_capacity: Family::default(),
         };
         let mut m = m;
         let r = &mut m.registry;
@@ -152,11 +191,41 @@ impl Metrics {
         );
         r.register("edge_agent_telemetry_samples", "Telemetry samples taken", samples);
         r.register("edge_agent_models_loaded", "Models loaded and serving", m.models_loaded.clone());
+        r.register(
+            "edge_agent_inference_queue_depth",
+            "Requests waiting for a worker of the model's active version",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "edge_agent_inference_queue_capacity",
+            "Requests that may wait for a model's workers; one more is refused with 503",
+            m.queue_capacity.clone(),
+        );
         r.register("edge_agent_model_load_failures", "Model files that failed to load", load_failures);
-        r.register("edge_agent_commands", "Fleet commands received, by outcome", commands.commands.clone());
-        r.register("edge_agent_deploys", "Model deploys finished, by result", commands.deploys.clone());
+        r.register(
+            "edge_agent_commands",
+            "Fleet commands received, by command, outcome (accepted, rejected) and reason (none when accepted)",
+            commands.commands.clone(),
+        );
+        r.register("edge_agent_deploys", "Model deploys finished, by outcome", commands.deploys.clone());
         r.register("edge_agent_ota_received_bytes", "OTA chunk bytes written to staging", commands.ota_bytes.clone());
+        r.register(
+            "edge_agent_ota_chunks",
+            "OTA chunks of a transfer in progress, by outcome (stored, duplicate)",
+            commands.chunks.clone(),
+        );
         r.register("edge_agent_ota_dropped_chunks", "OTA chunks dropped, by reason", commands.chunks_dropped.clone());
+        r.register(
+            "edge_agent_ota_missing_chunks_requested",
+            "OTA chunks asked for again by stalled transfers",
+            commands.chunks_requested.clone(),
+        );
+        r.register("edge_agent_trials_started", "Deployed versions put on trial", commands.trials_started.clone());
+        r.register(
+            "edge_agent_trials_ended",
+            "Trials ended, by outcome (passed, rolled_back, cancelled, superseded, erased)",
+            commands.trials_ended.clone(),
+        );
         m
     }
 
@@ -175,7 +244,16 @@ impl Metrics {
         self.reserve_bytes.set(self.disk.reserve_bytes() as i64);
         sync_counter(&self.reserve_draws, self.disk.reserve_draws());
         sync_counter(&self.no_space_errors, self.disk.no_space_errors());
-        self.models_loaded.set(self.models.list().len() as i64);
+        let served = self.models.list();
+        self.models_loaded.set(served.len() as i64);
+        // Rebuilt on every scrape: a removed model's queue leaves with it.
+        self.queue_depth.clear();
+        self.queue_capacity.clear();
+        for s in &served {
+            let label = ModelLabel { model: s.name.clone() };
+            self.queue_depth.get_or_create(&label).set(s.queued() as i64);
+            self.queue_capacity.get_or_create(&label).set(s.queue_capacity() as i64);
+        }
         for (reason, total) in
             [("full", &l.dropped_full), ("expired", &l.dropped_expired), ("unstored", &l.dropped_unstored)]
         {

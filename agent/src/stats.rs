@@ -1,9 +1,11 @@
 //! Inference statistics per model: counters and recent latencies.
 //!
 //! The serving paths record every request here; telemetry reads percentiles from it and
-//! `/metrics` exports it as a Prometheus histogram.
+//! `/metrics` exports it: requests and latency by model and outcome (one histogram for every
+//! outcome, so a slow timeout shows as well as a fast answer), requests running, and which
+//! version of each model is active (`model_info`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,6 +25,26 @@ pub struct ModelLabel {
     pub model: String,
 }
 
+/// Label set of the per-request metrics: the model and how the request ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RequestLabel {
+    /// Model name.
+    pub model: String,
+    /// [`Outcome::label`].
+    pub outcome: &'static str,
+}
+
+/// Label set of `edge_agent_model_info`: the active version of a model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ModelInfoLabel {
+    /// Model name.
+    pub model: String,
+    /// Active version label.
+    pub version: String,
+    /// File format (`onnx`, `tflite`, `nnef`).
+    pub format: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs to ~3 s, doubling: wake words at the low end, vision models at the top.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 17))
@@ -32,14 +54,16 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct InferenceStats {
     recent: Mutex<BTreeMap<String, Window>>,
-    /// `edge_agent_inference_duration_seconds`
-    pub duration: Family<ModelLabel, Histogram, fn() -> Histogram>,
-    /// `edge_agent_inference_requests_total`
-    pub requests: Family<ModelLabel, Counter>,
-    /// `edge_agent_inference_errors_total`
-    pub errors: Family<ModelLabel, Counter>,
+    /// `edge_agent_inference_duration_seconds`: every request, by model and outcome.
+    pub duration: Family<RequestLabel, Histogram, fn() -> Histogram>,
+    /// `edge_agent_inference_requests_total`: by model and outcome.
+    pub requests: Family<RequestLabel, Counter>,
     /// `edge_agent_inference_in_flight`
     pub in_flight: Family<ModelLabel, Gauge>,
+    /// `edge_agent_model_info`: 1 for the active version of each model.
+    pub model_info: Family<ModelInfoLabel, Gauge>,
+    /// The `model_info` label set of each active model, to retire it when that changes.
+    active: Mutex<HashMap<String, ModelInfoLabel>>,
 }
 
 #[derive(Debug, Default)]
@@ -59,9 +83,11 @@ pub enum Outcome {
     /// Refused because the client got the request wrong (a 4xx the previous version would
     /// have refused too): not the model's fault.
     ClientError,
-    /// The model failed: an inference error, or a request the previous version accepted and
-    /// this one refuses (a 5xx, or a changed signature breaking its callers).
+    /// The model failed: an inference error (a 5xx).
     ModelError,
+    /// A request the previous version accepted and this one, on trial, refuses: the caller
+    /// sees a 400, but a changed signature breaking its callers is the model's failure.
+    Regression,
     /// No answer within the deadline: a hung or overloaded worker.
     Timeout,
     /// The model's queue was full (503).
@@ -73,6 +99,21 @@ impl Outcome {
     pub fn is_failure(self) -> bool {
         !matches!(self, Outcome::Ok | Outcome::ClientError)
     }
+
+    /// The `outcome` label: what the caller saw, one dimension (HTTP 200, 400, 500, 504, 503).
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ClientError | Outcome::Regression => "bad_request",
+            Outcome::ModelError => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::Busy => "unavailable",
+        }
+    }
+
+    /// Every outcome, for labels that report zeros before the first request.
+    pub const ALL: [Outcome; 6] =
+        [Outcome::Ok, Outcome::ClientError, Outcome::ModelError, Outcome::Regression, Outcome::Timeout, Outcome::Busy];
 }
 
 /// A model's counters and recent latencies, as the OTA health watch reads them.
@@ -96,8 +137,9 @@ impl Default for InferenceStats {
             recent: Mutex::new(BTreeMap::new()),
             duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             requests: Family::default(),
-            errors: Family::default(),
             in_flight: Family::default(),
+            model_info: Family::default(),
+            active: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -112,14 +154,42 @@ pub fn percentile(sorted: &[f32], p: f32) -> f32 {
 }
 
 impl InferenceStats {
-    /// Makes a model known, so it reports zeros before its first request.
+    /// Makes a model known, so it reports zeros before its first request: a counter for
+    /// every outcome (rates and ratios exist from the start), the latency of answers.
     pub fn register(&self, model: &str) {
         self.recent.lock().expect("stats lock").entry(model.to_string()).or_default();
-        let label = ModelLabel { model: model.to_string() };
-        let _ = self.requests.get_or_create(&label);
-        let _ = self.errors.get_or_create(&label);
-        let _ = self.in_flight.get_or_create(&label);
-        let _ = self.duration.get_or_create(&label);
+        for outcome in Outcome::ALL {
+            let _ = self.requests.get_or_create(&RequestLabel { model: model.to_string(), outcome: outcome.label() });
+        }
+        let _ = self.in_flight.get_or_create(&ModelLabel { model: model.to_string() });
+        let _ = self.duration.get_or_create(&RequestLabel { model: model.to_string(), outcome: Outcome::Ok.label() });
+    }
+
+    /// `version` of `model` (in `format`) is now the active one: the only `model_info` of
+    /// `model`. The serving registry calls this wherever the active version changes.
+    pub fn activated(&self, model: &str, version: &str, format: &'static str) {
+        let label = ModelInfoLabel { model: model.to_string(), version: version.to_string(), format };
+        let mut active = self.active.lock().expect("stats lock");
+        if let Some(old) = active.insert(model.to_string(), label.clone()) {
+            self.model_info.remove(&old);
+        }
+        self.model_info.get_or_create(&label).set(1);
+    }
+
+    /// `model` no longer serves: its `model_info` goes.
+    pub fn deactivated(&self, model: &str) {
+        if let Some(old) = self.active.lock().expect("stats lock").remove(model) {
+            self.model_info.remove(&old);
+        }
+    }
+
+    /// A request refused before it reached the model (a body that does not parse or does not
+    /// fit the signature, an unsupported content type): counted for `/metrics` with its
+    /// latency, but not in the health window, which judges the model.
+    pub fn refused(&self, model: &str, elapsed: Duration) {
+        let label = RequestLabel { model: model.to_string(), outcome: Outcome::ClientError.label() };
+        self.requests.get_or_create(&label).inc();
+        self.duration.get_or_create(&label).observe(elapsed.as_secs_f64());
     }
 
     /// A request starts.
@@ -130,15 +200,11 @@ impl InferenceStats {
     /// A request ends after `elapsed`, with `outcome`. A timed-out request's latency is its
     /// deadline: a hung version's p95 shows it.
     pub fn end(&self, model: &str, elapsed: Duration, outcome: Outcome) {
-        let label = ModelLabel { model: model.to_string() };
-        self.in_flight.get_or_create(&label).dec();
+        self.in_flight.get_or_create(&ModelLabel { model: model.to_string() }).dec();
+        let label = RequestLabel { model: model.to_string(), outcome: outcome.label() };
         self.requests.get_or_create(&label).inc();
+        self.duration.get_or_create(&label).observe(elapsed.as_secs_f64());
         let timed = matches!(outcome, Outcome::Ok | Outcome::Timeout);
-        if outcome == Outcome::Ok {
-            self.duration.get_or_create(&label).observe(elapsed.as_secs_f64());
-        } else {
-            self.errors.get_or_create(&label).inc();
-        }
         let mut recent = self.recent.lock().expect("stats lock");
         let w = recent.entry(model.to_string()).or_default();
         w.requests += 1;
@@ -225,6 +291,52 @@ mod tests {
         let c = s.counts("m");
         assert_eq!((c.requests, c.errors, c.failures), (5, 4, 3));
         assert_eq!(c.latencies, vec![7.0, 7.0]);
+    }
+
+    /// The OpenMetrics text of the request and `model_info` families.
+    fn exposition(s: &InferenceStats) -> String {
+        let mut r = prometheus_client::registry::Registry::default();
+        r.register("requests", "", s.requests.clone());
+        r.register("duration", "", s.duration.clone());
+        r.register("model_info", "", s.model_info.clone());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        out
+    }
+
+    #[test]
+    fn every_outcome_is_counted_and_timed_under_its_own_label() {
+        let s = InferenceStats::default();
+        s.register("m");
+        for outcome in Outcome::ALL {
+            s.begin("m");
+            s.end("m", Duration::from_millis(3), outcome);
+        }
+        s.refused("m", Duration::from_millis(1));
+        let text = exposition(&s);
+        for (outcome, n) in [("ok", 1), ("bad_request", 3), ("error", 1), ("timeout", 1), ("unavailable", 1)] {
+            for series in [
+                format!("requests_total{{model=\"m\",outcome=\"{outcome}\"}} {n}\n"),
+                format!("duration_count{{model=\"m\",outcome=\"{outcome}\"}} {n}\n"),
+            ] {
+                assert!(text.contains(&series), "no {series} in:\n{text}");
+            }
+        }
+        // A refusal before the model is not the model's request: the health window skips it.
+        assert_eq!(s.counts("m").requests, 6);
+    }
+
+    #[test]
+    fn model_info_follows_the_active_version() {
+        let s = InferenceStats::default();
+        s.activated("m", "1", "onnx");
+        s.activated("m", "2", "tflite");
+        let text = exposition(&s);
+        assert!(text.contains("model_info{model=\"m\",version=\"2\",format=\"tflite\"} 1\n"), "{text}");
+        assert!(!text.contains("version=\"1\""), "the replaced version still has a model_info:\n{text}");
+        s.deactivated("m");
+        let text = exposition(&s);
+        assert!(!text.contains("model_info{"), "a removed model still has a model_info:\n{text}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daemon::{agent_config, http_get, operator, operator_session, promtool_accepts, setup, Agent};
+use daemon::{agent_config, http_get, http_post, operator, operator_session, promtool_accepts, setup, Agent};
 use edge_it::unique_client_id;
 use edge_proto::codec::Versioned;
 use edge_proto::status::{State, Status};
@@ -72,7 +72,7 @@ async fn telemetry_arrives_decodes_and_is_plausible() {
     assert!(metrics.contains("edge_agent_mqtt_connected 1"), "{metrics}");
     assert!(metrics.contains("edge_agent_telemetry_samples_total"), "{metrics}");
     assert!(
-        metrics.contains("edge_agent_inference_duration_seconds_bucket{le=\"+Inf\",model=\"wake\"} 0"),
+        metrics.contains("edge_agent_inference_duration_seconds_bucket{le=\"+Inf\",model=\"wake\",outcome=\"ok\"} 0"),
         "{metrics}"
     );
     assert!(metrics.contains("edge_agent_models_loaded 1"), "{metrics}");
@@ -319,4 +319,85 @@ async fn a_model_that_fails_to_load_is_reported_and_the_agent_keeps_working() {
     assert!(agent.metrics().contains("edge_agent_model_load_failures_total 1"));
     let log = agent.stop();
     assert!(log.contains("model not loaded") && log.contains("CUSTOM:TransformTensorBilinear"), "{log}");
+}
+
+/// `/metrics` after real requests: every outcome counted and timed under one `outcome`
+/// label (200, 400 from a body that does not parse, 415, 503 from a full queue), the
+/// queue's depth and capacity, which version serves, the build and the certificate's
+/// expiry; and `promtool check metrics` still accepts it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_request_outcome_after_real_requests() {
+    let s = setup();
+    let (config, http) = agent_config(&s, "dev-1", &s.broker.url(), s.pki.ca_pem(), "");
+    // PP-OCRv6 takes tens of milliseconds per request: one worker and a queue of one
+    // refuse some of 8 concurrent requests (as the serving tests provoke a 503).
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let input_path = models.join("rapidocr__PP-OCRv6_det_small.input.npy");
+    let input = edge_agent::npy::read(&input_path).unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[[models]]\nname = \"det\"\npath = \"{}\"\nversion = \"6s\"\nworkers = 1\nqueue = 1\nshapes = {{ x = {:?} }}\n",
+        models.join("rapidocr__PP-OCRv6_det_small.onnx").display(),
+        input.shape()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let agent = Agent::start(&config, &http);
+    let end = Instant::now() + Duration::from_secs(60);
+    while http_get(&http, "/readyz").0 != 200 {
+        assert!(Instant::now() < end, "never ready; agent log:\n{}", agent.stop());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body = std::fs::read(&input_path).unwrap();
+    let path = "/v1/models/det:predict";
+    assert_eq!(http_post(&http, path, "application/x-npy", &body).0, 200);
+    assert_eq!(http_post(&http, path, "application/json", b"{not json").0, 400);
+    assert_eq!(http_post(&http, path, "text/plain", b"1").0, 415);
+    let codes: Vec<u16> = (0..8)
+        .map(|_| {
+            let (http, body) = (http.clone(), body.clone());
+            std::thread::spawn(move || http_post(&http, path, "application/x-npy", &body).0)
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let ok = 1 + codes.iter().filter(|c| **c == 200).count();
+    let busy = codes.iter().filter(|c| **c == 503).count();
+    assert_eq!(ok - 1 + busy, 8, "only 200 and 503 expected: {codes:?}");
+    assert!(busy >= 1, "no 503 under 8 concurrent requests with a queue of 1: {codes:?}");
+
+    let metrics = agent.metrics();
+    let expiry = edge_mqtt::cert::read(&s.pki.dir().join("client-dev-1.pem")).unwrap().not_after;
+    let expected = [
+        format!(r#"edge_agent_inference_requests_total{{model="det",outcome="ok"}} {ok}"#),
+        r#"edge_agent_inference_requests_total{model="det",outcome="bad_request"} 2"#.to_string(),
+        format!(r#"edge_agent_inference_requests_total{{model="det",outcome="unavailable"}} {busy}"#),
+        r#"edge_agent_inference_requests_total{model="det",outcome="timeout"} 0"#.to_string(),
+        r#"edge_agent_inference_requests_total{model="det",outcome="error"} 0"#.to_string(),
+        // Every outcome has its latency, not only the answers.
+        format!(r#"edge_agent_inference_duration_seconds_count{{model="det",outcome="ok"}} {ok}"#),
+        r#"edge_agent_inference_duration_seconds_count{model="det",outcome="bad_request"} 2"#.to_string(),
+        format!(r#"edge_agent_inference_duration_seconds_count{{model="det",outcome="unavailable"}} {busy}"#),
+        // Nothing waits once every request is answered; the counter came back to zero.
+        r#"edge_agent_inference_queue_depth{model="det"} 0"#.to_string(),
+        r#"edge_agent_inference_queue_capacity{model="det"} 1"#.to_string(),
+        r#"edge_agent_inference_in_flight{model="det"} 0"#.to_string(),
+        r#"edge_agent_model_info{model="det",version="6s",format="onnx"} 1"#.to_string(),
+        format!(
+            r#"edge_agent_build_info{{version="{}",{}target="{}-{}"}} 1"#,
+            env!("CARGO_PKG_VERSION"),
+            option_env!("EDGE_AGENT_GIT_SHA")
+                .filter(|s| !s.is_empty())
+                .map(|s| format!(r#"git_sha="{s}","#))
+                .unwrap_or_default(),
+            std::env::consts::ARCH,
+            std::env::consts::OS
+        ),
+        format!("edge_agent_certificate_expiry_timestamp_seconds {expiry}"),
+    ];
+    for series in &expected {
+        assert!(metrics.contains(&format!("{series}\n")), "no {series} in:\n{metrics}");
+    }
+    promtool_accepts(&metrics);
+    agent.stop();
 }

@@ -250,8 +250,22 @@ async fn bad_updates_are_refused_with_their_reason_and_the_old_model_keeps_servi
     still_serving("the rejections");
     assert_eq!(active(&status(&mut link, "dev-1").await, "hand").as_deref(), Some("1"));
     let metrics = agent.metrics();
-    assert!(metrics.contains("edge_agent_commands_total{outcome=\"rejected_replayed\"} 1"), "{metrics}");
-    assert!(metrics.contains("edge_agent_commands_total{outcome=\"rejected_unknown_key\"} 1"), "{metrics}");
+    // One dimension per label: the command (unknown when it did not authenticate), accepted
+    // or rejected, and why.
+    for series in [
+        r#"edge_agent_commands_total{command="get-status",outcome="rejected",reason="replayed"} 1"#,
+        r#"edge_agent_commands_total{command="get-status",outcome="accepted",reason="none"} "#,
+        r#"edge_agent_commands_total{command="rollback",outcome="rejected",reason="expired"} 1"#,
+        r#"edge_agent_commands_total{command="unknown",outcome="rejected",reason="unknown_key"} 1"#,
+        r#"edge_agent_commands_total{command="unknown",outcome="rejected",reason="oversized"} 1"#,
+        r#"edge_agent_commands_total{command="unknown",outcome="rejected",reason="unknown_version"} 1"#,
+        r#"edge_agent_deploys_total{outcome="failed"} 4"#,
+        r#"edge_agent_model_info{model="hand",version="1",format="tflite"} 1"#,
+        r#"edge_agent_ota_chunks_total{outcome="stored"} "#,
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
+    assert!(!metrics.contains("outcome=\"rejected_"), "an outcome label still folds the reason:\n{metrics}");
     link.close().await;
 }
 
@@ -413,7 +427,18 @@ async fn a_health_regression_rolls_back_automatically() {
     assert!(failed > 0 && ok > 0, "ok {ok}, failed {failed}");
     assert_eq!(active(&status(&mut link, "dev-1").await, "face").as_deref(), Some("1"));
     assert_eq!(predict(&agent, "face", SHORT), 200);
-    assert!(agent.metrics().contains("edge_agent_deploys_total{outcome=\"rolled_back\"} 1"));
+    let metrics = agent.metrics();
+    for series in [
+        r#"edge_agent_deploys_total{outcome="rolled_back"} 1"#,
+        "edge_agent_trials_started_total 1",
+        r#"edge_agent_trials_ended_total{outcome="rolled_back"} 1"#,
+        r#"edge_agent_model_info{model="face",version="1",format="tflite"} 1"#,
+        // Version 2 refused the frames version 1 took: the callers saw 400s.
+        r#"edge_agent_inference_requests_total{model="face",outcome="bad_request"} "#,
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
+    assert!(!metrics.contains(r#"version="2""#), "the rolled-back version still has a model_info:\n{metrics}");
     link.close().await;
 }
 

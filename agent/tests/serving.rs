@@ -161,6 +161,16 @@ fn client_errors_say_what_was_expected() {
     }
     let (code, _, body) = request(a, "GET", "/v1/models/deepa/versions/7", "application/json", b"");
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    // The predicts refused for their body (five 400s, the 415) count as the model's
+    // bad requests; a 404 (unknown model or session) and the 413 (refused before the route
+    // runs) are not requests to this model.
+    let text = exposition(&s.stats);
+    for series in [
+        "requests_total{model=\"deepa\",outcome=\"bad_request\"} 6\n",
+        "duration_count{model=\"deepa\",outcome=\"bad_request\"} 6\n",
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
 }
 
 #[test]
@@ -190,8 +200,20 @@ fn a_full_queue_answers_503_with_retry_after() {
         })
         .collect();
     threads.into_iter().for_each(|t| t.join().unwrap());
-    assert!(busy.load(Ordering::Relaxed) >= 1, "no 503 under 8 concurrent requests with a queue of 1");
-    assert!(ok.load(Ordering::Relaxed) >= 1);
+    let (busy, ok) = (busy.load(Ordering::Relaxed), ok.load(Ordering::Relaxed));
+    assert!(busy >= 1, "no 503 under 8 concurrent requests with a queue of 1");
+    assert!(ok >= 1);
+    // Each 503 is counted and timed as `unavailable`, each answer as `ok`; the queue is
+    // empty again (every request counted in was counted out).
+    let text = exposition(&s.stats);
+    for (outcome, n) in [("unavailable", busy), ("ok", ok)] {
+        for family in ["requests_total", "duration_count"] {
+            let series = format!("{family}{{model=\"det\",outcome=\"{outcome}\"}} {n}\n");
+            assert!(text.contains(&series), "no {series} in:\n{text}");
+        }
+    }
+    let served = s.registry.get("det").unwrap();
+    assert_eq!((served.queued(), served.queue_capacity()), (0, 1));
 }
 
 #[test]

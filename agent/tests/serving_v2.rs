@@ -314,6 +314,9 @@ fn client_errors_say_what_was_expected() {
         ),
         (413, request(a, "POST", infer, "application/json", &vec![b' '; 300 * 1024]), ""),
     ];
+    // What the model never saw is counted as the caller's mistake, as on /v1: every 400 and
+    // 415 of deepa (not the 404s of unknown names and versions, nor the 413).
+    let refused = cases.iter().filter(|(want, _, _)| matches!(want, 400 | 415)).count();
     for (i, (want, (code, _, body), needle)) in cases.into_iter().enumerate() {
         let text = String::from_utf8_lossy(&body);
         assert_eq!(code, want, "case {i}: {text}");
@@ -324,6 +327,9 @@ fn client_errors_say_what_was_expected() {
             assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()), "case {i}: {text}");
         }
     }
+    let counted = exposition(&s.stats);
+    let line = format!("requests_total{{model=\"deepa\",outcome=\"bad_request\"}} {refused}\n");
+    assert!(counted.contains(&line), "{line:?} not in {counted}");
     // The same request without the mistakes goes through.
     assert_eq!(post(infer, &with(json!({}))).0, 200);
     assert_eq!(binary(&bin_input, &bytes).0, 200);

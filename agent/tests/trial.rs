@@ -69,6 +69,16 @@ async fn sigkill_twice_during_a_trial_restores_the_previous_version_before_servi
         "{out:?}"
     );
     let now = active(&status(&mut link, "dev-1").await, "hand");
+    // The restore at start is counted as the trial's rollback, and version 1 is the one
+    // model_info reports.
+    let metrics = agent.metrics();
+    for series in [
+        r#"edge_agent_trials_ended_total{outcome="rolled_back"} 1"#,
+        r#"edge_agent_deploys_total{outcome="rolled_back"} 1"#,
+        r#"edge_agent_model_info{model="hand",version="1",format="tflite"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
     let log = agent.stop();
     assert_eq!(now.as_deref(), Some("1"), "{log}");
     assert!(log.contains("agent died twice during the trial of hand 2"), "{log}");
@@ -93,6 +103,9 @@ async fn an_orderly_restart_during_a_trial_is_not_a_death() {
     let out = v2.await.unwrap();
     assert_eq!(only(&out), &Outcome::Succeeded, "{out:?}");
     assert_eq!(first_version_served(&agent, "hand").await, "2");
+    let metrics = agent.metrics();
+    assert!(metrics.contains(r#"edge_agent_trials_ended_total{outcome="passed"} 1"#), "{metrics}");
+    assert!(!metrics.contains(r#"outcome="rolled_back""#), "{metrics}");
     link.close().await;
 }
 

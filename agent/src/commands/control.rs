@@ -48,30 +48,71 @@ pub enum Input {
     Validated(Box<Validated>),
 }
 
-/// Metric label.
+/// Metric label: what happened. Always a literal, so the label's values are a fixed set.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct Outcome {
     /// What happened.
-    pub outcome: String,
+    pub outcome: &'static str,
+}
+
+/// Metric label: why something was dropped. Always a literal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct Reason {
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Label set of `edge_agent_commands_total`. Each label is one dimension with a fixed set of
+/// values: `command` a payload name (or `unknown` when the command did not authenticate),
+/// `outcome` `accepted` or `rejected`, `reason` a [`Rejection::label`], `window_io`,
+/// `deploy_precheck`, or `none` for an accepted command.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct CommandLabel {
+    /// Payload name (`deploy-model`, `activate`, ...) or `unknown`.
+    pub command: &'static str,
+    /// `accepted` or `rejected`.
+    pub outcome: &'static str,
+    /// Why it was rejected; `none` when accepted.
+    pub reason: &'static str,
 }
 
 /// Command and OTA counters for `/metrics`.
 #[derive(Clone, Debug, Default)]
 pub struct CommandStats {
-    /// `edge_agent_commands`: by outcome (`accepted`, or `rejected_<reason>`).
-    pub commands: Family<Outcome, Counter>,
+    /// `edge_agent_commands`: by command, outcome and reason ([`CommandLabel`]).
+    pub commands: Family<CommandLabel, Counter>,
     /// `edge_agent_deploys`: by result (`succeeded`, `failed`, `rolled_back`, `cancelled`).
     pub deploys: Family<Outcome, Counter>,
     /// `edge_agent_ota_received_bytes`: chunk bytes written to staging.
     pub ota_bytes: Counter,
+    /// `edge_agent_ota_chunks`: chunks that matched a transfer, by outcome (`stored`, or
+    /// `duplicate`: already stored, a retransmission).
+    pub chunks: Family<Outcome, Counter>,
     /// `edge_agent_ota_dropped_chunks`: by reason.
-    pub chunks_dropped: Family<Outcome, Counter>,
+    pub chunks_dropped: Family<Reason, Counter>,
+    /// `edge_agent_ota_missing_chunks_requested`: chunks asked for again by stalled transfers.
+    pub chunks_requested: Counter,
+    /// `edge_agent_trials_started`: versions put on trial against the one they replace.
+    pub trials_started: Counter,
+    /// `edge_agent_trials_ended`: by outcome (`passed`, `rolled_back`, `cancelled`,
+    /// `superseded` by another command about the model, `erased`).
+    pub trials_ended: Family<Outcome, Counter>,
 }
 
 impl CommandStats {
     /// Counts one `outcome` in `family`.
-    pub fn count(family: &Family<Outcome, Counter>, outcome: &str) {
-        family.get_or_create(&Outcome { outcome: outcome.to_string() }).inc();
+    pub fn count(family: &Family<Outcome, Counter>, outcome: &'static str) {
+        family.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// A `command` passed the gate.
+    pub fn accepted(&self, command: &'static str) {
+        self.commands.get_or_create(&CommandLabel { command, outcome: "accepted", reason: "none" }).inc();
+    }
+
+    /// A `command` was refused for `reason`.
+    pub fn rejected(&self, command: &'static str, reason: &'static str) {
+        self.commands.get_or_create(&CommandLabel { command, outcome: "rejected", reason }).inc();
     }
 }
 
@@ -254,10 +295,11 @@ impl Control {
             Err(e) => {
                 // Authentic, but the replay window could not record it: refuse to run it,
                 // so that it cannot run twice.
-                CommandStats::count(&self.metrics.commands, "rejected_window_io");
                 let reason = format!("cannot record the command id (replay window): {e}");
                 tracing::error!("command refused: {reason}");
-                if let Ok(cmd) = edge_proto::command::verify(bytes, &self.trusted) {
+                let cmd = edge_proto::command::verify(bytes, &self.trusted);
+                self.metrics.rejected(cmd.as_ref().map_or("unknown", |c| payload_name(&c.payload)), "window_io");
+                if let Ok(cmd) = cmd {
                     self.acks.send(cmd.id, AckState::Rejected(reason));
                 }
                 return;
@@ -268,18 +310,33 @@ impl Control {
             Verdict::Rejected(r) => return self.on_rejected(bytes, r),
         };
         if let Err(reason) = self.deploys.precheck(&cmd) {
-            CommandStats::count(&self.metrics.commands, "rejected_deploy");
+            self.metrics.rejected(payload_name(&cmd.payload), "deploy_precheck");
             tracing::warn!(command = %hex(&cmd.id), "deploy refused: {reason}");
             return self.acks.send(cmd.id, AckState::Rejected(reason));
         }
-        CommandStats::count(&self.metrics.commands, "accepted");
+        self.metrics.accepted(payload_name(&cmd.payload));
         tracing::info!(command = %hex(&cmd.id), payload = payload_name(&cmd.payload), "command accepted");
         self.acks.send(cmd.id, AckState::Accepted);
         self.execute(cmd, bytes);
     }
 
     fn on_rejected(&mut self, bytes: &[u8], r: Rejection) {
-        CommandStats::count(&self.metrics.commands, &format!("rejected_{}", r.label()));
+        // The verdict does not carry the command: one rejected after it authenticated
+        // (expired, replayed, for another target...) is verified again to name it. Only that
+        // refusal path pays for a second signature check; a forgery is not checked twice.
+        let authenticated = !matches!(
+            r,
+            Rejection::Oversized(_)
+                | Rejection::UnknownVersion(_)
+                | Rejection::Malformed(_)
+                | Rejection::UnknownKey(_)
+                | Rejection::BadSignature(_)
+        );
+        let command = match authenticated {
+            true => edge_proto::command::verify(bytes, &self.trusted).map_or("unknown", |c| payload_name(&c.payload)),
+            false => "unknown",
+        };
+        self.metrics.rejected(command, r.label());
         if let Rejection::WrongTarget(_) = r {
             // For another device or group: not ours to answer.
             tracing::debug!("command for someone else ignored: {r}");

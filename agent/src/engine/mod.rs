@@ -85,6 +85,15 @@ pub enum Format {
 }
 
 impl Format {
+    /// Its lowercase name, as the configuration and the `model_info` metric spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Onnx => "onnx",
+            Format::Tflite => "tflite",
+            Format::Nnef => "nnef",
+        }
+    }
+
     /// Picks the format from a file name.
     pub fn from_path(path: &Path) -> Result<Format, EngineError> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();

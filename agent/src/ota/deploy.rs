@@ -25,7 +25,7 @@ use super::staging::{Accepted, Staging, StagingError};
 use super::transfer::{Action, Pacing, Transfer};
 use super::validate::validate_in_child;
 use super::watch::{Step, Watch};
-use crate::commands::control::{Acks, CommandStats, Input};
+use crate::commands::control::{Acks, CommandStats, Input, Reason};
 use crate::config::Config;
 use crate::engine::isolate::Limits;
 use crate::models::{Models, Resumed};
@@ -95,8 +95,13 @@ impl Deploys {
         self.deps.models.lock().expect("models lock")
     }
 
-    fn count(&self, outcome: &str) {
+    fn count(&self, outcome: &'static str) {
         CommandStats::count(&self.deps.metrics.deploys, outcome);
+    }
+
+    /// A trial ended with `outcome` (`edge_agent_trials_ended_total`).
+    fn trial_ended(&self, outcome: &'static str) {
+        CommandStats::count(&self.deps.metrics.trials_ended, outcome);
     }
 
     fn fail(&self, id: [u8; 16], reason: String) {
@@ -184,7 +189,7 @@ impl Deploys {
 
     /// A chunk from the link.
     pub fn on_chunk(&mut self, bytes: &[u8]) {
-        let dropped = |why: &str| CommandStats::count(&self.deps.metrics.chunks_dropped, why);
+        let dropped = |reason: &'static str| self.deps.metrics.chunks_dropped.get_or_create(&Reason { reason }).inc();
         let chunk = match decode_chunk(bytes) {
             Ok(c) => c,
             Err(e) => {
@@ -208,9 +213,13 @@ impl Deploys {
         let fresh = match t.staging.accept(&chunk) {
             Ok(Accepted::Stored { bytes }) => {
                 self.deps.metrics.ota_bytes.inc_by(bytes as u64);
+                CommandStats::count(&self.deps.metrics.chunks, "stored");
                 true
             }
-            Ok(Accepted::Duplicate) => false,
+            Ok(Accepted::Duplicate) => {
+                CommandStats::count(&self.deps.metrics.chunks, "duplicate");
+                false
+            }
             Err(e @ (StagingError::BadHash(_) | StagingError::OutOfRange { .. })) => {
                 tracing::warn!(command = %hex(&t.staging.command.id), "ota: {e}");
                 dropped(if matches!(e, StagingError::BadHash(_)) { "bad_hash" } else { "out_of_range" });
@@ -242,6 +251,7 @@ impl Deploys {
                         transfer_id: t.staging.manifest.transfer_id,
                         missing: t.staging.missing(max),
                     };
+                    self.deps.metrics.chunks_requested.inc_by(need.missing.len() as u64);
                     tracing::info!(
                         command = %hex(&id), received = t.staging.received(),
                         of = t.staging.manifest.chunk_count(), "transfer stalled; asking for missing chunks"
@@ -365,6 +375,7 @@ impl Deploys {
         }
         let window = Duration::from_secs(self.deps.config.ota.health_window_secs);
         tracing::info!(model = name, version, previous = %trial.previous, "on trial for {window:?}");
+        self.deps.metrics.trials_started.inc();
         self.watches.push((Watch::new(id, name, version, base, self.now(), window), mark));
     }
 
@@ -382,6 +393,7 @@ impl Deploys {
         self.watches = kept;
         for (w, _) in ended {
             self.models().abandon_trial(name);
+            self.trial_ended("superseded");
             self.succeed(w.command_id, &w.name, &w.version, "health window ended early by another command");
         }
     }
@@ -407,6 +419,7 @@ impl Deploys {
                 Step::Wait => i += 1,
                 Step::MarkGood(summary) => {
                     let (w, _) = self.watches.remove(i);
+                    self.trial_ended("passed");
                     match self.models().mark_good(&w.name) {
                         Ok(()) => self.succeed(w.command_id, &w.name, &w.version, &summary),
                         Err(e) => self.fail(w.command_id, e),
@@ -415,6 +428,7 @@ impl Deploys {
                 Step::RollBack(why) => {
                     let (w, _) = self.watches.remove(i);
                     self.count("rolled_back");
+                    self.trial_ended("rolled_back");
                     let reason = match self.models().fail_trial(&w.name) {
                         Ok(back) => format!("{why}; rolled back to {back}"),
                         Err(e) => format!("{why}; rollback failed: {e}"),
@@ -447,6 +461,7 @@ impl Deploys {
             let (w, _) = self.watches.remove(pos);
             let back = self.models().fail_trial(&w.name)?;
             self.count("cancelled");
+            self.trial_ended("cancelled");
             self.deps
                 .acks
                 .send(command_id, AckState::Failed(format!("cancelled by the operator; rolled back to {back}")));
@@ -464,7 +479,9 @@ impl Deploys {
         for v in &mut self.validating {
             v.1 = true;
         }
-        self.watches.clear();
+        for _ in std::mem::take(&mut self.watches) {
+            self.trial_ended("erased");
+        }
     }
 
     /// `remove-model`: its transfers stop and its health window ends.
@@ -491,6 +508,7 @@ impl Deploys {
             match r {
                 Resumed::Restored { command_id, reason } => {
                     self.count("rolled_back");
+                    self.trial_ended("rolled_back");
                     self.deps.acks.send(command_id, AckState::Failed(reason));
                 }
                 Resumed::Trial(t) => {

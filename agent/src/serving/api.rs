@@ -139,12 +139,16 @@ async fn predict_on(
     query: PredictQuery,
     body: Bytes,
 ) -> Response {
+    // Refusals of the request itself (415, 400) are counted here; whatever reaches the
+    // model is counted by the registry.
+    let started = std::time::Instant::now();
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let binary = content_type.starts_with(NPY_MEDIA_TYPE) || content_type.starts_with("application/octet-stream");
     // `curl -d`, as TF Serving documents its API, labels a JSON body as a form: TF Serving
     // reads it as JSON whatever the label, so this does too.
     let json = content_type.starts_with("application/json") || content_type.starts_with(CURL_DEFAULT_MEDIA_TYPE);
     if !binary && !json {
+        r.refused(&served.name, started.elapsed());
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("content type {content_type:?}: send application/json or {NPY_MEDIA_TYPE}"),
@@ -165,7 +169,10 @@ async fn predict_on(
     };
     let (form, inputs) = match parsed {
         Ok(p) => p,
-        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+        Err(m) => {
+            r.refused(&served.name, started.elapsed());
+            return error(StatusCode::BAD_REQUEST, m);
+        }
     };
     let outputs = match r.predict_on(served.clone(), inputs, session).await {
         Ok(o) => o,

@@ -19,6 +19,7 @@ pub mod json;
 pub mod v2;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -96,15 +97,19 @@ struct Job {
 struct Pool {
     tx: SyncSender<Job>,
     queue: usize,
+    /// Requests waiting in the queue (not yet taken by a worker), for `/metrics`.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl Pool {
     fn start(name: &str, model: &Arc<Model>, settings: PoolSettings) -> Result<Pool, ServeError> {
         let (tx, rx) = sync_channel::<Job>(settings.queue);
         let rx = Arc::new(Mutex::new(rx));
+        let waiting = Arc::new(AtomicUsize::new(0));
         for i in 0..settings.workers.max(1) {
             let mut own = model.session()?;
             let rx = rx.clone();
+            let waiting = waiting.clone();
             let name = name.to_string();
             std::thread::Builder::new()
                 .name(format!("infer-{name}-{i}"))
@@ -114,6 +119,7 @@ impl Pool {
                         Ok(job) => job,
                         Err(_) => return,
                     };
+                    waiting.fetch_sub(1, Ordering::Relaxed);
                     let result = match &job.session {
                         Some(shared) => shared.lock().expect("session lock").run(job.inputs),
                         None => {
@@ -126,7 +132,7 @@ impl Pool {
                 })
                 .map_err(|e| ServeError::Failed(format!("cannot start a worker thread: {e}")))?;
         }
-        Ok(Pool { tx, queue: settings.queue })
+        Ok(Pool { tx, queue: settings.queue, waiting })
     }
 }
 
@@ -157,6 +163,16 @@ impl Served {
     /// Public outputs.
     pub fn outputs(&self) -> &[TensorSpec] {
         self.model.outputs()
+    }
+
+    /// Requests waiting for a worker now.
+    pub fn queued(&self) -> usize {
+        self.pool.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Most requests that may wait; one more is refused as busy (503).
+    pub fn queue_capacity(&self) -> usize {
+        self.pool.queue
     }
 
     /// Seconds since this version became active.
@@ -220,6 +236,7 @@ impl Registry {
     ) -> Result<(), ServeError> {
         let pool = Pool::start(name, &model, settings)?;
         self.stats.register(name);
+        self.stats.activated(name, version, model.format().name());
         let served = Arc::new(Served {
             name: name.to_string(),
             version: version.to_string(),
@@ -261,6 +278,7 @@ impl Registry {
     pub fn deactivate(&self, name: &str) -> bool {
         let removed = self.models.write().expect("registry lock").remove(name).is_some();
         if removed {
+            self.stats.deactivated(name);
             tracing::info!(model = name, "model deactivated");
         }
         removed
@@ -333,6 +351,12 @@ impl Registry {
         }
     }
 
+    /// Counts a request to `name` refused before it reached the model (see
+    /// [`InferenceStats::refused`]), `elapsed` after it arrived.
+    pub fn refused(&self, name: &str, elapsed: Duration) {
+        self.stats.refused(name, elapsed);
+    }
+
     /// Runs one request on the active version of `name`, in session `session` if given.
     pub async fn predict(
         &self,
@@ -360,7 +384,7 @@ impl Registry {
         let result = self.submit(served, inputs, session).await;
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
-            Err(ServeError::BadInput(_)) if prior_fits == Some(true) => Outcome::ModelError,
+            Err(ServeError::BadInput(_)) if prior_fits == Some(true) => Outcome::Regression,
             Err(ServeError::BadInput(_)) => Outcome::ClientError,
             Err(ServeError::Busy(..)) => Outcome::Busy,
             Err(ServeError::Timeout(..)) => Outcome::Timeout,
@@ -379,10 +403,14 @@ impl Registry {
         let name = served.name.clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job { inputs, session, reply };
-        match served.pool.tx.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(ServeError::Busy(name, served.pool.queue)),
-            Err(TrySendError::Disconnected(_)) => return Err(ServeError::Failed("model workers stopped".into())),
+        // Counted before the send: the worker that takes the job counts it out.
+        served.pool.waiting.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = served.pool.tx.try_send(job) {
+            served.pool.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(match e {
+                TrySendError::Full(_) => ServeError::Busy(name, served.pool.queue),
+                TrySendError::Disconnected(_) => ServeError::Failed("model workers stopped".into()),
+            });
         }
         // `served` stays alive until the answer arrives: the version this request started
         // on keeps running even if another version is activated meanwhile.

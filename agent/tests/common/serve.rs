@@ -110,3 +110,13 @@ pub fn from_json(v: &Value, like: &Tensor) -> Tensor {
     let t = Tensor::from_shape(like.shape(), &values).unwrap();
     t.cast_to_dt(like.datum_type()).unwrap().into_owned()
 }
+
+/// The OpenMetrics text of the request counters and latencies, as `/metrics` exports them.
+pub fn exposition(stats: &InferenceStats) -> String {
+    let mut r = prometheus_client::registry::Registry::default();
+    r.register("requests", "", stats.requests.clone());
+    r.register("duration", "", stats.duration.clone());
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+    out
+}

@@ -74,7 +74,6 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, body)
 }
 
-/// `promtool check metrics` (Debian's `prometheus` package; scripts/setup.sh installs it).
 /// POSTs `body` with `content_type`; returns the status code and the body.
 pub fn http_post(addr: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
     use std::io::Write;
@@ -93,6 +92,7 @@ pub fn http_post(addr: &str, path: &str, content_type: &str, body: &[u8]) -> (u1
     (code.unwrap_or(0), raw[split + 4..].to_vec())
 }
 
+/// `promtool check metrics` (Debian's `prometheus` package; scripts/setup.sh installs it).
 pub fn promtool_accepts(metrics: &str) {
     use std::io::Write;
     let mut child = Command::new("promtool")

@@ -159,9 +159,13 @@ async fn infer_version(
 
 /// Decodes, runs on `served` through the registry, encodes.
 async fn infer_on(r: &Registry, served: Arc<Served>, headers: &HeaderMap, body: &[u8]) -> Response {
+    // Refusals of the request itself (415, 400) are counted here, as on /v1; whatever
+    // reaches the model is counted by the registry.
+    let started = std::time::Instant::now();
     // tritonclient compresses only when asked to; this agent does not inflate bodies.
     if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
         if enc.as_bytes() != b"identity" {
+            r.refused(&served.name, started.elapsed());
             return error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!(
@@ -176,19 +180,23 @@ async fn infer_on(r: &Registry, served: Arc<Served>, headers: &HeaderMap, body: 
         Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()) {
             Some(n) => Some(n),
             None => {
+                r.refused(&served.name, started.elapsed());
                 return error(
                     StatusCode::BAD_REQUEST,
                     format!(
                         "header Inference-Header-Content-Length is {:?}: expected the JSON header's length in bytes",
                         String::from_utf8_lossy(v.as_bytes())
                     ),
-                )
+                );
             }
         },
     };
     let request = match decode(body, header_length, served.inputs(), served.outputs()) {
         Ok(d) => d,
-        Err(e) => return infer_error(e),
+        Err(e) => {
+            r.refused(&served.name, started.elapsed());
+            return infer_error(e);
+        }
     };
     let outputs = match r.predict_on(served.clone(), request.inputs, None).await {
         Ok(o) => o,
