@@ -193,7 +193,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     // leaves the expiry out of telemetry.
     let cert_not_after = match edge_mqtt::cert::read(&config.mqtt.cert_file) {
         Ok(c) => Some(c.not_after),
-        Err(_) if tls.is_none() => None,
+        Err(_) if !config.mqtt.url.starts_with("mqtts://") => None,
         Err(e) => {
             tracing::warn!("certificate expiry not reported in telemetry: {e}");
             None
