@@ -44,8 +44,11 @@
 //! - [`observe`]: telemetry and retained status.
 //! - [`npy`]: `.npy` headers (dtype and shape).
 //! - [`report`]: tables and JSON.
+//! - [`pki`]: `edgectl pki`: the fleet CA, the broker's, devices' and operators'
+//!   certificates (no broker involved); [`cli_pki`] is its command line.
 #![deny(missing_docs)]
 
+pub mod cli_pki;
 pub mod command;
 pub mod config;
 pub mod deploy;
@@ -53,6 +56,7 @@ pub mod keys;
 pub mod link;
 pub mod npy;
 pub mod observe;
+pub mod pki;
 pub mod report;
 pub mod track;
 pub mod transfer;

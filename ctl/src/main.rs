@@ -89,6 +89,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Make the fleet's TLS certificates: a CA, the broker's, devices' and operators'.
+    Pki {
+        #[command(subcommand)]
+        cmd: edgectl::cli_pki::PkiCommand,
+    },
     /// Deploy a model over the air: send the signed manifest, then the chunks, then serve
     /// repairs until every device has it (or, with --wait, has installed it).
     Deploy(Box<DeployArgs>),
@@ -341,6 +346,9 @@ fn run(cli: &Cli) -> Result<Verdict> {
         println!("wrote {} and {} (key id {id})", key.display(), public.display());
         return Ok(true);
     }
+    if let Command::Pki { cmd } = &cli.command {
+        return cmd.run(&mut std::io::stdout()).map(|()| true);
+    }
     let overrides = Overrides {
         url: cli.url.clone(),
         ca_file: cli.ca_file.clone(),
@@ -394,7 +402,9 @@ impl Job {
     fn new(command: &Command, config: &CtlConfig) -> Result<Job> {
         let key = || config.signing_key().map(Box::new);
         let (target, payload, timing, goal, show) = match command {
-            Command::Keygen { .. } => unreachable!("handled before loading the configuration"),
+            Command::Keygen { .. } | Command::Pki { .. } => {
+                unreachable!("handled before loading the configuration")
+            }
             Command::Watch { device, all: _, count, json } => {
                 return Ok(Job::Watch { device: device.clone(), count: *count, json: *json })
             }
