@@ -30,15 +30,15 @@ lf_pki() {
         edgectl="${CARGO_TARGET_DIR:-$LF_ROOT/target}/release/edgectl"
     fi
     mkdir -p "$dir" && chmod 700 "$dir"
-    # CA and broker certificate for 127.0.0.1 and localhost (the defaults); the leaves may
-    # not outlive the CA, so they get a day less.
-    "$edgectl" pki init --out "$dir" --days 3 >/dev/null
+    # CA and broker certificate for 127.0.0.1 and localhost (the defaults). Default validity
+    # too: a short one would only draw check-config's expiry warning.
+    "$edgectl" pki init --out "$dir" >/dev/null
     local cn
     for cn in "$@"; do
         if [[ "$cn" == operator ]]; then
-            "$edgectl" pki issue --ca "$dir" --operator --out "$dir" --days 2 >/dev/null
+            "$edgectl" pki issue --ca "$dir" --operator --out "$dir" >/dev/null
         else
-            "$edgectl" pki issue --ca "$dir" --device "$cn" --out "$dir" --days 2 >/dev/null
+            "$edgectl" pki issue --ca "$dir" --device "$cn" --out "$dir" >/dev/null
         fi
     done
 }
