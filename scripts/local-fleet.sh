@@ -1,17 +1,19 @@
 # shellcheck shell=bash
-# A local fleet for demos and benchmarks: a throwaway PKI (openssl) and a Mosquitto running
+# A local fleet for demos and benchmarks: a throwaway PKI (`edgectl pki`) and a Mosquitto running
 # the fleet configuration from deploy/mosquitto with only its machine-specific lines
 # rewritten, as the integration tests do (tests/src/lib.rs). Source this file; it defines:
 #
 #   lf_free_port                 print a free loopback port
-#   lf_pki DIR CN...             CA (DIR/ca.pem), broker cert for 127.0.0.1 (DIR/broker.*),
-#                                and a client cert DIR/CN.pem + DIR/CN.key per CN
+#   lf_pki DIR CN...             `edgectl pki`: CA (DIR/ca.pem), broker cert for 127.0.0.1
+#                                (DIR/broker.*), and a client cert DIR/CN.pem + DIR/CN.key
+#                                per CN (`operator` gets the operator's); uses $LF_EDGECTL,
+#                                or builds edgectl (cargo build --release -p edgectl)
 #   lf_broker DIR PKI PORT       start mosquitto on 127.0.0.1:PORT with DIR for its files;
 #                                sets LF_BROKER_PID and waits until it listens
 #   lf_wait_port PORT PID WHAT   wait (10 s) until PORT accepts TCP while PID lives
 #   lf_stop PID...               SIGTERM, then SIGKILL after 5 s
 #
-# Needs openssl, python3 and mosquitto (scripts/setup.sh installs mosquitto).
+# Needs cargo, python3 and mosquitto (scripts/setup.sh installs mosquitto).
 
 LF_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -21,23 +23,23 @@ lf_free_port() {
 
 lf_pki() {
     local dir="$1"; shift
-    mkdir -p -m 700 "$dir"
-    _lf_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; chmod 600 "$1"; }
-    _lf_key "$dir/ca.key"
-    openssl req -x509 -new -key "$dir/ca.key" -sha256 -days 2 -subj "/CN=edge local CA" \
-        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-        -out "$dir/ca.pem"
-    _lf_leaf() { # name cn extensions
-        _lf_key "$dir/$1.key"
-        openssl req -new -key "$dir/$1.key" -subj "/CN=$2" -out "$dir/$1.csr"
-        printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" "$3" >"$dir/$1.ext"
-        openssl x509 -req -in "$dir/$1.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
-            -sha256 -days 2 -extfile "$dir/$1.ext" -out "$dir/$1.pem" 2>/dev/null
-    }
-    _lf_leaf broker localhost $'extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost'
+    local edgectl="${LF_EDGECTL:-}"
+    if [[ -z "$edgectl" ]]; then
+        # Built here so that every caller gets an edgectl with `pki`; a no-op when it is fresh.
+        cargo build --release -q -p edgectl --manifest-path "$LF_ROOT/Cargo.toml"
+        edgectl="${CARGO_TARGET_DIR:-$LF_ROOT/target}/release/edgectl"
+    fi
+    mkdir -p "$dir" && chmod 700 "$dir"
+    # CA and broker certificate for 127.0.0.1 and localhost (the defaults). Default validity
+    # too: a short one would only draw check-config's expiry warning.
+    "$edgectl" pki init --out "$dir" >/dev/null
     local cn
     for cn in "$@"; do
-        _lf_leaf "$cn" "$cn" "extendedKeyUsage=clientAuth"
+        if [[ "$cn" == operator ]]; then
+            "$edgectl" pki issue --ca "$dir" --operator --out "$dir" >/dev/null
+        else
+            "$edgectl" pki issue --ca "$dir" --device "$cn" --out "$dir" >/dev/null
+        fi
     done
 }
 

@@ -31,7 +31,8 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== a local broker with mutual TLS (deploy/mosquitto), certificates for dev-1 and operator"
-lf_pki "$WORK/pki" dev-1 operator
+echo "   (edgectl pki init, then edgectl pki issue --device dev-1 and --operator)"
+LF_EDGECTL="$BIN/edgectl" lf_pki "$WORK/pki" dev-1 operator
 echo "== edgectl keygen: the operator key that signs commands (its .pub goes to [ota] trusted_keys)"
 $BIN/edgectl keygen --out "$WORK/keys"
 $BIN/edgectl keygen --out "$WORK/rogue" >/dev/null

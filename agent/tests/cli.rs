@@ -314,3 +314,33 @@ fn check_config_refuses_a_certificate_the_broker_would_silently_drop_or_rustls_r
     assert!(err.contains("X.509 v1") && err.contains("issue it again as v3"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn check_config_says_when_the_service_user_cannot_read_the_tls_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, path) = config_with("");
+    let key = dir.path().join("device.key");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // Not root: a key this user cannot read is an error.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let out = edge_agent(&["check-config", "--config", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("key_file") && err.contains("cannot read it") && err.contains("chmod 0640"), "{err}");
+        return;
+    }
+    // Root reads anything; what matters is the service user, which may not exist here.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = edge_agent(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let user_exists = Command::new("getent").args(["passwd", "edge-agent"]).output().unwrap().status.success();
+    if user_exists {
+        let line = format!("warning: [mqtt] key_file {}: the service user edge-agent cannot read it", key.display());
+        assert!(err.contains(&line) && err.contains("chown edge-agent:"), "{err}");
+    } else {
+        assert!(err.contains("note: no `edge-agent` user on this machine"), "{err}");
+    }
+}

@@ -45,8 +45,11 @@
 //! - [`npy`]: `.npy` headers (dtype and shape).
 //! - [`report`]: tables and JSON.
 //! - [`tally`]: a group's devices counted per stage (pure), for progress above a handful.
+//! - [`pki`]: `edgectl pki`: the fleet CA, the broker's, devices' and operators'
+//!   certificates (no broker involved); [`cli_pki`] is its command line.
 #![deny(missing_docs)]
 
+pub mod cli_pki;
 pub mod command;
 pub mod config;
 pub mod deploy;
@@ -54,6 +57,7 @@ pub mod keys;
 pub mod link;
 pub mod npy;
 pub mod observe;
+pub mod pki;
 pub mod report;
 pub mod tally;
 pub mod track;

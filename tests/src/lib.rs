@@ -26,6 +26,7 @@
 //!   unknown-CA refusal. Everything is written as PEM files (keys as PKCS#8).
 //! - [`Broker`]: one `mosquitto` process on a free loopback port. [`Broker::stop`] and
 //!   [`Broker::restart`] (same port) simulate a broker outage; the process is killed on drop.
+//!   [`Broker::start_with_certs`] takes a CA and server certificate made elsewhere.
 //! - [`client_config`], [`mqtt_options`], [`unique_client_id`]: the client side, built the
 //!   same way the agent builds its link (rustls with the ring provider passed explicitly,
 //!   never `TlsConfiguration::Simple`, which panics without a process-wide provider).
@@ -301,13 +302,20 @@ impl Broker {
     /// another process may take it in between; if mosquitto exits before it listens, start
     /// retries on a new port a few times.
     pub fn start(pki: &Pki) -> Result<Broker> {
+        Broker::start_with_certs(pki.ca_pem(), pki.server())
+    }
+
+    /// [`Broker::start`] with a CA and a server certificate made elsewhere (by
+    /// `edgectl pki init`, say) instead of a [`Pki`]'s. The server certificate must name
+    /// `127.0.0.1`, which the test clients connect to.
+    pub fn start_with_certs(ca_pem: &Path, server: &CertFiles) -> Result<Broker> {
         let exe = find_mosquitto()?;
         let dir = tempfile::Builder::new().prefix("edge-it-broker-").tempdir().context("broker: temp dir")?;
         let mut broker = Broker {
             exe,
             dir,
-            ca_pem: pki.ca_pem.clone(),
-            server: pki.server.clone(),
+            ca_pem: ca_pem.to_path_buf(),
+            server: server.clone(),
             port: 0,
             child: None,
             guard: None,

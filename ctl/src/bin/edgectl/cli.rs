@@ -71,6 +71,11 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Make the fleet's TLS certificates: a CA, the broker's, devices' and operators'.
+    Pki {
+        #[command(subcommand)]
+        cmd: edgectl::cli_pki::PkiCommand,
+    },
     /// Deploy a model over the air: send the signed manifest, then the chunks, then serve
     /// repairs until every device has it (or, with --wait, has installed it).
     Deploy(Box<DeployArgs>),

@@ -63,6 +63,10 @@ fn run(cli: &Cli) -> Result<Verdict> {
             }
             return Ok(true);
         }
+        Command::Pki { cmd } => {
+            cmd.run(&mut std::io::stdout(), cli.json)?;
+            return Ok(true);
+        }
         // Generated from the definitions the binary parses with, so they cannot drift from
         // the flags; scripts/build-debs.sh puts them in the .deb.
         Command::Completions { shell } => {
@@ -181,7 +185,7 @@ impl What {
     fn new(command: &Command, config: &CtlConfig) -> Result<What> {
         let key = || config.signing_key().map(Box::new);
         let (target, payload, timing, goal, show) = match command {
-            Command::Keygen { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            Command::Keygen { .. } | Command::Pki { .. } | Command::Completions { .. } | Command::Man { .. } => {
                 unreachable!("handled before loading the configuration")
             }
             Command::Watch { device, all: _, count } => {
