@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release -q -p edge-agent
-bin=target/release/edge-agent
+bin="${CARGO_TARGET_DIR:-target}/release/edge-agent"
 model=models/pymicro-wakeword__okay_nabu.tflite
 
 echo "== inspect $model"

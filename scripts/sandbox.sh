@@ -12,7 +12,7 @@ bash scripts/setup.sh
 # shellcheck source=scripts/local-fleet.sh
 source scripts/local-fleet.sh
 cargo build --release -q -p edge-agent -p edgectl
-BIN=target/release
+BIN="${CARGO_TARGET_DIR:-target}/release"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/edge-demo.XXXXXX")"
 AGENT_PID=""
