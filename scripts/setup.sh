@@ -13,6 +13,11 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
     need_apt+=(mosquitto)
 fi
+# The fleet service's tests (fleet/tests) start their own PostgreSQL server in a temporary
+# directory with initdb and pg_ctl; Debian puts them under /usr/lib/postgresql/<major>/bin,
+# off PATH, where the harness (tests/src/postgres.rs) looks. Only the server binaries are
+# wanted: the packaged cluster and service are left alone.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 # promtool (Debian's `prometheus` package) checks the agent's /metrics exposition in the tests.
 command -v promtool >/dev/null || need_apt+=(prometheus)
 # curl sends TF Serving's documented `curl -d` requests in agent/tests/serving.rs.

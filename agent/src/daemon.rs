@@ -168,6 +168,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     let acks_dir = config.state_dir.join("acks");
     let acks = Outbox::open(&acks_dir, 4 * 1024 * 1024, Duration::from_secs(config.telemetry.outbox_ttl_secs))
         .with_context(|| format!("ack outbox {}", acks_dir.display()))?;
+    // What the retained status says of the models until the command component, on its
+    // first turn, replaces it with the full `get-status` view (installed versions, health).
+    let model_states = tokio::sync::watch::channel(
+        registry
+            .list()
+            .iter()
+            .map(|s| edge_proto::command::ModelStatus {
+                name: s.name.clone(),
+                active_version: Some(s.version.clone()),
+                installed_versions: Vec::new(),
+                health: "ok".into(),
+            })
+            .collect::<Vec<_>>(),
+    );
     let link_settings = LinkSettings {
         topics,
         host,
@@ -176,7 +190,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         max_packet_bytes: config.mqtt.max_packet_bytes,
         network_timeout: Duration::from_secs(config.mqtt.network_timeout_secs),
         keep_alive: Duration::from_secs(config.mqtt.keep_alive_secs),
-        models: registry.list().iter().map(|s| s.name.clone()).collect(),
+        models: model_states.1.clone(),
         backoff_base: Duration::from_millis(500),
         backoff_max: Duration::from_secs(config.mqtt.reconnect_max_secs),
         groups: config.groups.clone(),
@@ -251,6 +265,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         program: std::env::current_exe().context("cannot find the agent's own executable")?,
         metrics: command_stats,
         input: input_tx.downgrade(),
+        model_states: model_states.0,
     });
     let control_thread = std::thread::Builder::new()
         .name("commands".into())

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use daemon::{agent_config, http_get, http_post, operator, operator_session, promtool_accepts, setup, Agent};
 use edge_it::unique_client_id;
 use edge_proto::codec::Versioned;
-use edge_proto::status::{State, Status};
+use edge_proto::status::State;
 use edge_proto::telemetry::Telemetry;
 use rumqttc::{Event, EventLoop, Packet};
 
@@ -47,7 +47,7 @@ async fn telemetry_arrives_decodes_and_is_plausible() {
     let s = setup();
     let (config, http) = agent_config(&s, "dev-1", &s.broker.url(), s.pki.ca_pem(), "");
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/pymicro-wakeword__okay_nabu.tflite");
-    let mut text = std::fs::read_to_string(&config).unwrap();
+    let mut text = format!("groups = [\"cams\"]\n{}", std::fs::read_to_string(&config).unwrap());
     text.push_str(&format!("[[models]]\nname = \"wake\"\npath = \"{}\"\n", model.display()));
     std::fs::write(&config, text).unwrap();
     let (_op, mut ev) = operator(&s, "edge/dev-1/#").await;
@@ -88,11 +88,18 @@ async fn telemetry_arrives_decodes_and_is_plausible() {
         if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
             tokio::time::timeout(Duration::from_secs(1), ev2.poll()).await
         {
-            last = edge_proto::decode::<Status>(&p.payload).ok();
+            last = edge_proto::status::decode(&p.payload).ok();
             break;
         }
     }
-    assert_eq!(last.map(|s| s.state), Some(State::Offline));
+    // Status v2: the groups, and each model with its active version (what get-status says).
+    let last = last.expect("a retained status");
+    assert_eq!((last.version, last.state), (2, State::Offline));
+    assert_eq!(last.groups, ["cams"]);
+    assert_eq!(last.model_states.len(), 1, "{last:?}");
+    assert_eq!(last.model_states[0].name, "wake");
+    assert!(last.model_states[0].active_version.is_some(), "{last:?}");
+    assert_eq!(last.model_states[0].health, "ok");
 }
 
 /// With `[telemetry] encoding = "json"`, what reaches the broker is one JSON object per

@@ -29,7 +29,7 @@ fn settings(s: &Setup, device: &str) -> LinkSettings {
         max_packet_bytes: 1 << 20,
         network_timeout: Duration::from_secs(5),
         keep_alive: KEEP_ALIVE,
-        models: vec![],
+        models: tokio::sync::watch::channel(vec![]).1,
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),
         groups: vec![],

@@ -50,6 +50,9 @@ async fn deploy_activate_a_second_version_then_roll_back() {
         command(&mut link, device("dev-1"), Payload::Activate { name: "hand".into(), version: "9".into() }).await;
     assert!(matches!(&missing[0].outcome, Outcome::Failed(r) if r.contains("not installed")), "{missing:?}");
     assert_eq!(active(&status(&mut link, "dev-1").await, "hand").as_deref(), Some("2"));
+    // The retained status (v2) says so too, without a reconnect: it was published at connect
+    // time without `hand`, and is published again when the models change.
+    retained_active(&mut link, "dev-1", "hand", "2").await;
 
     // What is active survives a restart.
     drop(agent);
@@ -57,6 +60,22 @@ async fn deploy_activate_a_second_version_then_roll_back() {
     ready(&agent).await;
     assert_eq!(predict(&agent, "hand", SHORT), 200);
     link.close().await;
+}
+
+/// Waits until the retained status of `device` says `model` runs `version`.
+async fn retained_active(link: &mut Link, device: &str, model: &str, version: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (statuses, _) = edgectl::observe::statuses(link, Duration::from_millis(500)).await.unwrap();
+        let got = statuses
+            .get(device)
+            .and_then(|s| s.model_states.iter().find(|m| m.name == model))
+            .and_then(|m| m.active_version.clone());
+        if got.as_deref() == Some(version) {
+            return;
+        }
+        assert!(Instant::now() < end, "the retained status of {device} says {model} {got:?}, not {version}");
+    }
 }
 
 /// Publishes a hand-made deploy (any manifest) and its chunks, the way edgectl would, and

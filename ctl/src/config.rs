@@ -8,6 +8,9 @@
 //! ca_file = "ca.pem"
 //! cert_file = "operator.pem"
 //! key_file = "operator-key.pem"
+//!
+//! [fleet]                        # optional: the fleet service (edge-fleet), for `edgectl devices`
+//! url = "http://fleet.example:9200"
 //! ```
 //!
 //! Relative paths are taken from the directory of `ctl.toml`; command-line flags
@@ -57,6 +60,13 @@ pub enum ConfigError {
         .0.display()
     )]
     NoSigningKey(PathBuf),
+    /// A command needs the fleet service and `[fleet] url` is not set.
+    #[error(
+        "no fleet service configured: add\n[fleet]\nurl = \"http://HOST:9200\"\nto {} (the address of edge-fleet's \
+         [http] listen)",
+        .0.display()
+    )]
+    NoFleet(PathBuf),
     /// The signing key file cannot be read or is malformed.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -70,6 +80,16 @@ struct CtlFile {
     #[serde(default)]
     signing_key: Option<PathBuf>,
     mqtt: MqttConfig,
+    #[serde(default)]
+    fleet: Option<FleetConfig>,
+}
+
+/// `[fleet]`: where the fleet service's HTTP API is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `http://host:port` of edge-fleet's `[http] listen`.
+    pub url: String,
 }
 
 /// Command-line values that replace the file's.
@@ -96,6 +116,8 @@ pub struct CtlConfig {
     pub mqtt: MqttConfig,
     /// The signing key file, if one is configured.
     pub signing_key: Option<PathBuf>,
+    /// The fleet service, if one is configured.
+    pub fleet: Option<FleetConfig>,
 }
 
 impl CtlConfig {
@@ -123,13 +145,18 @@ impl CtlConfig {
         if let Some(k) = &overrides.signing_key {
             signing_key = Some(k.clone());
         }
-        Ok(CtlConfig { path: path.into(), mqtt, signing_key })
+        Ok(CtlConfig { path: path.into(), mqtt, signing_key, fleet: file.fleet })
     }
 
     /// Reads and parses `path`; see [`CtlConfig::parse`].
     pub fn load(path: &Path, overrides: &Overrides) -> Result<CtlConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         CtlConfig::parse(&text, path, overrides)
+    }
+
+    /// The fleet service's URL.
+    pub fn fleet_url(&self) -> Result<&str, ConfigError> {
+        self.fleet.as_ref().map(|f| f.url.as_str()).ok_or_else(|| ConfigError::NoFleet(self.path.clone()))
     }
 
     /// Loads the configured signing key.
@@ -213,6 +240,16 @@ mod tests {
         let c = CtlConfig::parse(MQTT, Path::new("/etc/ctl.toml"), &Overrides::default()).unwrap();
         let err = c.signing_key().unwrap_err().to_string();
         assert!(err.contains("--signing-key") && err.contains("/etc/ctl.toml") && err.contains("keygen"), "{err}");
+    }
+
+    #[test]
+    fn the_fleet_table_is_optional_and_its_absence_says_how_to_add_it() {
+        let c = CtlConfig::parse(MQTT, Path::new("/etc/ctl.toml"), &Overrides::default()).unwrap();
+        let err = c.fleet_url().unwrap_err().to_string();
+        assert!(err.contains("[fleet]") && err.contains("url = ") && err.contains("/etc/ctl.toml"), "{err}");
+        let text = format!("{MQTT}[fleet]\nurl = \"http://fleet:9200\"\n");
+        let c = CtlConfig::parse(&text, Path::new("/etc/ctl.toml"), &Overrides::default()).unwrap();
+        assert_eq!(c.fleet_url().unwrap(), "http://fleet:9200");
     }
 
     #[test]

@@ -29,11 +29,13 @@
 //!                                                ├─> deploy: command + chunks ─┬─> track
 //!                                                │                             └─> transfer
 //!                                                └─> observe: telemetry, status
+//! config ([fleet] url) ─> fleet: the fleet service's inventory over HTTP
 //! report: results and status as text or JSON (for the binary)
 //! ```
 //!
 //! - [`config`]: `ctl.toml` (the agent's `[mqtt]` table and `signing_key`) and flag
 //!   overrides.
+//! - [`fleet`]: the fleet service's HTTP API (`edgectl devices`).
 //! - [`keys`]: `edgectl keygen` and reading the signing key.
 //! - [`link`]: the broker connection; its event loop runs on a task of its own.
 //! - [`command`]: [`command::send_command`], and the signing, topic and ack handling
@@ -53,6 +55,7 @@ pub mod cli_pki;
 pub mod command;
 pub mod config;
 pub mod deploy;
+pub mod fleet;
 pub mod keys;
 pub mod link;
 pub mod npy;

@@ -48,7 +48,7 @@ pub async fn statuses(link: &mut Link, wait: Duration) -> Result<(BTreeMap<Strin
             _ = tokio::time::sleep_until(deadline) => break,
             event = link.next_event() => {
                 if let LinkEvent::Message(m) = event.ok_or(LinkError::Closed)? {
-                    match edge_proto::decode::<Status>(&m.payload) {
+                    match edge_proto::status::decode(&m.payload) {
                         Ok(s) => { devices.insert(s.device.clone(), s); }
                         Err(e) => skipped.push((m.topic, e)),
                     }

@@ -109,6 +109,59 @@ pub fn status_text(device: &str, s: &DeviceStatus) -> String {
     out
 }
 
+/// `edgectl devices` as text: one row per device, models as `name=active` (`-`: none
+/// active). `now_ms` is the time `last_seen` and the certificate expiry are measured from.
+pub fn devices_text(devices: &[edge_proto::inventory::Device], now_ms: i64) -> String {
+    let mut out = String::new();
+    if devices.is_empty() {
+        out.push_str("no devices\n");
+        return out;
+    }
+    let width = devices.iter().map(|d| d.device.len()).max().unwrap_or(0).max("DEVICE".len());
+    let groups: Vec<String> = devices.iter().map(|d| d.groups.join(",")).collect();
+    let gwidth = groups.iter().map(|g| g.len()).max().unwrap_or(0).max("GROUPS".len());
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<7}  {:<gwidth$}  {:<9}  {:<9}  {:<8}  MODELS",
+        "DEVICE", "STATE", "GROUPS", "AGENT", "LAST SEEN", "CERT"
+    );
+    for (d, g) in devices.iter().zip(&groups) {
+        let seen = d.last_seen.map_or("-".to_string(), |t| format!("{} ago", age((now_ms - t).max(0) / 1000)));
+        let cert = d.cert_not_after.map_or("-".to_string(), |t| {
+            let left = t - now_ms / 1000;
+            if left < 0 {
+                "EXPIRED".to_string()
+            } else {
+                format!("{}d", left / 86_400)
+            }
+        });
+        let models: Vec<String> =
+            d.models.iter().map(|m| format!("{}={}", m.name, m.active_version.as_deref().unwrap_or("-"))).collect();
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<7}  {:<gwidth$}  {:<9}  {:<9}  {:<8}  {}",
+            d.device,
+            if d.online { "online" } else { "offline" },
+            g,
+            d.agent_version.as_deref().unwrap_or("-"),
+            seen,
+            cert,
+            models.join(" ")
+        );
+    }
+    out
+}
+
+/// Seconds as the largest whole unit: `42s`, `5m`, `3h`, `12d`.
+fn age(secs: i64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3_600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3_600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +228,36 @@ mod tests {
         assert_eq!(v["models"][0]["active_version"], "7");
         let text = status_text("d1", &s);
         assert!(text.lines().any(|l| l.starts_with("kws") && l.contains("6,7") && l.ends_with("ok")), "{text}");
+    }
+
+    #[test]
+    fn devices_are_one_row_each_with_state_age_expiry_and_active_versions() {
+        let now = 10_000_000_000i64;
+        let d = |id: &str, online: bool| edge_proto::inventory::Device {
+            device: id.into(),
+            online,
+            groups: vec!["cams".into(), "lab".into()],
+            last_seen: Some(now - 125_000),
+            agent_version: Some("0.1.0".into()),
+            cert_not_after: Some(now / 1000 + 3 * 86_400 + 5),
+            models: vec![ModelStatus {
+                name: "wake".into(),
+                active_version: Some("7".into()),
+                installed_versions: vec!["6".into(), "7".into()],
+                health: "ok".into(),
+            }],
+        };
+        let mut gone = d("dev-2", false);
+        gone.cert_not_after = Some(now / 1000 - 1);
+        gone.models[0].active_version = None;
+        let text = devices_text(&[d("dev-1", true), gone], now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("DEVICE") && lines[0].ends_with("MODELS"), "{text}");
+        for w in ["dev-1", "online", "cams,lab", "2m ago", "3d", "wake=7"] {
+            assert!(lines[1].contains(w), "{w} in {}", lines[1]);
+        }
+        assert!(lines[2].contains("offline") && lines[2].contains("EXPIRED") && lines[2].contains("wake=-"), "{text}");
+        assert_eq!(devices_text(&[], now), "no devices\n");
     }
 }

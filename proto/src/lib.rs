@@ -6,6 +6,7 @@
 //! - [`telemetry`]: the periodic sample of the box, its models and its link.
 //! - [`status`]: the retained online/offline status.
 //! - [`command`]: signed fleet commands (envelope, signing, verification) and their acks.
+//! - [`inventory`]: the fleet service's device list, as its HTTP API returns it.
 //! - [`ota`]: the model transfer: manifest, chunks, repair requests.
 //! - [`codec`]: postcard encoding with an explicit schema version, and a size bound
 //!   checked before decoding.
@@ -16,6 +17,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod inventory;
 pub mod ota;
 pub mod status;
 pub mod telemetry;

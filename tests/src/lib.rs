@@ -27,6 +27,8 @@
 //! - [`Broker`]: one `mosquitto` process on a free loopback port. [`Broker::stop`] and
 //!   [`Broker::restart`] (same port) simulate a broker outage; the process is killed on drop.
 //!   [`Broker::start_with_certs`] takes a CA and server certificate made elsewhere.
+//! - [`Postgres`]: a PostgreSQL server of its own (`initdb`, `pg_ctl`) on a free loopback
+//!   port, for the fleet service's tests; stopped on drop.
 //! - [`client_config`], [`mqtt_options`], [`unique_client_id`]: the client side, built the
 //!   same way the agent builds its link (rustls with the ring provider passed explicitly,
 //!   never `TlsConfiguration::Simple`, which panics without a process-wide provider).
@@ -42,7 +44,9 @@
 //! Mosquitto must be installed (`scripts/setup.sh` does it); it is looked up on `PATH` and
 //! then as `/usr/sbin/mosquitto`, where Debian puts it.
 
+mod postgres;
 mod tmpfs;
+pub use postgres::Postgres;
 pub use tmpfs::Tmpfs;
 
 use std::fmt::Write as _;

@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edge_proto::codec::Versioned;
-use edge_proto::command::{hex, Ack, AckState, Command, NpyBytes, Payload, Reply, VerifyingKey};
+use edge_proto::command::{hex, Ack, AckState, Command, ModelStatus, NpyBytes, Payload, Reply, VerifyingKey};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::settings::Settings;
@@ -187,6 +187,9 @@ pub struct ControlDeps {
     /// This component's own input, for the validation thread's reports (weak: the input
     /// closes when the link's side stops, and the thread ends).
     pub input: mpsc::WeakSender<Input>,
+    /// Where the models' states go for the link's retained status (see
+    /// [`Control::publish_model_states`]).
+    pub model_states: watch::Sender<Vec<ModelStatus>>,
 }
 
 /// The command component.
@@ -206,7 +209,12 @@ pub struct Control {
     deploys: Deploys,
     resumed: Vec<Resumed>,
     started: Instant,
+    model_states: watch::Sender<Vec<ModelStatus>>,
 }
+
+/// Ticks (half a second each) between refreshes of the models' states for the retained
+/// status, when no command or chunk came meanwhile.
+const MODEL_STATE_TICKS: u64 = 4;
 
 /// Ticks (half a second each) between checks of the state directory's free space.
 const DISK_REFRESH_TICKS: u64 = 20;
@@ -254,6 +262,7 @@ impl Control {
             deploys,
             resumed: deps.resumed,
             started: Instant::now(),
+            model_states: deps.model_states,
         }
     }
 
@@ -263,7 +272,9 @@ impl Control {
         let resumed = std::mem::take(&mut self.resumed);
         self.deploys.resume(resumed, &self.trusted);
         let mut ticks = 0u64;
+        self.publish_model_states();
         while let Some(input) = rx.blocking_recv() {
+            let tick = matches!(input, Input::Tick);
             match input {
                 Input::Inbound(Inbound::Command(bytes)) => self.on_command(&bytes),
                 Input::Inbound(Inbound::Chunk(bytes)) => self.deploys.on_chunk(&bytes),
@@ -277,6 +288,11 @@ impl Control {
                     }
                 }
                 Input::Validated(v) => self.deploys.on_validated(*v),
+            }
+            // After anything that may change the models; on ticks too (a health window
+            // ends, a trial is confirmed or rolled back), but only every few.
+            if !tick || ticks.is_multiple_of(MODEL_STATE_TICKS) {
+                self.publish_model_states();
             }
             if self.cancel.is_cancelled() {
                 break;
@@ -388,6 +404,19 @@ impl Control {
             }
             Err(reason) => self.acks.fail(id, payload_name(&cmd.payload), reason),
         }
+    }
+
+    /// Hands the models' states (the `get-status` view: one home for that decision) to the
+    /// link, which republishes the retained status when they differ from the last ones.
+    fn publish_model_states(&self) {
+        let states = self.status().models;
+        self.model_states.send_if_modified(|current| {
+            let changed = *current != states;
+            if changed {
+                *current = states;
+            }
+            changed
+        });
     }
 
     /// The device's models and settings.

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge_proto::command::ModelStatus;
 use edge_proto::topics::Topics;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Link counters, shared with telemetry and `/metrics`.
 #[derive(Debug, Default)]
@@ -65,8 +66,10 @@ pub struct LinkSettings {
     pub network_timeout: Duration,
     /// Keep-alive.
     pub keep_alive: Duration,
-    /// Names of the loaded models, for the status message.
-    pub models: Vec<String>,
+    /// The device's models as `get-status` reports them (active and installed versions,
+    /// health), kept current by the command component: the retained status carries them,
+    /// and is published again when they change.
+    pub models: watch::Receiver<Vec<ModelStatus>>,
     /// First reconnect delay, doubled up to `backoff_max`.
     pub backoff_base: Duration,
     /// Longest reconnect delay.

@@ -23,7 +23,9 @@
 //! then is dropped. Repair requests for missing OTA chunks are published directly (QoS 0):
 //! they are repeated until answered, so there is nothing to keep.
 //!
-//! On every connect the link publishes a retained `online` [`Status`]; the broker publishes
+//! On every connect the link publishes a retained `online` [`Status`] (groups, and each
+//! model's active and installed versions and health, from [`LinkSettings::models`]), and
+//! again whenever the models change; the broker publishes
 //! the retained `offline` last will when the device vanishes, and the agent publishes it
 //! itself on an orderly shutdown. The session is persistent (clean session off, client id =
 //! device id); rumqttc's own retransmission queue is dropped after an error because the
@@ -40,6 +42,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edge_proto::codec::Versioned;
 use edge_proto::status::{State, Status};
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
@@ -215,14 +218,17 @@ impl Link {
     }
 
     fn status(&self, state: State) -> Vec<u8> {
+        let model_states = self.settings.models.borrow().clone();
         edge_proto::encode(&Status {
-            version: 1,
+            version: Status::VERSION,
             device: self.settings.topics.device().to_string(),
             state,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            models: self.settings.models.clone(),
+            models: model_states.iter().map(|m| m.name.clone()).collect(),
             uptime_secs: if state == State::Online { self.started.elapsed().as_secs() } else { 0 },
             ts: now_ms(),
+            groups: self.settings.groups.clone(),
+            model_states,
         })
     }
 
@@ -277,6 +283,8 @@ impl Link {
         let mut parked: Option<(Vec<u8>, tokio::time::Instant)> = None;
         let patience = chunk_patience(self.settings.keep_alive);
         let chunk_room = self.inbound.clone();
+        // The models as last published in the retained status (on connect).
+        let mut models = self.settings.models.clone();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -307,6 +315,16 @@ impl Link {
                     }
                     SpoolEvent::Erased => follow(&spool, LaneId::Telemetry, lanes.telemetry.on_erased())?,
                 },
+                // A deploy, activation, rollback or removal changed the models: the retained
+                // status says so at once (the last will keeps the one set at connect time).
+                Ok(()) = models.changed() => {
+                    models.mark_unchanged();
+                    if self.stats.connected.load(Ordering::Relaxed)
+                        && client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status(State::Online)).is_ok()
+                    {
+                        issued.push_back(Issued::Status);
+                    }
+                }
                 room = room_for_chunk(chunk_room.as_ref()), if parked.is_some() => {
                     let (chunk, _) = parked.take().expect("guarded");
                     match room {

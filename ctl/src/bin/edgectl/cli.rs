@@ -64,6 +64,14 @@ pub enum Command {
         #[arg(long, default_value_t = 2)]
         wait: u64,
     },
+    /// List the devices the fleet service (edge-fleet) knows: online state, groups, agent
+    /// version, last seen, certificate expiry and each model's active version. Needs
+    /// `[fleet] url` in ctl.toml; with --json, the service's array as is.
+    Devices {
+        /// Only the members of this group.
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// Make the operator key pair that signs commands: DIR/operator.key (secret, 0600) and
     /// DIR/operator.pub (for the devices' [ota] trusted_keys). Never overwrites.
     Keygen {

@@ -90,6 +90,14 @@ fn run(cli: &Cli) -> Result<Verdict> {
     };
     let path = config::locate(cli.config.as_deref(), |k| std::env::var_os(k), Path::exists)?;
     let config = CtlConfig::load(&path, &overrides)?;
+    // The fleet service's inventory: HTTP, no broker.
+    if let Command::Devices { group } = &cli.command {
+        let url = config.fleet_url()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let devices = runtime.block_on(edgectl::fleet::devices(url, group.as_deref()))?;
+        output::devices(&devices, cli.json);
+        return Ok(true);
+    }
     // Everything that can be refused without the broker is, before connecting.
     let job = Job::new(&cli.command, &config, cli.json)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -185,8 +193,12 @@ impl What {
     fn new(command: &Command, config: &CtlConfig) -> Result<What> {
         let key = || config.signing_key().map(Box::new);
         let (target, payload, timing, goal, show) = match command {
-            Command::Keygen { .. } | Command::Pki { .. } | Command::Completions { .. } | Command::Man { .. } => {
-                unreachable!("handled before loading the configuration")
+            Command::Keygen { .. }
+            | Command::Pki { .. }
+            | Command::Completions { .. }
+            | Command::Man { .. }
+            | Command::Devices { .. } => {
+                unreachable!("handled before connecting to the broker")
             }
             Command::Watch { device, all: _, count } => {
                 return Ok(What::Watch { device: device.clone(), count: *count })

@@ -30,6 +30,17 @@ pub fn document(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).expect("JSON values serialize"));
 }
 
+/// `devices`: the fleet service's array as is with `--json`, else a table.
+pub fn devices(devices: &[edge_proto::inventory::Device], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(devices).expect("devices serialize"));
+    } else {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        print!("{}", report::devices_text(devices, now));
+    }
+}
+
 /// `watch`'s header, before the first sample (none with `--json`).
 pub fn watch_header(json: bool) {
     if !json {

@@ -1,0 +1,254 @@
+//! `fleet.toml`: the broker, the database and the HTTP API of the fleet service.
+//!
+//! ```toml
+//! client_id = "edge-fleet"          # optional; the MQTT client id of the persistent session
+//!
+//! [mqtt]                            # the same keys as ctl.toml's; its own certificate
+//! url = "mqtts://broker:8883"
+//! ca_file = "ca.pem"
+//! cert_file = "edge-fleet.pem"
+//! key_file = "edge-fleet-key.pem"
+//!
+//! [database]
+//! url = "sqlite:///var/lib/edge-fleet/fleet.db"   # the default; or postgres://user:pw@host/db
+//!
+//! [http]
+//! listen = "127.0.0.1:9200"         # the default
+//! ```
+//!
+//! Relative TLS paths are taken from the directory of `fleet.toml`. Every error names the
+//! file, the key and what would be accepted.
+
+use std::path::{Path, PathBuf};
+
+use edge_mqtt::MqttConfig;
+use serde::Deserialize;
+
+/// The database when `[database] url` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite:///var/lib/edge-fleet/fleet.db";
+/// The HTTP API's address when `[http] listen` is not set.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9200";
+/// The MQTT client id when `client_id` is not set.
+pub const DEFAULT_CLIENT_ID: &str = "edge-fleet";
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {}: {source}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse, or a key is unknown, missing or of the wrong type.
+    #[error("config {}: {message}", path.display())]
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's one-line account, with the line number.
+        message: String,
+    },
+    /// A value is present and well-typed but not acceptable.
+    #[error("config {}: {key}: {message}", path.display())]
+    Value {
+        /// The config file.
+        path: PathBuf,
+        /// The key, as `[table] key`.
+        key: String,
+        /// What is wrong with it, and what would be accepted.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// MQTT client id: stable, so that the broker keeps the session (and queues what
+    /// arrives) while the service is down.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// The broker, as edgectl's `[mqtt]`.
+    pub mqtt: MqttConfig,
+    /// `[database]`
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// `[http]`
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite:///path/fleet.db` or `postgres://…`.
+    #[serde(default = "default_database_url")]
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: default_database_url() }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the JSON API and `/metrics`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: default_listen() }
+    }
+}
+
+fn default_client_id() -> String {
+    DEFAULT_CLIENT_ID.into()
+}
+fn default_database_url() -> String {
+    DEFAULT_DATABASE_URL.into()
+}
+fn default_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://`
+    Sqlite,
+    /// `postgres://` or `postgresql://`
+    Postgres,
+}
+
+/// The backend of a `[database] url`, `None` for any other scheme.
+pub fn backend(url: &str) -> Option<Backend> {
+    match url.split_once("://")?.0 {
+        "sqlite" => Some(Backend::Sqlite),
+        "postgres" | "postgresql" => Some(Backend::Postgres),
+        _ => None,
+    }
+}
+
+impl Config {
+    /// Parses `text` as the contents of `path`, resolves relative TLS paths against its
+    /// directory, and checks every value.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string().replace('\n', " ") })?;
+        config.mqtt.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        config.check(path)?;
+        Ok(config)
+    }
+
+    /// Reads, parses and checks `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::parse(&text, path)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| Err(ConfigError::Value { path: path.into(), key: key.into(), message });
+        if let Err(e) = self.mqtt.check() {
+            return bad(e.key, e.message);
+        }
+        if !edge_mqtt::valid_segment(&self.client_id) {
+            return bad("client_id", format!("{:?} must be 1-128 characters of A-Z a-z 0-9 - _ .", self.client_id));
+        }
+        let url = &self.database.url;
+        match backend(url) {
+            None => {
+                return bad(
+                    "[database] url",
+                    format!("{url:?} is neither sqlite:///path/fleet.db nor postgres://user@host/database"),
+                )
+            }
+            Some(Backend::Sqlite) if url.trim_start_matches("sqlite://").is_empty() => {
+                return bad("[database] url", format!("{url:?} names no file: write sqlite:///path/fleet.db"))
+            }
+            _ => {}
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "[http] listen",
+                format!("{:?} is not an address:port such as 127.0.0.1:9200", self.http.listen),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A complete file in a temporary directory with its TLS files, and its path.
+    fn write(extra: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "fleet.pem", "fleet.key"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let path = dir.path().join("fleet.toml");
+        let text = format!(
+            "{extra}\n[mqtt]\nurl = \"mqtts://b:8883\"\nca_file = \"ca.pem\"\ncert_file = \"fleet.pem\"\n\
+             key_file = \"fleet.key\"\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults_fill_the_database_http_and_client_id() {
+        let (dir, path) = write("");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.database.url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.http.listen, DEFAULT_LISTEN);
+        assert_eq!(c.client_id, DEFAULT_CLIENT_ID);
+        assert_eq!(c.mqtt.ca_file, dir.path().join("ca.pem"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_key() {
+        for (extra, key) in [
+            ("[database]\nurl = \"mysql://x/y\"", "[database] url"),
+            ("[database]\nurl = \"sqlite://\"", "[database] url"),
+            ("[http]\nlisten = \"localhost\"", "[http] listen"),
+            ("client_id = \"a/b\"", "client_id"),
+        ] {
+            // Tables must come before [mqtt] in the file for top-level keys, so put the
+            // extra first.
+            let (_dir, path) = write(extra);
+            match Config::load(&path) {
+                Err(ConfigError::Value { key: k, .. }) => assert_eq!(k, key, "{extra}"),
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_tls_file_and_an_unknown_key_are_named() {
+        let (dir, path) = write("");
+        std::fs::remove_file(dir.path().join("fleet.key")).unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("[mqtt] key_file") && err.contains("no such file"), "{err}");
+        let (_dir, path) = write("[prometheus]\nremote_write_url = \"http://p\"");
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("prometheus"), "{err}");
+    }
+
+    #[test]
+    fn backends_are_told_by_scheme() {
+        assert_eq!(backend("sqlite:///x.db"), Some(Backend::Sqlite));
+        assert_eq!(backend("postgres://u@h/d"), Some(Backend::Postgres));
+        assert_eq!(backend("postgresql://u@h/d"), Some(Backend::Postgres));
+        assert_eq!(backend("x.db"), None);
+    }
+}

@@ -1,0 +1,199 @@
+//! Inventory ingestion: one persistent MQTT session that reads every device's status,
+//! telemetry and acks, and stores what each says (`inventory::apply`) in the database.
+//!
+//! Delivery: QoS 1, clean session off, a stable client id (`client_id` in fleet.toml), so
+//! the broker queues what devices publish while the service is down (up to Mosquitto's
+//! `max_queued_messages` per client) and delivers it on reconnect. Acks to the broker are
+//! manual and sent only once a message is stored: a message that was being written when
+//! the service died is delivered again. The subscriptions are made when the broker has no
+//! session for this client id (the first start, or after `persistent_client_expiration`);
+//! with a session, the broker already holds them, and its queue arrives in order, without
+//! the retained statuses being replayed ahead of older queued ones.
+//!
+//! Two tasks, so that nothing slow sits inside rumqttc's poll: the poll task hands
+//! messages to the store task over a small bounded channel; when the database is slow the
+//! poll task waits, rumqttc stops reading, and the broker holds the rest (backpressure,
+//! not loss). A message that does not decode is logged with its topic, counted and acked;
+//! one the database refuses is retried with backoff ([`RETRIES`]), then counted as dropped.
+
+use std::time::Duration;
+
+use edge_mqtt::{host_port, MqttConfig};
+use edge_proto::topics::fleet;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Db;
+use crate::inventory::{self, Observation};
+use crate::metrics::Metrics;
+
+/// Delays between attempts to store a message the database refused.
+pub const RETRIES: [Duration; 5] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+];
+
+/// Messages between the poll task and the store task.
+const QUEUE: usize = 64;
+
+/// What stops ingestion.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// `[mqtt] url` has no host:port.
+    #[error("[mqtt] url {0:?} has no host:port (expected mqtts://host:port)")]
+    BadUrl(String),
+    /// The TLS files cannot be loaded.
+    #[error(transparent)]
+    Tls(#[from] edge_mqtt::TlsError),
+}
+
+/// The topic filters the service reads.
+pub fn filters(prefix: &str) -> Vec<String> {
+    vec![fleet::status(prefix, None), fleet::telemetry(prefix, None), fleet::acks(prefix, None)]
+}
+
+/// Connects and ingests until `cancel`. Connection errors are logged and retried with
+/// backoff; only a configuration problem returns.
+pub async fn run(
+    mqtt: MqttConfig,
+    client_id: String,
+    db: Db,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) -> Result<(), IngestError> {
+    let (host, port) = host_port(&mqtt.url).ok_or_else(|| IngestError::BadUrl(mqtt.url.clone()))?;
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    opts.set_keep_alive(Duration::from_secs(mqtt.keep_alive_secs.max(5)));
+    opts.set_max_packet_size(mqtt.max_packet_bytes, mqtt.max_packet_bytes);
+    if mqtt.url.starts_with("mqtts://") {
+        let tls = edge_mqtt::client_config(&mqtt.ca_file, &mqtt.cert_file, &mqtt.key_file)?;
+        opts.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    eventloop.network_options.set_connection_timeout(mqtt.network_timeout_secs.max(1));
+    let (tx, rx) = mpsc::channel::<Publish>(QUEUE);
+    let stop_store = cancel.child_token();
+    let store = tokio::spawn(store(rx, client.clone(), mqtt.topic_prefix.clone(), db, metrics, stop_store.clone()));
+    let subscriptions = filters(&mqtt.topic_prefix);
+    let max_delay = Duration::from_secs(mqtt.reconnect_max_secs.max(1));
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => break,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                delay = Duration::from_millis(500);
+                tracing::info!(broker = %mqtt.url, session_present = ack.session_present, "connected to broker");
+                if !ack.session_present {
+                    let f = subscriptions.iter().map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(f) {
+                        tracing::error!("cannot subscribe to {subscriptions:?}: {e}");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if tx.send(p).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(broker = %mqtt.url, "broker connection: {e}; retrying in {delay:?}");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(max_delay);
+            }
+        }
+    }
+    drop(tx);
+    stop_store.cancel();
+    let _ = store.await;
+    // Let the last acks out, then leave without a will (the session stays on the broker).
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(e) = eventloop.poll().await {
+            if matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// Stores each message, then acks it to the broker.
+async fn store(
+    mut rx: mpsc::Receiver<Publish>,
+    client: AsyncClient,
+    prefix: String,
+    db: Db,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    loop {
+        // Stops at once when cancelled: what is queued here is not acked yet, so the broker
+        // delivers it again on the next start.
+        let p = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        if !handle(&p, &prefix, &db, &metrics, &cancel).await {
+            // Cancelled mid-retry: not acked, so the broker delivers it again.
+            return;
+        }
+        if let Err(e) = client.ack(&p).await {
+            tracing::warn!(topic = %p.topic, "cannot ack to the broker: {e}");
+        }
+    }
+}
+
+/// Decodes and stores one message. `false` when cancelled before it was stored.
+async fn handle(p: &Publish, prefix: &str, db: &Db, metrics: &Metrics, cancel: &CancellationToken) -> bool {
+    let (device, kind, obs) = match inventory::observe(prefix, &p.topic, &p.payload) {
+        Ok(o) => o,
+        Err(e) => {
+            let kind = inventory::route(prefix, &p.topic).map_or("other", |(k, _)| k.as_str());
+            Metrics::count(&metrics.undecodable, kind);
+            tracing::warn!(topic = %p.topic, bytes = p.payload.len(), "message skipped: {e}");
+            return true;
+        }
+    };
+    let mut retries = RETRIES.iter();
+    loop {
+        match db.update(&device, |known| inventory::apply(&device, known, &obs)).await {
+            Ok(()) => {
+                Metrics::count(&metrics.ingested, kind.as_str());
+                if let Observation::Status(s) = &obs {
+                    tracing::debug!(device, state = ?s.state, "status stored");
+                }
+                return true;
+            }
+            Err(e) => {
+                metrics.db_errors.inc();
+                let Some(delay) = retries.next() else {
+                    metrics.dropped.inc();
+                    tracing::error!(topic = %p.topic, "message dropped after {} attempts: {e}", RETRIES.len() + 1);
+                    return true;
+                };
+                tracing::warn!(topic = %p.topic, "cannot store the message, retrying in {delay:?}: {e}");
+                tokio::select! {
+                    _ = cancel.cancelled() => return false,
+                    _ = tokio::time::sleep(*delay) => {}
+                }
+            }
+        }
+    }
+}

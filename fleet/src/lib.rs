@@ -1,0 +1,119 @@
+//! `edge-fleet`, the fleet side of edge-agent. This first slice keeps a **device inventory**:
+//! it reads every device's retained status, telemetry and acks from the broker and stores,
+//! per device, its groups, online state and last-seen time, agent version, certificate
+//! expiry, and each model's active and installed versions and health, in SQLite or
+//! PostgreSQL; `GET /v1/devices` (and `edgectl devices`) lists them. Desired-state
+//! deployments, Prometheus remote write, replicas and delta transfers come next
+//! (docs/fleet.md says what is built and what is not).
+//!
+//! # Layout
+//!
+//! ```text
+//! broker ─> ingest (persistent MQTT session, manual acks)
+//!             └─> inventory::observe + apply (pure) ─> db (SQLite | PostgreSQL)
+//!                                                        └─> http: /v1/devices, /healthz, /metrics
+//! ```
+//!
+//! - [`config`]: `fleet.toml` (`[mqtt]` as in ctl.toml, `[database]`, `[http]`), checked in
+//!   full, errors naming the key.
+//! - [`inventory`]: what a message says and how it changes a device's record; pure, tested
+//!   without I/O.
+//! - [`db`]: one query layer for both databases, the embedded migrations.
+//! - [`ingest`]: the MQTT side: subscribe, decode, store, then ack.
+//! - [`http`]: the JSON API and `/metrics`; [`metrics`]: the counters.
+//!
+//! # Why sqlx's `Any` driver
+//!
+//! One query layer for SQLite and PostgreSQL means each query written once. sqlx's `Any`
+//! driver picks the engine from the URL at run time and passes the same SQL to either;
+//! the SQL the inventory needs (`$1` placeholders, `INSERT … ON CONFLICT … DO UPDATE`,
+//! TEXT/BIGINT) is common to both engines. The alternative, both drivers behind a
+//! trait of our own, would write each query twice (or generate it) for no gain at this
+//! size. The price: `Any` maps only the basic types (no native timestamps, arrays or
+//! JSON columns), so times are BIGINT milliseconds and lists are JSON text or rows. sqlx
+//! is async throughout (SQLite runs on its own worker thread), so nothing blocks the
+//! runtime. The migrations are plain SQL files embedded with `include_str!` and applied
+//! by [`db::Db::migrate`], recorded in `fleet_migrations`, rather than with sqlx's
+//! `migrate!` macro, which would build both drivers a second time for the proc-macro host.
+//!
+//! # Schema
+//!
+//! Today (`migrations/0001_devices.sql`):
+//!
+//! - `devices (device PK, online, last_seen, agent_version, cert_not_after, updated_at)`
+//! - `device_groups (device, group_name)`: a deployment to a group selects its targets here;
+//! - `device_models (device, name, active_version, installed_versions JSON, health)`: a
+//!   deployment compares its desired version with `active_version` here.
+//!
+//! Intended next (not created until the code that uses them exists):
+//!
+//! - `deployments (id PK, target_kind 'group'|'device', target, model, version, manifest
+//!   BLOB, signed_command BLOB, artifact_sha256, state, created_at, superseded_by)`: the
+//!   signed manifest and command as the operator made them (the service cannot forge one);
+//! - `deployment_targets (deployment, device, state, attempts, last_ack, updated_at)`: per
+//!   device progress, what `edgectl deployments watch` reads, re-attachable anywhere;
+//! - `artifacts (sha256 PK, size, path)`, `chunks (sha256 PK, ...)` for delta transfers;
+//! - `leases (name PK, holder, expires_at)`: which replica drives which deployment.
+
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod ingest;
+pub mod inventory;
+pub mod metrics;
+
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// Why the service stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// `[http] listen` cannot be bound.
+    #[error("[http] listen {addr}: cannot bind: {source}; is another service on that port?")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The broker settings cannot be used.
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
+    /// The HTTP server failed.
+    #[error("HTTP API: {0}")]
+    Http(std::io::Error),
+}
+
+/// Opens the database (running its migrations), binds the HTTP API, and ingests from the
+/// broker until `cancel`.
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetError> {
+    let db = db::Db::open(&config.database.url).await?;
+    let metrics = metrics::Metrics::default();
+    let listener = tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .map_err(|source| FleetError::Bind { addr: config.http.listen.clone(), source })?;
+    tracing::info!(
+        database = %db::redact(&config.database.url),
+        http = %config.http.listen,
+        broker = %config.mqtt.url,
+        "edge-fleet started"
+    );
+    let server = tokio::spawn(http::serve(listener, http::router(db.clone(), metrics.clone()), cancel.clone()));
+    let ingested = ingest::run(config.mqtt, config.client_id, db.clone(), metrics, cancel.clone()).await;
+    // Whatever ended ingestion ends the service.
+    cancel.cancel();
+    let served = server.await;
+    db.close().await;
+    ingested?;
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(FleetError::Http(e)),
+        Err(e) => Err(FleetError::Http(std::io::Error::other(e.to_string()))),
+    }
+}
