@@ -5,9 +5,6 @@
 //! `operator.pub` holds the public key as hex, the form `[ota] trusted_keys` takes on
 //! devices.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use edge_proto::command::{generate_signing_key, hex, key_id, SigningKey};
@@ -73,16 +70,9 @@ pub fn keygen(dir: &Path) -> Result<(PathBuf, PathBuf, String), KeyError> {
 }
 
 fn write_new(path: &Path, mode: u32, text: &str) -> Result<(), KeyError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|source| KeyError::Io { what: "creating", path: path.into(), source })?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|source| KeyError::Io {
-        what: "writing",
-        path: path.into(),
-        source,
+    crate::files::write_new(path, mode, text).map_err(|(what, source)| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => KeyError::Exists(path.into()),
+        _ => KeyError::Io { what, path: path.into(), source },
     })
 }
 

@@ -22,10 +22,7 @@
 //! ever overwritten. Certificates start one hour in the past, for devices whose clock is a
 //! little behind.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use edge_mqtt::config::valid_segment;
@@ -399,18 +396,9 @@ fn write_all(files: &[(&PathBuf, String, u32)]) -> Result<(), PkiError> {
 }
 
 fn write_new(path: &Path, mode: u32, text: &str) -> Result<(), PkiError> {
-    // create_new: a file that appeared since refuse_existing is still not overwritten.
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::AlreadyExists {
-            PkiError::Exists(path.into())
-        } else {
-            PkiError::Io { what: "creating", path: path.into(), source }
-        }
-    })?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|source| PkiError::Io {
-        what: "writing",
-        path: path.into(),
-        source,
+    crate::files::write_new(path, mode, text).map_err(|(what, source)| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => PkiError::Exists(path.into()),
+        _ => PkiError::Io { what, path: path.into(), source },
     })
 }
 
