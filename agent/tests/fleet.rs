@@ -342,6 +342,9 @@ async fn metrics_count_every_request_outcome_after_real_requests() {
     let input_path = models.join("rapidocr__PP-OCRv6_det_small.input.npy");
     let input = edge_agent::npy::read(&input_path).unwrap();
     let mut text = std::fs::read_to_string(&config).unwrap();
+    // Under qemu (CI's aarch64 run) one request takes seconds: a deadline that leaves the
+    // test about counting, not about the emulator's speed. (The config ends in [http].)
+    text.push_str("request_timeout_secs = 120\n");
     text.push_str(&format!(
         "[[models]]\nname = \"det\"\npath = \"{}\"\nversion = \"6s\"\nworkers = 1\nqueue = 1\nshapes = {{ x = {:?} }}\n",
         models.join("rapidocr__PP-OCRv6_det_small.onnx").display(),
