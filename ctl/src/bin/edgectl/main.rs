@@ -76,7 +76,11 @@ fn run(cli: &Cli) -> Result<Verdict> {
         Command::Man { out } => {
             std::fs::create_dir_all(out).with_context(|| format!("--out {}", out.display()))?;
             clap_mangen::generate_to(Cli::command(), out).with_context(|| format!("--out {}", out.display()))?;
-            println!("wrote man pages into {}", out.display());
+            if cli.json {
+                output::document(&json!({ "man_dir": out }));
+            } else {
+                println!("wrote man pages into {}", out.display());
+            }
             return Ok(true);
         }
         _ => {}
