@@ -1,4 +1,5 @@
-//! The fleet service's HTTP API, as edgectl reads it: `edgectl devices`.
+//! The fleet service's HTTP API, as edgectl uses it: `edgectl devices`, and the
+//! deployments (`edgectl deploy` with `[fleet] url`, `edgectl deployments`).
 //!
 //! Plain HTTP/1.1 over one tokio TCP connection with hyper's client connection (hyper and
 //! hyper-util are already in the tree through axum; no second HTTP stack). The fleet
@@ -7,12 +8,22 @@
 
 use std::time::Duration;
 
+use edge_proto::deployments::{CancelDeployment, Deployment, NewDeployment};
 use edge_proto::inventory::Device;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use serde::de::DeserializeOwned;
 
-/// How long a request may take, connection included.
+/// How long a request may take, connection included (uploads get more: [`upload_timeout`]).
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Slowest upload rate allowed for before an artifact upload is given up.
+const MIN_UPLOAD_BYTES_PER_SEC: u64 = 256 * 1024;
+
+/// How long an upload of `bytes` may take.
+pub fn upload_timeout(bytes: u64) -> Duration {
+    TIMEOUT + Duration::from_secs(bytes / MIN_UPLOAD_BYTES_PER_SEC)
+}
 
 /// What went wrong asking the fleet service.
 #[derive(Debug, thiserror::Error)]
@@ -90,35 +101,105 @@ fn percent_encode(s: &str) -> String {
 /// The devices the fleet service knows, or the members of `group`.
 pub async fn devices(url: &str, group: Option<&str>) -> Result<Vec<Device>, FleetError> {
     let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
-    let path = devices_path(&prefix, group);
-    let body = tokio::time::timeout(TIMEOUT, get(url, &authority, &path))
-        .await
-        .map_err(|_| FleetError::Unreachable { url: url.into(), reason: format!("no answer within {TIMEOUT:?}") })??;
+    json(url, call(url, &authority, "GET", &devices_path(&prefix, group), None, TIMEOUT).await?)
+}
+
+/// Stores an artifact (model plus validation vector) under its SHA-256 (hex).
+pub async fn upload_artifact(url: &str, sha256: &str, artifact: Vec<u8>) -> Result<(), FleetError> {
+    let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
+    let timeout = upload_timeout(artifact.len() as u64);
+    let body = Some(("application/octet-stream", Bytes::from(artifact)));
+    call(url, &authority, "PUT", &format!("{prefix}/v1/artifacts/{sha256}"), body, timeout).await?;
+    Ok(())
+}
+
+/// Hands a signed deployment to the service.
+pub async fn create_deployment(url: &str, new: &NewDeployment) -> Result<Deployment, FleetError> {
+    post_json(url, "/v1/deployments", new).await
+}
+
+/// Every deployment, newest first, without the devices.
+pub async fn deployments(url: &str) -> Result<Vec<Deployment>, FleetError> {
+    let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
+    json(url, call(url, &authority, "GET", &format!("{prefix}/v1/deployments"), None, TIMEOUT).await?)
+}
+
+/// One deployment, with every device's progress.
+pub async fn deployment(url: &str, id: &str) -> Result<Deployment, FleetError> {
+    let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
+    let path = format!("{prefix}/v1/deployments/{}", percent_encode(id));
+    json(url, call(url, &authority, "GET", &path, None, TIMEOUT).await?)
+}
+
+/// Cancels a deployment with a signed cancel command.
+pub async fn cancel_deployment(url: &str, id: &str, cancel: &CancelDeployment) -> Result<Deployment, FleetError> {
+    post_json(url, &format!("/v1/deployments/{}/cancel", percent_encode(id)), cancel).await
+}
+
+async fn post_json<T: DeserializeOwned>(url: &str, path: &str, body: &impl serde::Serialize) -> Result<T, FleetError> {
+    let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
+    let body = Bytes::from(serde_json::to_vec(body).expect("the request types serialize"));
+    json(
+        url,
+        call(url, &authority, "POST", &format!("{prefix}{path}"), Some(("application/json", body)), TIMEOUT).await?,
+    )
+}
+
+fn json<T: DeserializeOwned>(url: &str, body: Bytes) -> Result<T, FleetError> {
     serde_json::from_slice(&body).map_err(|e| FleetError::Body { url: url.into(), reason: e.to_string() })
 }
 
-async fn get(url: &str, authority: &str, path: &str) -> Result<Bytes, FleetError> {
+/// One request within `timeout`: the body of a 2xx answer, or the error.
+async fn call(
+    url: &str,
+    authority: &str,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Bytes)>,
+    timeout: Duration,
+) -> Result<Bytes, FleetError> {
+    tokio::time::timeout(timeout, send(url, authority, method, path, body))
+        .await
+        .map_err(|_| FleetError::Unreachable { url: url.into(), reason: format!("no answer within {timeout:?}") })?
+}
+
+async fn send(
+    url: &str,
+    authority: &str,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Bytes)>,
+) -> Result<Bytes, FleetError> {
     let unreachable = |reason: String| FleetError::Unreachable { url: url.into(), reason };
     let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| unreachable(e.to_string()))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     let conn = tokio::spawn(conn);
-    let request = hyper::Request::get(path)
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header(hyper::header::HOST, authority)
-        .header(hyper::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| FleetError::BadUrl(format!("{url}: {e}")))?;
+        .header(hyper::header::ACCEPT, "application/json");
+    let body = match body {
+        Some((content_type, bytes)) => {
+            request = request.header(hyper::header::CONTENT_TYPE, content_type);
+            bytes
+        }
+        None => Bytes::new(),
+    };
+    let request = request.body(Full::new(body)).map_err(|e| FleetError::BadUrl(format!("{url}: {e}")))?;
     let response = sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
     let status = response.status();
     let body = response.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
     conn.abort();
     if !status.is_success() {
-        return Err(FleetError::Status {
-            url: url.into(),
-            status: status.as_u16(),
-            body: String::from_utf8_lossy(&body).trim().to_string(),
-        });
+        // The service answers {"error": "..."}: show the message, not the JSON.
+        let text = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+        return Err(FleetError::Status { url: url.into(), status: status.as_u16(), body: text });
     }
     Ok(body)
 }

@@ -55,6 +55,7 @@ pub mod cli_pki;
 pub mod command;
 pub mod config;
 pub mod deploy;
+pub mod deployments;
 mod files;
 pub mod fleet;
 pub mod keys;

@@ -14,9 +14,16 @@
 //!
 //! [http]
 //! listen = "127.0.0.1:9200"         # the default
+//!
+//! [artifacts]                       # models of deployments, chunks served from here
+//! dir = "/var/lib/edge-fleet/artifacts"   # the default; shared by replicas
+//! max_bytes = 1073741824            # largest upload, the default (1 GiB)
+//!
+//! [deployments]
+//! max_bytes_per_sec = 0             # cap on chunk data published, all devices together; 0: none
 //! ```
 //!
-//! Relative TLS paths are taken from the directory of `fleet.toml`. Every error names the
+//! Relative TLS and artifact paths are taken from the directory of `fleet.toml`. Every error names the
 //! file, the key and what would be accepted.
 
 use std::path::{Path, PathBuf};
@@ -28,6 +35,11 @@ use serde::Deserialize;
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:///var/lib/edge-fleet/fleet.db";
 /// The HTTP API's address when `[http] listen` is not set.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9200";
+/// The artifact store when `[artifacts] dir` is not set.
+pub const DEFAULT_ARTIFACTS_DIR: &str = "/var/lib/edge-fleet/artifacts";
+/// The largest artifact when `[artifacts] max_bytes` is not set: above the protocol's
+/// bound for one deploy (about 1900 chunks of at most 1 MiB).
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 /// The MQTT client id when `client_id` is not set.
 pub const DEFAULT_CLIENT_ID: &str = "edge-fleet";
 
@@ -78,6 +90,47 @@ pub struct Config {
     /// `[http]`
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[artifacts]`
+    #[serde(default)]
+    pub artifacts: ArtifactsConfig,
+    /// `[deployments]`
+    #[serde(default)]
+    pub deployments: DeploymentsConfig,
+}
+
+/// `[deployments]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentsConfig {
+    /// Most bytes of chunk data per second the service publishes, over every device
+    /// together (a cellular uplink or a shared broker); 0 for no cap.
+    #[serde(default)]
+    pub max_bytes_per_sec: u64,
+}
+
+/// `[artifacts]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    /// Where uploaded artifacts are kept, one file per SHA-256.
+    #[serde(default = "default_artifacts_dir")]
+    pub dir: PathBuf,
+    /// Largest upload accepted.
+    #[serde(default = "default_max_artifact_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        ArtifactsConfig { dir: default_artifacts_dir(), max_bytes: default_max_artifact_bytes() }
+    }
+}
+
+fn default_artifacts_dir() -> PathBuf {
+    DEFAULT_ARTIFACTS_DIR.into()
+}
+fn default_max_artifact_bytes() -> u64 {
+    DEFAULT_MAX_ARTIFACT_BYTES
 }
 
 /// `[database]`
@@ -144,7 +197,11 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string().replace('\n', " ") })?;
-        config.mqtt.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        let dir = path.parent().unwrap_or(Path::new("."));
+        config.mqtt.resolve_paths(dir);
+        if config.artifacts.dir.is_relative() {
+            config.artifacts.dir = dir.join(&config.artifacts.dir);
+        }
         config.check(path)?;
         Ok(config)
     }
@@ -181,6 +238,9 @@ impl Config {
                 "[http] listen",
                 format!("{:?} is not an address:port such as 127.0.0.1:9200", self.http.listen),
             );
+        }
+        if self.artifacts.max_bytes == 0 {
+            return bad("[artifacts] max_bytes", "must be at least 1 (bytes)".into());
         }
         Ok(())
     }

@@ -20,7 +20,15 @@ use crate::inventory::{Change, Device};
 
 /// The migrations, in order: (version, name, SQL). Applied once each, recorded in
 /// `fleet_migrations`; never edit one that has shipped, add the next.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "devices", include_str!("../migrations/0001_devices.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "devices", include_str!("../migrations/0001_devices.sql")),
+    (2, "deployments", include_str!("../migrations/0002_deployments.sql")),
+];
+
+/// The versions of every migration this build carries, in order.
+pub fn migration_versions() -> Vec<i64> {
+    MIGRATIONS.iter().map(|m| m.0).collect()
+}
 
 /// What went wrong with the database.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +79,19 @@ pub enum DbError {
         /// What it holds.
         value: String,
     },
+    /// A stored deployment does not read back (a row edited by hand).
+    #[error("database: deployment {id}: column {column} does not read back: {problem}")]
+    CorruptDeployment {
+        /// The deployment.
+        id: String,
+        /// The column.
+        column: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
-fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
+pub(crate) fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
     move |source| DbError::Query { what, source }
 }
 
@@ -92,7 +110,7 @@ pub fn redact(url: &str) -> String {
 /// A connection pool and the queries of the inventory.
 #[derive(Debug, Clone)]
 pub struct Db {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
 }
 
 impl Db {
@@ -196,6 +214,7 @@ impl Db {
                 }
             }
             Change::Put(d) => write_device(&mut tx, &d).await?,
+            Change::Keep => {}
         }
         tx.commit().await.map_err(query("commit"))
     }

@@ -1,5 +1,7 @@
 //! Inventory ingestion: one persistent MQTT session that reads every device's status,
-//! telemetry and acks, and stores what each says (`inventory::apply`) in the database.
+//! telemetry and acks, and stores what each says (`inventory::apply`) in the database;
+//! statuses, acks and repair requests (`need`) then move the deployments on
+//! ([`Deployments`]).
 //!
 //! Delivery: QoS 1, clean session off, a stable client id (`client_id` in fleet.toml), so
 //! the broker queues what devices publish while the service is down (up to Mosquitto's
@@ -25,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Db;
+use crate::deployments::Deployments;
 use crate::inventory::{self, Observation};
 use crate::metrics::Metrics;
 
@@ -53,7 +56,12 @@ pub enum IngestError {
 
 /// The topic filters the service reads.
 pub fn filters(prefix: &str) -> Vec<String> {
-    vec![fleet::status(prefix, None), fleet::telemetry(prefix, None), fleet::acks(prefix, None)]
+    vec![
+        fleet::status(prefix, None),
+        fleet::telemetry(prefix, None),
+        fleet::acks(prefix, None),
+        fleet::need(prefix, None),
+    ]
 }
 
 /// Connects and ingests until `cancel`. Connection errors are logged and retried with
@@ -62,6 +70,7 @@ pub async fn run(
     mqtt: MqttConfig,
     client_id: String,
     db: Db,
+    deployments: Deployments,
     metrics: Metrics,
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
@@ -79,7 +88,15 @@ pub async fn run(
     eventloop.network_options.set_connection_timeout(mqtt.network_timeout_secs.max(1));
     let (tx, rx) = mpsc::channel::<Publish>(QUEUE);
     let stop_store = cancel.child_token();
-    let store = tokio::spawn(store(rx, client.clone(), mqtt.topic_prefix.clone(), db, metrics, stop_store.clone()));
+    let store = tokio::spawn(store(
+        rx,
+        client.clone(),
+        mqtt.topic_prefix.clone(),
+        db,
+        deployments,
+        metrics,
+        stop_store.clone(),
+    ));
     let subscriptions = filters(&mqtt.topic_prefix);
     let max_delay = Duration::from_secs(mqtt.reconnect_max_secs.max(1));
     let mut delay = Duration::from_millis(500);
@@ -92,11 +109,17 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 delay = Duration::from_millis(500);
                 tracing::info!(broker = %mqtt.url, session_present = ack.session_present, "connected to broker");
-                if !ack.session_present {
-                    let f = subscriptions.iter().map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-                    if let Err(e) = client.try_subscribe_many(f) {
-                        tracing::error!("cannot subscribe to {subscriptions:?}: {e}");
-                    }
+                // With a session, the broker holds the subscriptions already; repair requests
+                // are subscribed again anyway (they are not retained, so nothing is replayed),
+                // for a session made by a version that did not read them.
+                let wanted: Vec<String> = if ack.session_present {
+                    vec![fleet::need(&mqtt.topic_prefix, None)]
+                } else {
+                    subscriptions.clone()
+                };
+                let f = wanted.iter().map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                if let Err(e) = client.try_subscribe_many(f) {
+                    tracing::error!("cannot subscribe to {wanted:?}: {e}");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -137,6 +160,7 @@ async fn store(
     client: AsyncClient,
     prefix: String,
     db: Db,
+    deployments: Deployments,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
@@ -150,7 +174,7 @@ async fn store(
                 None => return,
             },
         };
-        if !handle(&p, &prefix, &db, &metrics, &cancel).await {
+        if !handle(&p, &prefix, &db, &deployments, &metrics, &cancel).await {
             // Cancelled mid-retry: not acked, so the broker delivers it again.
             return;
         }
@@ -160,8 +184,16 @@ async fn store(
     }
 }
 
-/// Decodes and stores one message. `false` when cancelled before it was stored.
-async fn handle(p: &Publish, prefix: &str, db: &Db, metrics: &Metrics, cancel: &CancellationToken) -> bool {
+/// Decodes and stores one message, then moves the deployments on. `false` when cancelled
+/// before it was stored.
+async fn handle(
+    p: &Publish,
+    prefix: &str,
+    db: &Db,
+    deployments: &Deployments,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> bool {
     let (device, kind, obs) = match inventory::observe(prefix, &p.topic, &p.payload) {
         Ok(o) => o,
         Err(e) => {
@@ -173,7 +205,16 @@ async fn handle(p: &Publish, prefix: &str, db: &Db, metrics: &Metrics, cancel: &
     };
     let mut retries = RETRIES.iter();
     loop {
-        match db.update(&device, |known| inventory::apply(&device, known, &obs)).await {
+        let stored = match db.update(&device, |known| inventory::apply(&device, known, &obs)).await {
+            Ok(()) => match &obs {
+                Observation::Status(_) => deployments.on_status(&device).await,
+                Observation::Ack(a) => deployments.on_ack(&device, a).await,
+                Observation::Need(n) => deployments.on_need(&device, n).await,
+                Observation::Telemetry { .. } | Observation::Cleared => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        match stored {
             Ok(()) => {
                 Metrics::count(&metrics.ingested, kind.as_str());
                 if let Observation::Status(s) = &obs {

@@ -12,6 +12,8 @@
 //!   device's outbox, or in the broker's queue for this service, and arrive after the
 //!   device left.
 //! - an **ack** carrying a `get-status` reply refreshes the agent version and the models.
+//! - a **need** (a device's request for missing chunks) changes nothing here; it is read
+//!   for the deployments, which serve the chunks.
 //!
 //! `last_seen` is the newest timestamp a device put in a message (its own clock, in
 //! milliseconds since the Unix epoch): samples delivered late never move it back. The
@@ -20,6 +22,7 @@
 
 use edge_proto::command::{Ack, ModelStatus, Reply};
 pub use edge_proto::inventory::Device;
+use edge_proto::ota::Need;
 use edge_proto::status::{State, Status};
 use edge_proto::telemetry::Telemetry;
 
@@ -32,6 +35,8 @@ pub enum Kind {
     Telemetry,
     /// `{prefix}/{device}/ack`
     Ack,
+    /// `{prefix}/{device}/need`
+    Need,
 }
 
 impl Kind {
@@ -41,6 +46,7 @@ impl Kind {
             Kind::Status => "status",
             Kind::Telemetry => "telemetry",
             Kind::Ack => "ack",
+            Kind::Need => "need",
         }
     }
 }
@@ -63,13 +69,15 @@ pub enum Observation {
     Ack(Ack),
     /// An empty retained status: someone cleared it (the device was retired).
     Cleared,
+    /// A request for missing chunks.
+    Need(Need),
 }
 
 /// Why a message was not turned into an [`Observation`].
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
-    /// The topic is not `{prefix}/{device}/status|telemetry|ack`.
-    #[error("topic {0:?} is not a device's status, telemetry or ack topic")]
+    /// The topic is not `{prefix}/{device}/status|telemetry|ack|need`.
+    #[error("topic {0:?} is not a device's status, telemetry, ack or need topic")]
     Topic(String),
     /// The payload does not decode.
     #[error("{kind} on {topic:?}: {reason}")]
@@ -105,6 +113,7 @@ pub fn route<'t>(prefix: &str, topic: &'t str) -> Option<(Kind, &'t str)> {
         "status" => Kind::Status,
         "telemetry" => Kind::Telemetry,
         "ack" => Kind::Ack,
+        "need" => Kind::Need,
         _ => return None,
     };
     Some((kind, device))
@@ -130,6 +139,10 @@ pub fn observe(prefix: &str, topic: &str, payload: &[u8]) -> Result<(String, Kin
             let a: Ack = edge_proto::decode(payload).map_err(|e| bad(e.to_string()))?;
             (a.device.clone(), Observation::Ack(a))
         }
+        Kind::Need => {
+            let n: Need = edge_proto::decode(payload).map_err(|e| bad(e.to_string()))?;
+            (n.device.clone(), Observation::Need(n))
+        }
     };
     if claimed != device {
         return Err(ObserveError::Mismatch { topic: topic.into(), kind: kind.as_str(), claimed });
@@ -144,6 +157,8 @@ pub enum Change {
     Put(Device),
     /// Remove the device.
     Forget,
+    /// Nothing to store.
+    Keep,
 }
 
 /// The record of `device` after `obs`, from what was known before (`None`: a device never
@@ -157,6 +172,7 @@ pub fn apply(device: &str, known: Option<Device>, obs: &Observation) -> Change {
     };
     match obs {
         Observation::Cleared => return Change::Forget,
+        Observation::Need(_) => return Change::Keep,
         Observation::Status(s) => {
             d.online = s.state == State::Online;
             if d.online {
@@ -246,8 +262,16 @@ mod tests {
     fn put(c: Change) -> Device {
         match c {
             Change::Put(d) => d,
-            Change::Forget => panic!("forgotten"),
+            other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_repair_request_changes_nothing_in_the_inventory() {
+        let need = Need { version: 1, device: "dev-1".into(), transfer_id: [1; 16], missing: vec![(0, 3)] };
+        let (device, kind, obs) = observe("edge", "edge/dev-1/need", &edge_proto::encode(&need)).unwrap();
+        assert_eq!((device.as_str(), kind), ("dev-1", Kind::Need));
+        assert_eq!(apply("dev-1", None, &obs), Change::Keep);
     }
 
     #[test]

@@ -57,8 +57,10 @@
 
 #![deny(missing_docs)]
 
+pub mod artifacts;
 pub mod config;
 pub mod db;
+pub mod deployments;
 pub mod http;
 pub mod ingest;
 pub mod inventory;
@@ -88,6 +90,9 @@ pub enum FleetError {
     /// The HTTP server failed.
     #[error("HTTP API: {0}")]
     Http(std::io::Error),
+    /// The artifact store cannot be opened.
+    #[error(transparent)]
+    Artifacts(#[from] artifacts::ArtifactError),
 }
 
 /// Opens the database (running its migrations), binds the HTTP API, and ingests from the
@@ -95,6 +100,7 @@ pub enum FleetError {
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetError> {
     let db = db::Db::open(&config.database.url).await?;
     let metrics = metrics::Metrics::default();
+    let store = artifacts::Artifacts::open(&config.artifacts.dir, config.artifacts.max_bytes).await?;
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .map_err(|source| FleetError::Bind { addr: config.http.listen.clone(), source })?;
@@ -102,15 +108,34 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetE
         database = %db::redact(&config.database.url),
         http = %config.http.listen,
         broker = %config.mqtt.url,
+        artifacts = %config.artifacts.dir.display(),
         "edge-fleet started"
     );
-    let server = tokio::spawn(http::serve(listener, http::router(db.clone(), metrics.clone()), cancel.clone()));
-    let ingested = ingest::run(config.mqtt, config.client_id, db.clone(), metrics, cancel.clone()).await;
+    let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+    let deployments = deployments::Deployments::new(db.clone(), store.clone(), out_tx, metrics.deployments.clone());
+    let sender = tokio::spawn(deployments::sender::run(
+        config.mqtt.clone(),
+        format!("{}-out", config.client_id),
+        config.deployments.max_bytes_per_sec,
+        store,
+        out_rx,
+        metrics.deployments.clone(),
+        cancel.clone(),
+    ));
+    let ticker = tokio::spawn(deployments::ticker(deployments.clone(), cancel.clone()));
+    let router = http::router(db.clone(), metrics.clone()).merge(deployments::api::router(deployments.clone()));
+    let server = tokio::spawn(http::serve(listener, router, cancel.clone()));
+    let ingested = ingest::run(config.mqtt, config.client_id, db.clone(), deployments, metrics, cancel.clone()).await;
     // Whatever ended ingestion ends the service.
     cancel.cancel();
     let served = server.await;
+    let _ = ticker.await;
+    let sent = sender.await;
     db.close().await;
     ingested?;
+    if let Ok(Err(e)) = sent {
+        return Err(e.into());
+    }
     match served {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(FleetError::Http(e)),

@@ -4,13 +4,14 @@
 //! publish what the agent publishes (Status v2 with groups and model versions, retained,
 //! with the offline last will; Telemetry v2 with the certificate expiry).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use edge_it::{Broker, Pki, Postgres};
+use common::*;
+use edge_it::Postgres;
 use edge_proto::codec::Versioned;
 use edge_proto::command::ModelStatus;
 use edge_proto::inventory::Device;
@@ -18,138 +19,6 @@ use edge_proto::status::{State, Status};
 use edge_proto::telemetry::{Encoding, Telemetry};
 use edge_proto::topics::Topics;
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
-
-/// How long a condition may take to become true.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-struct Setup {
-    dir: tempfile::TempDir,
-    pki: Pki,
-    broker: Broker,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
-    let broker = Broker::start(&pki).unwrap();
-    Setup { dir, pki, broker }
-}
-
-/// A free loopback address for the HTTP API.
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-/// `fleet.toml` for `database` and `listen`, with the `edge-fleet` certificate.
-fn fleet_toml(s: &Setup, database: &str, listen: &str) -> PathBuf {
-    let cert = s.pki.client("edge-fleet").unwrap();
-    let path = s.dir.path().join("fleet.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[mqtt]\nurl = \"{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nreconnect_max_secs = 1\n\
-             [database]\nurl = \"{database}\"\n[http]\nlisten = \"{listen}\"\n",
-            s.broker.url(),
-            s.pki.ca_pem().display(),
-            cert.cert.display(),
-            cert.key.display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// `edge-fleet run` as a process; killed (SIGKILL) on drop.
-struct Fleet {
-    child: Child,
-    listen: String,
-    log: PathBuf,
-}
-
-impl Fleet {
-    fn start(config: &Path, listen: &str) -> Fleet {
-        let log = config.with_file_name(format!("edge-fleet-{}.log", next_number()));
-        let child = Command::new(env!("CARGO_BIN_EXE_edge-fleet"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("EDGE_FLEET_LOG", "info,edge_fleet=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let fleet = Fleet { child, listen: listen.into(), log };
-        fleet.until("/healthz answers 200", || http_get(&fleet.listen, "/healthz").is_some_and(|(c, _)| c == 200));
-        fleet
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until `done`, failing with the service's log after [`PATIENCE`].
-    fn until(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let end = Instant::now() + PATIENCE;
-        while !done() {
-            assert!(Instant::now() < end, "timed out waiting until {what}; edge-fleet log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// SIGKILL: no chance to ack or disconnect.
-    fn kill(mut self) -> String {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        self.log()
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A distinct number per call, for log file names.
-fn next_number() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// A plain HTTP/1.0 GET: status and body, `None` when nothing answers.
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split(' ').nth(1)?.parse().ok()?;
-    Some((code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
-}
-
-/// The `edgectl` binary of this build, built first if need be (it belongs to another
-/// package, so cargo does not hand its path to this test).
-fn edgectl_exe() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            // target/<profile>/deps/inventory-<hash> -> target/<profile>
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-            let profile = profile_dir.file_name().unwrap().to_str().unwrap().to_string();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut build = Command::new(cargo);
-            build.args(["build", "-p", "edgectl", "--bin", "edgectl"]);
-            if profile != "debug" {
-                build.args(["--profile", if profile == "release" { "release" } else { &profile }]);
-            }
-            let status = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
-            assert!(status.success(), "building edgectl failed");
-            profile_dir.join("edgectl")
-        })
-        .clone()
-}
 
 /// `edgectl --config ctl.toml devices ARGS --json`, parsed.
 fn edgectl_devices(ctl_toml: &Path, args: &[&str]) -> Vec<Device> {
@@ -165,27 +34,6 @@ fn edgectl_devices(ctl_toml: &Path, args: &[&str]) -> Vec<Device> {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("edgectl devices --json printed no device array ({e}): {}", String::from_utf8_lossy(&out.stdout))
     })
-}
-
-fn ctl_toml(s: &Setup, fleet_url: Option<&str>) -> PathBuf {
-    let op = s.pki.client("operator").unwrap();
-    let path = s.dir.path().join(if fleet_url.is_some() { "ctl.toml" } else { "ctl-nofleet.toml" });
-    let mut text = format!(
-        "[mqtt]\nurl = \"{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-        s.broker.url(),
-        s.pki.ca_pem().display(),
-        op.cert.display(),
-        op.key.display()
-    );
-    if let Some(url) = fleet_url {
-        text.push_str(&format!("[fleet]\nurl = \"{url}\"\n"));
-    }
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 fn model(name: &str, active: &str) -> ModelStatus {
@@ -383,7 +231,7 @@ async fn inventory_story(s: &Setup, database: &str) {
     // Migrations run again are a no-op (the service already ran them at both starts).
     let db = edge_fleet::db::Db::open(database).await.unwrap();
     assert_eq!(db.migrate().await.unwrap(), 0);
-    assert_eq!(db.applied_migrations().await.unwrap(), [1]);
+    assert_eq!(db.applied_migrations().await.unwrap(), edge_fleet::db::migration_versions());
     assert_eq!(db.devices(None).await.unwrap().len(), 3);
     db.close().await;
 }

@@ -7,6 +7,7 @@
 //! - [`status`]: the retained online/offline status.
 //! - [`command`]: signed fleet commands (envelope, signing, verification) and their acks.
 //! - [`inventory`]: the fleet service's device list, as its HTTP API returns it.
+//! - [`deployments`]: the fleet service's deployments, as its HTTP API takes and returns them.
 //! - [`ota`]: the model transfer: manifest, chunks, repair requests.
 //! - [`codec`]: postcard encoding with an explicit schema version, and a size bound
 //!   checked before decoding.
@@ -17,6 +18,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod deployments;
 pub mod inventory;
 pub mod ota;
 pub mod status;

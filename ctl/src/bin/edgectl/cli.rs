@@ -84,9 +84,19 @@ pub enum Command {
         #[command(subcommand)]
         cmd: edgectl::cli_pki::PkiCommand,
     },
-    /// Deploy a model over the air: send the signed manifest, then the chunks, then serve
-    /// repairs until every device has it (or, with --wait, has installed it).
+    /// Deploy a model over the air. With `[fleet] url` in ctl.toml: sign it and hand it to
+    /// the fleet service, which delivers it to the target's devices, including those offline
+    /// now and members that join the group later, until superseded, cancelled or expired;
+    /// exits once stored (--wait: once every device met is done). Without `[fleet] url` (or
+    /// with --direct): send the signed manifest, then the chunks, then serve repairs until
+    /// every device that answered has it (or, with --wait, has installed it).
     Deploy(Box<DeployArgs>),
+    /// The fleet service's deployments: list them, show or watch one device by device
+    /// (from any machine, at any time), or cancel one. Needs `[fleet] url` in ctl.toml.
+    Deployments {
+        #[command(subcommand)]
+        cmd: Option<DeploymentsCmd>,
+    },
     /// Go back to the previously active version of a model.
     Rollback {
         #[command(flatten)]
@@ -310,8 +320,43 @@ pub struct DeployArgs {
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
     /// Seconds the command stays valid (devices refuse it, and a resumed transfer, after).
-    #[arg(long, default_value_t = 3600)]
-    pub ttl: u64,
+    /// Default: 3600 for a direct deploy; 604800 (7 days) through the fleet service, for
+    /// devices that are offline now.
+    #[arg(long)]
+    pub ttl: Option<u64>,
+    /// Deploy straight over the broker even when `[fleet] url` is set: only the devices
+    /// online now get it, and edgectl serves the transfer itself.
+    #[arg(long)]
+    pub direct: bool,
+}
+
+#[derive(Subcommand)]
+pub enum DeploymentsCmd {
+    /// Every deployment, newest first, with its device counts (the default).
+    List,
+    /// One deployment, device by device.
+    Show {
+        /// Deployment id (the command id `deploy` printed).
+        id: String,
+    },
+    /// Print each device's progress as it changes, until every device met is done.
+    Watch {
+        /// Deployment id.
+        id: String,
+        /// Give up after this many seconds (exit 1); default: wait as long as it takes.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Cancel a deployment: devices still transferring or inside their health window are
+    /// sent a signed cancel (they go back to their previous version); the others are not
+    /// sent anything more.
+    Cancel {
+        /// Deployment id.
+        id: String,
+        /// Seconds the signed cancel stays valid.
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        ttl: u64,
+    },
 }
 
 pub fn pin(s: &str) -> Result<(String, f64), String> {

@@ -6,7 +6,7 @@
 //! | 0 | every device reached the goal (or the command needs no device) | |
 //! | 1 | a device failed, refused, timed out or did not answer | read the per-device reasons |
 //! | 2 | edgectl could not run the command: flags, configuration, keys, files | fix what the message names |
-//! | 3 | the broker (or, for `devices`, the fleet service) could not be reached, or the connection broke | retry later; check the broker and the network |
+//! | 3 | the broker (or, for `devices`, `deployments` and `deploy` with `[fleet] url`, the fleet service) could not be reached, or the connection broke | retry later; check the broker and the network |
 
 use std::process::ExitCode;
 
@@ -15,7 +15,7 @@ use edgectl::{CommandError, DeployError, LinkError};
 /// `--help`'s version of the table above.
 pub const HELP: &str = "Exit status: 0 every device reached the goal; 1 a device failed, refused, timed out or \
                         did not answer; 2 edgectl could not run the command (flags, configuration, keys, files); \
-                        3 the broker (for `devices`, the fleet service) could not be reached or the connection broke (retry later). \
+                        3 the broker (or the fleet service) could not be reached or the connection broke (retry later). \
                         EDGECTL_LOG=debug shows what is ignored on the wire.";
 
 /// One row of the table.
@@ -39,7 +39,8 @@ impl Exit {
             .downcast_ref::<LinkError>()
             .or_else(|| e.downcast_ref::<CommandError>().and_then(CommandError::link))
             .or_else(|| e.downcast_ref::<DeployError>().and_then(DeployError::link));
-        let fleet = e.downcast_ref::<edgectl::fleet::FleetError>().is_some_and(|f| f.is_connection());
+        let fleet = e.downcast_ref::<edgectl::fleet::FleetError>().is_some_and(|f| f.is_connection())
+            || e.downcast_ref::<edgectl::deployments::FleetDeployError>().is_some_and(|f| f.is_connection());
         if fleet || link.is_some_and(LinkError::is_connection) {
             Exit::Broker
         } else {

@@ -5,6 +5,7 @@
 
 mod cli;
 mod exit;
+mod fleet_cmds;
 mod output;
 mod progress;
 
@@ -94,13 +95,9 @@ fn run(cli: &Cli) -> Result<Verdict> {
     };
     let path = config::locate(cli.config.as_deref(), |k| std::env::var_os(k), Path::exists)?;
     let config = CtlConfig::load(&path, &overrides)?;
-    // The fleet service's inventory: HTTP, no broker.
-    if let Command::Devices { group } = &cli.command {
-        let url = config.fleet_url()?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let devices = runtime.block_on(edgectl::fleet::devices(url, group.as_deref()))?;
-        output::devices(&devices, cli.json);
-        return Ok(true);
+    // The fleet service: HTTP, no broker.
+    if let Some(verdict) = fleet_cmds::run(&cli.command, &config, cli.json)? {
+        return Ok(verdict);
     }
     // Everything that can be refused without the broker is, before connecting.
     let job = Job::new(&cli.command, &config, cli.json)?;
@@ -201,7 +198,8 @@ impl What {
             | Command::Pki { .. }
             | Command::Completions { .. }
             | Command::Man { .. }
-            | Command::Devices { .. } => {
+            | Command::Devices { .. }
+            | Command::Deployments { .. } => {
                 unreachable!("handled before connecting to the broker")
             }
             Command::Watch { device, all: _, count } => {
@@ -303,7 +301,7 @@ fn deploy_request(args: &DeployArgs) -> Result<DeployRequest> {
     req.rate = args.rate;
     req.accept_wait = secs(args.accept_wait);
     req.timeout = secs(args.timeout);
-    req.ttl = secs(args.ttl);
+    req.ttl = args.ttl.map_or(edgectl::deploy::DEFAULT_TTL, secs);
     req.wait = args.wait;
     Ok(req)
 }

@@ -1,0 +1,319 @@
+//! What the service publishes for its deployments: signed commands and chunks, through an
+//! MQTT session of its own.
+//!
+//! A second connection (client id `{client_id}-out`, clean session) rather than the
+//! ingestion session: ingestion acks each message only after storing it and waits for
+//! the database, and a publisher that shares its client would wait behind those acks and
+//! they behind it. Here nothing waits on ingestion: the deployments hand work over an
+//! unbounded channel (the work is bounded by the devices × deployments in flight: one
+//! entry per device and chunk, see [`Schedule`]).
+//!
+//! Commands go first; chunks are served round-robin over the devices that wait for them,
+//! so that every transfer moves and none stalls into a repair request.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_mqtt::{host_port, MqttConfig};
+use edge_proto::codec::Versioned;
+use edge_proto::ota::{Chunk, Manifest};
+use edge_proto::topics::fleet;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::DeploymentMetrics;
+use crate::artifacts::Artifacts;
+
+/// A transfer as the sender needs it.
+#[derive(Debug)]
+pub struct Transfer {
+    /// Deployment id.
+    pub deployment: String,
+    /// Artifact SHA-256, hex.
+    pub artifact_sha256: String,
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+/// Work for the sender.
+#[derive(Debug)]
+pub enum Out {
+    /// Publish a signed command on the device's `cmd` topic.
+    Command {
+        /// Device id.
+        device: String,
+        /// The command's bytes.
+        bytes: Arc<Vec<u8>>,
+    },
+    /// Publish these chunks of `transfer` on the device's `ota` topic.
+    Chunks {
+        /// Device id.
+        device: String,
+        /// The transfer.
+        transfer: Arc<Transfer>,
+        /// Half-open index ranges.
+        ranges: Vec<(u32, u32)>,
+    },
+    /// Drop what is queued for the device in that deployment (it is done, or cancelled).
+    Forget {
+        /// Device id.
+        device: String,
+        /// Deployment id.
+        deployment: String,
+    },
+}
+
+type Key = (String, String);
+
+/// Which chunk goes next: per (device, deployment) the indices asked for, served
+/// round-robin over the devices. Pure, tested without a network.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    wanted: HashMap<Key, (Arc<Transfer>, BTreeSet<u32>)>,
+    turn: VecDeque<Key>,
+}
+
+impl Schedule {
+    /// Adds `ranges` of `transfer` for `device` (clipped to the artifact; an index already
+    /// queued is not queued twice). Returns how many were added.
+    pub fn add(&mut self, device: &str, transfer: &Arc<Transfer>, ranges: &[(u32, u32)]) -> usize {
+        let key = (device.to_string(), transfer.deployment.clone());
+        let count = transfer.manifest.chunk_count();
+        let entry = self.wanted.entry(key.clone()).or_insert_with(|| {
+            self.turn.push_back(key);
+            (transfer.clone(), BTreeSet::new())
+        });
+        let before = entry.1.len();
+        for &(start, end) in ranges {
+            entry.1.extend(start.min(count)..end.min(count));
+        }
+        entry.1.len() - before
+    }
+
+    /// Drops what is queued for `device` in `deployment`.
+    pub fn forget(&mut self, device: &str, deployment: &str) {
+        let key = (device.to_string(), deployment.to_string());
+        self.wanted.remove(&key);
+        self.turn.retain(|k| *k != key);
+    }
+
+    /// The next (device, transfer, index), taking turns between devices.
+    pub fn next_chunk(&mut self) -> Option<(String, Arc<Transfer>, u32)> {
+        while let Some(key) = self.turn.pop_front() {
+            let Some((transfer, indices)) = self.wanted.get_mut(&key) else { continue };
+            let Some(index) = indices.pop_first() else {
+                self.wanted.remove(&key);
+                continue;
+            };
+            let transfer = transfer.clone();
+            if indices.is_empty() {
+                self.wanted.remove(&key);
+            } else {
+                self.turn.push_back(key.clone());
+            }
+            return Some((key.0, transfer, index));
+        }
+        None
+    }
+
+    /// Chunks queued.
+    pub fn len(&self) -> usize {
+        self.wanted.values().map(|(_, s)| s.len()).sum()
+    }
+
+    /// Nothing queued.
+    pub fn is_empty(&self) -> bool {
+        self.wanted.is_empty()
+    }
+}
+
+/// Connects the outgoing session and publishes what arrives on `rx` until `cancel`, chunk
+/// data at most `max_bytes_per_sec` (0: as fast as the broker takes it).
+pub async fn run(
+    mqtt: MqttConfig,
+    client_id: String,
+    max_bytes_per_sec: u64,
+    artifacts: Artifacts,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    metrics: DeploymentMetrics,
+    cancel: CancellationToken,
+) -> Result<(), crate::ingest::IngestError> {
+    let (host, port) = host_port(&mqtt.url).ok_or_else(|| crate::ingest::IngestError::BadUrl(mqtt.url.clone()))?;
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_clean_session(true);
+    opts.set_keep_alive(Duration::from_secs(mqtt.keep_alive_secs.max(5)));
+    opts.set_max_packet_size(mqtt.max_packet_bytes, mqtt.max_packet_bytes);
+    if mqtt.url.starts_with("mqtts://") {
+        let tls = edge_mqtt::client_config(&mqtt.ca_file, &mqtt.cert_file, &mqtt.key_file)?;
+        opts.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    eventloop.network_options.set_connection_timeout(mqtt.network_timeout_secs.max(1));
+    let poll_cancel = cancel.clone();
+    let max_delay = Duration::from_secs(mqtt.reconnect_max_secs.max(1));
+    let url = mqtt.url.clone();
+    let poller = tokio::spawn(async move {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            let event = tokio::select! {
+                _ = poll_cancel.cancelled() => return,
+                e = eventloop.poll() => e,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    delay = Duration::from_millis(500);
+                    tracing::info!(broker = %url, "deployment publisher connected");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(broker = %url, "deployment publisher: {e}; retrying in {delay:?}");
+                    tokio::select! {
+                        _ = poll_cancel.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(max_delay);
+                }
+            }
+        }
+    });
+    let prefix = mqtt.topic_prefix.clone();
+    let mut commands: VecDeque<(String, Arc<Vec<u8>>)> = VecDeque::new();
+    let mut schedule = Schedule::default();
+    loop {
+        // Take in everything waiting, then publish one thing.
+        loop {
+            match rx.try_recv() {
+                Ok(out) => take(out, &mut commands, &mut schedule),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    if commands.is_empty() && schedule.is_empty() {
+                        cancel.cancel();
+                    }
+                    break;
+                }
+            }
+        }
+        metrics.chunks_queued.set(schedule.len() as i64);
+        if cancel.is_cancelled() {
+            break;
+        }
+        if let Some((device, bytes)) = commands.pop_front() {
+            let topic = fleet::command(&prefix, &device);
+            if publish(&client, &cancel, topic, bytes.to_vec()).await {
+                metrics.commands_sent.inc();
+            }
+            continue;
+        }
+        if let Some((device, transfer, index)) = schedule.next_chunk() {
+            let data = match artifacts.chunk(&transfer.artifact_sha256, &transfer.manifest, index).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(deployment = %transfer.deployment, device, index, "chunk not sent: {e}");
+                    metrics.chunk_errors.inc();
+                    continue;
+                }
+            };
+            let bytes = data.len() as u64;
+            let message = edge_proto::encode(&Chunk {
+                version: Chunk::VERSION,
+                transfer_id: transfer.manifest.transfer_id,
+                index,
+                data,
+            });
+            if publish(&client, &cancel, fleet::ota(&prefix, &device), message).await {
+                metrics.chunks_sent.inc();
+                metrics.chunk_bytes_sent.inc_by(bytes);
+            }
+            if max_bytes_per_sec > 0 {
+                // Paced per chunk: the next one leaves when this one's share of the cap is used.
+                let pause = Duration::from_secs_f64(bytes as f64 / max_bytes_per_sec as f64);
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            out = rx.recv() => match out {
+                Some(out) => take(out, &mut commands, &mut schedule),
+                None => break,
+            },
+        }
+    }
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), poller).await;
+    Ok(())
+}
+
+fn take(out: Out, commands: &mut VecDeque<(String, Arc<Vec<u8>>)>, schedule: &mut Schedule) {
+    match out {
+        Out::Command { device, bytes } => commands.push_back((device, bytes)),
+        Out::Chunks { device, transfer, ranges } => {
+            schedule.add(&device, &transfer, &ranges);
+        }
+        Out::Forget { device, deployment } => schedule.forget(&device, &deployment),
+    }
+}
+
+/// Publishes at QoS 1; `false` when cancelled first or the client is gone.
+async fn publish(client: &AsyncClient, cancel: &CancellationToken, topic: String, payload: Vec<u8>) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        r = client.publish(topic.clone(), QoS::AtLeastOnce, false, payload) => match r {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(topic, "cannot publish: {e}");
+                false
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_proto::ota::{prepare, ModelFormat};
+
+    fn transfer(id: &str, chunks: u32) -> Arc<Transfer> {
+        let (manifest, _) = prepare([1; 16], "m", "1", ModelFormat::Onnx, &vec![0u8; chunks as usize * 10], None, 10);
+        Arc::new(Transfer { deployment: id.into(), artifact_sha256: String::new(), manifest })
+    }
+
+    #[test]
+    fn devices_take_turns_and_each_chunk_goes_once() {
+        let t = transfer("d1", 3);
+        let mut s = Schedule::default();
+        assert_eq!(s.add("a", &t, &[(0, 3)]), 3);
+        assert_eq!(s.add("b", &t, &[(1, 3)]), 2);
+        assert_eq!(s.add("a", &t, &[(0, 2)]), 0, "already queued");
+        let order: Vec<(String, u32)> = std::iter::from_fn(|| s.next_chunk()).map(|(d, _, i)| (d, i)).collect();
+        let want = [("a", 0), ("b", 1), ("a", 1), ("b", 2), ("a", 2)];
+        assert_eq!(order, want.iter().map(|(d, i)| (d.to_string(), *i)).collect::<Vec<_>>());
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn ranges_are_clipped_to_the_artifact_and_a_forgotten_device_gets_nothing() {
+        let t = transfer("d1", 4);
+        let mut s = Schedule::default();
+        assert_eq!(s.add("a", &t, &[(2, 100), (7, 3)]), 2);
+        assert_eq!(s.len(), 2);
+        s.add("b", &t, &[(0, 1)]);
+        s.forget("a", "d1");
+        let rest: Vec<String> = std::iter::from_fn(|| s.next_chunk()).map(|(d, _, _)| d).collect();
+        assert_eq!(rest, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn two_deployments_of_one_device_are_two_queues() {
+        let mut s = Schedule::default();
+        s.add("a", &transfer("d1", 1), &[(0, 1)]);
+        s.add("a", &transfer("d2", 1), &[(0, 1)]);
+        let got: Vec<String> = std::iter::from_fn(|| s.next_chunk()).map(|(_, t, _)| t.deployment.clone()).collect();
+        assert_eq!(got, vec!["d1".to_string(), "d2".to_string()]);
+    }
+}
