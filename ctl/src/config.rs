@@ -9,7 +9,7 @@
 //! cert_file = "operator.pem"
 //! key_file = "operator-key.pem"
 //!
-//! [fleet]                        # optional: the fleet service (edge-fleet), for `edgectl devices`
+//! [fleet]                        # optional: the fleet service (edge-fleet): devices, deployments
 //! url = "http://fleet.example:9200"
 //! ```
 //!
