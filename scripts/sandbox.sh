@@ -5,23 +5,25 @@
 # telemetry; then fleet commands signed with a throwaway operator key: a model deployed
 # over MQTT (transfer, validation, install, health window) with its ack lifecycle, a
 # second version, get-status, a rollback, and an update signed with an untrusted key
-# being refused.
+# being refused; finally the fleet service (edge-fleet on SQLite): the inventory, and a
+# deployment handed to it that it delivers to dev-1 with edgectl gone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck source=scripts/local-fleet.sh
 source scripts/local-fleet.sh
-cargo build --release -q -p edge-agent -p edgectl
+cargo build --release -q -p edge-agent -p edgectl -p edge-fleet
 BIN="${CARGO_TARGET_DIR:-target}/release"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/edge-demo.XXXXXX")"
 AGENT_PID=""
+FLEET_PID=""
 LF_BROKER_PID=""
 cleanup() {
     local rc=$?
-    lf_stop "$AGENT_PID" "$LF_BROKER_PID"
+    lf_stop "$FLEET_PID" "$AGENT_PID" "$LF_BROKER_PID"
     if [[ $rc -ne 0 ]]; then
-        for f in "$WORK/agent.log" "$WORK/mosquitto.log"; do
+        for f in "$WORK/agent.log" "$WORK/fleet.log" "$WORK/mosquitto.log"; do
             [[ -s "$f" ]] && { echo "--- $f (last 20 lines)" >&2; tail -n 20 "$f" >&2; }
         done
     fi
@@ -120,6 +122,39 @@ if "${CTL[@]}" deploy --model "$HAND.tflite" --name hand --version 3 --device de
     echo "sandbox: the untrusted update was accepted" >&2
     exit 1
 fi
+
+echo
+echo "== edge-fleet: the fleet service on SQLite, with its own certificate (CN edge-fleet)"
+$BIN/edgectl pki issue --ca "$WORK/pki" --device edge-fleet --out "$WORK/pki" >/dev/null
+FLEET_HTTP="127.0.0.1:$(lf_free_port)"
+cat >"$WORK/fleet.toml" <<TOML
+[mqtt]
+url = "mqtts://127.0.0.1:$BROKER_PORT"
+ca_file = "$WORK/pki/ca.pem"
+cert_file = "$WORK/pki/edge-fleet.pem"
+key_file = "$WORK/pki/edge-fleet.key"
+[database]
+url = "sqlite://$WORK/fleet/fleet.db"
+[http]
+listen = "$FLEET_HTTP"
+[artifacts]
+dir = "$WORK/fleet/artifacts"
+TOML
+$BIN/edge-fleet run --config "$WORK/fleet.toml" >"$WORK/fleet.log" 2>&1 &
+FLEET_PID=$!
+lf_wait_port "${FLEET_HTTP##*:}" "$FLEET_PID" edge-fleet
+printf '[fleet]\nurl = "http://%s"\n' "$FLEET_HTTP" >>"$WORK/ctl.toml"
+# The inventory fills from dev-1's retained status, delivered when the service subscribes.
+for _ in $(seq 50); do
+    "${CTL[@]}" --json devices | grep -q '"dev-1"' && break
+    sleep 0.2
+done
+"${CTL[@]}" devices
+echo
+echo "== edgectl deploy through the fleet service: stored, then delivered (version 4)"
+"${CTL[@]}" deploy --model "$HAND.tflite" --name hand --version 4 --device dev-1 \
+    --validate-input "$HAND.input.npy" --validate-output "$HAND.output.npy" --tolerance 0.01 --wait
+"${CTL[@]}" deployments
 
 echo
 echo "== /metrics (excerpt)"
