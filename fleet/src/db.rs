@@ -20,7 +20,11 @@ use crate::inventory::{Change, Device};
 
 /// The migrations, in order: (version, name, SQL). Applied once each, recorded in
 /// `fleet_migrations`; never edit one that has shipped, add the next.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "devices", include_str!("../migrations/0001_devices.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "devices", include_str!("../migrations/0001_devices.sql")),
+    // (2, "deployments", ...): the lead's migration goes here.
+    (3, "export", include_str!("../migrations/0003_export.sql")),
+];
 
 /// What went wrong with the database.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +239,11 @@ impl Db {
             counts[n] = row.try_get(0).map_err(query("count devices"))?;
         }
         Ok((counts[0], counts[1]))
+    }
+
+    /// The pool, for the queries of other modules (the telemetry export's progress).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Closes the pool.

@@ -21,6 +21,9 @@
 //! - [`db`]: one query layer for both databases, the embedded migrations.
 //! - [`ingest`]: the MQTT side: subscribe, decode, store, then ack.
 //! - [`http`]: the JSON API and `/metrics`; [`metrics`]: the counters.
+//! - [`export`]: telemetry to Prometheus over a session of its own ([`session`] holds
+//!   the connection settings both sessions share): [`progress`] deduplicates by (device,
+//!   seq), [`series`] maps a sample to `edge_device_*` series, [`remote_write`] sends them.
 //!
 //! # Why sqlx's `Any` driver
 //!
@@ -59,10 +62,15 @@
 
 pub mod config;
 pub mod db;
+pub mod export;
 pub mod http;
 pub mod ingest;
 pub mod inventory;
 pub mod metrics;
+pub mod progress;
+pub mod remote_write;
+pub mod series;
+pub mod session;
 
 use tokio_util::sync::CancellationToken;
 
@@ -105,10 +113,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetE
         "edge-fleet started"
     );
     let server = tokio::spawn(http::serve(listener, http::router(db.clone(), metrics.clone()), cancel.clone()));
+    let exporter = export::spawn(&config, db.clone(), metrics.export.clone(), cancel.clone());
     let ingested = ingest::run(config.mqtt, config.client_id, db.clone(), metrics, cancel.clone()).await;
     // Whatever ended ingestion ends the service.
     cancel.cancel();
     let served = server.await;
+    if let Some(exporter) = exporter {
+        let _ = exporter.await;
+    }
     db.close().await;
     ingested?;
     match served {

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub devices_known: Gauge,
     /// `edge_fleet_devices_online`: of those, online.
     pub devices_online: Gauge,
+    /// `edge_fleet_export_*`: the telemetry export to Prometheus.
+    pub export: crate::export::ExportMetrics,
 }
 
 impl Metrics {
@@ -56,6 +58,7 @@ impl Metrics {
         r.register("messages_dropped", "Messages given up on after every database retry failed", self.dropped.clone());
         r.register("devices_known", "Devices in the inventory", self.devices_known.clone());
         r.register("devices_online", "Devices whose retained status says online", self.devices_online.clone());
+        self.export.register(&mut r);
         r
     }
 }
