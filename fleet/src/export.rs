@@ -16,8 +16,9 @@
 //!   window is full, and holds the rest in the session's queue (backpressure, not loss;
 //!   Mosquitto's `max_queued_messages` bounds that queue: size it for the outage to ride
 //!   out);
-//! - 4xx: the receiver refuses the request as it is (a sample older than it accepts, a
-//!   duplicate with another value). Prometheus refuses a whole request for one such sample,
+//! - 4xx (or Prometheus 2.4x's `500 too old sample`, see [`remote_write::classify`]): the
+//!   receiver refuses the request as it is (a sample older than it accepts, a duplicate
+//!   with another value). Prometheus refuses a whole request for one such sample,
 //!   so a refused batch is split in halves and each sent again, down to single messages;
 //!   a single message refused is logged with the receiver's reason and what to do, counted
 //!   (`edge_fleet_export_messages_total{result="rejected"}`) and acked: sending it again

@@ -136,8 +136,9 @@ pub fn body(series: &[Series]) -> Vec<u8> {
 pub enum Outcome {
     /// 2xx: every sample is stored.
     Accepted,
-    /// 4xx: the receiver refuses the request as it is (a sample out of bounds or out of
-    /// order, a bad label); sending it again would not help.
+    /// 4xx, or a 5xx whose reason is a refusal for good ([`classify`]): the receiver
+    /// refuses the request as it is (a sample out of bounds or out of order, a bad label);
+    /// sending it again would not help.
     Rejected {
         /// The HTTP status.
         status: u16,
@@ -209,11 +210,23 @@ impl Client {
         let status = response.status();
         let text = response.into_body().collect().await.map_err(|e| format!("reading the answer: {e}"))?.to_bytes();
         let reason = String::from_utf8_lossy(&text).trim().to_string();
-        Ok(match status.as_u16() {
-            200..=299 => Outcome::Accepted,
-            code @ 400..=499 => Outcome::Rejected { status: code, reason },
-            code => Outcome::Failed(format!("HTTP {code}: {reason}")),
-        })
+        Ok(classify(status.as_u16(), reason))
+    }
+}
+
+/// What the receiver refuses for good whatever its status says: Prometheus up to 2.4x
+/// answers `500 too old sample` for a sample older than its out-of-order window (later
+/// versions answer 400), and sending it again would loop forever.
+const PERMANENT: [&str; 4] =
+    ["too old sample", "out of bounds", "out of order sample", "duplicate sample for timestamp"];
+
+/// The outcome of an answer with `status` and body `reason`.
+pub fn classify(status: u16, reason: String) -> Outcome {
+    match status {
+        200..=299 => Outcome::Accepted,
+        400..=499 => Outcome::Rejected { status, reason },
+        _ if PERMANENT.iter().any(|p| reason.contains(p)) => Outcome::Rejected { status, reason },
+        _ => Outcome::Failed(format!("HTTP {status}: {reason}")),
     }
 }
 
@@ -274,6 +287,15 @@ mod tests {
         // (key, length, 8 bytes) and value (key, 2-byte length, 200 bytes).
         assert_eq!(&bytes[..1], &[0x0a]);
         assert_eq!(bytes.len(), 1 + 2 + 1 + 2 + (2 + 8 + 1 + 2 + 200));
+    }
+
+    #[test]
+    fn answers_are_accepted_refused_for_good_or_worth_retrying() {
+        assert_eq!(classify(204, String::new()), Outcome::Accepted);
+        assert!(matches!(classify(400, "out of bounds".into()), Outcome::Rejected { status: 400, .. }));
+        // Prometheus 2.42 says 500 for a sample older than its out-of-order window.
+        assert!(matches!(classify(500, "too old sample".into()), Outcome::Rejected { status: 500, .. }));
+        assert_eq!(classify(503, "TSDB not ready".into()), Outcome::Failed("HTTP 503: TSDB not ready".into()));
     }
 
     #[test]
