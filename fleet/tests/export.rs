@@ -138,11 +138,11 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
+/// Labels of a series read back.
+type Labels = std::collections::BTreeMap<String, String>;
+
 /// The (timestamp, seq) samples of `device`'s `edge_device_telemetry_seq`, and its labels.
-fn seq_samples(
-    prom: &Prometheus,
-    device: &str,
-) -> (Vec<(i64, u64)>, Option<std::collections::BTreeMap<String, String>>) {
+fn seq_samples(prom: &Prometheus, device: &str) -> (Vec<(i64, u64)>, Option<Labels>) {
     let series = prom.samples(&format!("edge_device_telemetry_seq{{device=\"{device}\"}}"), "2h").unwrap();
     assert!(series.len() <= 1, "one series per device: {series:#?}");
     match series.into_iter().next() {
