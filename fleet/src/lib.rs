@@ -2,9 +2,10 @@
 //! it reads every device's retained status, telemetry and acks from the broker and stores,
 //! per device, its groups, online state and last-seen time, agent version, certificate
 //! expiry, and each model's active and installed versions and health, in SQLite or
-//! PostgreSQL; `GET /v1/devices` (and `edgectl devices`) lists them. Desired-state
-//! deployments, Prometheus remote write, replicas and delta transfers come next
-//! (docs/fleet.md says what is built and what is not).
+//! PostgreSQL; `GET /v1/devices` (and `edgectl devices`) lists them. With `[prometheus]
+//! remote_write_url` it also writes every device's telemetry into Prometheus at the
+//! samples' own times ([`export`]). Desired-state deployments, replicas and delta
+//! transfers come next (docs/fleet.md says what is built and what is not).
 //!
 //! # Layout
 //!
@@ -12,6 +13,8 @@
 //! broker ─> ingest (persistent MQTT session, manual acks)
 //!             └─> inventory::observe + apply (pure) ─> db (SQLite | PostgreSQL)
 //!                                                        └─> http: /v1/devices, /healthz, /metrics
+//! broker ─> export (its own session, `{client_id}-metrics`; acks after Prometheus took it)
+//!             └─> progress (dedup by device, seq; labels from db) ─> series ─> remote_write
 //! ```
 //!
 //! - [`config`]: `fleet.toml` (`[mqtt]` as in ctl.toml, `[database]`, `[http]`), checked in
