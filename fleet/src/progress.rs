@@ -109,7 +109,8 @@ impl Progress {
     }
 
     /// The inventory's groups and active model versions of `device`, at most
-    /// [`LABELS_TTL`] old. A device the inventory does not know (yet) has none.
+    /// [`LABELS_TTL`] old. A device the inventory does not know (yet) has none, and is
+    /// not cached.
     pub async fn labels(&mut self, device: &str) -> Result<DeviceLabels, DbError> {
         if let Some((at, l)) = self.labels.get(device) {
             if at.elapsed() < LABELS_TTL {
@@ -127,6 +128,12 @@ impl Progress {
             .fetch_all(pool)
             .await
             .map_err(query("read a device's models"))?;
+        let known = sqlx::query("SELECT device FROM devices WHERE device = $1")
+            .bind(device)
+            .fetch_optional(pool)
+            .await
+            .map_err(query("read a device"))?
+            .is_some();
         let mut l = DeviceLabels::default();
         for r in groups {
             l.groups.push(r.try_get(0).map_err(query("read a device's groups"))?);
@@ -137,7 +144,11 @@ impl Progress {
                 l.versions.insert(name, v);
             }
         }
-        self.labels.insert(device.into(), (Instant::now(), l.clone()));
+        // A device the inventory does not know yet (its first status is still on its way
+        // through the other session) is asked about again with its next sample.
+        if known {
+            self.labels.insert(device.into(), (Instant::now(), l.clone()));
+        }
         Ok(l)
     }
 }
