@@ -18,7 +18,8 @@ fi
 # off PATH, where the harness (tests/src/postgres.rs) looks. Only the server binaries are
 # wanted: the packaged cluster and service are left alone.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
-# promtool (Debian's `prometheus` package) checks the agent's /metrics exposition in the tests.
+# promtool (Debian's `prometheus` package) checks the agent's /metrics exposition and the alert
+# rules in the tests; its `prometheus` binary is the remote-write receiver of fleet/tests/export.rs.
 command -v promtool >/dev/null || need_apt+=(prometheus)
 # curl sends TF Serving's documented `curl -d` requests in agent/tests/serving.rs.
 command -v curl >/dev/null || need_apt+=(curl)

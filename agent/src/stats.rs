@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use edge_proto::telemetry::ModelStats;
+use edge_proto::telemetry::{ModelLatency, ModelStats, LATENCY_BUCKETS};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -46,8 +46,8 @@ pub struct ModelInfoLabel {
 }
 
 fn latency_histogram() -> Histogram {
-    // 50 µs to ~3 s, doubling: wake words at the low end, vision models at the top.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 17))
+    // The bounds telemetry carries too, so that the fleet's histograms and this one read alike.
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
 }
 
 /// Per-model inference statistics.
@@ -73,6 +73,10 @@ struct Window {
     errors: u64,
     failures: u64,
     timed: u64,
+    /// Requests ended, by latency bucket ([`LATENCY_BUCKETS`], not cumulative; the last
+    /// slot is over the top bound), and the sum of their latencies, since the start.
+    buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    latency_sum_secs: f64,
 }
 
 /// How a request ended, as the health of a model version sees it.
@@ -208,6 +212,9 @@ impl InferenceStats {
         let mut recent = self.recent.lock().expect("stats lock");
         let w = recent.entry(model.to_string()).or_default();
         w.requests += 1;
+        let secs = elapsed.as_secs_f64();
+        w.buckets[LATENCY_BUCKETS.partition_point(|&le| le < secs)] += 1;
+        w.latency_sum_secs += secs;
         if outcome != Outcome::Ok {
             w.errors += 1;
         }
@@ -239,6 +246,26 @@ impl InferenceStats {
         }
     }
 
+    /// Telemetry's latency histograms: every request ended since the start, whatever its
+    /// outcome (as `edge_agent_inference_duration_seconds` summed over outcomes, less the
+    /// requests refused before they reached the model), cumulative per bucket.
+    pub fn latencies(&self) -> Vec<ModelLatency> {
+        let recent = self.recent.lock().expect("stats lock");
+        recent
+            .iter()
+            .map(|(name, w)| {
+                let buckets: Vec<u64> = w.buckets[..LATENCY_BUCKETS.len()]
+                    .iter()
+                    .scan(0, |total, n| {
+                        *total += n;
+                        Some(*total)
+                    })
+                    .collect();
+                ModelLatency { name: name.clone(), buckets, count: w.requests, sum_secs: w.latency_sum_secs }
+            })
+            .collect()
+    }
+
     /// Telemetry's view: counters and latency percentiles over the recent window.
     pub fn snapshot(&self) -> Vec<ModelStats> {
         let recent = self.recent.lock().expect("stats lock");
@@ -264,6 +291,23 @@ impl InferenceStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_histograms_are_cumulative_with_the_telemetry_bounds() {
+        let s = InferenceStats::default();
+        for ms in [0.04, 0.05, 3.0, 3.0, 10_000.0] {
+            s.end("m", Duration::from_secs_f64(ms / 1e3), Outcome::Ok);
+        }
+        let [h] = s.latencies().try_into().unwrap();
+        assert_eq!((h.name.as_str(), h.count), ("m", 5));
+        assert_eq!(h.buckets.len(), LATENCY_BUCKETS.len());
+        // 0.04 ms and 0.05 ms fall in the first bucket (le is inclusive), 3 ms in le=0.0032.
+        assert_eq!(h.buckets[0], 2);
+        assert_eq!(h.buckets[5], 2, "le=0.0016");
+        assert_eq!(h.buckets[6], 4, "le=0.0032");
+        assert_eq!(*h.buckets.last().unwrap(), 4, "the 10 s request is only in +Inf (count)");
+        assert!((h.sum_secs - 10.00609).abs() < 1e-6, "{}", h.sum_secs);
+    }
 
     #[test]
     fn percentiles_counters_and_in_flight() {

@@ -21,6 +21,9 @@
 //!
 //! [deployments]
 //! max_bytes_per_sec = 0             # cap on chunk data published, all devices together; 0: none
+//!
+//! [prometheus]                      # optional: telemetry to Prometheus (src/export.rs)
+//! remote_write_url = "http://prometheus:9090/api/v1/write"
 //! ```
 //!
 //! Relative TLS and artifact paths are taken from the directory of `fleet.toml`. Every error names the
@@ -96,6 +99,18 @@ pub struct Config {
     /// `[deployments]`
     #[serde(default)]
     pub deployments: DeploymentsConfig,
+    /// `[prometheus]`
+    #[serde(default)]
+    pub prometheus: PrometheusConfig,
+}
+
+/// `[prometheus]`: where telemetry goes. Without `remote_write_url` nothing is exported.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// `http://host:port/api/v1/write` of Prometheus (started with
+    /// `--web.enable-remote-write-receiver`) or anything that takes remote write 1.0.
+    pub remote_write_url: Option<String>,
 }
 
 /// `[deployments]`
@@ -233,6 +248,11 @@ impl Config {
             }
             _ => {}
         }
+        if let Some(url) = &self.prometheus.remote_write_url {
+            if let Err(e) = crate::remote_write::Endpoint::parse(url) {
+                return bad("[prometheus] remote_write_url", e.reason);
+            }
+        }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return bad(
                 "[http] listen",
@@ -282,6 +302,8 @@ mod tests {
             ("[database]\nurl = \"sqlite://\"", "[database] url"),
             ("[http]\nlisten = \"localhost\"", "[http] listen"),
             ("client_id = \"a/b\"", "client_id"),
+            ("[prometheus]\nremote_write_url = \"https://p:9090/api/v1/write\"", "[prometheus] remote_write_url"),
+            ("[prometheus]\nremote_write_url = \"http://p/api/v1/write\"", "[prometheus] remote_write_url"),
         ] {
             // Tables must come before [mqtt] in the file for top-level keys, so put the
             // extra first.
@@ -299,9 +321,18 @@ mod tests {
         std::fs::remove_file(dir.path().join("fleet.key")).unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("[mqtt] key_file") && err.contains("no such file"), "{err}");
-        let (_dir, path) = write("[prometheus]\nremote_write_url = \"http://p\"");
+        let (_dir, path) = write("[prometheus]\nremote_url = \"http://p:9090/api/v1/write\"");
         let err = Config::load(&path).unwrap_err().to_string();
-        assert!(err.contains("prometheus"), "{err}");
+        assert!(err.contains("remote_url"), "{err}");
+    }
+
+    #[test]
+    fn prometheus_remote_write_is_optional() {
+        let (_dir, path) = write("");
+        assert_eq!(Config::load(&path).unwrap().prometheus.remote_write_url, None);
+        let (_dir, path) = write("[prometheus]\nremote_write_url = \"http://prom:9090/api/v1/write\"");
+        let url = Config::load(&path).unwrap().prometheus.remote_write_url;
+        assert_eq!(url.as_deref(), Some("http://prom:9090/api/v1/write"));
     }
 
     #[test]

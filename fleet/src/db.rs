@@ -23,6 +23,7 @@ use crate::inventory::{Change, Device};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "devices", include_str!("../migrations/0001_devices.sql")),
     (2, "deployments", include_str!("../migrations/0002_deployments.sql")),
+    (3, "export", include_str!("../migrations/0003_export.sql")),
 ];
 
 /// The versions of every migration this build carries, in order.
@@ -254,6 +255,11 @@ impl Db {
             counts[n] = row.try_get(0).map_err(query("count devices"))?;
         }
         Ok((counts[0], counts[1]))
+    }
+
+    /// The pool, for the queries of other modules (the telemetry export's progress).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Closes the pool.

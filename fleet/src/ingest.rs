@@ -20,9 +20,9 @@
 
 use std::time::Duration;
 
-use edge_mqtt::{host_port, MqttConfig};
+use edge_mqtt::MqttConfig;
 use edge_proto::topics::fleet;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport};
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -74,18 +74,7 @@ pub async fn run(
     metrics: Metrics,
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
-    let (host, port) = host_port(&mqtt.url).ok_or_else(|| IngestError::BadUrl(mqtt.url.clone()))?;
-    let mut opts = MqttOptions::new(client_id, host, port);
-    opts.set_clean_session(false);
-    opts.set_manual_acks(true);
-    opts.set_keep_alive(Duration::from_secs(mqtt.keep_alive_secs.max(5)));
-    opts.set_max_packet_size(mqtt.max_packet_bytes, mqtt.max_packet_bytes);
-    if mqtt.url.starts_with("mqtts://") {
-        let tls = edge_mqtt::client_config(&mqtt.ca_file, &mqtt.cert_file, &mqtt.key_file)?;
-        opts.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
-    eventloop.network_options.set_connection_timeout(mqtt.network_timeout_secs.max(1));
+    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id, 16)?;
     let (tx, rx) = mpsc::channel::<Publish>(QUEUE);
     let stop_store = cancel.child_token();
     let store = tokio::spawn(store(

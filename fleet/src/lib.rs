@@ -2,9 +2,10 @@
 //! it reads every device's retained status, telemetry and acks from the broker and stores,
 //! per device, its groups, online state and last-seen time, agent version, certificate
 //! expiry, and each model's active and installed versions and health, in SQLite or
-//! PostgreSQL; `GET /v1/devices` (and `edgectl devices`) lists them. Desired-state
-//! deployments, Prometheus remote write, replicas and delta transfers come next
-//! (docs/fleet.md says what is built and what is not).
+//! PostgreSQL; `GET /v1/devices` (and `edgectl devices`) lists them. With `[prometheus]
+//! remote_write_url` it also writes every device's telemetry into Prometheus at the
+//! samples' own times ([`export`]). Desired-state deployments, replicas and delta
+//! transfers come next (docs/fleet.md says what is built and what is not).
 //!
 //! # Layout
 //!
@@ -12,6 +13,8 @@
 //! broker ─> ingest (persistent MQTT session, manual acks)
 //!             └─> inventory::observe + apply (pure) ─> db (SQLite | PostgreSQL)
 //!                                                        └─> http: /v1/devices, /healthz, /metrics
+//! broker ─> export (its own session, `{client_id}-metrics`; acks after Prometheus took it)
+//!             └─> progress (dedup by device, seq; labels from db) ─> series ─> remote_write
 //! ```
 //!
 //! - [`config`]: `fleet.toml` (`[mqtt]` as in ctl.toml, `[database]`, `[http]`), checked in
@@ -21,6 +24,9 @@
 //! - [`db`]: one query layer for both databases, the embedded migrations.
 //! - [`ingest`]: the MQTT side: subscribe, decode, store, then ack.
 //! - [`http`]: the JSON API and `/metrics`; [`metrics`]: the counters.
+//! - [`export`]: telemetry to Prometheus over a session of its own ([`session`] holds
+//!   the connection settings both sessions share): [`progress`] deduplicates by (device,
+//!   seq), [`series`] maps a sample to `edge_device_*` series, [`remote_write`] sends them.
 //!
 //! # Why sqlx's `Any` driver
 //!
@@ -61,10 +67,15 @@ pub mod artifacts;
 pub mod config;
 pub mod db;
 pub mod deployments;
+pub mod export;
 pub mod http;
 pub mod ingest;
 pub mod inventory;
 pub mod metrics;
+pub mod progress;
+pub mod remote_write;
+pub mod series;
+pub mod session;
 
 use tokio_util::sync::CancellationToken;
 
@@ -125,11 +136,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetE
     let ticker = tokio::spawn(deployments::ticker(deployments.clone(), cancel.clone()));
     let router = http::router(db.clone(), metrics.clone()).merge(deployments::api::router(deployments.clone()));
     let server = tokio::spawn(http::serve(listener, router, cancel.clone()));
+    let exporter = export::spawn(&config, db.clone(), metrics.export.clone(), cancel.clone());
     let ingested = ingest::run(config.mqtt, config.client_id, db.clone(), deployments, metrics, cancel.clone()).await;
     // Whatever ended ingestion ends the service.
     cancel.cancel();
     let served = server.await;
     let _ = ticker.await;
+    if let Some(exporter) = exporter {
+        let _ = exporter.await;
+    }
     let sent = sender.await;
     db.close().await;
     ingested?;

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub devices_online: Gauge,
     /// `edge_fleet_deployment_*`: what the deployments sent.
     pub deployments: crate::deployments::DeploymentMetrics,
+    /// `edge_fleet_export_*`: the telemetry export to Prometheus.
+    pub export: crate::export::ExportMetrics,
 }
 
 impl Metrics {
@@ -59,6 +61,7 @@ impl Metrics {
         r.register("devices_known", "Devices in the inventory", self.devices_known.clone());
         r.register("devices_online", "Devices whose retained status says online", self.devices_online.clone());
         self.deployments.register(&mut r);
+        self.export.register(&mut r);
         r
     }
 }

@@ -77,6 +77,7 @@ fn telemetry(id: &str, cert_not_after: i64) -> Vec<u8> {
         link: Default::default(),
         disk_full: false,
         cert_not_after: Some(cert_not_after),
+        latency: vec![],
     }
     .encode(Encoding::Postcard)
 }

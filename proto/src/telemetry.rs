@@ -2,8 +2,9 @@
 //!
 //! Two encodings on the wire, told apart by the first byte ([`decode`]):
 //! - postcard (the default): version first, then the fields in order. Version 2 appended
-//!   `disk_full` and `cert_not_after` to version 1; a version 1 sample still decodes, with
-//!   those unknown (`false`, `None`).
+//!   `disk_full` and `cert_not_after` to version 1; version 3 appended `latency`, each
+//!   model's latency histogram with the fixed bounds [`LATENCY_BUCKETS`]. Older samples
+//!   still decode, with the later fields unknown (`false`, `None`, no histograms).
 //! - JSON (`[telemetry] encoding = "json"`), for Telegraf, Node-RED and broker rule
 //!   engines: one object whose field names are the Rust field names, the schema in
 //!   `docs/telemetry.schema.json`. Scripts can rely on `device`, `seq`, `ts`,
@@ -51,10 +52,38 @@ pub struct Telemetry {
     /// End of validity of the device's MQTT certificate, seconds since the Unix epoch;
     /// `None` where it could not be read. Since version 2.
     pub cert_not_after: Option<i64>,
+    /// Each model's latency histogram since the agent started (cumulative, with the
+    /// bounds of [`LATENCY_BUCKETS`]): unlike the percentiles in `models`, histograms of
+    /// several devices add up to a fleet-wide distribution. Since version 3.
+    #[serde(default)]
+    pub latency: Vec<ModelLatency>,
+}
+
+/// Upper bounds, in seconds, of the latency histogram buckets in telemetry (and of the
+/// agent's `edge_agent_inference_duration_seconds` on `/metrics`): 50 µs doubling to
+/// about 3.3 s, wake words at the low end, vision models at the top. Fixed: a change is a
+/// new telemetry version, since histograms with other bounds cannot be added together.
+pub const LATENCY_BUCKETS: [f64; 17] = [
+    0.00005, 0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048, 0.4096,
+    0.8192, 1.6384, 3.2768,
+];
+
+/// The latency histogram of one model, a Prometheus classic histogram in one message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelLatency {
+    /// Model name, as in [`ModelStats::name`].
+    pub name: String,
+    /// Cumulative counts: `buckets[i]` requests took at most `LATENCY_BUCKETS[i]` seconds.
+    /// As long as [`LATENCY_BUCKETS`]; a receiver ignores a histogram of another length.
+    pub buckets: Vec<u64>,
+    /// Every request timed (the `+Inf` bucket).
+    pub count: u64,
+    /// Sum of their latencies, seconds.
+    pub sum_secs: f64,
 }
 
 impl Versioned for Telemetry {
-    const VERSION: u16 = 2;
+    const VERSION: u16 = 3;
     fn version(&self) -> u16 {
         self.version
     }
@@ -105,7 +134,30 @@ impl From<TelemetryV1> for Telemetry {
             link: v.link,
             disk_full: false,
             cert_not_after: None,
+            latency: Vec::new(),
         }
+    }
+}
+
+/// Version 2: version 1 and `disk_full`, `cert_not_after`; version 3 without `latency`.
+/// Read, never written.
+#[derive(Deserialize)]
+struct TelemetryV2 {
+    v1: TelemetryV1,
+    disk_full: bool,
+    cert_not_after: Option<i64>,
+}
+
+impl Versioned for TelemetryV2 {
+    const VERSION: u16 = 2;
+    fn version(&self) -> u16 {
+        self.v1.version
+    }
+}
+
+impl From<TelemetryV2> for Telemetry {
+    fn from(v: TelemetryV2) -> Telemetry {
+        Telemetry { disk_full: v.disk_full, cert_not_after: v.cert_not_after, ..Telemetry::from(v.v1) }
     }
 }
 
@@ -130,7 +182,7 @@ impl Telemetry {
     }
 }
 
-/// Decodes a sample in either encoding and any version this build reads (1 and 2): a JSON
+/// Decodes a sample in either encoding and any version this build reads (1 to 3): a JSON
 /// object starts with `{`, which no postcard sample does (its first byte is the version).
 pub fn decode(bytes: &[u8]) -> Result<Telemetry, ProtoError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
@@ -146,6 +198,9 @@ pub fn decode(bytes: &[u8]) -> Result<Telemetry, ProtoError> {
     match crate::codec::decode::<Telemetry>(bytes) {
         Err(ProtoError::UnknownVersion { found: 1, .. }) => {
             crate::codec::decode::<TelemetryV1>(bytes).map(Telemetry::from)
+        }
+        Err(ProtoError::UnknownVersion { found: 2, .. }) => {
+            crate::codec::decode::<TelemetryV2>(bytes).map(Telemetry::from)
         }
         other => other,
     }
@@ -270,6 +325,12 @@ mod tests {
             link: Link::default(),
             disk_full: true,
             cert_not_after: Some(1_800_000_000),
+            latency: vec![ModelLatency {
+                name: "wake".into(),
+                buckets: LATENCY_BUCKETS.iter().enumerate().map(|(i, _)| (i as u64).min(3)).collect(),
+                count: 3,
+                sum_secs: 0.0125,
+            }],
         }
     }
 
@@ -282,26 +343,44 @@ mod tests {
     }
 
     #[test]
+    fn a_version_2_sample_still_decodes_without_histograms() {
+        // Version 2 is version 3 without `latency`: cut it off the encoding.
+        let mut t = sample();
+        t.version = 2;
+        t.latency.clear();
+        let mut bytes = encode(&t);
+        assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
+        assert_eq!(super::decode(&bytes).unwrap(), t);
+        assert!(matches!(decode::<Telemetry>(&bytes), Err(ProtoError::UnknownVersion { found: 2, .. })));
+        // The same in JSON: a version 2 object has no `latency` key.
+        let mut v = serde_json::to_value(&t).unwrap();
+        v.as_object_mut().unwrap().remove("latency");
+        assert_eq!(super::decode(&serde_json::to_vec(&v).unwrap()).unwrap(), t);
+    }
+
+    #[test]
     fn a_version_1_sample_still_decodes_with_the_new_fields_unknown() {
-        // Version 1 is version 2 without the last two fields: cut them off the encoding.
+        // Version 1 is version 3 without the last three fields: cut them off the encoding.
         let mut t = sample();
         t.version = 1;
         t.disk_full = false;
         t.cert_not_after = None;
+        t.latency.clear();
         let mut bytes = encode(&t);
+        assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
         assert_eq!(bytes.pop(), Some(0), "None is one 0 byte");
         assert_eq!(bytes.pop(), Some(0), "false is one 0 byte");
         assert_eq!(super::decode(&bytes).unwrap(), t);
-        // And a version 2 decoder alone refuses it as an older version, not as garbage.
+        // And a version 3 decoder alone refuses it as an older version, not as garbage.
         assert!(matches!(decode::<Telemetry>(&bytes), Err(ProtoError::UnknownVersion { found: 1, .. })));
     }
 
     #[test]
     fn json_samples_of_unknown_versions_or_shapes_are_refused() {
         let mut v = serde_json::to_value(sample()).unwrap();
-        v["version"] = 3.into();
+        v["version"] = 4.into();
         let bytes = serde_json::to_vec(&v).unwrap();
-        assert!(matches!(super::decode(&bytes), Err(ProtoError::UnknownVersion { found: 3, .. })));
+        assert!(matches!(super::decode(&bytes), Err(ProtoError::UnknownVersion { found: 4, .. })));
         assert!(matches!(super::decode(b"{\"device\": 1}"), Err(ProtoError::Malformed(_))));
         let mut big = b"{".to_vec();
         big.resize(MAX_MESSAGE_BYTES + 1, b' ');

@@ -29,6 +29,8 @@
 //!   [`Broker::start_with_certs`] takes a CA and server certificate made elsewhere.
 //! - [`Postgres`]: a PostgreSQL server of its own (`initdb`, `pg_ctl`) on a free loopback
 //!   port, for the fleet service's tests; stopped on drop.
+//! - [`Prometheus`]: a Prometheus of its own with the remote-write receiver and an
+//!   out-of-order window, a query helper over its HTTP API; `stop`/`restart` on one port.
 //! - [`client_config`], [`mqtt_options`], [`unique_client_id`]: the client side, built the
 //!   same way the agent builds its link (rustls with the ring provider passed explicitly,
 //!   never `TlsConfiguration::Simple`, which panics without a process-wide provider).
@@ -45,8 +47,10 @@
 //! then as `/usr/sbin/mosquitto`, where Debian puts it.
 
 mod postgres;
+mod prometheus;
 mod tmpfs;
 pub use postgres::Postgres;
+pub use prometheus::{Prometheus, SeriesSamples};
 pub use tmpfs::Tmpfs;
 
 use std::fmt::Write as _;
