@@ -8,12 +8,13 @@
 //! (`edge_it::Prometheus::samples`), so "at its original time, exactly once" is checked
 //! sample by sample on `edge_device_telemetry_seq`, whose value is the sample's seq.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{agent_exe, free_addr, http_get, now_ms};
 use edge_it::{Broker, Pki, Prometheus};
 use edge_proto::codec::Versioned;
 use edge_proto::command::ModelStatus;
@@ -38,15 +39,6 @@ fn setup() -> Setup {
     let broker = Broker::start(&pki).unwrap();
     let prom = Prometheus::start().unwrap();
     Setup { dir, pki, broker, prom }
-}
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// `edge-fleet run` on SQLite with remote write to the test Prometheus; killed on drop.
@@ -125,17 +117,6 @@ impl Drop for Fleet {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A plain HTTP/1.0 GET: status and body, `None` when nothing answers.
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split(' ').nth(1)?.parse().ok()?;
-    Some((code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
 /// Labels of a series read back.
@@ -371,20 +352,6 @@ async fn prometheus_down_for_a_while_loses_nothing() {
     want.extend(sent);
     assert_eq!(got, want);
     assert_eq!(fleet.metric("edge_fleet_export_messages_total{result=\"written\"}"), 8.0);
-}
-
-/// The `edge-agent` binary of this build, built first if need be (another package's binary).
-fn agent_exe() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "edge-agent", "--bin", "edge-agent"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "building edge-agent failed");
-    profile_dir.join("edge-agent")
 }
 
 /// A real agent, sampling every second, through a 30 s broker outage: what it held in its
