@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use crate::artifacts::{ArtifactError, Artifacts};
 use crate::db::{now_ms, Db, DbError};
 use sender::{Out, Transfer};
-use store::Stored;
+use store::{kind_name, Stored};
 use target::{Action, Event, Progress};
 
 /// How often unanswered commands are looked at, online members without a row reached and
@@ -435,13 +435,6 @@ impl Deployments {
             let _ = self.out.send(out);
         }
         Ok(())
-    }
-}
-
-fn kind_name(kind: &TargetKind) -> &'static str {
-    match kind {
-        TargetKind::Device => "device",
-        TargetKind::Group => "group",
     }
 }
 

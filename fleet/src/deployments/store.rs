@@ -102,7 +102,8 @@ fn stored(row: &AnyRow) -> Result<Stored, DbError> {
     })
 }
 
-fn kind_name(kind: &TargetKind) -> &'static str {
+/// `device` or `group`, as the `target_kind` column holds it.
+pub(crate) fn kind_name(kind: &TargetKind) -> &'static str {
     match kind {
         TargetKind::Device => "device",
         TargetKind::Group => "group",
