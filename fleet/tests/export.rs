@@ -10,12 +10,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{agent_exe, free_addr, http_get, now_ms};
-use edge_it::{Broker, Pki, Prometheus};
+use common::{agent_exe, fleet_toml, free_addr, now_ms, Fleet, PATIENCE};
+use edge_it::Prometheus;
 use edge_proto::codec::Versioned;
 use edge_proto::command::ModelStatus;
 use edge_proto::status::{State, Status};
@@ -23,100 +22,24 @@ use edge_proto::telemetry::{Encoding, ModelLatency, ModelStats, Telemetry, LATEN
 use edge_proto::topics::Topics;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 
-/// How long a condition may take to become true.
-const PATIENCE: Duration = Duration::from_secs(30);
-
 struct Setup {
-    dir: tempfile::TempDir,
-    pki: Pki,
-    broker: Broker,
+    base: common::Setup,
     prom: Prometheus,
 }
 
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::generate(&dir.path().join("pki")).unwrap();
-    let broker = Broker::start(&pki).unwrap();
-    let prom = Prometheus::start().unwrap();
-    Setup { dir, pki, broker, prom }
+    Setup { base: common::setup(), prom: Prometheus::start().unwrap() }
 }
 
 /// `edge-fleet run` on SQLite with remote write to the test Prometheus; killed on drop.
-struct Fleet {
-    child: Child,
-    listen: String,
-    log: PathBuf,
-}
-
-impl Fleet {
-    fn start(s: &Setup) -> Fleet {
-        let listen = free_addr();
-        let cert = s.pki.client("edge-fleet").unwrap();
-        let config = s.dir.path().join("fleet.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[mqtt]\nurl = \"{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
-                 reconnect_max_secs = 1\n[database]\nurl = \"sqlite://{}\"\n[http]\nlisten = \"{listen}\"\n\
-                 [prometheus]\nremote_write_url = \"{}\"\n",
-                s.broker.url(),
-                s.pki.ca_pem().display(),
-                cert.cert.display(),
-                cert.key.display(),
-                s.dir.path().join("fleet.db").display(),
-                s.prom.remote_write_url(),
-            ),
-        )
-        .unwrap();
-        let log = s.dir.path().join("edge-fleet.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_edge-fleet"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("EDGE_FLEET_LOG", "info,edge_fleet=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let fleet = Fleet { child, listen, log };
-        fleet.until("/healthz answers 200", || http_get(&fleet.listen, "/healthz").is_some_and(|(c, _)| c == 200));
-        fleet
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until `done`, failing with the service's log after [`PATIENCE`].
-    fn until(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let end = Instant::now() + PATIENCE;
-        while !done() {
-            assert!(Instant::now() < end, "timed out waiting until {what}; edge-fleet log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// A counter or gauge of the service's `/metrics`, 0 when absent.
-    fn metric(&self, name: &str) -> f64 {
-        let (_, text) = http_get(&self.listen, "/metrics").expect("edge-fleet answers /metrics");
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    /// Waits until the inventory lists `device` (so its groups and versions label its series).
-    fn knows(&self, device: &str) {
-        self.until(&format!("the inventory lists {device}"), || {
-            http_get(&self.listen, "/v1/devices").is_some_and(|(_, b)| b.contains(&format!("\"{device}\"")))
-        });
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_fleet(s: &Setup) -> Fleet {
+    let listen = free_addr();
+    let db = format!("sqlite://{}", s.base.dir.path().join("fleet.db").display());
+    let config = fleet_toml(&s.base, &db, &listen);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("[prometheus]\nremote_write_url = \"{}\"\n", s.prom.remote_write_url()));
+    std::fs::write(&config, text).unwrap();
+    Fleet::start(&config, &listen)
 }
 
 /// Labels of a series read back.
@@ -207,8 +130,11 @@ struct Sim {
 impl Sim {
     async fn connect(s: &Setup, id: &str, groups: &[&str]) -> Sim {
         let topics = Topics::new("edge", id).unwrap();
-        let opts =
-            edge_it::mqtt_options(&edge_it::unique_client_id(id), s.broker.port(), s.pki.client_config(id).unwrap());
+        let opts = edge_it::mqtt_options(
+            &edge_it::unique_client_id(id),
+            s.base.broker.port(),
+            s.base.pki.client_config(id).unwrap(),
+        );
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
         loop {
             if let Event::Incoming(Packet::ConnAck(_)) = eventloop.poll().await.unwrap() {
@@ -259,7 +185,7 @@ impl Drop for Sim {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sample_is_in_prometheus_once_at_its_own_time_with_device_and_group() {
     let s = setup();
-    let fleet = Fleet::start(&s);
+    let fleet = start_fleet(&s);
     let a = Sim::connect(&s, "dev-a", &["lab", "cams"]).await;
     let b = Sim::connect(&s, "dev-b", &["lab"]).await;
     let c = Sim::connect(&s, "dev-c", &[]).await;
@@ -332,7 +258,7 @@ async fn every_sample_is_in_prometheus_once_at_its_own_time_with_device_and_grou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_down_for_a_while_loses_nothing() {
     let mut s = setup();
-    let fleet = Fleet::start(&s);
+    let fleet = start_fleet(&s);
     let d = Sim::connect(&s, "dev-p", &["lab"]).await;
     fleet.knows("dev-p");
     let now = now_ms();
@@ -360,9 +286,9 @@ async fn prometheus_down_for_a_while_loses_nothing() {
 async fn an_agents_outbox_reaches_prometheus_at_its_original_times_after_a_broker_outage() {
     let mut s = setup();
     let agent_bin = agent_exe();
-    let fleet = Fleet::start(&s);
-    let files = s.pki.client("dev-r").unwrap();
-    let config = s.dir.path().join("agent.toml");
+    let fleet = start_fleet(&s);
+    let files = s.base.pki.client("dev-r").unwrap();
+    let config = s.base.dir.path().join("agent.toml");
     std::fs::write(
         &config,
         format!(
@@ -370,16 +296,16 @@ async fn an_agents_outbox_reaches_prometheus_at_its_original_times_after_a_broke
              [mqtt]\nurl = \"{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
              keep_alive_secs = 5\nnetwork_timeout_secs = 5\nreconnect_max_secs = 2\n\
              [telemetry]\ninterval_secs = 1\n[http]\nlisten = \"{}\"\n",
-            s.dir.path().join("state-dev-r").display(),
-            s.broker.url(),
-            s.pki.ca_pem().display(),
+            s.base.dir.path().join("state-dev-r").display(),
+            s.base.broker.url(),
+            s.base.pki.ca_pem().display(),
             files.cert.display(),
             files.key.display(),
             free_addr(),
         ),
     )
     .unwrap();
-    let agent_log = s.dir.path().join("agent.log");
+    let agent_log = s.base.dir.path().join("agent.log");
     let mut agent = Command::new(agent_bin)
         .args(["run", "--config"])
         .arg(&config)
@@ -390,9 +316,9 @@ async fn an_agents_outbox_reaches_prometheus_at_its_original_times_after_a_broke
         .unwrap();
     let before = until_samples(&fleet, &s.prom, "dev-r", |g| g.len() >= 2);
     let down = now_ms() as i64;
-    s.broker.stop().unwrap();
+    s.base.broker.stop().unwrap();
     std::thread::sleep(Duration::from_secs(30));
-    s.broker.restart().unwrap();
+    s.base.broker.restart().unwrap();
     let up = now_ms() as i64;
     let got = until_samples(&fleet, &s.prom, "dev-r", |g| g.last().is_some_and(|(t, _)| *t > up + 2000));
     let _ = agent.kill();

@@ -91,6 +91,22 @@ impl Fleet {
         }
     }
 
+    /// A counter or gauge of the service's `/metrics`, 0 when absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, text) = http_get(&self.listen, "/metrics").expect("edge-fleet answers /metrics");
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until the inventory lists `device`.
+    pub fn knows(&self, device: &str) {
+        self.until(&format!("the inventory lists {device}"), || {
+            http_get(&self.listen, "/v1/devices").is_some_and(|(_, b)| b.contains(&format!("\"{device}\"")))
+        });
+    }
+
     /// SIGKILL: no chance to ack or disconnect.
     pub fn kill(mut self) -> String {
         self.child.kill().unwrap();
