@@ -1,7 +1,10 @@
 //! `fleet.toml`: the broker, the database and the HTTP API of the fleet service.
 //!
 //! ```toml
-//! client_id = "edge-fleet"          # optional; the MQTT client id of the persistent session
+//! client_id = "edge-fleet"          # optional; the MQTT client id of the persistent session:
+//!                                   # one per replica (edge-fleet-1, edge-fleet-2, ...)
+//! share_group = "edge-fleet"        # optional, for replicas: those with the same share group
+//!                                   # split the telemetry, acks and repair requests between them
 //!
 //! [mqtt]                            # the same keys as ctl.toml's; its own certificate
 //! url = "mqtts://broker:8883"
@@ -85,6 +88,11 @@ pub struct Config {
     /// arrives) while the service is down.
     #[serde(default = "default_client_id")]
     pub client_id: String,
+    /// Replicas: the group of the shared subscriptions (`$share/{share_group}/...`), the
+    /// same in every replica of one fleet service, each with its own `client_id`
+    /// (docs/fleet.md, "Replicas"). Unset: one instance, plain subscriptions.
+    #[serde(default)]
+    pub share_group: Option<String>,
     /// The broker, as edgectl's `[mqtt]`.
     pub mqtt: MqttConfig,
     /// `[database]`
@@ -235,6 +243,9 @@ impl Config {
         if !edge_mqtt::valid_segment(&self.client_id) {
             return bad("client_id", format!("{:?} must be 1-128 characters of A-Z a-z 0-9 - _ .", self.client_id));
         }
+        if let Some(g) = self.share_group.as_ref().filter(|g| !edge_mqtt::valid_segment(g)) {
+            return bad("share_group", format!("{g:?} must be 1-128 characters of A-Z a-z 0-9 - _ ."));
+        }
         let url = &self.database.url;
         match backend(url) {
             None => {
@@ -292,6 +303,7 @@ mod tests {
         assert_eq!(c.database.url, DEFAULT_DATABASE_URL);
         assert_eq!(c.http.listen, DEFAULT_LISTEN);
         assert_eq!(c.client_id, DEFAULT_CLIENT_ID);
+        assert_eq!(c.share_group, None);
         assert_eq!(c.mqtt.ca_file, dir.path().join("ca.pem"));
     }
 
@@ -302,6 +314,7 @@ mod tests {
             ("[database]\nurl = \"sqlite://\"", "[database] url"),
             ("[http]\nlisten = \"localhost\"", "[http] listen"),
             ("client_id = \"a/b\"", "client_id"),
+            ("share_group = \"a+\"", "share_group"),
             ("[prometheus]\nremote_write_url = \"https://p:9090/api/v1/write\"", "[prometheus] remote_write_url"),
             ("[prometheus]\nremote_write_url = \"http://p/api/v1/write\"", "[prometheus] remote_write_url"),
         ] {

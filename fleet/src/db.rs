@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "devices", include_str!("../migrations/0001_devices.sql")),
     (2, "deployments", include_str!("../migrations/0002_deployments.sql")),
     (3, "export", include_str!("../migrations/0003_export.sql")),
+    (4, "replicas", include_str!("../migrations/0004_replicas.sql")),
 ];
 
 /// The versions of every migration this build carries, in order.
@@ -112,6 +113,7 @@ pub fn redact(url: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Db {
     pub(crate) pool: AnyPool,
+    backend: Backend,
 }
 
 impl Db {
@@ -142,7 +144,7 @@ impl Db {
             // Off by default in SQLite: the cascades from devices need it.
             sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await.map_err(query("enable foreign keys"))?;
         }
-        let db = Db { pool };
+        let db = Db { pool, backend: backend(url).unwrap_or(Backend::Sqlite) };
         db.migrate().await?;
         Ok(db)
     }
@@ -161,6 +163,8 @@ impl Db {
         for &(version, name, sql) in MIGRATIONS {
             let failed = |source| DbError::Migrate { version, name, source };
             let mut tx = self.pool.begin().await.map_err(failed)?;
+            // Replicas starting together: the second waits here for the first's migration.
+            self.lock(&mut tx, "fleet_migrations").await.map_err(failed)?;
             let done = sqlx::query("SELECT version FROM fleet_migrations WHERE version = $1")
                 .bind(version)
                 .fetch_optional(&mut *tx)
@@ -203,6 +207,7 @@ impl Db {
     /// transaction.
     pub async fn update(&self, device: &str, change: impl FnOnce(Option<Device>) -> Change) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await.map_err(query("begin"))?;
+        self.lock(&mut tx, &format!("device/{device}")).await.map_err(query("lock a device"))?;
         let known = read_device(&mut tx, device).await?;
         match change(known) {
             Change::Forget => {
@@ -255,6 +260,18 @@ impl Db {
             counts[n] = row.try_get(0).map_err(query("count devices"))?;
         }
         Ok((counts[0], counts[1]))
+    }
+
+    /// Holds `key` until the transaction of `conn` ends: replicas of the service writing
+    /// the same record wait for each other instead of overwriting each other's change, also
+    /// when the record does not exist yet (a row lock would not cover that). PostgreSQL
+    /// takes a transaction-level advisory lock on the key's hash; SQLite needs none, since
+    /// it lets one writer at a time in anyway.
+    pub(crate) async fn lock(&self, conn: &mut sqlx::AnyConnection, key: &str) -> Result<(), sqlx::Error> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::TEXT").bind(key).fetch_one(&mut *conn).await?;
+        }
+        Ok(())
     }
 
     /// The pool, for the queries of other modules (the telemetry export's progress).

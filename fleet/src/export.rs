@@ -6,7 +6,8 @@
 //! # Delivery
 //!
 //! The session is `{client_id}-metrics`, QoS 1, clean session off, manual acks, subscribed
-//! to `{prefix}/+/telemetry`; the inventory's session is another one, so a Prometheus that
+//! to `{prefix}/+/telemetry`, or with replicas `$share/{share_group}-metrics/…` (they split it;
+//! [`crate::progress`] keeps the deduplication right when one device's samples are split); the inventory's session is another one, so a Prometheus that
 //! is down or slow never holds up the inventory (or deployments). A message is acked to
 //! the broker only once the write holding it was answered:
 //!
@@ -34,7 +35,7 @@
 //! Two tasks, as in [`crate::ingest`]: the poll task only moves messages to the writer over
 //! a bounded channel, so rumqttc's poll never waits for Prometheus.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use edge_mqtt::MqttConfig;
@@ -43,16 +44,17 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, Packet, Publish};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Db;
 use crate::ingest::IngestError;
-use crate::progress::{is_new, Mark, Progress};
+use crate::progress::{is_new, record, Mark, Progress};
 use crate::remote_write::{self, Client, Endpoint, Outcome, Series};
 use crate::series;
+use crate::session::Filters;
 
 /// Most samples in one write request.
 pub const MAX_SAMPLES: usize = 2000;
@@ -127,6 +129,10 @@ pub fn spawn(
     let url = config.prometheus.remote_write_url.clone()?;
     let mqtt = config.mqtt.clone();
     let client_id = format!("{}-metrics", config.client_id);
+    // A group of its own: in the inventory's group, the export's sessions would split the
+    // telemetry with the inventory's instead of each getting all of it.
+    let group = config.share_group.as_ref().map(|g| format!("{g}-metrics"));
+    let filters = Filters::split(vec![], &[fleet::telemetry(&mqtt.topic_prefix, None)], group.as_deref());
     Some(tokio::spawn(async move {
         let endpoint = match Endpoint::parse(&url) {
             Ok(e) => e,
@@ -136,18 +142,19 @@ pub fn spawn(
                 return;
             }
         };
-        if let Err(e) = run(mqtt, client_id, endpoint, db, metrics, cancel.clone()).await {
+        if let Err(e) = run(mqtt, client_id, filters, endpoint, db, metrics, cancel.clone()).await {
             tracing::error!("telemetry export stopped: {e}");
             cancel.cancel();
         }
     }))
 }
 
-/// Connects as `client_id` and exports until `cancel`. Connection errors are logged and
-/// retried with backoff; only a configuration problem returns.
+/// Connects as `client_id`, subscribes to `filters` and exports until `cancel`. Connection
+/// errors are logged and retried with backoff; only a configuration problem returns.
 pub async fn run(
     mqtt: MqttConfig,
     client_id: String,
+    filters: Filters,
     endpoint: Endpoint,
     db: Db,
     metrics: ExportMetrics,
@@ -166,7 +173,6 @@ pub async fn run(
         cancel: stop_writer.clone(),
     };
     let writer = tokio::spawn(writer.run(rx));
-    let filter = fleet::telemetry(&mqtt.topic_prefix, None);
     let max_delay = Duration::from_secs(mqtt.reconnect_max_secs.max(1));
     let mut delay = Duration::from_millis(500);
     loop {
@@ -178,11 +184,7 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 delay = Duration::from_millis(500);
                 tracing::info!(session_present = ack.session_present, "telemetry export connected to the broker");
-                if !ack.session_present {
-                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                        tracing::error!("cannot subscribe to {filter}: {e}");
-                    }
-                }
+                filters.subscribe(&client, ack.session_present);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if tx.send(p).await.is_err() {
@@ -220,8 +222,8 @@ struct Entry {
     publish: Publish,
     /// Its series; empty when there is nothing to write (a duplicate, undecodable).
     series: Vec<Series>,
-    /// The device and mark to store once written.
-    mark: Option<(String, Mark)>,
+    /// The device and the sample's `(seq, ts)`, recorded once written.
+    sample: Option<(String, u64, u64)>,
 }
 
 struct Writer {
@@ -264,12 +266,15 @@ impl Writer {
                 // Cancelled before Prometheus took it: nothing acked, the broker sends it again.
                 return;
             }
-            let marks: HashMap<String, Mark> = batch.iter().filter_map(|e| e.mark.clone()).collect();
-            if let Err(e) = self.progress.save(&marks).await {
+            let mut written: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+            for (device, seq, ts) in batch.iter().filter_map(|e| e.sample.as_ref()) {
+                written.entry(device.clone()).or_default().push((*seq, *ts));
+            }
+            if let Err(e) = self.progress.save(&written).await {
                 // The samples are in Prometheus: ack anyway. A redelivery writes them again,
                 // which Prometheus takes as a no-op.
                 self.metrics.db_errors.inc();
-                tracing::error!("telemetry export: cannot store the progress of {} devices: {e}", marks.len());
+                tracing::error!("telemetry export: cannot store the progress of {} devices: {e}", written.len());
             }
             for e in &batch {
                 if let Err(err) = self.client.ack(&e.publish).await {
@@ -281,7 +286,7 @@ impl Writer {
 
     /// Decodes `p`, decides whether it is new, and makes its series.
     async fn entry(&mut self, p: Publish, pending: &mut HashMap<String, Mark>) -> Entry {
-        let skip = |publish| Entry { publish, series: Vec::new(), mark: None };
+        let skip = |publish| Entry { publish, series: Vec::new(), sample: None };
         let device = crate::inventory::route(&self.prefix, &p.topic).map(|(_, d)| d);
         let t = match edge_proto::telemetry::decode(&p.payload) {
             Ok(t) if device == Some(t.device.as_str()) => t,
@@ -315,9 +320,8 @@ impl Writer {
             tracing::warn!(device = %t.device, "telemetry export: {e}; writing without group and version labels");
             Default::default()
         });
-        let mark = Mark { seq: t.seq, ts: t.ts };
-        pending.insert(t.device.clone(), mark);
-        Entry { series: series::of(&t, &labels), mark: Some((t.device, mark)), publish: p }
+        pending.insert(t.device.clone(), record(last, t.seq, t.ts));
+        Entry { series: series::of(&t, &labels), sample: Some((t.device, t.seq, t.ts)), publish: p }
     }
 
     /// Writes the batch; a refused part is split down to single messages. `false` when
@@ -361,8 +365,8 @@ impl Writer {
                         self.metrics.count("rejected", 1);
                         tracing::error!(
                             topic = %e.publish.topic,
-                            seq = e.mark.as_ref().map(|(_, m)| m.seq),
-                            ts = e.mark.as_ref().map(|(_, m)| m.ts),
+                            seq = e.sample.as_ref().map(|s| s.1),
+                            ts = e.sample.as_ref().map(|s| s.2),
                             "Prometheus refused this sample (HTTP {status}: {reason}); it is dropped. If it says out \
                              of bounds or too old, the sample is older than Prometheus accepts: raise \
                              storage.tsdb.out_of_order_time_window in its configuration (or check the device's clock)"

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use edge_mqtt::MqttConfig;
 use edge_proto::topics::fleet;
-use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, Event, Packet, Publish};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +30,7 @@ use crate::db::Db;
 use crate::deployments::Deployments;
 use crate::inventory::{self, Observation};
 use crate::metrics::Metrics;
+use crate::session::Filters;
 
 /// Delays between attempts to store a message the database refused.
 pub const RETRIES: [Duration; 5] = [
@@ -54,14 +55,12 @@ pub enum IngestError {
     Tls(#[from] edge_mqtt::TlsError),
 }
 
-/// The topic filters the service reads.
-pub fn filters(prefix: &str) -> Vec<String> {
-    vec![
-        fleet::status(prefix, None),
-        fleet::telemetry(prefix, None),
-        fleet::acks(prefix, None),
-        fleet::need(prefix, None),
-    ]
+/// The topic filters the inventory reads: every device's status in every replica (they
+/// are retained, and few), the telemetry, acks and repair requests split between the
+/// replicas of `share_group` if there is one ([`crate::session`]).
+pub fn filters(prefix: &str, share_group: Option<&str>) -> Filters {
+    let split = [fleet::telemetry(prefix, None), fleet::acks(prefix, None), fleet::need(prefix, None)];
+    Filters::split(vec![fleet::status(prefix, None)], &split, share_group)
 }
 
 /// Connects and ingests until `cancel`. Connection errors are logged and retried with
@@ -69,6 +68,7 @@ pub fn filters(prefix: &str) -> Vec<String> {
 pub async fn run(
     mqtt: MqttConfig,
     client_id: String,
+    share_group: Option<String>,
     db: Db,
     deployments: Deployments,
     metrics: Metrics,
@@ -86,7 +86,7 @@ pub async fn run(
         metrics,
         stop_store.clone(),
     ));
-    let subscriptions = filters(&mqtt.topic_prefix);
+    let subscriptions = filters(&mqtt.topic_prefix, share_group.as_deref());
     let max_delay = Duration::from_secs(mqtt.reconnect_max_secs.max(1));
     let mut delay = Duration::from_millis(500);
     loop {
@@ -98,18 +98,7 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 delay = Duration::from_millis(500);
                 tracing::info!(broker = %mqtt.url, session_present = ack.session_present, "connected to broker");
-                // With a session, the broker holds the subscriptions already; repair requests
-                // are subscribed again anyway (they are not retained, so nothing is replayed),
-                // for a session made by a version that did not read them.
-                let wanted: Vec<String> = if ack.session_present {
-                    vec![fleet::need(&mqtt.topic_prefix, None)]
-                } else {
-                    subscriptions.clone()
-                };
-                let f = wanted.iter().map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-                if let Err(e) = client.try_subscribe_many(f) {
-                    tracing::error!("cannot subscribe to {wanted:?}: {e}");
-                }
+                subscriptions.subscribe(&client, ack.session_present);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if tx.send(p).await.is_err() {

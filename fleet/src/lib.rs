@@ -137,7 +137,16 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetE
     let router = http::router(db.clone(), metrics.clone()).merge(deployments::api::router(deployments.clone()));
     let server = tokio::spawn(http::serve(listener, router, cancel.clone()));
     let exporter = export::spawn(&config, db.clone(), metrics.export.clone(), cancel.clone());
-    let ingested = ingest::run(config.mqtt, config.client_id, db.clone(), deployments, metrics, cancel.clone()).await;
+    let ingested = ingest::run(
+        config.mqtt,
+        config.client_id,
+        config.share_group,
+        db.clone(),
+        deployments,
+        metrics,
+        cancel.clone(),
+    )
+    .await;
     // Whatever ended ingestion ends the service.
     cancel.cancel();
     let served = server.await;

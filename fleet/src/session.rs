@@ -4,11 +4,23 @@
 //! Both are QoS 1 sessions with clean session off and manual acks, so that the broker keeps
 //! what arrives while the service (or one of its consumers) is down or slow, and a message
 //! is acked only once it has been handled.
+//!
+//! # Replicas
+//!
+//! With `share_group` set, replicas of the service split the load through shared
+//! subscriptions (`$share/{group}/{filter}`, MQTT 3.1.1 in Mosquitto, EMQX and HiveMQ): each
+//! message of a shared filter goes to one session of the group. What needs every message in
+//! every replica stays a plain subscription: the devices' retained statuses (brokers do not
+//! send retained messages to shared subscriptions, so a replica starting fresh would not
+//! learn the devices that are offline). Without it (one instance) every filter is plain:
+//! Mosquitto 2.0 does not restore a session's shared subscriptions when it restarts, so
+//! what devices publish between the broker's restart and the service's reconnect would have
+//! no subscriber. [`Filters`] holds the lot.
 
 use std::time::Duration;
 
 use edge_mqtt::{host_port, MqttConfig};
-use rumqttc::{AsyncClient, EventLoop, MqttOptions, Transport};
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS, SubscribeFilter, Transport};
 
 use crate::ingest::IngestError;
 
@@ -28,4 +40,73 @@ pub fn connect(mqtt: &MqttConfig, client_id: String, cap: usize) -> Result<(Asyn
     let (client, mut eventloop) = AsyncClient::new(opts, cap);
     eventloop.network_options.set_connection_timeout(mqtt.network_timeout_secs.max(1));
     Ok((client, eventloop))
+}
+
+/// `filter` as a shared subscription of `group`.
+pub fn shared(group: &str, filter: &str) -> String {
+    format!("$share/{group}/{filter}")
+}
+
+/// What a session subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filters {
+    /// Subscribed when the broker has no session: the retained statuses. With a session the
+    /// broker holds them already, and subscribing again would replay the retained messages
+    /// ahead of older queued ones.
+    pub once: Vec<String>,
+    /// Subscribed at every connect (nothing retained is sent on them, so nothing is
+    /// replayed): a session made by a version without one of them gets it, and so does a
+    /// session whose broker lost its shared subscriptions in a restart.
+    pub always: Vec<String>,
+    /// Dropped from a session that still has them: plain filters of a single instance
+    /// turned into a replica, which would otherwise get every message twice over.
+    pub retired: Vec<String>,
+}
+
+impl Filters {
+    /// `always` as plain filters, or, with a share group, shared with the other replicas
+    /// (and their plain form retired).
+    pub fn split(once: Vec<String>, filters: &[String], share_group: Option<&str>) -> Filters {
+        match share_group {
+            None => Filters { once, always: filters.to_vec(), retired: vec![] },
+            Some(g) => {
+                Filters { once, always: filters.iter().map(|f| shared(g, f)).collect(), retired: filters.to_vec() }
+            }
+        }
+    }
+
+    /// Subscribes after a CONNACK.
+    pub fn subscribe(&self, client: &AsyncClient, session_present: bool) {
+        let mut wanted: Vec<&String> = self.always.iter().collect();
+        if !session_present {
+            wanted.extend(&self.once);
+        }
+        let f = wanted.iter().map(|t| SubscribeFilter::new(t.to_string(), QoS::AtLeastOnce));
+        if let Err(e) = client.try_subscribe_many(f) {
+            tracing::error!("cannot subscribe to {wanted:?}: {e}");
+        }
+        if session_present {
+            for t in &self.retired {
+                if let Err(e) = client.try_unsubscribe(t.clone()) {
+                    tracing::warn!("cannot unsubscribe from {t}: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_share_the_filters_and_retire_their_plain_form() {
+        let plain = Filters::split(vec!["s".into()], &["edge/+/ack".into()], None);
+        assert_eq!(plain.always, ["edge/+/ack"]);
+        assert!(plain.retired.is_empty());
+        let shared = Filters::split(vec!["s".into()], &["edge/+/ack".into()], Some("fleet"));
+        assert_eq!(shared.always, ["$share/fleet/edge/+/ack"]);
+        assert_eq!(shared.retired, ["edge/+/ack"]);
+        assert_eq!(shared.once, ["s"]);
+    }
 }

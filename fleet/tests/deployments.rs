@@ -279,3 +279,62 @@ fn deployment_rows_of(db: &str, id: &str) -> String {
         format!("{rows:?}")
     })
 }
+
+/// `fleet.toml` for replica `name` of one service: the shared `base` with the share group, its
+/// own client id and HTTP address, in a file of its own.
+fn replica_toml(base: &Path, name: &str, listen: &str) -> PathBuf {
+    let text = std::fs::read_to_string(base).unwrap();
+    let (before, after) = text.split_once("[http]\nlisten = ").unwrap();
+    let rest = after.split_once('\n').unwrap().1;
+    let path = base.with_file_name(format!("fleet-{name}.toml"));
+    std::fs::write(&path, format!("client_id = \"edge-fleet-{name}\"\nshare_group = \"edge-fleet\"\n{before}[http]\nlisten = \"{listen}\"\n{rest}"))
+        .unwrap();
+    path
+}
+
+#[test]
+fn two_replicas_share_the_work_and_a_deployment_survives_the_one_driving_it_killed() {
+    let s = setup();
+    let pg = Postgres::start().unwrap();
+    let base = fleet_toml(&s, &pg.url(), &free_addr());
+    // A cap, so that the transfer is still going when its replica is killed (as in
+    // a_deployment_survives_the_service_killed_mid_transfer).
+    let mut text = std::fs::read_to_string(&base).unwrap();
+    text.push_str("[deployments]\nmax_bytes_per_sec = 40000\n");
+    std::fs::write(&base, text).unwrap();
+    let (la, lb) = (free_addr(), free_addr());
+    let a = Fleet::start(&replica_toml(&base, "a", &la), &la);
+    let b = Fleet::start(&replica_toml(&base, "b", &lb), &lb);
+    let ctl = ctl_toml(&s, Some(&format!("http://{la}")));
+    let agents: Vec<Agent> = ["edge-1", "edge-2"].iter().map(|d| Agent::start(&s, d, &["yard"], "")).collect();
+    for d in ["edge-1", "edge-2"] {
+        until_online(&a, &ctl, d);
+        // Both replicas read every status: each has the whole inventory.
+        b.knows(d);
+    }
+
+    let model = model_path(LARGE_MODEL);
+    let args = ["--group", "yard", "--model", model.to_str().unwrap(), "--name", "seg", "--version", "6"];
+    let d = deploy(&ctl, &[&args[..], &["--chunk-size", "16384"]].concat());
+    for device in ["edge-1", "edge-2"] {
+        until_state(&a, None, &d.id, device, "transferring");
+    }
+    // The acks went to one replica or the other (shared subscriptions); kill one that is
+    // publishing chunks.
+    let sent = "edge_fleet_deployment_chunks_sent_total";
+    a.until("a replica publishes chunks", || a.metric(sent) + b.metric(sent) > 0.0);
+    let (driver, survivor) = if a.metric(sent) > 0.0 { (a, b) } else { (b, a) };
+    let before = survivor.metric(sent);
+    let log = driver.kill();
+    assert!(log.contains("deployment step"), "{log}");
+
+    for (device, agent) in ["edge-1", "edge-2"].iter().zip(&agents) {
+        until_state(&survivor, Some(agent), &d.id, device, "succeeded");
+    }
+    assert!(survivor.metric(sent) > before, "the survivor served the chunks the killed one had not sent");
+    let ctl = ctl_toml(&s, Some(&format!("http://{}", survivor.listen)));
+    let all = devices(&ctl);
+    for device in ["edge-1", "edge-2"] {
+        assert_eq!(active_version(&all, device, "seg").as_deref(), Some("6"), "{all:#?}");
+    }
+}
