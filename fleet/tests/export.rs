@@ -339,3 +339,67 @@ async fn an_agents_outbox_reaches_prometheus_at_its_original_times_after_a_broke
     assert!(grouped.is_some() && series.len() <= 2, "{series:#?}");
     assert!(fleet.log().contains("telemetry export connected"), "{}", fleet.log());
 }
+
+/// Two replicas on one PostgreSQL share the telemetry (shared subscriptions hand each message
+/// to one of them): one device's samples, split between them, are each written once, none
+/// skipped as a duplicate; sent again, Prometheus still holds each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_split_a_devices_samples_and_write_each_once() {
+    let s = setup();
+    let pg = edge_it::Postgres::start().unwrap();
+    let base = fleet_toml(&s.base, &pg.url(), &free_addr());
+    let text = std::fs::read_to_string(&base).unwrap();
+    let replicas: Vec<Fleet> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let listen = free_addr();
+            let (before, after) = text.split_once("[http]\nlisten = ").unwrap();
+            let rest = after.split_once('\n').unwrap().1;
+            let path = base.with_file_name(format!("fleet-{name}.toml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "client_id = \"edge-fleet-{name}\"\nshare_group = \"edge-fleet\"\n{before}[http]\nlisten = \
+                     \"{listen}\"\n{rest}[prometheus]\nremote_write_url = \"{}\"\n",
+                    s.prom.remote_write_url()
+                ),
+            )
+            .unwrap();
+            Fleet::start(&path, &listen)
+        })
+        .collect();
+    let d = Sim::connect(&s, "dev-s", &["lab"]).await;
+    for r in &replicas {
+        r.knows("dev-s");
+    }
+    let now = now_ms();
+    let sent: Vec<(i64, u64)> = (1..=40).map(|seq| ((now - 60_000 + seq * 1000) as i64, seq)).collect();
+    for (ts, seq) in &sent {
+        d.send(*seq, *ts as u64).await;
+    }
+    let got = until_samples(&replicas[0], &s.prom, "dev-s", |g| g.len() >= 40);
+    assert_eq!(got, sent);
+    let written = |r: &Fleet| r.metric("edge_fleet_export_messages_total{result=\"written\"}");
+    let duplicate = |r: &Fleet| r.metric("edge_fleet_export_messages_total{result=\"duplicate\"}");
+    replicas[0].until("both replicas counted their writes", || written(&replicas[0]) + written(&replicas[1]) >= 40.0);
+    let (wa, wb) = (written(&replicas[0]), written(&replicas[1]));
+    assert!(wa > 0.0 && wb > 0.0, "each replica wrote its share: {wa} + {wb}");
+    assert_eq!(wa + wb, 40.0, "no sample written twice");
+    assert_eq!(duplicate(&replicas[0]) + duplicate(&replicas[1]), 0.0, "none skipped");
+
+    // Delivered again (a device re-sending, a broker redelivering), to whichever replica:
+    // skipped where the replica knows it was written, written again where its record is
+    // older than the other's writes; either way Prometheus still holds each sample once.
+    for (ts, seq) in sent.iter().rev().take(20) {
+        d.send(*seq, *ts as u64).await;
+    }
+    let seen = || written(&replicas[0]) + written(&replicas[1]) + duplicate(&replicas[0]) + duplicate(&replicas[1]);
+    replicas[0].until("the redeliveries were handled", || seen() >= 60.0);
+    assert_eq!(seen(), 60.0);
+    eprintln!(
+        "redelivered: {} skipped, {} written again",
+        duplicate(&replicas[0]) + duplicate(&replicas[1]),
+        written(&replicas[0]) + written(&replicas[1]) - 40.0
+    );
+    assert_eq!(seq_samples(&s.prom, "dev-s").0, sent);
+}
