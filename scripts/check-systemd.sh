@@ -214,6 +214,50 @@ reject "exit 70 made final" "RestartPreventExitStatus=2 70" 's/^RestartPreventEx
 reject "no time-sync.target" "time-sync.target" 's/^After=.*/After=network.target/'
 reject "RestartSteps= in the unit" "RestartSteps" 's/^RestartSec=.*/&\nRestartSteps=5/'
 
+# --- 5. edge-fleet's unit: steps 1-3 (its restart policy is simpler: Type=exec, no
+# watchdog; it has no models to load and no device to keep in the fleet) ---
+fleet_unit=$PWD/systemd/edge-fleet.service
+allowed_open_fleet=(
+    "RootDirectory=/RootImage="
+    "PrivateNetwork="
+    "IPAddressDeny="
+    "RestrictAddressFamilies=~AF_UNIX"
+    "RestrictAddressFamilies=~AF_(INET|INET6)"
+    "DeviceAllow="
+)
+out=$(systemd-sysusers --root="$root" "$PWD/systemd/edge-fleet.sysusers" 2>&1) || { printf '%s\n' "$out" >&2; bad "systemd-sysusers edge-fleet.sysusers"; }
+out=$(systemd-tmpfiles --root="$root" --create "$PWD/systemd/edge-fleet.tmpfiles" 2>&1) || { printf '%s\n' "$out" >&2; bad "systemd-tmpfiles edge-fleet.tmpfiles"; }
+fgid=$(grep '^edge-fleet:' "$root/etc/group" | cut -d: -f3)
+grep -q '^edge-fleet:.*:/var/lib/edge-fleet:/usr/sbin/nologin$' "$root/etc/passwd" || bad "edge-fleet.sysusers does not make the edge-fleet system user"
+conf=$(stat -c '%a %u %g' "$root/etc/edge-fleet" 2>/dev/null || echo missing)
+[ "$conf" = "750 0 $fgid" ] || bad "/etc/edge-fleet from edge-fleet.tmpfiles is '$conf', want '750 0 $fgid'"
+cp "$fleet_unit" "$root/etc/systemd/system/"
+printf '#!/bin/sh\nexit 0\n' >"$root/usr/bin/edge-fleet"
+chmod 755 "$root/usr/bin/edge-fleet"
+echo "== systemd-analyze verify $fleet_unit"
+if ! out=$(systemd-analyze verify --root="$root" --man=no edge-fleet.service 2>&1) || [ -n "$out" ]; then
+    printf '%s\n' "$out" >&2
+    bad "systemd-analyze verify $fleet_unit"
+else
+    echo "ok"
+fi
+echo "== systemd-analyze security --offline=true $fleet_unit"
+status=0
+systemd-analyze security --offline=true --no-pager --threshold="$max_exposure" "$fleet_unit" || status=$?
+[ "$status" -eq 0 ] || bad "edge-fleet: overall exposure above 2.0 (systemd-analyze security exit $status)"
+json=$(systemd-analyze security --offline=true --no-pager --json=short "$fleet_unit" || true)
+while IFS= read -r name; do
+    [ -n "$name" ] || continue
+    ok=0
+    for a in "${allowed_open_fleet[@]}"; do
+        [ "$name" = "$a" ] && ok=1
+    done
+    [ "$ok" -eq 1 ] || bad "security review flags $name in $fleet_unit: harden it, or say why there and add it to allowed_open_fleet in $0"
+done < <(grep -o '"set":false,"name":"[^"]*"' <<<"$json" | sed 's/^"set":false,"name":"//; s/"$//')
+for want in "Restart=on-failure" "RestartPreventExitStatus=2" "StartLimitIntervalSec=0"; do
+    grep -qx "$want" "$fleet_unit" || bad "$fleet_unit lacks $want"
+done
+
 if [ "$fail" -ne 0 ]; then
     exit 1
 fi
