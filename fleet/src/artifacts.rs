@@ -4,8 +4,9 @@
 //! An upload is written to a temporary file in the same directory, hashed as it arrives,
 //! synced, and renamed to its hash only when the hash matches the name it was uploaded
 //! under: a file named by a hash always holds those bytes, and an interrupted upload
-//! leaves no artifact. Uploading the same artifact again is a no-op. Replicas of the
-//! service share the directory (a shared volume; docs/fleet.md).
+//! leaves no artifact. Uploading the same artifact again is a no-op. Replicas keep a
+//! copy of each artifact in the database ([`crate::artifact_copies`]): a replica without
+//! the file fetches it from there before reading a chunk.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,8 @@ use edge_proto::ota::Manifest;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::artifact_copies::{Copies, CopyError};
 
 /// What went wrong with an artifact.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,14 @@ pub enum ArtifactError {
         /// What differs.
         problem: String,
     },
+    /// The database's copy could not be written or read (replicas).
+    #[error("artifact {sha256}: {source}")]
+    Copy {
+        /// The artifact.
+        sha256: String,
+        /// What failed.
+        source: CopyError,
+    },
     /// A file operation failed.
     #[error("artifact store {}: {source}", path.display())]
     Io {
@@ -65,6 +76,7 @@ pub enum ArtifactError {
 pub struct Artifacts {
     dir: PathBuf,
     max_bytes: u64,
+    copies: Option<Copies>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
@@ -77,10 +89,39 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 impl Artifacts {
-    /// The store in `dir` (made if missing), refusing uploads over `max_bytes`.
-    pub async fn open(dir: &Path, max_bytes: u64) -> Result<Artifacts, ArtifactError> {
+    /// The store in `dir` (made if missing), refusing uploads over `max_bytes`; with
+    /// `copies` (replicas), every upload is copied there and missing files fetched from it.
+    pub async fn open(dir: &Path, max_bytes: u64, copies: Option<Copies>) -> Result<Artifacts, ArtifactError> {
         tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
-        Ok(Artifacts { dir: dir.to_path_buf(), max_bytes })
+        Ok(Artifacts { dir: dir.to_path_buf(), max_bytes, copies })
+    }
+
+    fn copy_error(sha256: &str) -> impl FnOnce(CopyError) -> ArtifactError + '_ {
+        move |source| ArtifactError::Copy { sha256: sha256.into(), source }
+    }
+
+    /// The artifact's file, fetched from the database's copy first if this replica does
+    /// not have it.
+    async fn local(&self, sha256: &str) -> Result<PathBuf, ArtifactError> {
+        let path = self.path(sha256)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(_) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+        let Some(copies) = &self.copies else { return Err(ArtifactError::Missing(sha256.into())) };
+        let tmp = self.dir.join(format!(".fetch-{}", to_hex(&rand_suffix())));
+        match copies.fetch(sha256, &tmp).await {
+            Ok(true) => {}
+            Ok(false) => return Err(ArtifactError::Missing(sha256.into())),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(Self::copy_error(sha256)(e));
+            }
+        }
+        tokio::fs::rename(&tmp, &path).await.map_err(io(&path))?;
+        tracing::info!(artifact = sha256, "artifact fetched from the database's copy");
+        Ok(path)
     }
 
     fn path(&self, sha256: &str) -> Result<PathBuf, ArtifactError> {
@@ -90,12 +131,16 @@ impl Artifacts {
         Ok(self.dir.join(sha256))
     }
 
-    /// The size of an artifact, `None` when it is not stored.
+    /// The size of an artifact, `None` when it is not stored (as a file here, or in the
+    /// database's copies).
     pub async fn size(&self, sha256: &str) -> Result<Option<u64>, ArtifactError> {
         let path = self.path(sha256)?;
         match tokio::fs::metadata(&path).await {
             Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match &self.copies {
+                Some(c) => c.size(sha256).await.map_err(|e| Self::copy_error(sha256)(e.into())),
+                None => Ok(None),
+            },
             Err(e) => Err(io(&path)(e)),
         }
     }
@@ -104,7 +149,12 @@ impl Artifacts {
     pub async fn put(&self, sha256: &str, body: Body) -> Result<u64, ArtifactError> {
         let path = self.path(sha256)?;
         if let Some(size) = self.size(sha256).await? {
-            // Same name, same bytes: nothing to do (the body is dropped unread).
+            // Same name, same bytes: nothing to do (the body is dropped unread), but for
+            // the copy an earlier upload may have failed to make.
+            if let Some(copies) = &self.copies {
+                let path = self.local(sha256).await?;
+                copies.store(sha256, &path).await.map_err(Self::copy_error(sha256))?;
+            }
             return Ok(size);
         }
         let tmp = self.dir.join(format!(".upload-{}", to_hex(&rand_suffix())));
@@ -120,6 +170,11 @@ impl Artifacts {
         let dir = tokio::fs::File::open(&self.dir).await.map_err(io(&self.dir))?;
         dir.sync_all().await.map_err(io(&self.dir))?;
         tracing::info!(artifact = sha256, bytes = size, "artifact stored");
+        if let Some(copies) = &self.copies {
+            // Failing here fails the upload: edgectl uploads again, and the copy is made
+            // then (above).
+            copies.store(sha256, &path).await.map_err(Self::copy_error(sha256))?;
+        }
         Ok(size)
     }
 
@@ -148,7 +203,7 @@ impl Artifacts {
     /// Checks that the artifact is the one `manifest` describes: its size and every
     /// chunk's hash. Hashing runs on a blocking thread.
     pub async fn check(&self, sha256: &str, manifest: &Manifest) -> Result<(), ArtifactError> {
-        let path = self.path(sha256)?;
+        let path = self.local(sha256).await?;
         let Some(size) = self.size(sha256).await? else {
             return Err(ArtifactError::Missing(sha256.into()));
         };
@@ -182,7 +237,7 @@ impl Artifacts {
 
     /// The bytes of chunk `index` of the artifact that `manifest` describes.
     pub async fn chunk(&self, sha256: &str, manifest: &Manifest, index: u32) -> Result<Vec<u8>, ArtifactError> {
-        let path = self.path(sha256)?;
+        let path = self.local(sha256).await?;
         let r = manifest.chunk_range(index);
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
@@ -214,7 +269,7 @@ mod tests {
     #[tokio::test]
     async fn an_upload_is_stored_under_its_hash_and_checked_against_the_manifest() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Artifacts::open(dir.path(), 1 << 20).await.unwrap();
+        let store = Artifacts::open(dir.path(), 1 << 20, None).await.unwrap();
         let model: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let (manifest, artifact) = prepare([1; 16], "m", "1", ModelFormat::Onnx, &model, None, 4096);
         let sha = to_hex(&edge_proto::ota::sha256(&artifact));
@@ -235,7 +290,7 @@ mod tests {
     #[tokio::test]
     async fn altered_oversized_and_badly_named_uploads_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Artifacts::open(dir.path(), 100).await.unwrap();
+        let store = Artifacts::open(dir.path(), 100, None).await.unwrap();
         let sha = to_hex(&edge_proto::ota::sha256(b"hello"));
         let err = store.put(&sha, Body::from(&b"hellO"[..])).await.unwrap_err();
         assert!(matches!(err, ArtifactError::HashMismatch { .. }), "{err}");

@@ -63,6 +63,7 @@
 
 #![deny(missing_docs)]
 
+pub mod artifact_copies;
 pub mod artifacts;
 pub mod config;
 pub mod db;
@@ -111,7 +112,9 @@ pub enum FleetError {
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetError> {
     let db = db::Db::open(&config.database.url).await?;
     let metrics = metrics::Metrics::default();
-    let store = artifacts::Artifacts::open(&config.artifacts.dir, config.artifacts.max_bytes).await?;
+    // Replicas share the artifacts through the database; one instance keeps files only.
+    let copies = config.share_group.is_some().then(|| artifact_copies::Copies::new(db.clone()));
+    let store = artifacts::Artifacts::open(&config.artifacts.dir, config.artifacts.max_bytes, copies).await?;
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .map_err(|source| FleetError::Bind { addr: config.http.listen.clone(), source })?;

@@ -281,14 +281,25 @@ fn deployment_rows_of(db: &str, id: &str) -> String {
 }
 
 /// `fleet.toml` for replica `name` of one service: the shared `base` with the share group, its
-/// own client id and HTTP address, in a file of its own.
+/// own client id, HTTP address and artifact directory (replicas share no files), in a file of
+/// its own.
 fn replica_toml(base: &Path, name: &str, listen: &str) -> PathBuf {
     let text = std::fs::read_to_string(base).unwrap();
     let (before, after) = text.split_once("[http]\nlisten = ").unwrap();
     let rest = after.split_once('\n').unwrap().1;
+    let artifacts = base.with_file_name(format!("artifacts-{name}"));
+    let (rest_before, rest_after) = rest.split_once("[artifacts]\ndir = ").unwrap();
+    let rest_after = rest_after.split_once('\n').unwrap().1;
     let path = base.with_file_name(format!("fleet-{name}.toml"));
-    std::fs::write(&path, format!("client_id = \"edge-fleet-{name}\"\nshare_group = \"edge-fleet\"\n{before}[http]\nlisten = \"{listen}\"\n{rest}"))
-        .unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "client_id = \"edge-fleet-{name}\"\nshare_group = \"edge-fleet\"\n{before}[http]\nlisten = \"{listen}\"\n\
+             {rest_before}[artifacts]\ndir = \"{}\"\n{rest_after}",
+            artifacts.display()
+        ),
+    )
+    .unwrap();
     path
 }
 
@@ -305,6 +316,7 @@ fn two_replicas_share_the_work_and_a_deployment_survives_the_one_driving_it_kill
     let (la, lb) = (free_addr(), free_addr());
     let a = Fleet::start(&replica_toml(&base, "a", &la), &la);
     let b = Fleet::start(&replica_toml(&base, "b", &lb), &lb);
+    // The artifact is uploaded to replica a.
     let ctl = ctl_toml(&s, Some(&format!("http://{la}")));
     let agents: Vec<Agent> = ["edge-1", "edge-2"].iter().map(|d| Agent::start(&s, d, &["yard"], "")).collect();
     for d in ["edge-1", "edge-2"] {
@@ -323,15 +335,20 @@ fn two_replicas_share_the_work_and_a_deployment_survives_the_one_driving_it_kill
     // publishing chunks.
     let sent = "edge_fleet_deployment_chunks_sent_total";
     a.until("a replica publishes chunks", || a.metric(sent) + b.metric(sent) > 0.0);
-    let (driver, survivor) = if a.metric(sent) > 0.0 { (a, b) } else { (b, a) };
+    let a_drives = a.metric(sent) > 0.0;
+    let (driver, survivor) = if a_drives { (a, b) } else { (b, a) };
     let before = survivor.metric(sent);
-    let log = driver.kill();
-    assert!(log.contains("deployment step"), "{log}");
+    let driver_log = driver.kill();
+    assert!(driver_log.contains("deployment step"), "{driver_log}");
 
     for (device, agent) in ["edge-1", "edge-2"].iter().zip(&agents) {
         until_state(&survivor, Some(agent), &d.id, device, "succeeded");
     }
     assert!(survivor.metric(sent) > before, "the survivor served the chunks the killed one had not sent");
+    // Replica b published chunks of an artifact uploaded to a, from its own directory: it
+    // fetched the database's copy.
+    let b_log = if a_drives { survivor.log() } else { driver_log };
+    assert!(b_log.contains("artifact fetched from the database's copy"), "{b_log}");
     let ctl = ctl_toml(&s, Some(&format!("http://{}", survivor.listen)));
     let all = devices(&ctl);
     for device in ["edge-1", "edge-2"] {

@@ -48,7 +48,7 @@ fn artifact_error(e: ArtifactError) -> Response {
         ArtifactError::Upload(_) => StatusCode::BAD_REQUEST,
         ArtifactError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         ArtifactError::Missing(_) => StatusCode::NOT_FOUND,
-        ArtifactError::Io { .. } => {
+        ArtifactError::Io { .. } | ArtifactError::Copy { .. } => {
             tracing::error!("{e}");
             StatusCode::SERVICE_UNAVAILABLE
         }
