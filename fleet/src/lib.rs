@@ -4,8 +4,10 @@
 //! expiry, and each model's active and installed versions and health, in SQLite or
 //! PostgreSQL; `GET /v1/devices` (and `edgectl devices`) lists them. With `[prometheus]
 //! remote_write_url` it also writes every device's telemetry into Prometheus at the
-//! samples' own times ([`export`]). Desired-state deployments, replicas and delta
-//! transfers come next (docs/fleet.md says what is built and what is not).
+//! samples' own times ([`export`]). It drives desired-state deployments
+//! ([`deployments`]), and several instances (replicas, `share_group`) can share the work
+//! over one PostgreSQL ([`session`], docs/fleet.md "Replicas"). docs/fleet.md says what is
+//! built and what is not.
 //!
 //! # Layout
 //!
@@ -25,8 +27,11 @@
 //! - [`ingest`]: the MQTT side: subscribe, decode, store, then ack.
 //! - [`http`]: the JSON API and `/metrics`; [`metrics`]: the counters.
 //! - [`export`]: telemetry to Prometheus over a session of its own ([`session`] holds
-//!   the connection settings both sessions share): [`progress`] deduplicates by (device,
-//!   seq), [`series`] maps a sample to `edge_device_*` series, [`remote_write`] sends them.
+//!   the connection settings and subscriptions both sessions share): [`progress`]
+//!   deduplicates by (device, seq), [`series`] maps a sample to `edge_device_*` series,
+//!   [`remote_write`] sends them.
+//! - [`deployments`]: desired-state deployments; [`artifacts`] the artifact store, with
+//!   [`artifact_copies`] in the database for replicas.
 //!
 //! # Why sqlx's `Any` driver
 //!
@@ -44,22 +49,10 @@
 //!
 //! # Schema
 //!
-//! Today (`migrations/0001_devices.sql`):
-//!
-//! - `devices (device PK, online, last_seen, agent_version, cert_not_after, updated_at)`
-//! - `device_groups (device, group_name)`: a deployment to a group selects its targets here;
-//! - `device_models (device, name, active_version, installed_versions JSON, health)`: a
-//!   deployment compares its desired version with `active_version` here.
-//!
-//! Intended next (not created until the code that uses them exists):
-//!
-//! - `deployments (id PK, target_kind 'group'|'device', target, model, version, manifest
-//!   BLOB, signed_command BLOB, artifact_sha256, state, created_at, superseded_by)`: the
-//!   signed manifest and command as the operator made them (the service cannot forge one);
-//! - `deployment_targets (deployment, device, state, attempts, last_ack, updated_at)`: per
-//!   device progress, what `edgectl deployments watch` reads, re-attachable anywhere;
-//! - `artifacts (sha256 PK, size, path)`, `chunks (sha256 PK, ...)` for delta transfers;
-//! - `leases (name PK, holder, expires_at)`: which replica drives which deployment.
+//! The migrations in `migrations/` are the schema, in order; docs/fleet.md has the table of
+//! tables. Each step of a deployment is written at the row revision it read, and records that
+//! two replicas may change at once are written under a per-key lock ([`db::Db`]), so
+//! several instances can share one database.
 
 #![deny(missing_docs)]
 
