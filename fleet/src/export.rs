@@ -44,7 +44,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use rumqttc::{AsyncClient, Event, Packet, Publish};
+use rumqttc::{AsyncClient, Publish};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +54,7 @@ use crate::ingest::IngestError;
 use crate::progress::{is_new, record, Mark, Progress};
 use crate::remote_write::{self, Client, Endpoint, Outcome, Series};
 use crate::series;
-use crate::session::Filters;
+use crate::session::{self, Filters};
 
 /// Most samples in one write request.
 pub const MAX_SAMPLES: usize = 2000;
@@ -173,47 +173,11 @@ pub async fn run(
         cancel: stop_writer.clone(),
     };
     let writer = tokio::spawn(writer.run(rx));
-    let max_delay = Duration::from_secs(mqtt.reconnect_max_secs.max(1));
-    let mut delay = Duration::from_millis(500);
-    loop {
-        let event = tokio::select! {
-            _ = cancel.cancelled() => break,
-            event = eventloop.poll() => event,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                delay = Duration::from_millis(500);
-                tracing::info!(session_present = ack.session_present, "telemetry export connected to the broker");
-                filters.subscribe(&client, ack.session_present);
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send(p).await.is_err() {
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(broker = %mqtt.url, "telemetry export: broker connection: {e}; retrying in {delay:?}");
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(max_delay);
-            }
-        }
-    }
+    session::pump(&mqtt, "telemetry export", &client, &mut eventloop, &filters, &tx, &cancel).await;
     drop(tx);
     stop_writer.cancel();
     let _ = writer.await;
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Ok(e) = eventloop.poll().await {
-            if matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                break;
-            }
-        }
-    })
-    .await;
+    session::leave(&client, &mut eventloop).await;
     Ok(())
 }
 

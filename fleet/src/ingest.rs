@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use edge_mqtt::MqttConfig;
 use edge_proto::topics::fleet;
-use rumqttc::{AsyncClient, Event, Packet, Publish};
+use rumqttc::{AsyncClient, Publish};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +30,7 @@ use crate::db::Db;
 use crate::deployments::Deployments;
 use crate::inventory::{self, Observation};
 use crate::metrics::Metrics;
-use crate::session::Filters;
+use crate::session::{self, Filters};
 
 /// Delays between attempts to store a message the database refused.
 pub const RETRIES: [Duration; 5] = [
@@ -87,48 +87,11 @@ pub async fn run(
         stop_store.clone(),
     ));
     let subscriptions = filters(&mqtt.topic_prefix, share_group.as_deref());
-    let max_delay = Duration::from_secs(mqtt.reconnect_max_secs.max(1));
-    let mut delay = Duration::from_millis(500);
-    loop {
-        let event = tokio::select! {
-            _ = cancel.cancelled() => break,
-            event = eventloop.poll() => event,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                delay = Duration::from_millis(500);
-                tracing::info!(broker = %mqtt.url, session_present = ack.session_present, "connected to broker");
-                subscriptions.subscribe(&client, ack.session_present);
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send(p).await.is_err() {
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(broker = %mqtt.url, "broker connection: {e}; retrying in {delay:?}");
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(max_delay);
-            }
-        }
-    }
+    session::pump(&mqtt, "inventory", &client, &mut eventloop, &subscriptions, &tx, &cancel).await;
     drop(tx);
     stop_store.cancel();
     let _ = store.await;
-    // Let the last acks out, then leave without a will (the session stays on the broker).
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Ok(e) = eventloop.poll().await {
-            if matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                break;
-            }
-        }
-    })
-    .await;
+    session::leave(&client, &mut eventloop).await;
     Ok(())
 }
 

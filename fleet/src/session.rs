@@ -20,7 +20,9 @@
 use std::time::Duration;
 
 use edge_mqtt::{host_port, MqttConfig};
-use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS, SubscribeFilter, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::ingest::IngestError;
 
@@ -93,6 +95,65 @@ impl Filters {
             }
         }
     }
+}
+
+/// Polls `eventloop` until `cancel` or until `tx` is closed: subscribes `filters` at each
+/// CONNACK, hands each PUBLISH to `tx` (waiting while it is full, so that rumqttc stops
+/// reading and the broker holds the rest), and after a connection error waits before the
+/// next attempt, from 500 ms doubling to `[mqtt] reconnect_max_secs`. `what` names the
+/// session in the log. Nothing slow happens here: the consumer of `tx` does the work.
+pub async fn pump(
+    mqtt: &MqttConfig,
+    what: &str,
+    client: &AsyncClient,
+    eventloop: &mut EventLoop,
+    filters: &Filters,
+    tx: &mpsc::Sender<Publish>,
+    cancel: &CancellationToken,
+) {
+    let max_delay = Duration::from_secs(mqtt.reconnect_max_secs.max(1));
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => return,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                delay = Duration::from_millis(500);
+                tracing::info!(broker = %mqtt.url, session_present = ack.session_present, "{what} connected to the broker");
+                filters.subscribe(client, ack.session_present);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if tx.send(p).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(broker = %mqtt.url, "{what}: broker connection: {e}; retrying in {delay:?}");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(max_delay);
+            }
+        }
+    }
+}
+
+/// Lets the last acks out and disconnects, without a will: the session stays on the
+/// broker, which queues what arrives until the next start. At most 2 s.
+pub async fn leave(client: &AsyncClient, eventloop: &mut EventLoop) {
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(e) = eventloop.poll().await {
+            if matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
