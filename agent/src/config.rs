@@ -373,6 +373,12 @@ impl Config {
                 format!("{:?} must be 1-128 characters of A-Z a-z 0-9 - _ .", self.device_id),
             ));
         }
+        if let Some(why) = edge_proto::topics::reserved_device_id(&self.device_id) {
+            return Err(bad(
+                "device_id",
+                format!("{:?} is reserved: {why}; give the device another id (and certificate)", self.device_id),
+            ));
+        }
         if let Err(e) = self.mqtt.check() {
             return Err(bad(e.key, e.message));
         }
@@ -552,6 +558,17 @@ pins = { sr = 16000 }
         assert!(err.contains("[mqtt] url") && err.contains("allow_insecure"), "{err}");
         let allowed = plain.replace("key_file = \"dev.key\"", "key_file = \"dev.key\"\nallow_insecure = true");
         assert!(parse(&d, &allowed).is_ok());
+    }
+
+    #[test]
+    fn reserved_device_ids_are_refused_saying_why() {
+        let d = setup();
+        for id in ["group", "operator", "edge-fleet"] {
+            let err = parse(&d, &GOOD.replace("device_id = \"dev-1\"", &format!("device_id = \"{id}\"")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("device_id") && err.contains("is reserved") && err.contains("another id"), "{err}");
+        }
     }
 
     #[test]

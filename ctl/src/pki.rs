@@ -26,6 +26,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use edge_mqtt::config::valid_segment;
+use edge_proto::topics::reserved_device_id;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
@@ -169,18 +170,9 @@ impl Subject {
     pub fn common_name(&self) -> Result<&str, PkiError> {
         match self {
             Subject::Device(id) if !valid_segment(id) => Err(PkiError::BadDeviceId(id.clone())),
-            Subject::Device(id) if id == OPERATOR_CN => Err(PkiError::ReservedDeviceId {
-                id: id.clone(),
-                why: "the broker's ACL grants user `operator` every device's topics (use --operator for \
-                      operator tooling)",
-            }),
-            // The group topics are edge/group/<g>/...: a device named `group` would own them
-            // through the ACL's `pattern readwrite edge/%u/#`.
-            Subject::Device(id) if id == "group" => Err(PkiError::ReservedDeviceId {
-                id: id.clone(),
-                why: "`group` is the topic level of group commands (edge/group/...), so a device of that name \
-                      could publish to every group",
-            }),
+            Subject::Device(id) if reserved_device_id(id).is_some() => {
+                Err(PkiError::ReservedDeviceId { id: id.clone(), why: reserved_device_id(id).unwrap_or_default() })
+            }
             Subject::Device(id) => Ok(id),
             Subject::Operator(name) if !valid_segment(name) => Err(PkiError::BadOperator(name.clone())),
             Subject::Operator(name) => Ok(name),
@@ -562,7 +554,7 @@ mod tests {
             assert!(matches!(err, PkiError::BadDeviceId(_)), "{bad:?}: {err}");
             assert!(err.to_string().contains("A-Z a-z 0-9 - _ ."), "{err}");
         }
-        for reserved in ["operator", "group"] {
+        for reserved in ["operator", "group", "edge-fleet"] {
             let err = issue(dir.path(), &Subject::Device(reserved.into()), dir.path(), 5).unwrap_err();
             assert!(matches!(err, PkiError::ReservedDeviceId { .. }), "{reserved}: {err}");
         }

@@ -13,7 +13,29 @@
 //! | `{prefix}/group/{group}/cmd` | fleet → group | no | [`crate::command::Command`] |
 //! | `{prefix}/group/{group}/ota` | fleet → group | no | [`crate::ota::Chunk`] |
 //!
-//! `group` is therefore reserved: it cannot be a device id.
+//! `group` is therefore reserved: it cannot be a device id. So are the user names the
+//! shipped broker ACL (`deploy/mosquitto/acl`) grants more than a device's own topics:
+//! [`reserved_device_id`] says which and why.
+
+/// Why `id` may not be a device id, `None` when it may. A device's certificate CN is its
+/// broker user name, so a device named like a privileged user would get that user's rights
+/// from the shipped ACL.
+pub fn reserved_device_id(id: &str) -> Option<&'static str> {
+    match id {
+        "group" => Some(
+            "`group` is the topic level of group commands (edge/group/...), so a device of that name could \
+             publish to every group",
+        ),
+        "operator" => Some(
+            "the broker's ACL grants user `operator` every device's topics (operator tooling has its own \
+             certificate: edgectl pki issue --operator)",
+        ),
+        "edge-fleet" => {
+            Some("the broker's ACL grants user `edge-fleet` (the fleet service) every device's cmd and ota topics")
+        }
+        _ => None,
+    }
+}
 
 /// Topic builder for one device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +155,18 @@ pub mod fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_acls_privileged_user_names_are_reserved_and_every_acl_user_is_one() {
+        for id in ["group", "operator", "edge-fleet"] {
+            assert!(reserved_device_id(id).is_some(), "{id}");
+        }
+        assert_eq!(reserved_device_id("cam-1"), None);
+        let acl = include_str!("../../deploy/mosquitto/acl");
+        for user in acl.lines().filter_map(|l| l.strip_prefix("user ")) {
+            assert!(reserved_device_id(user.trim()).is_some(), "the ACL grants `{user}` rights: reserve it");
+        }
+    }
 
     #[test]
     fn every_device_topic_is_under_prefix_and_device() {
