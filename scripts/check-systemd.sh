@@ -99,36 +99,48 @@ fi
 
 # --- 2. systemd-analyze verify ---
 cp -r "$unit_dir" "$root/usr/lib/systemd/system"
-cp "$unit" "$root/etc/systemd/system/"
-printf '#!/bin/sh\nexit 0\n' >"$root/usr/bin/edge-agent"
 printf '#!/bin/sh\nexit 0\n' >"$root/usr/bin/kill"
-chmod 755 "$root/usr/bin/edge-agent" "$root/usr/bin/kill"
-echo "== systemd-analyze verify $unit"
-# verify exits 0 on unknown keys and bad values (it only logs them): any output fails.
-if ! out=$(systemd-analyze verify --root="$root" --man=no "$(basename "$unit")" 2>&1) || [ -n "$out" ]; then
-    printf '%s\n' "$out" >&2
-    bad "systemd-analyze verify $unit"
-else
-    echo "ok"
-fi
+chmod 755 "$root/usr/bin/kill"
+# verify_unit UNIT BINARY: `systemd-analyze verify` in the scratch root, with a stub BINARY
+# (verify checks that ExecStart= exists). verify exits 0 on unknown keys and bad values (it
+# only logs them): any output fails.
+verify_unit() {
+    local unit=$1 out
+    cp "$unit" "$root/etc/systemd/system/"
+    printf '#!/bin/sh\nexit 0\n' >"$root/usr/bin/$2"
+    chmod 755 "$root/usr/bin/$2"
+    echo "== systemd-analyze verify $unit"
+    if ! out=$(systemd-analyze verify --root="$root" --man=no "$(basename "$unit")" 2>&1) || [ -n "$out" ]; then
+        printf '%s\n' "$out" >&2
+        bad "systemd-analyze verify $unit"
+    else
+        echo "ok"
+    fi
+}
+verify_unit "$unit" edge-agent
 
 # --- 3. systemd-analyze security ---
-echo "== systemd-analyze security --offline=true $unit"
-status=0
-systemd-analyze security --offline=true --no-pager --threshold="$max_exposure" "$unit" || status=$?
-[ "$status" -eq 0 ] || bad "overall exposure above $((max_exposure / 10)).$((max_exposure % 10)) (systemd-analyze security exit $status)"
-
-json=$(systemd-analyze security --offline=true --no-pager --json=short "$unit" || true)
-total=$(grep -o '"set":\(true\|false\),"name":' <<<"$json" | wc -l)
-[ "$total" -gt 50 ] || bad "cannot read the security review as JSON (found $total settings)"
-while IFS= read -r name; do
-    [ -n "$name" ] || continue
-    ok=0
-    for a in "${allowed_open[@]}"; do
-        [ "$name" = "$a" ] && ok=1
-    done
-    [ "$ok" -eq 1 ] || bad "security review flags $name: harden it, or, if it must stay open, say why in $unit and add it to allowed_open in $0"
-done < <(grep -o '"set":false,"name":"[^"]*"' <<<"$json" | sed 's/^"set":false,"name":"//; s/"$//')
+# review_security UNIT ALLOWED...: overall exposure at most max_exposure, and no setting scored
+# as open but the ALLOWED ones.
+review_security() {
+    local unit=$1 status=0 json total name ok a
+    shift
+    echo "== systemd-analyze security --offline=true $unit"
+    systemd-analyze security --offline=true --no-pager --threshold="$max_exposure" "$unit" || status=$?
+    [ "$status" -eq 0 ] || bad "$unit: overall exposure above $((max_exposure / 10)).$((max_exposure % 10)) (systemd-analyze security exit $status)"
+    json=$(systemd-analyze security --offline=true --no-pager --json=short "$unit" || true)
+    total=$(grep -o '"set":\(true\|false\),"name":' <<<"$json" | wc -l)
+    [ "$total" -gt 50 ] || bad "cannot read the security review of $unit as JSON (found $total settings)"
+    while IFS= read -r name; do
+        [ -n "$name" ] || continue
+        ok=0
+        for a in "$@"; do
+            [ "$name" = "$a" ] && ok=1
+        done
+        [ "$ok" -eq 1 ] || bad "security review flags $name in $unit: harden it, or, if it must stay open, say why there and add it to its allowed list in $0"
+    done < <(grep -o '"set":false,"name":"[^"]*"' <<<"$json" | sed 's/^"set":false,"name":"//; s/"$//')
+}
+review_security "$unit" "${allowed_open[@]}"
 
 # --- 4. restart policy ---
 # The value of KEY in [SECTION] of FILE; the last assignment wins, as in systemd.
@@ -231,29 +243,8 @@ fgid=$(grep '^edge-fleet:' "$root/etc/group" | cut -d: -f3)
 grep -q '^edge-fleet:.*:/var/lib/edge-fleet:/usr/sbin/nologin$' "$root/etc/passwd" || bad "edge-fleet.sysusers does not make the edge-fleet system user"
 conf=$(stat -c '%a %u %g' "$root/etc/edge-fleet" 2>/dev/null || echo missing)
 [ "$conf" = "750 0 $fgid" ] || bad "/etc/edge-fleet from edge-fleet.tmpfiles is '$conf', want '750 0 $fgid'"
-cp "$fleet_unit" "$root/etc/systemd/system/"
-printf '#!/bin/sh\nexit 0\n' >"$root/usr/bin/edge-fleet"
-chmod 755 "$root/usr/bin/edge-fleet"
-echo "== systemd-analyze verify $fleet_unit"
-if ! out=$(systemd-analyze verify --root="$root" --man=no edge-fleet.service 2>&1) || [ -n "$out" ]; then
-    printf '%s\n' "$out" >&2
-    bad "systemd-analyze verify $fleet_unit"
-else
-    echo "ok"
-fi
-echo "== systemd-analyze security --offline=true $fleet_unit"
-status=0
-systemd-analyze security --offline=true --no-pager --threshold="$max_exposure" "$fleet_unit" || status=$?
-[ "$status" -eq 0 ] || bad "edge-fleet: overall exposure above 2.0 (systemd-analyze security exit $status)"
-json=$(systemd-analyze security --offline=true --no-pager --json=short "$fleet_unit" || true)
-while IFS= read -r name; do
-    [ -n "$name" ] || continue
-    ok=0
-    for a in "${allowed_open_fleet[@]}"; do
-        [ "$name" = "$a" ] && ok=1
-    done
-    [ "$ok" -eq 1 ] || bad "security review flags $name in $fleet_unit: harden it, or say why there and add it to allowed_open_fleet in $0"
-done < <(grep -o '"set":false,"name":"[^"]*"' <<<"$json" | sed 's/^"set":false,"name":"//; s/"$//')
+verify_unit "$fleet_unit" edge-fleet
+review_security "$fleet_unit" "${allowed_open_fleet[@]}"
 for want in "Restart=on-failure" "RestartPreventExitStatus=2" "StartLimitIntervalSec=0"; do
     grep -qx "$want" "$fleet_unit" || bad "$fleet_unit lacks $want"
 done

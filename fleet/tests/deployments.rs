@@ -280,29 +280,6 @@ fn deployment_rows_of(db: &str, id: &str) -> String {
     })
 }
 
-/// `fleet.toml` for replica `name` of one service: the shared `base` with the share group, its
-/// own client id, HTTP address and artifact directory (replicas share no files), in a file of
-/// its own.
-fn replica_toml(base: &Path, name: &str, listen: &str) -> PathBuf {
-    let text = std::fs::read_to_string(base).unwrap();
-    let (before, after) = text.split_once("[http]\nlisten = ").unwrap();
-    let rest = after.split_once('\n').unwrap().1;
-    let artifacts = base.with_file_name(format!("artifacts-{name}"));
-    let (rest_before, rest_after) = rest.split_once("[artifacts]\ndir = ").unwrap();
-    let rest_after = rest_after.split_once('\n').unwrap().1;
-    let path = base.with_file_name(format!("fleet-{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "client_id = \"edge-fleet-{name}\"\nshare_group = \"edge-fleet\"\n{before}[http]\nlisten = \"{listen}\"\n\
-             {rest_before}[artifacts]\ndir = \"{}\"\n{rest_after}",
-            artifacts.display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
 #[test]
 fn two_replicas_share_the_work_and_a_deployment_survives_the_one_driving_it_killed() {
     let s = setup();

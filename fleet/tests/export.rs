@@ -13,7 +13,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{agent_exe, fleet_toml, free_addr, now_ms, Fleet, PATIENCE};
+use common::{agent_exe, fleet_toml, free_addr, now_ms, replica_toml, Fleet, PATIENCE};
 use edge_it::Prometheus;
 use edge_proto::codec::Versioned;
 use edge_proto::command::ModelStatus;
@@ -348,24 +348,14 @@ async fn two_replicas_split_a_devices_samples_and_write_each_once() {
     let s = setup();
     let pg = edge_it::Postgres::start().unwrap();
     let base = fleet_toml(&s.base, &pg.url(), &free_addr());
-    let text = std::fs::read_to_string(&base).unwrap();
+    let mut text = std::fs::read_to_string(&base).unwrap();
+    text.push_str(&format!("[prometheus]\nremote_write_url = \"{}\"\n", s.prom.remote_write_url()));
+    std::fs::write(&base, text).unwrap();
     let replicas: Vec<Fleet> = ["a", "b"]
         .iter()
         .map(|name| {
             let listen = free_addr();
-            let (before, after) = text.split_once("[http]\nlisten = ").unwrap();
-            let rest = after.split_once('\n').unwrap().1;
-            let path = base.with_file_name(format!("fleet-{name}.toml"));
-            std::fs::write(
-                &path,
-                format!(
-                    "client_id = \"edge-fleet-{name}\"\nshare_group = \"edge-fleet\"\n{before}[http]\nlisten = \
-                     \"{listen}\"\n{rest}[prometheus]\nremote_write_url = \"{}\"\n",
-                    s.prom.remote_write_url()
-                ),
-            )
-            .unwrap();
-            Fleet::start(&path, &listen)
+            Fleet::start(&replica_toml(&base, name, &listen), &listen)
         })
         .collect();
     let d = Sim::connect(&s, "dev-s", &["lab"]).await;

@@ -198,3 +198,26 @@ pub fn ctl_toml(s: &Setup, fleet_url: Option<&str>) -> PathBuf {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
+
+/// `fleet.toml` for replica `name` of one service: the shared `base` with the share group, its
+/// own client id, HTTP address and artifact directory (replicas share no files), in a file of
+/// its own.
+pub fn replica_toml(base: &Path, name: &str, listen: &str) -> PathBuf {
+    let text = std::fs::read_to_string(base).unwrap();
+    let (before, after) = text.split_once("[http]\nlisten = ").unwrap();
+    let rest = after.split_once('\n').unwrap().1;
+    let artifacts = base.with_file_name(format!("artifacts-{name}"));
+    let (rest_before, rest_after) = rest.split_once("[artifacts]\ndir = ").unwrap();
+    let rest_after = rest_after.split_once('\n').unwrap().1;
+    let path = base.with_file_name(format!("fleet-{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "client_id = \"edge-fleet-{name}\"\nshare_group = \"edge-fleet\"\n{before}[http]\nlisten = \"{listen}\"\n\
+             {rest_before}[artifacts]\ndir = \"{}\"\n{rest_after}",
+            artifacts.display()
+        ),
+    )
+    .unwrap();
+    path
+}
