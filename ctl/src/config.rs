@@ -11,6 +11,7 @@
 //!
 //! [fleet]                        # optional: the fleet service (edge-fleet): devices, deployments
 //! url = "http://fleet.example:9200"
+//! token_file = "fleet-token"     # optional: the token of edge-fleet's [http] token_file
 //! ```
 //!
 //! Relative paths are taken from the directory of `ctl.toml`; command-line flags
@@ -67,6 +68,14 @@ pub enum ConfigError {
         .0.display()
     )]
     NoFleet(PathBuf),
+    /// `[fleet] token_file` cannot be read.
+    #[error("[fleet] token_file {}: {reason}; it holds the token of edge-fleet's [http] token_file", path.display())]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The signing key file cannot be read or is malformed.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -90,6 +99,9 @@ struct CtlFile {
 pub struct FleetConfig {
     /// `http://host:port` of edge-fleet's `[http] listen`.
     pub url: String,
+    /// A file holding the service's API token (its `[http] token_file`), if it needs one.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Command-line values that replace the file's.
@@ -145,7 +157,11 @@ impl CtlConfig {
         if let Some(k) = &overrides.signing_key {
             signing_key = Some(k.clone());
         }
-        Ok(CtlConfig { path: path.into(), mqtt, signing_key, fleet: file.fleet })
+        let mut fleet = file.fleet;
+        if let Some(t) = fleet.as_mut().and_then(|f| f.token_file.as_mut()).filter(|t| t.is_relative()) {
+            *t = base.join(&*t);
+        }
+        Ok(CtlConfig { path: path.into(), mqtt, signing_key, fleet })
     }
 
     /// Reads and parses `path`; see [`CtlConfig::parse`].
@@ -157,6 +173,24 @@ impl CtlConfig {
     /// The fleet service's URL.
     pub fn fleet_url(&self) -> Result<&str, ConfigError> {
         self.fleet.as_ref().map(|f| f.url.as_str()).ok_or_else(|| ConfigError::NoFleet(self.path.clone()))
+    }
+
+    /// The fleet service: its URL and, with `[fleet] token_file`, the token read from it.
+    pub fn fleet_service(&self) -> Result<crate::fleet::Service, ConfigError> {
+        let f = self.fleet.as_ref().ok_or_else(|| ConfigError::NoFleet(self.path.clone()))?;
+        let token = match &f.token_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::TokenFile { path: path.clone(), reason: e.to_string() })?;
+                let token = text.trim().to_string();
+                if token.is_empty() {
+                    return Err(ConfigError::TokenFile { path: path.clone(), reason: "the file is empty".into() });
+                }
+                Some(token)
+            }
+        };
+        Ok(crate::fleet::Service { url: f.url.clone(), token })
     }
 
     /// Loads the configured signing key.

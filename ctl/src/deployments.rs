@@ -46,7 +46,7 @@ impl FleetDeployError {
 /// Plans and signs `req`, uploads its artifact and hands the deployment to the service at
 /// `url`. Returns the deployment as stored, with the devices it knows of already.
 pub async fn hand_over(
-    url: &str,
+    url: &fleet::Service,
     key: &SigningKey,
     req: &DeployRequest,
     max_packet_bytes: usize,
@@ -61,7 +61,7 @@ pub async fn hand_over(
 /// Signs a cancel of deployment `id` for its target, valid for `ttl`, and hands it to the
 /// service, which relays it to the devices that have the deployment's command.
 pub async fn cancel(
-    url: &str,
+    url: &fleet::Service,
     key: &SigningKey,
     id: &str,
     ttl: Duration,

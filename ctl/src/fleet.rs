@@ -14,6 +14,29 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde::de::DeserializeOwned;
 
+/// Where the fleet service is (`[fleet] url`) and its API token (`[fleet] token_file`), if
+/// it needs one.
+#[derive(Clone)]
+pub struct Service {
+    /// `http://host:port[/prefix]`.
+    pub url: String,
+    /// Sent as `Authorization: Bearer …` with every request.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("url", &self.url).field("token", &self.token.as_ref().map(|_| "…")).finish()
+    }
+}
+
+impl Service {
+    /// A service without a token.
+    pub fn open(url: &str) -> Service {
+        Service { url: url.into(), token: None }
+    }
+}
+
 /// How long a request may take, connection included (uploads get more: [`upload_timeout`]).
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -99,49 +122,58 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// The devices the fleet service knows, or the members of `group`.
-pub async fn devices(url: &str, group: Option<&str>) -> Result<Vec<Device>, FleetError> {
+pub async fn devices(svc: &Service, group: Option<&str>) -> Result<Vec<Device>, FleetError> {
+    let url = svc.url.as_str();
     let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
-    json(url, call(url, &authority, "GET", &devices_path(&prefix, group), None, TIMEOUT).await?)
+    json(url, call(svc, &authority, "GET", &devices_path(&prefix, group), None, TIMEOUT).await?)
 }
 
 /// Stores an artifact (model plus validation vector) under its SHA-256 (hex).
-pub async fn upload_artifact(url: &str, sha256: &str, artifact: Vec<u8>) -> Result<(), FleetError> {
+pub async fn upload_artifact(svc: &Service, sha256: &str, artifact: Vec<u8>) -> Result<(), FleetError> {
+    let url = svc.url.as_str();
     let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
     let timeout = upload_timeout(artifact.len() as u64);
     let body = Some(("application/octet-stream", Bytes::from(artifact)));
-    call(url, &authority, "PUT", &format!("{prefix}/v1/artifacts/{sha256}"), body, timeout).await?;
+    call(svc, &authority, "PUT", &format!("{prefix}/v1/artifacts/{sha256}"), body, timeout).await?;
     Ok(())
 }
 
 /// Hands a signed deployment to the service.
-pub async fn create_deployment(url: &str, new: &NewDeployment) -> Result<Deployment, FleetError> {
-    post_json(url, "/v1/deployments", new).await
+pub async fn create_deployment(svc: &Service, new: &NewDeployment) -> Result<Deployment, FleetError> {
+    post_json(svc, "/v1/deployments", new).await
 }
 
 /// Every deployment, newest first, without the devices.
-pub async fn deployments(url: &str) -> Result<Vec<Deployment>, FleetError> {
+pub async fn deployments(svc: &Service) -> Result<Vec<Deployment>, FleetError> {
+    let url = svc.url.as_str();
     let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
-    json(url, call(url, &authority, "GET", &format!("{prefix}/v1/deployments"), None, TIMEOUT).await?)
+    json(url, call(svc, &authority, "GET", &format!("{prefix}/v1/deployments"), None, TIMEOUT).await?)
 }
 
 /// One deployment, with every device's progress.
-pub async fn deployment(url: &str, id: &str) -> Result<Deployment, FleetError> {
+pub async fn deployment(svc: &Service, id: &str) -> Result<Deployment, FleetError> {
+    let url = svc.url.as_str();
     let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
     let path = format!("{prefix}/v1/deployments/{}", percent_encode(id));
-    json(url, call(url, &authority, "GET", &path, None, TIMEOUT).await?)
+    json(url, call(svc, &authority, "GET", &path, None, TIMEOUT).await?)
 }
 
 /// Cancels a deployment with a signed cancel command.
-pub async fn cancel_deployment(url: &str, id: &str, cancel: &CancelDeployment) -> Result<Deployment, FleetError> {
-    post_json(url, &format!("/v1/deployments/{}/cancel", percent_encode(id)), cancel).await
+pub async fn cancel_deployment(svc: &Service, id: &str, cancel: &CancelDeployment) -> Result<Deployment, FleetError> {
+    post_json(svc, &format!("/v1/deployments/{}/cancel", percent_encode(id)), cancel).await
 }
 
-async fn post_json<T: DeserializeOwned>(url: &str, path: &str, body: &impl serde::Serialize) -> Result<T, FleetError> {
+async fn post_json<T: DeserializeOwned>(
+    svc: &Service,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<T, FleetError> {
+    let url = svc.url.as_str();
     let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
     let body = Bytes::from(serde_json::to_vec(body).expect("the request types serialize"));
     json(
         url,
-        call(url, &authority, "POST", &format!("{prefix}{path}"), Some(("application/json", body)), TIMEOUT).await?,
+        call(svc, &authority, "POST", &format!("{prefix}{path}"), Some(("application/json", body)), TIMEOUT).await?,
     )
 }
 
@@ -151,25 +183,26 @@ fn json<T: DeserializeOwned>(url: &str, body: Bytes) -> Result<T, FleetError> {
 
 /// One request within `timeout`: the body of a 2xx answer, or the error.
 async fn call(
-    url: &str,
+    svc: &Service,
     authority: &str,
     method: &str,
     path: &str,
     body: Option<(&str, Bytes)>,
     timeout: Duration,
 ) -> Result<Bytes, FleetError> {
-    tokio::time::timeout(timeout, send(url, authority, method, path, body))
-        .await
-        .map_err(|_| FleetError::Unreachable { url: url.into(), reason: format!("no answer within {timeout:?}") })?
+    tokio::time::timeout(timeout, send(svc, authority, method, path, body)).await.map_err(|_| {
+        FleetError::Unreachable { url: svc.url.clone(), reason: format!("no answer within {timeout:?}") }
+    })?
 }
 
 async fn send(
-    url: &str,
+    svc: &Service,
     authority: &str,
     method: &str,
     path: &str,
     body: Option<(&str, Bytes)>,
 ) -> Result<Bytes, FleetError> {
+    let url = svc.url.as_str();
     let unreachable = |reason: String| FleetError::Unreachable { url: url.into(), reason };
     let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| unreachable(e.to_string()))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -181,6 +214,9 @@ async fn send(
         .uri(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::ACCEPT, "application/json");
+    if let Some(token) = &svc.token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
     let body = match body {
         Some((content_type, bytes)) => {
             request = request.header(hyper::header::CONTENT_TYPE, content_type);

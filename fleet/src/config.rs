@@ -17,6 +17,7 @@
 //!
 //! [http]
 //! listen = "127.0.0.1:9200"         # the default
+//! token_file = "api-token"          # optional: /v1/* then need `Authorization: Bearer <token>`
 //!
 //! [artifacts]                       # models of deployments, chunks served from here
 //! dir = "/var/lib/edge-fleet/artifacts"   # the default; shared by replicas
@@ -29,7 +30,7 @@
 //! remote_write_url = "http://prometheus:9090/api/v1/write"
 //! ```
 //!
-//! Relative TLS and artifact paths are taken from the directory of `fleet.toml`. Every error names the
+//! Relative TLS, token and artifact paths are taken from the directory of `fleet.toml`. Every error names the
 //! file, the key and what would be accepted.
 
 use std::path::{Path, PathBuf};
@@ -178,11 +179,15 @@ pub struct HttpConfig {
     /// Address of the JSON API and `/metrics`.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// A file holding the API's bearer token: every `/v1/` request must carry it
+    /// (`/healthz` and `/metrics` stay open). Unset: no authentication.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen() }
+        HttpConfig { listen: default_listen(), token_file: None }
     }
 }
 
@@ -225,6 +230,9 @@ impl Config {
         if config.artifacts.dir.is_relative() {
             config.artifacts.dir = dir.join(&config.artifacts.dir);
         }
+        if let Some(t) = config.http.token_file.as_mut().filter(|t| t.is_relative()) {
+            *t = dir.join(&*t);
+        }
         config.check(path)?;
         Ok(config)
     }
@@ -262,6 +270,13 @@ impl Config {
         if let Some(url) = &self.prometheus.remote_write_url {
             if let Err(e) = crate::remote_write::Endpoint::parse(url) {
                 return bad("[prometheus] remote_write_url", e.reason);
+            }
+        }
+        if let Some(path) = &self.http.token_file {
+            // Read again at start; checked here so that a bad file is a configuration error
+            // (exit 2, which systemd does not restart), not a failure.
+            if let Err(message) = crate::http::Token::load(path) {
+                return bad("[http] token_file", message);
             }
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {

@@ -1,4 +1,5 @@
-//! The HTTP API: `GET /v1/devices[?group=G]`, `GET /healthz`, `GET /metrics`.
+//! The HTTP API: `GET /v1/devices[?group=G]`, `GET /healthz`, `GET /metrics`, and the
+//! bearer token that guards `/v1/` when `[http] token_file` is set ([`Token`]).
 
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -30,6 +31,65 @@ pub fn router(db: Db, metrics: Metrics) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .with_state(Api { db, metrics })
+}
+
+/// The API's bearer token, read from `[http] token_file`.
+#[derive(Clone)]
+pub struct Token(std::sync::Arc<[u8]>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(…)")
+    }
+}
+
+/// Shortest token accepted: 16 bytes, e.g. 32 hex digits.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl Token {
+    /// The token in `path` (surrounding white space ignored).
+    pub fn load(path: &std::path::Path) -> Result<Token, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "{}: the token must be at least {MIN_TOKEN_LEN} characters without spaces; \
+                 make one with: openssl rand -hex 32 > {}",
+                path.display(),
+                path.display()
+            ));
+        }
+        Ok(Token(token.as_bytes().into()))
+    }
+
+    /// Whether `header` is `Bearer <this token>`, compared in time independent of where
+    /// they differ.
+    fn admits(&self, header: Option<&[u8]>) -> bool {
+        let Some(given) = header.and_then(|h| h.strip_prefix(b"Bearer ")) else { return false };
+        given.len() == self.0.len() && given.iter().zip(self.0.iter()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+    }
+}
+
+/// Refuses `/v1/` requests without the token (401); `/healthz` and `/metrics` stay open for
+/// probes and Prometheus (they show counts, not devices).
+pub async fn require_token(
+    State(token): State<Token>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let guarded = request.uri().path().starts_with("/v1/");
+    if guarded && !token.admits(request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(serde_json::json!({
+                "error": "this fleet service needs its API token: set [fleet] token_file in ctl.toml to a file \
+                          holding the token of its [http] token_file"
+            })),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// Serves `router` on `listener` until `cancel`.
@@ -79,4 +139,24 @@ async fn metrics_text(State(api): State<Api>) -> Response {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the metrics: {e}\n")).into_response();
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_is_admitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        let t = Token::load(&path).unwrap();
+        assert!(t.admits(Some(b"Bearer 0123456789abcdef0123")));
+        for bad in [&b"Bearer 0123456789abcdef012"[..], b"Bearer 0123456789abcdef01234", b"0123456789abcdef0123", b""] {
+            assert!(!t.admits(Some(bad)), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(!t.admits(None));
+        std::fs::write(&path, "short").unwrap();
+        assert!(Token::load(&path).unwrap_err().contains("openssl rand -hex 32"));
+    }
 }

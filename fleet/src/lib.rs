@@ -95,6 +95,9 @@ pub enum FleetError {
     /// The HTTP server failed.
     #[error("HTTP API: {0}")]
     Http(std::io::Error),
+    /// `[http] token_file` cannot be read or holds no usable token.
+    #[error("[http] token_file: {0}")]
+    Token(String),
     /// The artifact store cannot be opened.
     #[error(transparent)]
     Artifacts(#[from] artifacts::ArtifactError),
@@ -103,6 +106,7 @@ pub enum FleetError {
 /// Opens the database (running its migrations), binds the HTTP API, and ingests from the
 /// broker until `cancel`.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetError> {
+    let token = config.http.token_file.as_deref().map(http::Token::load).transpose().map_err(FleetError::Token)?;
     let db = db::Db::open(&config.database.url).await?;
     let metrics = metrics::Metrics::default();
     // Replicas share the artifacts through the database; one instance keeps files only.
@@ -130,7 +134,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetE
         cancel.clone(),
     ));
     let ticker = tokio::spawn(deployments::ticker(deployments.clone(), cancel.clone()));
-    let router = http::router(db.clone(), metrics.clone()).merge(deployments::api::router(deployments.clone()));
+    let mut router = http::router(db.clone(), metrics.clone()).merge(deployments::api::router(deployments.clone()));
+    if let Some(token) = &token {
+        router = router.layer(axum::middleware::from_fn_with_state(token.clone(), http::require_token));
+    }
     let server = tokio::spawn(http::serve(listener, router, cancel.clone()));
     let exporter = export::spawn(&config, db.clone(), metrics.export.clone(), cancel.clone());
     let ingested = ingest::run(

@@ -270,3 +270,47 @@ fn edgectl_devices_with_the_fleet_service_down_exits_3() {
     let out = Command::new(edgectl_exe()).arg("--config").arg(&ctl).arg("devices").output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// With `[http] token_file`, the API answers `/v1/` only with the token: edgectl without it
+/// is told what to set (exit 2); with it, it works. `/healthz` and `/metrics` stay open.
+#[test]
+fn a_token_protected_api_refuses_requests_without_its_token() {
+    let s = setup();
+    let listen = free_addr();
+    let db = format!("sqlite://{}", s.dir.path().join("fleet.db").display());
+    let config = fleet_toml(&s, &db, &listen);
+    let token = "7f3c9a1b5d2e8f4061a7c3e9b2d5f8a1";
+    std::fs::write(s.dir.path().join("api-token"), format!("{token}\n")).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("[http]\n", "[http]\ntoken_file = \"api-token\"\n")).unwrap();
+    let fleet = Fleet::start(&config, &listen);
+    assert_eq!(http_get(&listen, "/v1/devices").unwrap().0, 401);
+    assert_eq!(http_get(&listen, "/v1/deployments").unwrap().0, 401);
+    assert_eq!(http_get(&listen, "/metrics").unwrap().0, 200);
+
+    let ctl = ctl_toml(&s, Some(&format!("http://{listen}")));
+    let out = Command::new(edgectl_exe()).arg("--config").arg(&ctl).args(["--json", "devices"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("401") && err.contains("token_file"), "{err}");
+
+    // A wrong token is refused as no token is.
+    std::fs::write(s.dir.path().join("ctl-token"), "7f3c9a1b5d2e8f4061a7c3e9b2d5f8a2\n").unwrap();
+    let text = std::fs::read_to_string(&ctl).unwrap();
+    std::fs::write(&ctl, format!("{text}token_file = \"ctl-token\"\n")).unwrap();
+    let out = Command::new(edgectl_exe()).arg("--config").arg(&ctl).args(["--json", "devices"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+
+    std::fs::write(s.dir.path().join("ctl-token"), format!("{token}\n")).unwrap();
+    let out = Command::new(edgectl_exe()).arg("--config").arg(&ctl).args(["--json", "devices"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    drop(fleet);
+
+    // A token file that cannot be used is a configuration error: exit 2, saying how to make one.
+    std::fs::write(s.dir.path().join("api-token"), "short\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-fleet")).args(["run", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("[http] token_file") && err.contains("openssl rand -hex 32"), "{err}");
+}

@@ -21,19 +21,19 @@ pub fn run(command: &Command, config: &CtlConfig, json: bool) -> Result<Option<b
     let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build();
     match command {
         Command::Devices { group } => {
-            let url = config.fleet_url()?;
+            let url = &config.fleet_service()?;
             let devices = runtime()?.block_on(edgectl::fleet::devices(url, group.as_deref()))?;
             output::devices(&devices, json);
             Ok(Some(true))
         }
         Command::Deployments { cmd } => {
-            let url = config.fleet_url()?;
+            let url = &config.fleet_service()?;
             runtime()?
                 .block_on(deployments_cmd(url, config, cmd.as_ref().unwrap_or(&DeploymentsCmd::List), json))
                 .map(Some)
         }
         Command::Deploy(args) if config.fleet.is_some() && !args.direct => {
-            let url = config.fleet_url()?;
+            let url = &config.fleet_service()?;
             let mut req = crate::deploy_request(args)?;
             req.ttl = args.ttl.map_or(FLEET_DEFAULT_TTL, Duration::from_secs);
             check_chunk_size(req.chunk_size, config.mqtt.max_packet_bytes)?;
@@ -57,7 +57,12 @@ pub fn run(command: &Command, config: &CtlConfig, json: bool) -> Result<Option<b
     }
 }
 
-async fn deployments_cmd(url: &str, config: &CtlConfig, cmd: &DeploymentsCmd, json: bool) -> Result<bool> {
+async fn deployments_cmd(
+    url: &edgectl::fleet::Service,
+    config: &CtlConfig,
+    cmd: &DeploymentsCmd,
+    json: bool,
+) -> Result<bool> {
     match cmd {
         DeploymentsCmd::List => {
             let all = edgectl::fleet::deployments(url).await?;
@@ -106,7 +111,7 @@ async fn deployments_cmd(url: &str, config: &CtlConfig, cmd: &DeploymentsCmd, js
 
 /// Prints each device's change until every device met is done (or `timeout`); whether all
 /// of them succeeded.
-async fn watch(url: &str, id: &str, timeout: Option<Duration>, json: bool) -> Result<bool> {
+async fn watch(url: &edgectl::fleet::Service, id: &str, timeout: Option<Duration>, json: bool) -> Result<bool> {
     let start = Instant::now();
     let mut last: Option<Deployment> = None;
     loop {
