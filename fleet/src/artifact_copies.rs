@@ -139,6 +139,29 @@ impl Copies {
     }
 }
 
+impl Copies {
+    /// Every stored copy with the time it was stored, ms.
+    pub async fn list(&self) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = sqlx::query("SELECT sha256, created_at FROM artifacts")
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(query("list artifacts"))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query("list artifacts"))
+    }
+
+    /// Deletes the copy of `sha256`, if any.
+    pub async fn delete(&self, sha256: &str) -> Result<(), DbError> {
+        let mut tx = self.db.pool().begin().await.map_err(query("begin"))?;
+        for sql in ["DELETE FROM artifacts WHERE sha256 = $1", "DELETE FROM artifact_blocks WHERE sha256 = $1"] {
+            sqlx::query(sql).bind(sha256).execute(&mut *tx).await.map_err(query("delete an artifact"))?;
+        }
+        tx.commit().await.map_err(query("commit"))
+    }
+}
+
 /// Reads until `buf` is full or the file ends; how many bytes.
 async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;

@@ -251,6 +251,45 @@ impl Artifacts {
     }
 }
 
+impl Artifacts {
+    /// Every artifact stored, here as a file or in the database's copies, with the time it
+    /// was stored (ms; the file's modification time).
+    pub async fn stored(&self) -> Result<Vec<(String, i64)>, ArtifactError> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut dir = tokio::fs::read_dir(&self.dir).await.map_err(io(&self.dir))?;
+        while let Some(entry) = dir.next_entry().await.map_err(io(&self.dir))? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !valid_name(&name) {
+                continue;
+            }
+            let modified = entry.metadata().await.and_then(|m| m.modified()).map_err(io(&entry.path()))?;
+            let ms = modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            out.insert(name, ms);
+        }
+        if let Some(copies) = &self.copies {
+            let listed = copies.list().await.map_err(|e| Self::copy_error("(all)")(e.into()))?;
+            for (sha, at) in listed {
+                out.entry(sha).or_insert(at);
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Deletes the artifact's file and the database's copy.
+    pub async fn delete(&self, sha256: &str) -> Result<(), ArtifactError> {
+        let path = self.path(sha256)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+        if let Some(copies) = &self.copies {
+            copies.delete(sha256).await.map_err(|e| Self::copy_error(sha256)(e.into()))?;
+        }
+        Ok(())
+    }
+}
+
 fn rand_suffix() -> [u8; 8] {
     let mut b = [0u8; 8];
     // A collision only makes two concurrent uploads of different artifacts share a

@@ -22,6 +22,7 @@
 //! [artifacts]                       # models of deployments, chunks served from here
 //! dir = "/var/lib/edge-fleet/artifacts"   # the default; shared by replicas
 //! max_bytes = 1073741824            # largest upload, the default (1 GiB)
+//! keep_days = 30                    # kept this long after its last deployment ended; 0: forever
 //!
 //! [deployments]
 //! max_bytes_per_sec = 0             # cap on chunk data published, all devices together; 0: none
@@ -142,12 +143,27 @@ pub struct ArtifactsConfig {
     /// Largest upload accepted.
     #[serde(default = "default_max_artifact_bytes")]
     pub max_bytes: u64,
+    /// Days an artifact is kept after the last deployment using it ended (or after its
+    /// upload, if none used it); 0 keeps everything (src/retention.rs).
+    #[serde(default = "default_keep_days")]
+    pub keep_days: u64,
 }
 
 impl Default for ArtifactsConfig {
     fn default() -> Self {
-        ArtifactsConfig { dir: default_artifacts_dir(), max_bytes: default_max_artifact_bytes() }
+        ArtifactsConfig {
+            dir: default_artifacts_dir(),
+            max_bytes: default_max_artifact_bytes(),
+            keep_days: default_keep_days(),
+        }
     }
+}
+
+/// `[artifacts] keep_days` when not set.
+pub const DEFAULT_KEEP_DAYS: u64 = 30;
+
+fn default_keep_days() -> u64 {
+    DEFAULT_KEEP_DAYS
 }
 
 fn default_artifacts_dir() -> PathBuf {

@@ -68,6 +68,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod progress;
 pub mod remote_write;
+pub mod retention;
 pub mod series;
 pub mod session;
 
@@ -128,12 +129,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetE
         config.mqtt.clone(),
         format!("{}-out", config.client_id),
         config.deployments.max_bytes_per_sec,
-        store,
+        store.clone(),
         out_rx,
         metrics.deployments.clone(),
         cancel.clone(),
     ));
     let ticker = tokio::spawn(deployments::ticker(deployments.clone(), cancel.clone()));
+    let keep = std::time::Duration::from_secs(config.artifacts.keep_days.saturating_mul(86_400));
+    let retention = tokio::spawn(retention::run(db.clone(), store.clone(), keep, cancel.clone()));
     let mut router = http::router(db.clone(), metrics.clone()).merge(deployments::api::router(deployments.clone()));
     if let Some(token) = &token {
         router = router.layer(axum::middleware::from_fn_with_state(token.clone(), http::require_token));
@@ -154,6 +157,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetE
     cancel.cancel();
     let served = server.await;
     let _ = ticker.await;
+    let _ = retention.await;
     if let Some(exporter) = exporter {
         let _ = exporter.await;
     }
