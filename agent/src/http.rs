@@ -117,6 +117,7 @@ impl Metrics {
             "1 for the active version of each model, labelled with its version and format",
             models.model_info.clone(),
         );
+        models.tensors.register(&mut registry);
         let m = Metrics {
             registry,
             link,

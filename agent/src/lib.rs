@@ -55,3 +55,4 @@ pub mod stats;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tensor_stats;

@@ -64,6 +64,8 @@ pub struct InferenceStats {
     pub model_info: Family<ModelInfoLabel, Gauge>,
     /// The `model_info` label set of each active model, to retire it when that changes.
     active: Mutex<HashMap<String, ModelInfoLabel>>,
+    /// What each version's tensors hold ([`crate::tensor_stats`]).
+    pub tensors: crate::tensor_stats::TensorStats,
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +146,7 @@ impl Default for InferenceStats {
             in_flight: Family::default(),
             model_info: Family::default(),
             active: Mutex::new(HashMap::new()),
+            tensors: Default::default(),
         }
     }
 }

@@ -422,6 +422,36 @@ async fn metrics_count_every_request_outcome_after_real_requests() {
     for series in expected.iter().chain((late > 0).then_some(&timed_out)) {
         assert!(metrics.contains(&format!("{series}\n")), "no {series} in:\n{metrics}");
     }
+    // What the model saw: the requests described (a sample that keeps the statistics within
+    // 1% of the inference time; the first always) and every element of their input, none
+    // NaN, and the statistics' own cost. Described after the answer: wait for the last.
+    let elements: usize = input.shape().iter().product();
+    let counter = |m: &str, series: &str| -> Option<usize> {
+        m.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    let described = r#"edge_agent_tensor_requests_total{model="det",version="6s",result="described"}"#;
+    let skipped = r#"edge_agent_tensor_requests_total{model="det",version="6s",result="skipped"}"#;
+    let values = r#"edge_agent_tensor_values_total{model="det",version="6s",tensor="input:x"}"#;
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = counter(&metrics, described).unwrap_or(0) + counter(&metrics, skipped).unwrap_or(0);
+        if seen == ok + late || Instant::now() > end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        metrics = agent.metrics();
+    }
+    let n = counter(&metrics, described).unwrap_or(0);
+    assert!(n >= 1, "the first request is described:\n{metrics}");
+    assert_eq!(n + counter(&metrics, skipped).unwrap_or(0), ok + late, "{metrics}");
+    assert_eq!(counter(&metrics, values), Some(n * elements), "{metrics}");
+    for series in [
+        r#"edge_agent_tensor_nan_total{model="det",version="6s",tensor="input:x"} 0"#,
+        r#"edge_agent_tensor_stats_seconds_total{model="det",version="6s"}"#,
+        r#"edge_agent_tensor_mean{model="det",version="6s",tensor="output:"#,
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
     promtool_accepts(&metrics);
     agent.stop();
 }

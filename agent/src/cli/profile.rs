@@ -11,22 +11,35 @@ use tract_core::internal::Tensor;
 use crate::engine::Session;
 
 /// Times `n` runs of `session` on `inputs` (the caller has run it once: the warm-up) and
-/// prints `runs= median_ms= min_ms= p95_ms=`.
+/// prints `runs= median_ms= min_ms= p95_ms=`, then what the serving workers' tensor
+/// statistics ([`crate::tensor_stats`]) cost to describe one run: `stats_median_ms=` and
+/// `stats_share_pct=` (of the median run; the workers describe a sample of the requests so
+/// that this stays within [`crate::tensor_stats::BUDGET`] overall).
 pub fn repeat(session: &mut Session, inputs: &[Tensor], n: usize) -> Result<()> {
     let mut times = Vec::with_capacity(n);
+    let mut stats_times = Vec::with_capacity(n);
+    let stats = crate::tensor_stats::TensorStats::default();
     for _ in 0..n {
         let feed = inputs.to_vec();
         let start = Instant::now();
-        session.run(feed)?;
+        let outputs = session.run(feed)?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
+        stats_times.push(stats.describe("m", "1", (&[], &[]), inputs, &outputs).as_secs_f64() * 1e3);
     }
     if times.is_empty() {
         bail!("--repeat needs at least 1");
     }
     times.sort_by(|a, b| a.total_cmp(b));
+    stats_times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     let p95 = times[((times.len() as f64 * 0.95).ceil() as usize).clamp(1, times.len()) - 1];
-    println!("runs={n} median_ms={median:.4} min_ms={:.4} p95_ms={p95:.4}", times[0]);
+    let stats_median = stats_times[stats_times.len() / 2];
+    println!(
+        "runs={n} median_ms={median:.4} min_ms={:.4} p95_ms={p95:.4} stats_median_ms={stats_median:.4} \
+         stats_share_pct={:.2}",
+        times[0],
+        100.0 * stats_median / median.max(1e-9)
+    );
     Ok(())
 }
 

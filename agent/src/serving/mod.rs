@@ -102,7 +102,13 @@ struct Pool {
 }
 
 impl Pool {
-    fn start(name: &str, model: &Arc<Model>, settings: PoolSettings) -> Result<Pool, ServeError> {
+    fn start(
+        name: &str,
+        version: &str,
+        model: &Arc<Model>,
+        settings: PoolSettings,
+        stats: &Arc<InferenceStats>,
+    ) -> Result<Pool, ServeError> {
         let (tx, rx) = sync_channel::<Job>(settings.queue);
         let rx = Arc::new(Mutex::new(rx));
         let waiting = Arc::new(AtomicUsize::new(0));
@@ -111,6 +117,9 @@ impl Pool {
             let rx = rx.clone();
             let waiting = waiting.clone();
             let name = name.to_string();
+            let version = version.to_string();
+            let model = model.clone();
+            let stats = stats.clone();
             std::thread::Builder::new()
                 .name(format!("infer-{name}-{i}"))
                 .spawn(move || loop {
@@ -120,6 +129,10 @@ impl Pool {
                         Err(_) => return,
                     };
                     waiting.fetch_sub(1, Ordering::Relaxed);
+                    // Kept for the statistics, taken after the answer is sent (a clone of
+                    // tract's reference-counted buffers, not of the data).
+                    let inputs = job.inputs.clone();
+                    let started = std::time::Instant::now();
                     let result = match &job.session {
                         Some(shared) => shared.lock().expect("session lock").run(job.inputs),
                         None => {
@@ -128,7 +141,13 @@ impl Pool {
                             own.run(job.inputs)
                         }
                     };
+                    let ran = started.elapsed();
+                    let outputs = result.as_ref().ok().cloned();
                     let _ = job.reply.send(result.map_err(ServeError::from));
+                    if let Some(outputs) = outputs {
+                        let specs = (model.inputs(), model.outputs());
+                        stats.tensors.observe(&name, &version, specs, &inputs, &outputs, ran);
+                    }
                 })
                 .map_err(|e| ServeError::Failed(format!("cannot start a worker thread: {e}")))?;
         }
@@ -234,7 +253,7 @@ impl Registry {
         model: Arc<Model>,
         settings: PoolSettings,
     ) -> Result<(), ServeError> {
-        let pool = Pool::start(name, &model, settings)?;
+        let pool = Pool::start(name, version, &model, settings, &self.stats)?;
         self.stats.register(name);
         self.stats.activated(name, version, model.format().name());
         let served = Arc::new(Served {
@@ -246,6 +265,9 @@ impl Registry {
         });
         let old = self.models.write().expect("registry lock").insert(name.to_string(), served);
         if let Some(old) = old {
+            if old.version != version {
+                self.stats.tensors.retire(name, &old.version);
+            }
             tracing::info!(model = name, from = %old.version, to = version, "model version activated");
         } else {
             tracing::info!(model = name, version, "model activated");
@@ -276,7 +298,11 @@ impl Registry {
 
     /// Stops serving `name`; requests already running finish.
     pub fn deactivate(&self, name: &str) -> bool {
-        let removed = self.models.write().expect("registry lock").remove(name).is_some();
+        let removed = self.models.write().expect("registry lock").remove(name);
+        if let Some(old) = &removed {
+            self.stats.tensors.retire(name, &old.version);
+        }
+        let removed = removed.is_some();
         if removed {
             self.stats.deactivated(name);
             tracing::info!(model = name, "model deactivated");

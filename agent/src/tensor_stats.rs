@@ -1,0 +1,489 @@
+//! What each model version sees and says: running statistics of every input and output
+//! tensor, and for outputs that are scores, which class wins and with what score. The first
+//! slice of model-aware rollouts (issue 13): the figures a rollout gate or a drift alert
+//! reads, on `/metrics` (telemetry, reference profiles and drift scores come next).
+//!
+//! The serving workers call [`TensorStats::observe`] on their own thread after each
+//! successful request, so the cost is theirs, not the runtime's, and it is measured:
+//! `edge_agent_tensor_stats_seconds_total` beside `edge_agent_inference_duration_seconds`.
+//!
+//! Per model, version and tensor (`input:NAME`, `output:NAME`), cumulative since the version
+//! was activated:
+//!
+//! - `edge_agent_tensor_values_total`, `_nan_total`, `_inf_total`: elements seen, and how many
+//!   were NaN or infinite (those are left out of the figures below);
+//! - `edge_agent_tensor_mean`, `_std`, `_min`, `_max`: of the finite elements.
+//!
+//! For an output holding one row of scores (every value in [0, 1], at least two of them):
+//! `edge_agent_model_top_class_total{class}` (the arg-max; classes past [`MAX_CLASSES`] count
+//! as `other`) and the histogram `edge_agent_model_top_score`.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tract_core::internal::{DatumType, Tensor};
+
+use crate::engine::TensorSpec;
+
+/// Classes counted one by one; higher ones count as `other`.
+pub const MAX_CLASSES: usize = 1000;
+
+/// Running figures of a tensor's elements.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    /// Elements seen.
+    pub count: u64,
+    /// NaN elements.
+    pub nan: u64,
+    /// Infinite elements.
+    pub inf: u64,
+    /// Sum of the finite elements.
+    pub sum: f64,
+    /// Sum of their squares.
+    pub sum_sq: f64,
+    /// Smallest finite element (+inf before any).
+    pub min: f64,
+    /// Largest finite element (-inf before any).
+    pub max: f64,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Summary { count: 0, nan: 0, inf: 0, sum: 0.0, sum_sq: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY }
+    }
+}
+
+impl Summary {
+    /// Adds `values`.
+    pub fn add(&mut self, values: &[f32]) {
+        self.count += values.len() as u64;
+        for block in values.chunks(BLOCK) {
+            // The fast path: eight lanes the compiler vectorizes, summed in f32 over one
+            // block. A NaN or an infinity (or a square that overflows) leaves a non-finite
+            // lane; that block is then done again one element at a time.
+            match lanes(block) {
+                Some((sum, sq, lo, hi)) => {
+                    self.sum += sum;
+                    self.sum_sq += sq;
+                    self.min = self.min.min(lo);
+                    self.max = self.max.max(hi);
+                }
+                None => self.add_slowly(block),
+            }
+        }
+    }
+
+    fn add_slowly(&mut self, block: &[f32]) {
+        for &v in block {
+            if v.is_finite() {
+                self.sum += v as f64;
+                self.sum_sq += (v as f64) * (v as f64);
+                self.min = self.min.min(v as f64);
+                self.max = self.max.max(v as f64);
+            } else if v.is_nan() {
+                self.nan += 1;
+            } else {
+                self.inf += 1;
+            }
+        }
+    }
+
+    /// Finite elements seen.
+    pub fn finite(&self) -> u64 {
+        self.count - self.nan - self.inf
+    }
+
+    /// Mean of the finite elements (0 without any).
+    pub fn mean(&self) -> f64 {
+        match self.finite() {
+            0 => 0.0,
+            n => self.sum / n as f64,
+        }
+    }
+
+    /// Standard deviation of the finite elements (0 without any).
+    pub fn std(&self) -> f64 {
+        match self.finite() {
+            0 => 0.0,
+            n => (self.sum_sq / n as f64 - self.mean().powi(2)).max(0.0).sqrt(),
+        }
+    }
+}
+
+/// Elements summed in f32 before they are folded into the f64 totals.
+const BLOCK: usize = 1024;
+
+/// Sum, sum of squares, min and max of a block of finite values; `None` when any lane is
+/// not finite (a NaN or an infinity in the block, or an overflow).
+fn lanes(block: &[f32]) -> Option<(f64, f64, f64, f64)> {
+    const L: usize = 8;
+    let (mut s, mut q, mut lo, mut hi) = ([0f32; L], [0f32; L], [f32::INFINITY; L], [f32::NEG_INFINITY; L]);
+    let mut chunks = block.chunks_exact(L);
+    for c in &mut chunks {
+        for i in 0..L {
+            s[i] += c[i];
+            q[i] += c[i] * c[i];
+            lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+            hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+        }
+    }
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        s[i] += v;
+        q[i] += v * v;
+        lo[i] = lo[i].min(v);
+        hi[i] = hi[i].max(v);
+    }
+    let (sum, sq): (f32, f32) = (s.iter().sum(), q.iter().sum());
+    if !sum.is_finite() || !sq.is_finite() {
+        return None;
+    }
+    let lo = lo.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = hi.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    Some((sum as f64, sq as f64, lo as f64, hi as f64))
+}
+
+/// The elements of `t` as `f32`, if it is numeric (quantized types are dequantized).
+fn as_f32(t: &Tensor) -> Option<std::borrow::Cow<'_, Tensor>> {
+    let dt = t.datum_type();
+    if dt == DatumType::F32 {
+        return Some(std::borrow::Cow::Borrowed(t));
+    }
+    if !(dt.is_number() || dt.is_quantized()) {
+        return None;
+    }
+    t.cast_to::<f32>().ok()
+}
+
+/// The arg-max and top score of `t`, when it holds one row of scores: at least two values,
+/// every one in [0, 1], and no more than one row (leading dimensions all 1).
+pub fn top(values: &[f32], shape: &[usize]) -> Option<(usize, f32)> {
+    let row = *shape.last()?;
+    if values.len() < 2 || row != values.len() || !values.iter().all(|v| (0.0..=1.0).contains(v)) {
+        return None;
+    }
+    values.iter().copied().enumerate().fold(None, |best, (i, v)| match best {
+        Some((_, b)) if b >= v => best,
+        _ => Some((i, v)),
+    })
+}
+
+/// `model`, `version` and `tensor` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct TensorLabel {
+    /// Model name.
+    pub model: String,
+    /// Version label.
+    pub version: String,
+    /// `input:NAME` or `output:NAME`.
+    pub tensor: String,
+}
+
+/// `model`, `version` and `class` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ClassLabel {
+    /// Model name.
+    pub model: String,
+    /// Version label.
+    pub version: String,
+    /// The arg-max index, or `other`.
+    pub class: String,
+}
+
+/// `model` and `version` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct VersionLabel {
+    /// Model name.
+    pub model: String,
+    /// Version label.
+    pub version: String,
+}
+
+/// `model`, `version` and `result` (`described` or `skipped`) labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RequestLabel {
+    /// Model name.
+    pub model: String,
+    /// Version label.
+    pub version: String,
+    /// Whether the request was described or skipped for the budget.
+    pub result: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Most of a version's inference time its statistics may take; requests beyond are skipped
+/// (a sample, taken without looking at the data, so the figures stay unbiased).
+pub const BUDGET: f64 = 0.01;
+
+fn score_histogram() -> Histogram {
+    Histogram::new([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])
+}
+
+/// The statistics of every served model version, and their `/metrics` families.
+#[derive(Debug)]
+pub struct TensorStats {
+    summaries: Mutex<HashMap<TensorLabel, Summary>>,
+    /// Per version: seconds of inference, and of statistics.
+    spent: Mutex<HashMap<VersionLabel, (f64, f64)>>,
+    requests: Family<RequestLabel, Counter>,
+    values: Family<TensorLabel, Counter>,
+    nan: Family<TensorLabel, Counter>,
+    inf: Family<TensorLabel, Counter>,
+    mean: Family<TensorLabel, FloatGauge>,
+    std: Family<TensorLabel, FloatGauge>,
+    min: Family<TensorLabel, FloatGauge>,
+    max: Family<TensorLabel, FloatGauge>,
+    top_class: Family<ClassLabel, Counter>,
+    top_score: Family<VersionLabel, Histogram, fn() -> Histogram>,
+    seconds: Family<VersionLabel, Counter<f64, AtomicU64>>,
+}
+
+impl Default for TensorStats {
+    fn default() -> Self {
+        TensorStats {
+            summaries: Mutex::default(),
+            spent: Mutex::default(),
+            requests: Family::default(),
+            values: Family::default(),
+            nan: Family::default(),
+            inf: Family::default(),
+            mean: Family::default(),
+            std: Family::default(),
+            min: Family::default(),
+            max: Family::default(),
+            top_class: Family::default(),
+            top_score: Family::new_with_constructor(score_histogram as fn() -> Histogram),
+            seconds: Family::default(),
+        }
+    }
+}
+
+impl TensorStats {
+    /// One request of `model` `version` that ran for `ran`: described ([`Self::describe`])
+    /// while the statistics of that version have taken at most [`BUDGET`] of its inference
+    /// time, skipped (counted) beyond. Called on the worker thread, after the answer is sent.
+    pub fn observe(
+        &self,
+        model: &str,
+        version: &str,
+        specs: (&[TensorSpec], &[TensorSpec]),
+        inputs: &[Tensor],
+        outputs: &[Tensor],
+        ran: Duration,
+    ) {
+        let label = VersionLabel { model: model.into(), version: version.into() };
+        let within = {
+            let mut spent = self.spent.lock().expect("tensor stats lock");
+            let s = spent.entry(label.clone()).or_default();
+            s.0 += ran.as_secs_f64();
+            s.1 <= BUDGET * s.0
+        };
+        if !within {
+            self.requests
+                .get_or_create(&RequestLabel { model: label.model, version: label.version, result: "skipped" })
+                .inc();
+            return;
+        }
+        let took = self.describe(model, version, specs, inputs, outputs);
+        self.spent.lock().expect("tensor stats lock").entry(label.clone()).or_default().1 += took.as_secs_f64();
+        self.requests
+            .get_or_create(&RequestLabel { model: label.model, version: label.version, result: "described" })
+            .inc();
+    }
+
+    /// Records one request's `inputs` and `outputs` (named by the specs) for `model`
+    /// `version`, whatever the budget; how long that took.
+    pub fn describe(
+        &self,
+        model: &str,
+        version: &str,
+        specs: (&[TensorSpec], &[TensorSpec]),
+        inputs: &[Tensor],
+        outputs: &[Tensor],
+    ) -> Duration {
+        let started = Instant::now();
+        let version_label = VersionLabel { model: model.into(), version: version.into() };
+        let mut summaries = self.summaries.lock().expect("tensor stats lock");
+        let sides = [("input", specs.0, inputs), ("output", specs.1, outputs)];
+        for (side, specs, tensors) in sides {
+            for (i, t) in tensors.iter().enumerate() {
+                let Some(owned) = as_f32(t) else { continue };
+                let Ok(view) = owned.try_as_plain_ram() else { continue };
+                let Ok(values) = view.as_slice::<f32>() else { continue };
+                let name = specs.get(i).map_or_else(|| i.to_string(), |s| s.name.clone());
+                let label =
+                    TensorLabel { model: model.into(), version: version.into(), tensor: format!("{side}:{name}") };
+                let s = summaries.entry(label.clone()).or_default();
+                let before = *s;
+                s.add(values);
+                self.values.get_or_create(&label).inc_by(s.count - before.count);
+                self.nan.get_or_create(&label).inc_by(s.nan - before.nan);
+                self.inf.get_or_create(&label).inc_by(s.inf - before.inf);
+                self.mean.get_or_create(&label).set(s.mean());
+                self.std.get_or_create(&label).set(s.std());
+                if s.finite() > 0 {
+                    self.min.get_or_create(&label).set(s.min);
+                    self.max.get_or_create(&label).set(s.max);
+                }
+                if side == "output" {
+                    if let Some((class, score)) = top(values, t.shape()) {
+                        let class = if class < MAX_CLASSES { class.to_string() } else { "other".into() };
+                        let label = ClassLabel { model: model.into(), version: version.into(), class };
+                        self.top_class.get_or_create(&label).inc();
+                        self.top_score.get_or_create(&version_label).observe(score as f64);
+                    }
+                }
+            }
+        }
+        drop(summaries);
+        let took = started.elapsed();
+        self.seconds.get_or_create(&version_label).inc_by(took.as_secs_f64());
+        took
+    }
+
+    /// Forgets `version` of `model` (it is no longer served): its series leave `/metrics`.
+    pub fn retire(&self, model: &str, version: &str) {
+        let mut summaries = self.summaries.lock().expect("tensor stats lock");
+        let gone: Vec<TensorLabel> =
+            summaries.keys().filter(|l| l.model == model && l.version == version).cloned().collect();
+        for l in &gone {
+            summaries.remove(l);
+            for f in [&self.values, &self.nan, &self.inf] {
+                f.remove(l);
+            }
+            for f in [&self.mean, &self.std, &self.min, &self.max] {
+                f.remove(l);
+            }
+        }
+        let v = VersionLabel { model: model.into(), version: version.into() };
+        self.top_score.remove(&v);
+        self.seconds.remove(&v);
+        self.spent.lock().expect("tensor stats lock").remove(&v);
+        for result in ["described", "skipped"] {
+            self.requests.remove(&RequestLabel { model: model.into(), version: version.into(), result });
+        }
+        // The class counters are few per version; clear() would drop other versions' too.
+        for class in (0..MAX_CLASSES).map(|c| c.to_string()).chain(["other".to_string()]) {
+            self.top_class.remove(&ClassLabel { model: model.into(), version: version.into(), class });
+        }
+    }
+
+    /// Adds the families to `r`.
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "edge_agent_tensor_requests",
+            "Requests the tensor statistics described, or skipped to stay within 1% of the inference time",
+            self.requests.clone(),
+        );
+        r.register(
+            "edge_agent_tensor_values",
+            "Tensor elements seen, by model, version and tensor",
+            self.values.clone(),
+        );
+        r.register("edge_agent_tensor_nan", "NaN tensor elements seen", self.nan.clone());
+        r.register("edge_agent_tensor_inf", "Infinite tensor elements seen", self.inf.clone());
+        r.register(
+            "edge_agent_tensor_mean",
+            "Mean of the finite elements since the version was activated",
+            self.mean.clone(),
+        );
+        r.register("edge_agent_tensor_std", "Standard deviation of the finite elements", self.std.clone());
+        r.register("edge_agent_tensor_min", "Smallest finite element", self.min.clone());
+        r.register("edge_agent_tensor_max", "Largest finite element", self.max.clone());
+        r.register("edge_agent_model_top_class", "Requests by the arg-max of a score output", self.top_class.clone());
+        r.register("edge_agent_model_top_score", "Top score of a score output per request", self.top_score.clone());
+        r.register(
+            "edge_agent_tensor_stats_seconds",
+            "Time the serving workers spent on these statistics (compare with inference_duration_seconds)",
+            self.seconds.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_counts_nan_and_inf_apart_and_describes_the_rest() {
+        let mut s = Summary::default();
+        s.add(&[1.0, 2.0, f32::NAN, 3.0, f32::INFINITY, f32::NEG_INFINITY]);
+        s.add(&[4.0]);
+        assert_eq!((s.count, s.nan, s.inf, s.finite()), (7, 1, 2, 4));
+        assert_eq!((s.min, s.max, s.mean()), (1.0, 4.0, 2.5));
+        assert!((s.std() - 1.118_034).abs() < 1e-5, "{}", s.std());
+        assert_eq!(Summary::default().mean(), 0.0);
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_slow_one_and_hands_over_on_nan() {
+        let values: Vec<f32> = (0..3000).map(|i| ((i * 37) % 101) as f32 / 7.0 - 5.0).collect();
+        let (mut fast, mut slow) = (Summary::default(), Summary::default());
+        fast.add(&values);
+        slow.add_slowly(&values);
+        slow.count = values.len() as u64;
+        assert_eq!((fast.min, fast.max, fast.count), (slow.min, slow.max, slow.count));
+        assert!((fast.mean() - slow.mean()).abs() < 1e-5 && (fast.std() - slow.std()).abs() < 1e-4);
+        let mut with_nan = values.clone();
+        with_nan[1500] = f32::NAN;
+        with_nan[10] = f32::NEG_INFINITY;
+        let mut s = Summary::default();
+        s.add(&with_nan);
+        assert_eq!((s.nan, s.inf, s.finite()), (1, 1, 2998));
+        assert_eq!(s.max, slow.max);
+    }
+
+    #[test]
+    fn only_one_row_of_values_in_0_1_counts_as_scores() {
+        assert_eq!(top(&[0.1, 0.7, 0.2], &[1, 3]), Some((1, 0.7)));
+        assert_eq!(top(&[0.5, 0.5], &[2]), Some((0, 0.5)), "ties go to the first");
+        assert_eq!(top(&[0.1, 1.7], &[1, 2]), None, "not scores");
+        assert_eq!(top(&[0.1, 0.2, 0.3, 0.4], &[2, 2]), None, "two rows");
+        assert_eq!(top(&[0.9], &[1]), None, "one value");
+    }
+
+    #[test]
+    fn observed_requests_show_on_metrics_and_leave_with_their_version() {
+        let stats = TensorStats::default();
+        let input = Tensor::from_shape(&[1, 4], &[0.5f32, -1.0, f32::NAN, 2.5]).unwrap();
+        let output = Tensor::from_shape(&[1, 3], &[0.1f32, 0.75, 0.15]).unwrap();
+        let quantized = Tensor::from_shape(&[2], &[3i8, -3]).unwrap();
+        stats.observe(
+            "m",
+            "2",
+            (&[], &[]),
+            &[input.clone(), quantized.clone()],
+            std::slice::from_ref(&output),
+            Duration::from_millis(1),
+        );
+        // Far beyond 1% of 1 ms spent: the next request of that version is skipped.
+        stats.observe("m", "2", (&[], &[]), &[input, quantized], &[output], Duration::from_nanos(1));
+        let mut r = Registry::default();
+        stats.register(&mut r);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        for line in [
+            r#"edge_agent_tensor_values_total{model="m",version="2",tensor="input:0"} 4"#,
+            r#"edge_agent_tensor_nan_total{model="m",version="2",tensor="input:0"} 1"#,
+            r#"edge_agent_tensor_mean{model="m",version="2",tensor="input:1"} 0.0"#,
+            r#"edge_agent_tensor_max{model="m",version="2",tensor="input:0"} 2.5"#,
+            r#"edge_agent_model_top_class_total{model="m",version="2",class="1"} 1"#,
+            r#"edge_agent_model_top_score_bucket{le="0.8",model="m",version="2"} 1"#,
+            r#"edge_agent_tensor_requests_total{model="m",version="2",result="described"} 1"#,
+            r#"edge_agent_tensor_requests_total{model="m",version="2",result="skipped"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
+        }
+        stats.retire("m", "2");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(!text.contains("version=\"2\""), "{text}");
+    }
+}
