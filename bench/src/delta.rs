@@ -45,7 +45,11 @@ fn main() -> anyhow::Result<()> {
         cdc.avg / 1024,
         cdc.max / 1024
     );
-    println!("| model | size | head tensor | new version | full | fixed {} KiB | fixed {} KiB | CDC |", DEFAULT_CHUNK_BYTES / 1024, fixed_small / 1024);
+    println!(
+        "| model | size | head tensor | new version | full | fixed {} KiB | fixed {} KiB | CDC |",
+        DEFAULT_CHUNK_BYTES / 1024,
+        fixed_small / 1024
+    );
     println!("|---|---:|---|---|---:|---:|---:|---:|");
     for path in models {
         let v1 = std::fs::read(&path)?;

@@ -105,6 +105,53 @@ impl CdcParams {
     }
 }
 
+/// Where a device already holds a chunk: in which of its files, at which byte range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Index of the file, as given to [`HeldIndex::add`].
+    pub file: usize,
+    /// Offset of the chunk in it.
+    pub offset: u64,
+    /// Chunk length.
+    pub len: u32,
+}
+
+/// The chunks of the files a device holds (its installed versions), cut with one set of
+/// limits and found by SHA-256: what a new version's chunks can be copied from instead of
+/// being sent. Pure: the caller reads the files (off the async runtime).
+#[derive(Debug, Default)]
+pub struct HeldIndex {
+    chunks: std::collections::HashMap<[u8; 32], Held>,
+}
+
+impl HeldIndex {
+    /// Cuts `data`, the content of file number `file`, with `params` and records its chunks.
+    /// A hash already recorded keeps its first place.
+    pub fn add(&mut self, file: usize, data: &[u8], params: &CdcParams) {
+        let mut offset = 0usize;
+        for len in params.lengths(data) {
+            let hash = crate::ota::sha256(&data[offset..offset + len as usize]);
+            self.chunks.entry(hash).or_insert(Held { file, offset: offset as u64, len });
+            offset += len as usize;
+        }
+    }
+
+    /// Where the chunk with this hash and length is held, if anywhere.
+    pub fn find(&self, hash: &[u8; 32], len: u32) -> Option<Held> {
+        self.chunks.get(hash).copied().filter(|h| h.len == len)
+    }
+
+    /// Number of distinct chunks recorded.
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
 /// The gear table: splitmix64 from seed 0, 256 outputs.
 pub fn gear() -> &'static [u64; 256] {
     static TABLE: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();
@@ -201,5 +248,34 @@ mod tests {
         let e = CdcParams { min: 1024, avg: 4096, max: MAX_CHUNK_BYTES as u32 + 1 }.check().unwrap_err();
         assert!(e.contains("max"), "{e}");
         assert!(CdcParams { min: 4096, avg: 4096, max: 8192 }.check().is_err());
+    }
+
+    #[test]
+    fn held_chunks_are_found_by_hash_and_give_back_the_same_bytes() {
+        let p = small();
+        let v1 = noise(200_000, 5);
+        let other = noise(50_000, 6);
+        // v2: v1 with its last 20 000 bytes changed, as a retrained last layer would be.
+        let mut v2 = v1.clone();
+        v2[180_000..].copy_from_slice(&noise(20_000, 7));
+        let mut index = HeldIndex::default();
+        index.add(0, &other, &p);
+        index.add(1, &v1, &p);
+        let files = [&other, &v1];
+        let (mut reused, mut missing) = (0usize, 0usize);
+        for (offset, len) in spans(&p.lengths(&v2)) {
+            let chunk = &v2[offset..offset + len as usize];
+            match index.find(&crate::ota::sha256(chunk), len) {
+                Some(h) => {
+                    let start = h.offset as usize;
+                    assert_eq!(&files[h.file][start..start + h.len as usize], chunk);
+                    reused += len as usize;
+                }
+                None => missing += len as usize,
+            }
+        }
+        assert_eq!(reused + missing, v2.len());
+        assert!(missing >= 20_000 && missing <= 20_000 + 2 * p.max as usize, "{missing} bytes missing");
+        assert!(index.find(&[0; 32], 10).is_none());
     }
 }
