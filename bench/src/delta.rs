@@ -10,6 +10,9 @@
 //!   the start of its data, as a head with one more output class would be: every byte after
 //!   it shifts. (The file is only measured, not loaded: the tensor's dims are left as they
 //!   were.)
+//! - *4 KiB inserted early*: 4096 bytes (copied from the file's start) inserted a quarter of
+//!   the way into the file, as a layer or a tensor added near the input would be: most of
+//!   the file shifts.
 //!
 //! A chunk is sent when no chunk of the old version has the same SHA-256.
 
@@ -58,7 +61,17 @@ fn main() -> anyhow::Result<()> {
             println!("| {name} | {} | (no weighted node found) | | | | | |", v1.len());
             continue;
         };
-        for (label, v2) in [("head retrained", head.retrained(&v1)), ("one more class", head.one_more_class(&v1))] {
+        let early = {
+            let mut v = v1.clone();
+            let at = v1.len() / 4;
+            v.splice(at..at, v1[..4096.min(v1.len())].to_vec());
+            v
+        };
+        for (label, v2) in [
+            ("head retrained", head.retrained(&v1)),
+            ("one more class", head.one_more_class(&v1)),
+            ("4 KiB inserted early", early),
+        ] {
             let fixed = |size: u32| {
                 let cut = |d: &[u8]| d.chunks(size as usize).map(<[u8]>::to_vec).collect::<Vec<_>>();
                 sent(&cut(&v1), &cut(&v2))
