@@ -9,6 +9,8 @@
 //! - [`inventory`]: the fleet service's device list, as its HTTP API returns it.
 //! - [`deployments`]: the fleet service's deployments, as its HTTP API takes and returns them.
 //! - [`ota`]: the model transfer: manifest, chunks, repair requests.
+//! - [`cdc`]: content-defined chunk boundaries, so that a new version's unchanged bytes
+//!   cut into the same chunks as the old one's.
 //! - [`codec`]: postcard encoding with an explicit schema version, and a size bound
 //!   checked before decoding.
 //!
@@ -16,6 +18,7 @@
 //! at the end, and a receiver refuses versions it does not know.
 #![deny(missing_docs)]
 
+pub mod cdc;
 pub mod codec;
 pub mod command;
 pub mod deployments;
