@@ -26,7 +26,7 @@ use prost::Message;
 use tract_onnx::pb;
 
 fn main() -> anyhow::Result<()> {
-    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "../shared/models".into()));
+    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "models".into()));
     let mut models: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}: pass the models directory as the argument", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
