@@ -157,7 +157,8 @@ impl Deployments {
         &self.artifacts
     }
 
-    /// Stores a deployment and starts it: members online now are sent the command at once.
+    /// Stores a deployment with a `pending` row for each member known now and returns;
+    /// a task of its own then reaches them (online ones are sent the command at once).
     /// The same request again returns the stored deployment.
     pub async fn create(&self, new: &NewDeployment) -> Result<Deployment, DeployError> {
         let (bytes, cmd) = decode_command(&new.command)?;
@@ -207,18 +208,32 @@ impl Deployments {
                 }
             }
         }
-        let members = match d.target_kind {
+        let members: Vec<String> = match d.target_kind {
             TargetKind::Group => self.db.devices(Some(&d.target)).await?.into_iter().map(|m| m.device).collect(),
             TargetKind::Device => vec![d.target.clone()],
         };
+        // Every member known now gets its row, `pending`, before the answer: the deployment
+        // as returned lists them all. Reaching them (a step each) is not done inside the
+        // request, which at a thousand members would outlast edgectl's HTTP timeout: a task
+        // of its own drives them now, and the tick is the safety net if it dies with the
+        // service (it sends a pending row's command to an online member).
+        for device in &members {
+            self.db.put_progress(&d.id, device, &Progress::default(), None).await?;
+        }
+        let view = self.view(&d).await?;
+        let this = self.clone();
+        tokio::spawn(async move { this.reach(&d, &members).await });
+        Ok(view)
+    }
+
+    /// Drives the members of a new deployment as a status of theirs would: online ones are
+    /// sent the command, those already at the version are done.
+    async fn reach(&self, d: &Stored, members: &[String]) {
         for device in members {
-            self.drive(&device, None).await?;
-            // A device the inventory does not know yet still gets its row, `pending`.
-            if self.db.device_progress(&d.id, &device).await?.is_none() {
-                self.db.put_progress(&d.id, &device, &Progress::default(), None).await?;
+            if let Err(e) = self.drive(device, None).await {
+                tracing::warn!(deployment = %d.id, device, "reaching a member failed, the tick retries: {e}");
             }
         }
-        Ok(self.view(&d).await?)
     }
 
     /// Cancels an active deployment: devices that have its command are sent the signed
