@@ -160,7 +160,7 @@ pub async fn run(
     metrics: ExportMetrics,
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
-    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id.clone(), 16)?;
+    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id.clone(), 16, true)?;
     let (tx, rx) = mpsc::channel::<Publish>(QUEUE);
     let stop_writer = cancel.child_token();
     tracing::info!(url = %endpoint.url, client_id, "telemetry export to Prometheus started");
@@ -173,7 +173,7 @@ pub async fn run(
         cancel: stop_writer.clone(),
     };
     let writer = tokio::spawn(writer.run(rx));
-    session::pump(&mqtt, "telemetry export", &client, &mut eventloop, &filters, &tx, &cancel).await;
+    session::pump(&mqtt, "telemetry export", &client, &mut eventloop, &filters, Some(&tx), &cancel).await;
     drop(tx);
     stop_writer.cancel();
     let _ = writer.await;

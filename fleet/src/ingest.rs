@@ -74,7 +74,7 @@ pub async fn run(
     metrics: Metrics,
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
-    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id, 16)?;
+    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id, 16, true)?;
     let (tx, rx) = mpsc::channel::<Publish>(QUEUE);
     let stop_store = cancel.child_token();
     let store = tokio::spawn(store(
@@ -87,7 +87,7 @@ pub async fn run(
         stop_store.clone(),
     ));
     let subscriptions = filters(&mqtt.topic_prefix, share_group.as_deref());
-    session::pump(&mqtt, "inventory", &client, &mut eventloop, &subscriptions, &tx, &cancel).await;
+    session::pump(&mqtt, "inventory", &client, &mut eventloop, &subscriptions, Some(&tx), &cancel).await;
     drop(tx);
     stop_store.cancel();
     let _ = store.await;

@@ -1,7 +1,8 @@
-//! The broker connection settings every persistent session of the service shares: the
-//! inventory's ([`crate::ingest`]) and the telemetry export's ([`crate::export`]).
+//! The broker connections of the service, and the one loop that polls them ([`pump`]): the
+//! inventory's ([`crate::ingest`]) and the telemetry export's ([`crate::export`]) persistent
+//! sessions, and the deployments' publisher ([`crate::deployments::sender`], a clean one).
 //!
-//! Both are QoS 1 sessions with clean session off and manual acks, so that the broker keeps
+//! The two persistent ones are QoS 1 sessions with clean session off and manual acks, so that the broker keeps
 //! what arrives while the service (or one of its consumers) is down or slow, and a message
 //! is acked only once it has been handled.
 //!
@@ -26,13 +27,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ingest::IngestError;
 
-/// A client and its event loop for a persistent session as `client_id`, with at most `cap`
-/// requests queued towards the event loop.
-pub fn connect(mqtt: &MqttConfig, client_id: String, cap: usize) -> Result<(AsyncClient, EventLoop), IngestError> {
+/// A client and its event loop as `client_id`, with at most `cap` requests queued towards
+/// the event loop: a persistent session with manual acks (`persistent`), or a clean one
+/// (the deployments' publisher, which subscribes to nothing).
+pub fn connect(
+    mqtt: &MqttConfig,
+    client_id: String,
+    cap: usize,
+    persistent: bool,
+) -> Result<(AsyncClient, EventLoop), IngestError> {
     let (host, port) = host_port(&mqtt.url).ok_or_else(|| IngestError::BadUrl(mqtt.url.clone()))?;
     let mut opts = MqttOptions::new(client_id, host, port);
-    opts.set_clean_session(false);
-    opts.set_manual_acks(true);
+    opts.set_clean_session(!persistent);
+    opts.set_manual_acks(persistent);
     opts.set_keep_alive(Duration::from_secs(mqtt.keep_alive_secs.max(5)));
     opts.set_max_packet_size(mqtt.max_packet_bytes, mqtt.max_packet_bytes);
     if mqtt.url.starts_with("mqtts://") {
@@ -50,7 +57,7 @@ pub fn shared(group: &str, filter: &str) -> String {
 }
 
 /// What a session subscribes to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filters {
     /// Subscribed when the broker has no session: the retained statuses. With a session the
     /// broker holds them already, and subscribing again would replay the retained messages
@@ -84,8 +91,10 @@ impl Filters {
             wanted.extend(&self.once);
         }
         let f = wanted.iter().map(|t| SubscribeFilter::new(t.to_string(), QoS::AtLeastOnce));
-        if let Err(e) = client.try_subscribe_many(f) {
-            tracing::error!("cannot subscribe to {wanted:?}: {e}");
+        if !wanted.is_empty() {
+            if let Err(e) = client.try_subscribe_many(f) {
+                tracing::error!("cannot subscribe to {wanted:?}: {e}");
+            }
         }
         if session_present {
             for t in &self.retired {
@@ -99,16 +108,17 @@ impl Filters {
 
 /// Polls `eventloop` until `cancel` or until `tx` is closed: subscribes `filters` at each
 /// CONNACK, hands each PUBLISH to `tx` (waiting while it is full, so that rumqttc stops
-/// reading and the broker holds the rest), and after a connection error waits before the
-/// next attempt, from 500 ms doubling to `[mqtt] reconnect_max_secs`. `what` names the
-/// session in the log. Nothing slow happens here: the consumer of `tx` does the work.
+/// reading and the broker holds the rest; a session without `tx` subscribes to nothing),
+/// and after a connection error waits before the next attempt, from 500 ms doubling to
+/// `[mqtt] reconnect_max_secs`. `what` names the session in the log. Nothing slow happens
+/// here: the consumer of `tx` does the work.
 pub async fn pump(
     mqtt: &MqttConfig,
     what: &str,
     client: &AsyncClient,
     eventloop: &mut EventLoop,
     filters: &Filters,
-    tx: &mpsc::Sender<Publish>,
+    tx: Option<&mpsc::Sender<Publish>>,
     cancel: &CancellationToken,
 ) {
     let max_delay = Duration::from_secs(mqtt.reconnect_max_secs.max(1));
@@ -125,8 +135,10 @@ pub async fn pump(
                 filters.subscribe(client, ack.session_present);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send(p).await.is_err() {
-                    return;
+                if let Some(tx) = tx {
+                    if tx.send(p).await.is_err() {
+                        return;
+                    }
                 }
             }
             Ok(_) => {}

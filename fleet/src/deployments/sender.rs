@@ -15,11 +15,11 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_mqtt::{host_port, MqttConfig};
+use edge_mqtt::MqttConfig;
 use edge_proto::codec::Versioned;
 use edge_proto::ota::{Chunk, Manifest};
 use edge_proto::topics::fleet;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -140,44 +140,14 @@ pub async fn run(
     metrics: DeploymentMetrics,
     cancel: CancellationToken,
 ) -> Result<(), crate::ingest::IngestError> {
-    let (host, port) = host_port(&mqtt.url).ok_or_else(|| crate::ingest::IngestError::BadUrl(mqtt.url.clone()))?;
-    let mut opts = MqttOptions::new(client_id, host, port);
-    opts.set_clean_session(true);
-    opts.set_keep_alive(Duration::from_secs(mqtt.keep_alive_secs.max(5)));
-    opts.set_max_packet_size(mqtt.max_packet_bytes, mqtt.max_packet_bytes);
-    if mqtt.url.starts_with("mqtts://") {
-        let tls = edge_mqtt::client_config(&mqtt.ca_file, &mqtt.cert_file, &mqtt.key_file)?;
-        opts.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
-    eventloop.network_options.set_connection_timeout(mqtt.network_timeout_secs.max(1));
-    let poll_cancel = cancel.clone();
-    let max_delay = Duration::from_secs(mqtt.reconnect_max_secs.max(1));
-    let url = mqtt.url.clone();
-    let poller = tokio::spawn(async move {
-        let mut delay = Duration::from_millis(500);
-        loop {
-            let event = tokio::select! {
-                _ = poll_cancel.cancelled() => return,
-                e = eventloop.poll() => e,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    delay = Duration::from_millis(500);
-                    tracing::info!(broker = %url, "deployment publisher connected");
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(broker = %url, "deployment publisher: {e}; retrying in {delay:?}");
-                    tokio::select! {
-                        _ = poll_cancel.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(max_delay);
-                }
-            }
-        }
-    });
+    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id, 64, false)?;
+    let poller = {
+        let (mqtt, client, cancel) = (mqtt.clone(), client.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let nothing = crate::session::Filters::default();
+            crate::session::pump(&mqtt, "deployment publisher", &client, &mut eventloop, &nothing, None, &cancel).await;
+        })
+    };
     let prefix = mqtt.topic_prefix.clone();
     let mut commands: VecDeque<(String, Arc<Vec<u8>>)> = VecDeque::new();
     let mut schedule = Schedule::default();
