@@ -27,8 +27,8 @@ pub fn reserved_device_id(id: &str) -> Option<&'static str> {
              publish to every group",
         ),
         "operator" => Some(
-            "the broker's ACL grants user `operator` every device's topics (operator tooling has its own \
-             certificate: edgectl pki issue --operator)",
+            "the broker's ACL grants user `operator` every device's topics (use --operator for operator \
+             tooling: edgectl pki issue --operator)",
         ),
         "edge-fleet" => {
             Some("the broker's ACL grants user `edge-fleet` (the fleet service) every device's cmd and ota topics")
