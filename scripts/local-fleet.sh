@@ -35,8 +35,9 @@ lf_pki() {
     "$edgectl" pki init --out "$dir" >/dev/null
     local cn
     for cn in "$@"; do
-        if [[ "$cn" == operator ]]; then
-            "$edgectl" pki issue --ca "$dir" --operator --out "$dir" >/dev/null
+        # The names the broker's ACL grants more than a device's topics are not device ids.
+        if [[ "$cn" == operator || "$cn" == edge-fleet ]]; then
+            "$edgectl" pki issue --ca "$dir" --operator "$cn" --out "$dir" >/dev/null
         else
             "$edgectl" pki issue --ca "$dir" --device "$cn" --out "$dir" >/dev/null
         fi

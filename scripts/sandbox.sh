@@ -125,7 +125,7 @@ fi
 
 echo
 echo "== edge-fleet: the fleet service on SQLite, with its own certificate (CN edge-fleet)"
-$BIN/edgectl pki issue --ca "$WORK/pki" --device edge-fleet --out "$WORK/pki" >/dev/null
+$BIN/edgectl pki issue --ca "$WORK/pki" --operator edge-fleet --out "$WORK/pki" >/dev/null
 FLEET_HTTP="127.0.0.1:$(lf_free_port)"
 cat >"$WORK/fleet.toml" <<TOML
 [mqtt]
