@@ -226,12 +226,38 @@ fn score_histogram() -> Histogram {
     Histogram::new([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])
 }
 
+/// One tensor's running figures and its series, resolved once (a metric handle shares its
+/// value with the family it came from).
+#[derive(Debug)]
+struct TensorSeries {
+    label: TensorLabel,
+    summary: Summary,
+    values: Counter,
+    nan: Counter,
+    inf: Counter,
+    mean: FloatGauge,
+    std: FloatGauge,
+    min: FloatGauge,
+    max: FloatGauge,
+}
+
+/// One version's budget, tensors and per-version series.
+#[derive(Debug, Default)]
+struct VersionState {
+    /// Seconds of inference, and of statistics.
+    inference: f64,
+    stats: f64,
+    /// By side (0 inputs, 1 outputs) and position.
+    tensors: [Vec<Option<TensorSeries>>; 2],
+    classes: HashMap<usize, Counter>,
+}
+
 /// The statistics of every served model version, and their `/metrics` families.
 #[derive(Debug)]
 pub struct TensorStats {
-    summaries: Mutex<HashMap<TensorLabel, Summary>>,
-    /// Per version: seconds of inference, and of statistics.
-    spent: Mutex<HashMap<VersionLabel, (f64, f64)>>,
+    /// By model, then version: looked up with borrowed names, so that a request allocates
+    /// nothing once its version has been seen.
+    versions: Mutex<HashMap<String, HashMap<String, VersionState>>>,
     requests: Family<RequestLabel, Counter>,
     values: Family<TensorLabel, Counter>,
     nan: Family<TensorLabel, Counter>,
@@ -248,8 +274,7 @@ pub struct TensorStats {
 impl Default for TensorStats {
     fn default() -> Self {
         TensorStats {
-            summaries: Mutex::default(),
-            spent: Mutex::default(),
+            versions: Mutex::default(),
             requests: Family::default(),
             values: Family::default(),
             nan: Family::default(),
@@ -265,7 +290,27 @@ impl Default for TensorStats {
     }
 }
 
+/// `model`'s `version` in `versions`, made on first sight.
+fn state<'a>(
+    versions: &'a mut HashMap<String, HashMap<String, VersionState>>,
+    model: &str,
+    version: &str,
+) -> &'a mut VersionState {
+    if !versions.get(model).is_some_and(|v| v.contains_key(version)) {
+        versions.entry(model.into()).or_default().insert(version.into(), VersionState::default());
+    }
+    versions.get_mut(model).and_then(|v| v.get_mut(version)).expect("inserted above")
+}
+
 impl TensorStats {
+    fn version_label(model: &str, version: &str) -> VersionLabel {
+        VersionLabel { model: model.into(), version: version.into() }
+    }
+
+    fn count_request(&self, model: &str, version: &str, result: &'static str) {
+        self.requests.get_or_create(&RequestLabel { model: model.into(), version: version.into(), result }).inc();
+    }
+
     /// One request of `model` `version` that ran for `ran`: described ([`Self::describe`])
     /// while the statistics of that version have taken at most [`BUDGET`] of its inference
     /// time, skipped (counted) beyond. Called on the worker thread, after the answer is sent.
@@ -278,24 +323,18 @@ impl TensorStats {
         outputs: &[Tensor],
         ran: Duration,
     ) {
-        let label = VersionLabel { model: model.into(), version: version.into() };
         let within = {
-            let mut spent = self.spent.lock().expect("tensor stats lock");
-            let s = spent.entry(label.clone()).or_default();
-            s.0 += ran.as_secs_f64();
-            s.1 <= BUDGET * s.0
+            let mut versions = self.versions.lock().expect("tensor stats lock");
+            let v = state(&mut versions, model, version);
+            v.inference += ran.as_secs_f64();
+            v.stats <= BUDGET * v.inference
         };
         if !within {
-            self.requests
-                .get_or_create(&RequestLabel { model: label.model, version: label.version, result: "skipped" })
-                .inc();
+            self.count_request(model, version, "skipped");
             return;
         }
-        let took = self.describe(model, version, specs, inputs, outputs);
-        self.spent.lock().expect("tensor stats lock").entry(label.clone()).or_default().1 += took.as_secs_f64();
-        self.requests
-            .get_or_create(&RequestLabel { model: label.model, version: label.version, result: "described" })
-            .inc();
+        self.describe(model, version, specs, inputs, outputs);
+        self.count_request(model, version, "described");
     }
 
     /// Records one request's `inputs` and `outputs` (named by the specs) for `model`
@@ -309,52 +348,80 @@ impl TensorStats {
         outputs: &[Tensor],
     ) -> Duration {
         let started = Instant::now();
-        let version_label = VersionLabel { model: model.into(), version: version.into() };
-        let mut summaries = self.summaries.lock().expect("tensor stats lock");
-        let sides = [("input", specs.0, inputs), ("output", specs.1, outputs)];
-        for (side, specs, tensors) in sides {
+        let mut versions = self.versions.lock().expect("tensor stats lock");
+        let v = state(&mut versions, model, version);
+        let mut top_score = None;
+        for (side, (specs, tensors)) in [(specs.0, inputs), (specs.1, outputs)].into_iter().enumerate() {
             for (i, t) in tensors.iter().enumerate() {
                 let Some(owned) = as_f32(t) else { continue };
                 let Ok(view) = owned.try_as_plain_ram() else { continue };
                 let Ok(values) = view.as_slice::<f32>() else { continue };
-                let name = specs.get(i).map_or_else(|| i.to_string(), |s| s.name.clone());
-                let label =
-                    TensorLabel { model: model.into(), version: version.into(), tensor: format!("{side}:{name}") };
-                let s = summaries.entry(label.clone()).or_default();
+                let slots = &mut v.tensors[side];
+                if slots.len() <= i {
+                    slots.resize_with(i + 1, || None);
+                }
+                let series = slots[i].get_or_insert_with(|| {
+                    let name = specs.get(i).map_or_else(|| i.to_string(), |s| s.name.clone());
+                    let prefix = if side == 0 { "input" } else { "output" };
+                    let label = TensorLabel {
+                        model: model.into(),
+                        version: version.into(),
+                        tensor: format!("{prefix}:{name}"),
+                    };
+                    TensorSeries {
+                        summary: Summary::default(),
+                        values: self.values.get_or_create(&label).clone(),
+                        nan: self.nan.get_or_create(&label).clone(),
+                        inf: self.inf.get_or_create(&label).clone(),
+                        mean: self.mean.get_or_create(&label).clone(),
+                        std: self.std.get_or_create(&label).clone(),
+                        min: self.min.get_or_create(&label).clone(),
+                        max: self.max.get_or_create(&label).clone(),
+                        label,
+                    }
+                });
+                let s = &mut series.summary;
                 let before = *s;
                 s.add(values);
-                self.values.get_or_create(&label).inc_by(s.count - before.count);
-                self.nan.get_or_create(&label).inc_by(s.nan - before.nan);
-                self.inf.get_or_create(&label).inc_by(s.inf - before.inf);
-                self.mean.get_or_create(&label).set(s.mean());
-                self.std.get_or_create(&label).set(s.std());
+                series.values.inc_by(s.count - before.count);
+                series.nan.inc_by(s.nan - before.nan);
+                series.inf.inc_by(s.inf - before.inf);
+                series.mean.set(s.mean());
+                series.std.set(s.std());
                 if s.finite() > 0 {
-                    self.min.get_or_create(&label).set(s.min);
-                    self.max.get_or_create(&label).set(s.max);
+                    series.min.set(s.min);
+                    series.max.set(s.max);
                 }
-                if side == "output" {
+                if side == 1 {
                     if let Some((class, score)) = top(values, t.shape()) {
-                        let class = if class < MAX_CLASSES { class.to_string() } else { "other".into() };
-                        let label = ClassLabel { model: model.into(), version: version.into(), class };
-                        self.top_class.get_or_create(&label).inc();
-                        self.top_score.get_or_create(&version_label).observe(score as f64);
+                        let counter = v.classes.entry(class.min(MAX_CLASSES)).or_insert_with(|| {
+                            let class = if class < MAX_CLASSES { class.to_string() } else { "other".into() };
+                            let label = ClassLabel { model: model.into(), version: version.into(), class };
+                            self.top_class.get_or_create(&label).clone()
+                        });
+                        counter.inc();
+                        top_score = Some(score);
                     }
                 }
             }
         }
-        drop(summaries);
         let took = started.elapsed();
-        self.seconds.get_or_create(&version_label).inc_by(took.as_secs_f64());
+        v.stats += took.as_secs_f64();
+        drop(versions);
+        let label = Self::version_label(model, version);
+        if let Some(score) = top_score {
+            self.top_score.get_or_create(&label).observe(score as f64);
+        }
+        self.seconds.get_or_create(&label).inc_by(took.as_secs_f64());
         took
     }
 
     /// Forgets `version` of `model` (it is no longer served): its series leave `/metrics`.
     pub fn retire(&self, model: &str, version: &str) {
-        let mut summaries = self.summaries.lock().expect("tensor stats lock");
-        let gone: Vec<TensorLabel> =
-            summaries.keys().filter(|l| l.model == model && l.version == version).cloned().collect();
-        for l in &gone {
-            summaries.remove(l);
+        let gone = self.versions.lock().expect("tensor stats lock").get_mut(model).and_then(|v| v.remove(version));
+        let Some(gone) = gone else { return };
+        for series in gone.tensors.iter().flatten().flatten() {
+            let l = &series.label;
             for f in [&self.values, &self.nan, &self.inf] {
                 f.remove(l);
             }
@@ -362,16 +429,15 @@ impl TensorStats {
                 f.remove(l);
             }
         }
-        let v = VersionLabel { model: model.into(), version: version.into() };
+        for class in gone.classes.keys() {
+            let class = if *class < MAX_CLASSES { class.to_string() } else { "other".into() };
+            self.top_class.remove(&ClassLabel { model: model.into(), version: version.into(), class });
+        }
+        let v = Self::version_label(model, version);
         self.top_score.remove(&v);
         self.seconds.remove(&v);
-        self.spent.lock().expect("tensor stats lock").remove(&v);
         for result in ["described", "skipped"] {
             self.requests.remove(&RequestLabel { model: model.into(), version: version.into(), result });
-        }
-        // The class counters are few per version; clear() would drop other versions' too.
-        for class in (0..MAX_CLASSES).map(|c| c.to_string()).chain(["other".to_string()]) {
-            self.top_class.remove(&ClassLabel { model: model.into(), version: version.into(), class });
         }
     }
 
