@@ -3,9 +3,11 @@
 //! slice of model-aware rollouts (issue 13): the figures a rollout gate or a drift alert
 //! reads, on `/metrics` (telemetry, reference profiles and drift scores come next).
 //!
-//! The serving workers call [`TensorStats::observe`] on their own thread after each
-//! successful request, so the cost is theirs, not the runtime's, and it is measured:
-//! `edge_agent_tensor_stats_seconds_total` beside `edge_agent_inference_duration_seconds`.
+//! The serving workers describe a request on their own thread ([`TensorStats::admit`],
+//! [`TensorStats::describe_side`] for its inputs before the run and its outputs before the
+//! answer, [`TensorStats::account`]), so the cost is theirs, not the runtime's, and it is
+//! measured: `edge_agent_tensor_stats_seconds_total` beside
+//! `edge_agent_inference_duration_seconds`.
 //!
 //! Per model, version and tensor (`input:NAME`, `output:NAME`), cumulative since the version
 //! was activated:
@@ -226,6 +228,15 @@ fn score_histogram() -> Histogram {
     Histogram::new([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])
 }
 
+/// Which side of a request a tensor is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// An input.
+    Input = 0,
+    /// An output (the arg-max and top score are looked for here).
+    Output = 1,
+}
+
 /// One tensor's running figures and its series, resolved once (a metric handle shares its
 /// value with the family it came from).
 #[derive(Debug)]
@@ -307,13 +318,35 @@ impl TensorStats {
         VersionLabel { model: model.into(), version: version.into() }
     }
 
-    fn count_request(&self, model: &str, version: &str, result: &'static str) {
+    /// Whether the next request of `model` `version` is to be described: while its
+    /// statistics have taken at most [`BUDGET`] of its inference time (the first request
+    /// always is). A request not described is counted as skipped by [`Self::account`].
+    pub fn admit(&self, model: &str, version: &str) -> bool {
+        let mut versions = self.versions.lock().expect("tensor stats lock");
+        let v = state(&mut versions, model, version);
+        v.stats <= BUDGET * v.inference
+    }
+
+    /// Adds a request's inference time `ran` and, if it was described, the time `took` by
+    /// [`Self::describe_side`], to the version's budget, and counts it.
+    pub fn account(&self, model: &str, version: &str, ran: Duration, took: Option<Duration>) {
+        {
+            let mut versions = self.versions.lock().expect("tensor stats lock");
+            let v = state(&mut versions, model, version);
+            v.inference += ran.as_secs_f64();
+            v.stats += took.map_or(0.0, |t| t.as_secs_f64());
+        }
+        if let Some(took) = took {
+            self.seconds.get_or_create(&Self::version_label(model, version)).inc_by(took.as_secs_f64());
+        }
+        let result = if took.is_some() { "described" } else { "skipped" };
         self.requests.get_or_create(&RequestLabel { model: model.into(), version: version.into(), result }).inc();
     }
 
-    /// One request of `model` `version` that ran for `ran`: described ([`Self::describe`])
-    /// while the statistics of that version have taken at most [`BUDGET`] of its inference
-    /// time, skipped (counted) beyond. Called on the worker thread, after the answer is sent.
+    /// One request of `model` `version` that ran for `ran`, at once: described if
+    /// [`Self::admit`] lets it, then [`Self::account`]ed. (The serving workers call the
+    /// three apart, so that inputs are described before the run consumes them and outputs
+    /// before the answer takes them, without copying either.)
     pub fn observe(
         &self,
         model: &str,
@@ -323,18 +356,8 @@ impl TensorStats {
         outputs: &[Tensor],
         ran: Duration,
     ) {
-        let within = {
-            let mut versions = self.versions.lock().expect("tensor stats lock");
-            let v = state(&mut versions, model, version);
-            v.inference += ran.as_secs_f64();
-            v.stats <= BUDGET * v.inference
-        };
-        if !within {
-            self.count_request(model, version, "skipped");
-            return;
-        }
-        self.describe(model, version, specs, inputs, outputs);
-        self.count_request(model, version, "described");
+        let took = self.admit(model, version).then(|| self.describe(model, version, specs, inputs, outputs));
+        self.account(model, version, ran, took);
     }
 
     /// Records one request's `inputs` and `outputs` (named by the specs) for `model`
@@ -347,73 +370,78 @@ impl TensorStats {
         inputs: &[Tensor],
         outputs: &[Tensor],
     ) -> Duration {
+        self.describe_side(model, version, Side::Input, specs.0, inputs)
+            + self.describe_side(model, version, Side::Output, specs.1, outputs)
+    }
+
+    /// Records the `tensors` of one side of a request (named by `specs`); how long that took.
+    pub fn describe_side(
+        &self,
+        model: &str,
+        version: &str,
+        side: Side,
+        specs: &[TensorSpec],
+        tensors: &[Tensor],
+    ) -> Duration {
         let started = Instant::now();
         let mut versions = self.versions.lock().expect("tensor stats lock");
         let v = state(&mut versions, model, version);
         let mut top_score = None;
-        for (side, (specs, tensors)) in [(specs.0, inputs), (specs.1, outputs)].into_iter().enumerate() {
-            for (i, t) in tensors.iter().enumerate() {
-                let Some(owned) = as_f32(t) else { continue };
-                let Ok(view) = owned.try_as_plain_ram() else { continue };
-                let Ok(values) = view.as_slice::<f32>() else { continue };
-                let slots = &mut v.tensors[side];
-                if slots.len() <= i {
-                    slots.resize_with(i + 1, || None);
+        let side = side as usize;
+        for (i, t) in tensors.iter().enumerate() {
+            let Some(owned) = as_f32(t) else { continue };
+            let Ok(view) = owned.try_as_plain_ram() else { continue };
+            let Ok(values) = view.as_slice::<f32>() else { continue };
+            let slots = &mut v.tensors[side];
+            if slots.len() <= i {
+                slots.resize_with(i + 1, || None);
+            }
+            let series = slots[i].get_or_insert_with(|| {
+                let name = specs.get(i).map_or_else(|| i.to_string(), |s| s.name.clone());
+                let prefix = if side == 0 { "input" } else { "output" };
+                let label =
+                    TensorLabel { model: model.into(), version: version.into(), tensor: format!("{prefix}:{name}") };
+                TensorSeries {
+                    summary: Summary::default(),
+                    values: self.values.get_or_create(&label).clone(),
+                    nan: self.nan.get_or_create(&label).clone(),
+                    inf: self.inf.get_or_create(&label).clone(),
+                    mean: self.mean.get_or_create(&label).clone(),
+                    std: self.std.get_or_create(&label).clone(),
+                    min: self.min.get_or_create(&label).clone(),
+                    max: self.max.get_or_create(&label).clone(),
+                    label,
                 }
-                let series = slots[i].get_or_insert_with(|| {
-                    let name = specs.get(i).map_or_else(|| i.to_string(), |s| s.name.clone());
-                    let prefix = if side == 0 { "input" } else { "output" };
-                    let label = TensorLabel {
-                        model: model.into(),
-                        version: version.into(),
-                        tensor: format!("{prefix}:{name}"),
-                    };
-                    TensorSeries {
-                        summary: Summary::default(),
-                        values: self.values.get_or_create(&label).clone(),
-                        nan: self.nan.get_or_create(&label).clone(),
-                        inf: self.inf.get_or_create(&label).clone(),
-                        mean: self.mean.get_or_create(&label).clone(),
-                        std: self.std.get_or_create(&label).clone(),
-                        min: self.min.get_or_create(&label).clone(),
-                        max: self.max.get_or_create(&label).clone(),
-                        label,
-                    }
-                });
-                let s = &mut series.summary;
-                let before = *s;
-                s.add(values);
-                series.values.inc_by(s.count - before.count);
-                series.nan.inc_by(s.nan - before.nan);
-                series.inf.inc_by(s.inf - before.inf);
-                series.mean.set(s.mean());
-                series.std.set(s.std());
-                if s.finite() > 0 {
-                    series.min.set(s.min);
-                    series.max.set(s.max);
-                }
-                if side == 1 {
-                    if let Some((class, score)) = top(values, t.shape()) {
-                        let counter = v.classes.entry(class.min(MAX_CLASSES)).or_insert_with(|| {
-                            let class = if class < MAX_CLASSES { class.to_string() } else { "other".into() };
-                            let label = ClassLabel { model: model.into(), version: version.into(), class };
-                            self.top_class.get_or_create(&label).clone()
-                        });
-                        counter.inc();
-                        top_score = Some(score);
-                    }
+            });
+            let s = &mut series.summary;
+            let before = *s;
+            s.add(values);
+            series.values.inc_by(s.count - before.count);
+            series.nan.inc_by(s.nan - before.nan);
+            series.inf.inc_by(s.inf - before.inf);
+            series.mean.set(s.mean());
+            series.std.set(s.std());
+            if s.finite() > 0 {
+                series.min.set(s.min);
+                series.max.set(s.max);
+            }
+            if side == 1 {
+                if let Some((class, score)) = top(values, t.shape()) {
+                    let counter = v.classes.entry(class.min(MAX_CLASSES)).or_insert_with(|| {
+                        let class = if class < MAX_CLASSES { class.to_string() } else { "other".into() };
+                        let label = ClassLabel { model: model.into(), version: version.into(), class };
+                        self.top_class.get_or_create(&label).clone()
+                    });
+                    counter.inc();
+                    top_score = Some(score);
                 }
             }
         }
-        let took = started.elapsed();
-        v.stats += took.as_secs_f64();
         drop(versions);
-        let label = Self::version_label(model, version);
         if let Some(score) = top_score {
-            self.top_score.get_or_create(&label).observe(score as f64);
+            self.top_score.get_or_create(&Self::version_label(model, version)).observe(score as f64);
         }
-        self.seconds.get_or_create(&label).inc_by(took.as_secs_f64());
-        took
+        started.elapsed()
     }
 
     /// Forgets `version` of `model` (it is no longer served): its series leave `/metrics`.

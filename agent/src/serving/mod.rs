@@ -28,6 +28,7 @@ use tract_core::internal::Tensor;
 
 use crate::engine::{inputs_fit, EngineError, Model, Session, TensorSpec};
 use crate::stats::{InferenceStats, Outcome};
+use crate::tensor_stats::Side;
 
 /// Why a request was not served.
 #[derive(Debug, thiserror::Error)]
@@ -129,9 +130,14 @@ impl Pool {
                         Err(_) => return,
                     };
                     waiting.fetch_sub(1, Ordering::Relaxed);
-                    // Kept for the statistics, taken after the answer is sent (a clone of
-                    // tract's reference-counted buffers, not of the data).
-                    let inputs = job.inputs.clone();
+                    // The statistics (within their time budget) describe the inputs before
+                    // the run consumes them and the outputs before the answer takes them:
+                    // no copy of either. Requests that fail are not counted (their inputs,
+                    // described before the run, stay in the figures).
+                    let tensors = &stats.tensors;
+                    let describe = tensors.admit(&name, &version);
+                    let mut took = describe
+                        .then(|| tensors.describe_side(&name, &version, Side::Input, model.inputs(), &job.inputs));
                     let started = std::time::Instant::now();
                     let result = match &job.session {
                         Some(shared) => shared.lock().expect("session lock").run(job.inputs),
@@ -142,11 +148,13 @@ impl Pool {
                         }
                     };
                     let ran = started.elapsed();
-                    let outputs = result.as_ref().ok().cloned();
+                    if let (Some(t), Ok(outputs)) = (took.as_mut(), &result) {
+                        *t += tensors.describe_side(&name, &version, Side::Output, model.outputs(), outputs);
+                    }
+                    let ok = result.is_ok();
                     let _ = job.reply.send(result.map_err(ServeError::from));
-                    if let Some(outputs) = outputs {
-                        let specs = (model.inputs(), model.outputs());
-                        stats.tensors.observe(&name, &version, specs, &inputs, &outputs, ran);
+                    if ok {
+                        tensors.account(&name, &version, ran, took);
                     }
                 })
                 .map_err(|e| ServeError::Failed(format!("cannot start a worker thread: {e}")))?;
