@@ -151,9 +151,12 @@ impl Artifacts {
         if let Some(size) = self.size(sha256).await? {
             // Same name, same bytes: nothing to do (the body is dropped unread), but for
             // the copy an earlier upload may have failed to make.
+            // (Only a file of this replica's can lack its copy: one without the file here was
+            // found in the copies, and fetching it just to store it again would be waste.)
             if let Some(copies) = &self.copies {
-                let path = self.local(sha256).await?;
-                copies.store(sha256, &path).await.map_err(Self::copy_error(sha256))?;
+                if tokio::fs::try_exists(&path).await.map_err(io(&path))? {
+                    copies.store(sha256, &path).await.map_err(Self::copy_error(sha256))?;
+                }
             }
             return Ok(size);
         }

@@ -6,9 +6,10 @@
 //! # Delivery
 //!
 //! The session is `{client_id}-metrics`, QoS 1, clean session off, manual acks, subscribed
-//! to `{prefix}/+/telemetry`, or with replicas `$share/{share_group}-metrics/…` (they split it;
-//! [`crate::progress`] keeps the deduplication right when one device's samples are split); the inventory's session is another one, so a Prometheus that
-//! is down or slow never holds up the inventory (or deployments). A message is acked to
+//! to `{prefix}/+/telemetry`, or with replicas `$share/{share_group}-metrics/…` (they split
+//! it; [`crate::progress`] keeps the deduplication right when one device's samples are
+//! split); the inventory's session is another one, so a Prometheus that is down or slow
+//! never holds up the inventory (or deployments). A message is acked to
 //! the broker only once the write holding it was answered:
 //!
 //! - 2xx: the marks ([`crate::progress`]) are stored, then the messages are acked;

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
-use crate::db::{now_ms, Db, DbError};
+use crate::db::{now_ms, query, Db, DbError};
 use crate::series::DeviceLabels;
 
 /// How long a device's labels are reused before the inventory is read again.
@@ -91,10 +91,6 @@ pub fn record(last: Option<Mark>, seq: u64, ts: u64) -> Mark {
         let below = if d <= WINDOW { m.below | 1 << (d - 1) } else { m.below };
         Mark { below, ..m }
     }
-}
-
-fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
-    move |source| DbError::Query { what, source }
 }
 
 async fn read_mark(conn: &mut sqlx::AnyConnection, device: &str) -> Result<Option<Mark>, DbError> {

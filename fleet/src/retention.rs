@@ -11,11 +11,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::Artifacts;
-use crate::db::{now_ms, query, Db, DbError};
+use crate::db::{now_ms, Db};
 
 /// How often the pass runs.
 pub const EVERY: Duration = Duration::from_secs(3600);
@@ -50,24 +49,10 @@ pub fn unused(stored: &[(String, i64)], uses: &[Use], now: i64, keep_ms: i64) ->
         .collect()
 }
 
-async fn uses(db: &Db) -> Result<Vec<Use>, DbError> {
-    let rows = sqlx::query("SELECT artifact_sha256, state, updated_at FROM deployments")
-        .fetch_all(db.pool())
-        .await
-        .map_err(query("list the deployments' artifacts"))?;
-    rows.iter()
-        .map(|r| {
-            let state: String = r.try_get(1)?;
-            Ok(Use { sha256: r.try_get(0)?, active: state == "active", updated_at: r.try_get(2)? })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(query("list the deployments' artifacts"))
-}
-
 /// One pass: deletes what [`unused`] returns. How many artifacts were deleted.
 pub async fn sweep(db: &Db, artifacts: &Artifacts, keep: Duration) -> Result<usize, String> {
     let stored = artifacts.stored().await.map_err(|e| e.to_string())?;
-    let uses = uses(db).await.map_err(|e| e.to_string())?;
+    let uses = db.artifact_uses().await.map_err(|e| e.to_string())?;
     let gone = unused(&stored, &uses, now_ms(), keep.as_millis().min(i64::MAX as u128) as i64);
     for sha in &gone {
         artifacts.delete(sha).await.map_err(|e| e.to_string())?;

@@ -165,6 +165,25 @@ impl DeviceRow {
 }
 
 impl Db {
+    /// Every deployment's use of its artifact, for [`crate::retention`].
+    pub async fn artifact_uses(&self) -> Result<Vec<crate::retention::Use>, DbError> {
+        let rows = sqlx::query("SELECT artifact_sha256, state, updated_at FROM deployments")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("list the deployments' artifacts"))?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get(1)?;
+                Ok(crate::retention::Use {
+                    sha256: r.try_get(0)?,
+                    active: state == "active",
+                    updated_at: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query("list the deployments' artifacts"))
+    }
+
     /// Stores a new deployment; `false` when one with its id exists already.
     pub async fn insert_deployment(&self, d: &Stored) -> Result<bool, DbError> {
         let done = sqlx::query(
