@@ -169,5 +169,17 @@ pub async fn operator_session(s: &Setup, filter: &str, client_id: &str, clean: b
         }
     }
     client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    // A clean session is subscribed only once the broker says so: until the event loop is
+    // polled the SUBSCRIBE has not even left, and what a test publishes next would reach a
+    // broker with no subscriber. (Nothing is lost waiting: a clean session has no queue, and
+    // Mosquitto sends SUBACK before any retained message. A resumed session may get its
+    // queue before the SUBACK, so it is handed back as it is.)
+    if clean {
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = ev.poll().await.expect("operator subscribes") {
+                break;
+            }
+        }
+    }
     (client, ev)
 }
