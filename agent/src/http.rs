@@ -211,6 +211,11 @@ impl Metrics {
         r.register("edge_agent_deploys", "Model deploys finished, by outcome", commands.deploys.clone());
         r.register("edge_agent_ota_received_bytes", "OTA chunk bytes written to staging", commands.ota_bytes.clone());
         r.register(
+            "edge_agent_ota_held_bytes",
+            "OTA chunk bytes of delta transfers copied from installed versions instead of received",
+            commands.ota_bytes_held.clone(),
+        );
+        r.register(
             "edge_agent_ota_chunks",
             "OTA chunks of a transfer in progress, by outcome (stored, duplicate)",
             commands.chunks.clone(),

@@ -457,6 +457,8 @@ async fn one_device(bench: &Bench, kib: u32, rate: Option<u64>) -> Result<OneDev
         );
         req.validation = Some(validation.clone());
         req.chunk_size = kib * 1024;
+        // Fixed chunks: the figures compare chunk sizes (bench/delta.sh measures delta).
+        req.delta = false;
         req.wait = true;
         req.rate = rate;
         req.timeout = Duration::from_secs(600);
@@ -635,6 +637,8 @@ async fn fleet(bench: &Bench) -> Result<FleetResult> {
         DeployRequest::new(Target::Group("bench".into()), "bench", "fleet", ModelFormat::Onnx, model.to_vec());
     req.validation = Some(validation.clone());
     req.chunk_size = args.fleet_chunk_kib * 1024;
+    // Fixed chunks: these receivers take every chunk and never say what they lack.
+    req.delta = false;
     req.accept_wait = Duration::from_secs(3);
     req.timeout = Duration::from_secs(600);
     let mut published = None;

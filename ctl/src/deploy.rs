@@ -1,10 +1,12 @@
 //! `deploy`: a model to a device or a group, over the air.
 //!
 //! 1. Subscribe to the target's acks and repair requests; publish the signed
-//!    `DeployModel(manifest)` command.
+//!    `DeployModel(manifest)` command (`DeployModelContent`, version 2, for a delta
+//!    transfer: the artifact cut by content).
 //! 2. Acceptance: a single device until it answers (or `accept_wait` passes: `no
 //!    answer`); a group for `accept_wait`, the devices that answer being its members.
-//! 3. The first pass: every chunk once, on the device's `ota` topic or the group's,
+//! 3. The first pass: every chunk once (a delta transfer: every chunk that a device said
+//!    it lacks right after accepting), on the device's `ota` topic or the group's,
 //!    paced to `rate`, waiting whenever rumqttc's request channel is full (so at most a
 //!    few chunks are in memory besides the artifact).
 //! 4. Repairs for as long as the deploy runs: a [`Need`] from a device sends what it
@@ -18,10 +20,11 @@
 
 use std::time::Duration;
 
+use edge_proto::cdc::CdcParams;
 use edge_proto::codec::Versioned;
 use edge_proto::command::{Command, Payload, SigningKey, Target};
 use edge_proto::ota::{
-    prepare, valid_label, Chunk, Manifest, ModelFormat, Need, Validation, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES,
+    prepare_cut, valid_label, Chunk, Cut, Manifest, ModelFormat, Need, Validation, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES,
 };
 use edge_proto::topics::fleet;
 use tokio::time::Instant;
@@ -113,8 +116,13 @@ pub struct DeployRequest {
     pub latency_budget_ms: u32,
     /// Oldest agent version that may install it; empty for any.
     pub min_agent_version: String,
-    /// Chunk size in bytes.
+    /// Chunk size in bytes; with `delta`, the longest chunk.
     pub chunk_size: u32,
+    /// Cut the artifact by content ([`CdcParams::for_max`] of `chunk_size`), so that a
+    /// device that holds an earlier version receives only the chunks that changed (a
+    /// version 2 command: agents older than delta transfers refuse it). `false`: fixed
+    /// chunks of `chunk_size`, which every agent takes.
+    pub delta: bool,
     /// Most bytes per second to publish (first pass and repairs together); `None` for
     /// as fast as the broker takes them.
     pub rate: Option<u64>,
@@ -144,6 +152,7 @@ impl DeployRequest {
             latency_budget_ms: 0,
             min_agent_version: String::new(),
             chunk_size: DEFAULT_CHUNK_BYTES,
+            delta: true,
             rate: None,
             accept_wait: crate::command::DEFAULT_ACCEPT_WAIT,
             timeout: DEFAULT_TIMEOUT,
@@ -277,8 +286,16 @@ pub fn plan(
         return Err(DeployError::AgentVersion(req.min_agent_version.clone()));
     }
     check_chunk_size(req.chunk_size, max_packet_bytes)?;
+    let cut = match req.delta {
+        false => Cut::Fixed(req.chunk_size),
+        true => Cut::Content(CdcParams::for_max(req.chunk_size).ok_or(DeployError::ChunkSize {
+            chunk_size: req.chunk_size,
+            problem: "is too small for content-defined chunks (512 bytes at least): use a larger one, or --chunking fixed"
+                .into(),
+        })?),
+    };
     let (mut manifest, artifact) =
-        prepare(transfer_id, &req.name, &req.version, req.format, &req.model, req.validation.as_ref(), req.chunk_size);
+        prepare_cut(transfer_id, &req.name, &req.version, req.format, &req.model, req.validation.as_ref(), cut);
     manifest.pins = req.pins.clone();
     manifest.latency_budget_ms = req.latency_budget_ms;
     manifest.min_agent_version = req.min_agent_version.clone();
@@ -288,7 +305,7 @@ pub fn plan(
         now_ms,
         req.ttl,
         req.target.clone(),
-        Payload::DeployModel(manifest.clone()),
+        Payload::deploy(manifest.clone()),
         key,
         max_packet_bytes,
         // 32 bytes of manifest per chunk: fewer, larger chunks.
@@ -344,7 +361,10 @@ async fn run(
         target: &req.target,
         transfer_id: manifest.transfer_id,
         tracker: Tracker::new(plan.command.id, req.target.clone(), goal, start, req.accept_wait, req.timeout),
-        schedule: Schedule::new(stats.chunks),
+        schedule: match manifest.content {
+            Some(_) => Schedule::delta(stats.chunks),
+            None => Schedule::new(stats.chunks),
+        },
         stats,
     };
     let mut pacer = Pacer::new(req.rate, start);
@@ -359,6 +379,7 @@ async fn run(
         }
         if !transferring && !state.tracker.accepting(now) && state.tracker.receiving().next().is_some() {
             transferring = true;
+            state.schedule.start();
             progress(&Event::TransferStarted { devices: state.tracker.receiving().count() });
         }
         // Repairs are queued only for devices that still want chunks; the first pass goes
@@ -384,7 +405,10 @@ async fn run(
                 state.stats.repaired_chunks += 1;
             } else {
                 state.stats.first_pass_chunks += 1;
-                progress(&Event::Sent { sent: state.schedule.first_pass_sent(), total: state.stats.chunks });
+                progress(&Event::Sent {
+                    sent: state.schedule.first_pass_sent(),
+                    total: state.schedule.first_pass_len(),
+                });
             }
             continue;
         }
@@ -491,7 +515,28 @@ mod tests {
     fn request(target: Target) -> DeployRequest {
         let mut r = DeployRequest::new(target, "kws", "7", ModelFormat::Onnx, (0..=255u8).cycle().take(1000).collect());
         r.chunk_size = 300;
+        r.delta = false;
         r
+    }
+
+    #[test]
+    fn a_delta_plan_cuts_by_content_in_a_version_2_command() {
+        let mut req = request(Target::Device("d".into()));
+        req.model = (0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        req.chunk_size = 1000;
+        req.delta = true;
+        let p = plan(&req, &key(), [1; 16], [2; 16], 0, 256 * 1024).unwrap();
+        let cmd = verify(&p.command_bytes, &[key().verifying_key()]).unwrap();
+        assert_eq!(cmd.version, 2);
+        let Payload::DeployModelContent(m) = cmd.payload else { panic!("{:?}", cmd.payload) };
+        let content = m.content.as_ref().unwrap();
+        assert_eq!(content.params, edge_proto::cdc::CdcParams::for_max(1000).unwrap());
+        let joined: Vec<u8> =
+            (0..m.chunk_count()).flat_map(|i| decode_chunk(&p.chunk_message(i)).unwrap().data).collect();
+        assert_eq!(joined, p.artifact);
+        req.chunk_size = 300;
+        let err = plan(&req, &key(), [1; 16], [2; 16], 0, 256 * 1024).unwrap_err().to_string();
+        assert!(err.contains("--chunking fixed"), "{err}");
     }
 
     #[test]

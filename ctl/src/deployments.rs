@@ -105,7 +105,15 @@ mod tests {
     use super::*;
 
     fn device(name: &str, state: &str, progress: Option<u8>) -> DeviceProgress {
-        DeviceProgress { device: name.into(), state: state.into(), progress, detail: None, attempts: 1, updated_at: 0 }
+        DeviceProgress {
+            device: name.into(),
+            state: state.into(),
+            progress,
+            detail: None,
+            attempts: 1,
+            updated_at: 0,
+            bytes_sent: 0,
+        }
     }
 
     fn deployment(devices: Vec<DeviceProgress>) -> Deployment {
@@ -120,6 +128,7 @@ mod tests {
             created_at: 0,
             expires_at: 1,
             artifact_bytes: 10,
+            bytes_sent: 0,
             counts: Default::default(),
             devices,
         }

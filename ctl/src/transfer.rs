@@ -11,6 +11,12 @@
 //! Only chunks the first pass has already published are repaired: the others are on
 //! their way anyway. A chunk already queued for a device is not queued twice, so repeated
 //! requests cannot grow the queue beyond one entry per device and chunk.
+//!
+//! A delta transfer (content-defined chunks, [`Schedule::delta`]) has no fixed first pass:
+//! each device says what it lacks right after accepting, and until the transfer starts
+//! those requests make up the first pass (the union, on the target's topic: for a group,
+//! one copy of a chunk for every member that lacks it). After that, a request is a repair
+//! for every chunk the pass will not publish anymore.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -39,25 +45,60 @@ pub struct Send {
 #[derive(Debug, Clone)]
 pub struct Schedule {
     count: u32,
-    /// Next chunk of the first pass.
+    /// Next index the first pass considers.
     next: u32,
+    /// Chunks of the first pass published.
+    sent: u32,
+    /// A delta transfer's first pass: the chunks asked for before it started (`None`: every
+    /// chunk), and whether it is still being gathered.
+    pass: Option<(BTreeSet<u32>, bool)>,
     repairs: VecDeque<(String, u32)>,
     queued: BTreeSet<(String, u32)>,
 }
 
 impl Schedule {
-    /// A schedule for an artifact of `count` chunks.
+    /// A schedule for an artifact of `count` chunks, all in the first pass.
     pub fn new(count: u32) -> Schedule {
-        Schedule { count, next: 0, repairs: VecDeque::new(), queued: BTreeSet::new() }
+        Schedule { count, next: 0, sent: 0, pass: None, repairs: VecDeque::new(), queued: BTreeSet::new() }
+    }
+
+    /// A delta transfer's schedule: the first pass is what the devices ask for until
+    /// [`Schedule::start`].
+    pub fn delta(count: u32) -> Schedule {
+        Schedule { pass: Some((BTreeSet::new(), true)), ..Schedule::new(count) }
+    }
+
+    /// The transfer starts: a delta transfer's first pass is fixed from now on.
+    pub fn start(&mut self) {
+        if let Some((_, gathering)) = &mut self.pass {
+            *gathering = false;
+        }
+    }
+
+    /// Whether the first pass will still publish chunk `index`.
+    fn pass_will_send(&self, index: u32) -> bool {
+        index >= self.next && self.pass.as_ref().is_none_or(|(set, _)| set.contains(&index))
     }
 
     /// Queues repairs for `device`, which is missing the half-open index ranges `missing`.
-    /// Ranges are clipped to the chunks the first pass has published; empty or reversed
-    /// ranges are ignored. Returns how many chunks were newly queued.
+    /// Ranges are clipped to the chunks the first pass will not publish anymore; empty or
+    /// reversed ranges are ignored. Returns how many chunks were newly queued. While a delta
+    /// transfer's first pass is gathered, the chunks join it instead.
     pub fn on_need(&mut self, device: &str, missing: &[(u32, u32)]) -> u32 {
         let mut added = 0;
+        if let Some((set, true)) = &mut self.pass {
+            for &(start, end) in missing {
+                for index in start..end.min(self.count) {
+                    added += u32::from(set.insert(index));
+                }
+            }
+            return added;
+        }
         for &(start, end) in missing {
-            for index in start..end.min(self.next) {
+            for index in start..end.min(self.count) {
+                if self.pass_will_send(index) {
+                    continue;
+                }
                 if self.queued.insert((device.to_string(), index)) {
                     self.repairs.push_back((device.to_string(), index));
                     added += 1;
@@ -79,21 +120,37 @@ impl Schedule {
             self.queued.remove(&(device.clone(), index));
             return Some(Send { dest: Dest::Device(device), index });
         }
-        if self.next < self.count {
-            self.next += 1;
-            return Some(Send { dest: Dest::Target, index: self.next - 1 });
-        }
-        None
+        let index = match &self.pass {
+            None => Some(self.next).filter(|&i| i < self.count),
+            Some((_, true)) => None,
+            Some((set, false)) => set.range(self.next..).next().copied(),
+        }?;
+        self.next = index + 1;
+        self.sent += 1;
+        Some(Send { dest: Dest::Target, index })
     }
 
     /// Whether [`Schedule::next_send`] has something.
     pub fn has_work(&self) -> bool {
-        !self.repairs.is_empty() || self.next < self.count
+        !self.repairs.is_empty()
+            || match &self.pass {
+                None => self.next < self.count,
+                Some((_, true)) => false,
+                Some((set, false)) => set.range(self.next..).next().is_some(),
+            }
     }
 
     /// Chunks of the first pass published so far.
     pub fn first_pass_sent(&self) -> u32 {
-        self.next
+        self.sent
+    }
+
+    /// Chunks in the first pass: all of them, or what a delta transfer's devices asked for.
+    pub fn first_pass_len(&self) -> u32 {
+        match &self.pass {
+            None => self.count,
+            Some((set, _)) => set.len() as u32,
+        }
     }
 
     /// Repairs waiting.
@@ -210,6 +267,28 @@ mod tests {
         s.forget("d1");
         assert_eq!(drain(&mut s), [to("d2", 0)]);
         assert_eq!(s.on_need("d1", &[(0, 1)]), 1, "a forgotten device may ask again");
+    }
+
+    #[test]
+    fn a_delta_first_pass_is_the_union_of_what_devices_ask_before_it_starts() {
+        let mut s = Schedule::delta(10);
+        assert!(!s.has_work(), "nothing goes before the devices say what they lack");
+        assert_eq!(s.on_need("d1", &[(8, 10)]), 2);
+        assert_eq!(s.on_need("d2", &[(2, 3), (9, 10)]), 1, "9 is in the pass already");
+        assert_eq!(s.next_send(), None, "still gathering");
+        s.start();
+        assert_eq!(s.first_pass_len(), 3);
+        let first = s.next_send().unwrap();
+        assert_eq!((first.dest, first.index), (Dest::Target, 2));
+        // Asked for after the start: 9 is still coming in the pass, 0 and 2 are repairs.
+        assert_eq!(s.on_need("d3", &[(0, 1), (2, 3), (9, 10)]), 2);
+        let rest: Vec<(Dest, u32)> = drain(&mut s).into_iter().map(|x| (x.dest, x.index)).collect();
+        assert_eq!(
+            rest,
+            [(Dest::Device("d3".into()), 0), (Dest::Device("d3".into()), 2), (Dest::Target, 8), (Dest::Target, 9)]
+        );
+        assert_eq!(s.first_pass_sent(), 3);
+        assert!(!s.has_work());
     }
 
     #[test]

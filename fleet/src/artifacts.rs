@@ -219,8 +219,7 @@ impl Artifacts {
             use std::io::Read;
             let mut file = std::fs::File::open(&path)?;
             let mut buf = vec![0u8; manifest.chunk_size as usize];
-            for (index, want) in manifest.chunk_hashes.iter().enumerate() {
-                let r = manifest.chunk_range(index as u32);
+            for (index, (want, r)) in manifest.chunk_hashes.iter().zip(manifest.chunk_ranges()).enumerate() {
                 let len = (r.end - r.start) as usize;
                 file.read_exact(&mut buf[..len])?;
                 if edge_proto::ota::sha256(&buf[..len]) != *want {

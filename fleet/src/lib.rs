@@ -130,6 +130,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetE
         format!("{}-out", config.client_id),
         config.deployments.max_bytes_per_sec,
         store.clone(),
+        db.clone(),
         out_rx,
         metrics.deployments.clone(),
         cancel.clone(),

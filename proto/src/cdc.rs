@@ -44,6 +44,16 @@ impl CdcParams {
     /// the fixed scheme's default chunk (fits the agent's 256 KiB packet limit).
     pub const DEFAULT: CdcParams = CdcParams { min: 16 * 1024, avg: 64 * 1024, max: 240 * 1024 };
 
+    /// Limits whose longest chunk is `max` bytes: the average the largest power of two up
+    /// to half of it, the minimum a quarter of the average ([`CdcParams::DEFAULT`] for
+    /// 240 KiB). `None` when `max` is too small for the rule (under 512 bytes) or over
+    /// [`MAX_CHUNK_BYTES`].
+    pub fn for_max(max: u32) -> Option<CdcParams> {
+        let avg = 1u32 << (max / 2).max(1).ilog2();
+        let params = CdcParams { min: avg / 4, avg, max };
+        params.check().ok().map(|_| params)
+    }
+
     /// Whether the limits are usable: `64 <= min < avg < max <= MAX_CHUNK_BYTES`, `avg` a
     /// power of two.
     pub fn check(&self) -> Result<(), String> {
@@ -191,6 +201,14 @@ mod tests {
                 s
             })
             .collect()
+    }
+
+    #[test]
+    fn limits_for_a_chunk_size_scale_the_default() {
+        assert_eq!(CdcParams::for_max(240 * 1024), Some(CdcParams::DEFAULT));
+        assert_eq!(CdcParams::for_max(1000), Some(CdcParams { min: 64, avg: 256, max: 1000 }));
+        assert_eq!(CdcParams::for_max(300), None);
+        assert_eq!(CdcParams::for_max(MAX_CHUNK_BYTES as u32 + 1), None);
     }
 
     #[test]

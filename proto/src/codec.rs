@@ -27,8 +27,10 @@ pub enum ProtoError {
 
 /// A message type with a schema version.
 pub trait Versioned {
-    /// Current schema version.
+    /// Current schema version: the newest this build reads and writes.
     const VERSION: u16;
+    /// Oldest schema version this build still reads.
+    const OLDEST: u16 = Self::VERSION;
     /// The version this value carries.
     fn version(&self) -> u16;
 }
@@ -52,7 +54,7 @@ pub fn decode_bounded<T: DeserializeOwned + Versioned>(bytes: &[u8], max: usize)
     // The version is the first field of every message: read it alone first, so that a
     // newer message is reported as such rather than as garbage.
     let (found, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|e| ProtoError::Malformed(e.to_string()))?;
-    if found != T::VERSION {
+    if !(T::OLDEST..=T::VERSION).contains(&found) {
         return Err(ProtoError::UnknownVersion { found, expected: T::VERSION });
     }
     let (msg, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| ProtoError::Malformed(e.to_string()))?;

@@ -53,17 +53,21 @@ pub struct Command {
 }
 
 impl Versioned for Command {
-    const VERSION: u16 = 1;
+    /// Version 2 carries [`Payload::DeployModelContent`]; every other payload still goes
+    /// in version 1, which agents older than delta transfers read.
+    const VERSION: u16 = 2;
+    const OLDEST: u16 = 1;
     fn version(&self) -> u16 {
         self.version
     }
 }
 
 impl Command {
-    /// An unsigned command of the current version; [`sign`] fills `key_id` and `signature`.
+    /// An unsigned command of the oldest version that carries `payload`; [`sign`] fills
+    /// `key_id` and `signature`.
     pub fn new(id: [u8; 16], issued_at: u64, expires_at: u64, target: Target, payload: Payload) -> Command {
         Command {
-            version: Command::VERSION,
+            version: payload.command_version(),
             id,
             issued_at,
             expires_at,
@@ -138,6 +142,58 @@ pub enum Payload {
         /// [`Command::id`] of the deploy command.
         command_id: [u8; 16],
     },
+    /// [`Payload::DeployModel`] for an artifact cut by its content ([`Manifest::content`]
+    /// set): the device copies the chunks it already holds and asks only for the others.
+    /// Carried by version 2 commands only, so that an agent that predates it refuses it as
+    /// an unknown command version, not as garbage. Build it with [`Payload::deploy`].
+    #[serde(with = "content_manifest")]
+    DeployModelContent(Manifest),
+}
+
+impl Payload {
+    /// The deploy payload for `manifest`: [`Payload::DeployModelContent`] when it is cut by
+    /// content, [`Payload::DeployModel`] otherwise.
+    pub fn deploy(manifest: Manifest) -> Payload {
+        match manifest.content {
+            Some(_) => Payload::DeployModelContent(manifest),
+            None => Payload::DeployModel(manifest),
+        }
+    }
+
+    /// The manifest of a deploy payload.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        match self {
+            Payload::DeployModel(m) | Payload::DeployModelContent(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The oldest command envelope version that may carry this payload.
+    pub fn command_version(&self) -> u16 {
+        match self {
+            Payload::DeployModelContent(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// serde for [`Payload::DeployModelContent`]: the manifest as a fixed-size one encodes, then
+/// its [`ContentChunks`](crate::ota::ContentChunks).
+mod content_manifest {
+    use serde::{de::Deserializer, ser::Error, Deserialize, Serialize, Serializer};
+
+    use crate::ota::{ContentChunks, Manifest};
+
+    pub fn serialize<S: Serializer>(m: &Manifest, s: S) -> Result<S::Ok, S::Error> {
+        let content = m.content.as_ref().ok_or_else(|| S::Error::custom("a content deploy without content chunks"))?;
+        (m, content).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Manifest, D::Error> {
+        let (mut m, content) = <(Manifest, ContentChunks)>::deserialize(d)?;
+        m.content = Some(content);
+        Ok(m)
+    }
 }
 
 /// What a command returns besides its state: `get-status` and `infer` answer with data.
@@ -224,7 +280,7 @@ pub enum CommandError {
     #[error("command of {0} bytes is over the {MAX_COMMAND_BYTES}-byte limit")]
     TooLarge(usize),
     /// A schema version this build does not know.
-    #[error("unknown command version {found} (this build reads version {expected})")]
+    #[error("unknown command version {found} (this build reads versions up to {expected}): upgrade the agent")]
     UnknownVersion {
         /// Version in the message.
         found: u16,
@@ -276,13 +332,20 @@ pub fn verify(bytes: &[u8], trusted: &[VerifyingKey]) -> Result<Command, Command
         return Err(CommandError::TooLarge(bytes.len()));
     }
     let (found, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|e| CommandError::Malformed(e.to_string()))?;
-    if found != Command::VERSION {
+    if !(Command::OLDEST..=Command::VERSION).contains(&found) {
         return Err(CommandError::UnknownVersion { found, expected: Command::VERSION });
     }
     let (cmd, rest) =
         postcard::take_from_bytes::<Command>(bytes).map_err(|e| CommandError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CommandError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    if cmd.version < cmd.payload.command_version() {
+        return Err(CommandError::Malformed(format!(
+            "a {} payload needs command version {}",
+            if cmd.payload.manifest().is_some() { "content-chunked deploy" } else { "newer" },
+            cmd.payload.command_version()
+        )));
     }
     let key = trusted.iter().find(|k| key_id(k) == cmd.key_id).ok_or(CommandError::UnknownKey(cmd.key_id))?;
     let signature = ed25519_dalek::Signature::from_bytes(&cmd.signature);
@@ -382,11 +445,58 @@ mod tests {
             Payload::Erase,
             Payload::Restart,
             Payload::Cancel { command_id: [3; 16] },
+            Payload::deploy(content_manifest()),
         ];
         for p in payloads {
-            let cmd = sign(Command { payload: p, target: Target::Group("g".into()), ..command() }, &k);
+            let cmd =
+                Command { version: p.command_version(), payload: p, target: Target::Group("g".into()), ..command() };
+            let cmd = sign(cmd, &k);
             assert_eq!(verify(&encode(&cmd), &[k.verifying_key()]).unwrap(), cmd);
         }
+    }
+
+    fn content_manifest() -> Manifest {
+        let params = crate::cdc::CdcParams { min: 64, avg: 256, max: 1024 };
+        let model: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let m = crate::ota::prepare_cut(
+            [1; 16],
+            "m",
+            "2",
+            crate::ota::ModelFormat::Onnx,
+            &model,
+            None,
+            crate::ota::Cut::Content(params),
+        )
+        .0;
+        assert!(m.content.is_some());
+        m
+    }
+
+    #[test]
+    fn a_content_deploy_goes_in_version_2_and_a_fixed_one_stays_in_version_1() {
+        let k = key(1);
+        let content = Command::new([7; 16], 1, 2, Target::Device("d".into()), Payload::deploy(content_manifest()));
+        assert_eq!(content.version, 2);
+        let fixed = Payload::deploy(
+            crate::ota::prepare([1; 16], "m", "1", crate::ota::ModelFormat::Onnx, &[1; 300], None, 100).0,
+        );
+        assert!(matches!(fixed, Payload::DeployModel(_)));
+        assert_eq!(Command::new([7; 16], 1, 2, Target::Device("d".into()), fixed).version, 1);
+        assert_eq!(command().version, 1, "other payloads stay readable by older agents");
+        // Version 1 cannot carry the new payload, even signed.
+        let downgraded = sign(Command { version: 1, ..content }, &k);
+        let err = verify(&encode(&downgraded), &[k.verifying_key()]).unwrap_err();
+        assert!(matches!(&err, CommandError::Malformed(m) if m.contains("version 2")), "{err}");
+    }
+
+    #[test]
+    fn an_older_agent_refuses_a_content_deploy_as_an_unknown_version() {
+        // What a build that reads version 1 only does: read the version alone, first.
+        let k = key(1);
+        let cmd =
+            sign(Command::new([7; 16], 1, 2, Target::Device("d".into()), Payload::deploy(content_manifest())), &k);
+        let (found, _) = postcard::take_from_bytes::<u16>(&encode(&cmd)).unwrap();
+        assert_eq!(found, 2);
     }
 
     #[test]
@@ -440,11 +550,11 @@ mod tests {
     #[test]
     fn unknown_version_is_reported_as_such() {
         let k = key(1);
-        let cmd = sign(Command { version: 2, ..command() }, &k);
+        let cmd = sign(Command { version: 3, ..command() }, &k);
         let mut bytes = encode(&cmd);
         // A future version may have any layout after the version: append garbage.
         bytes.extend([0xff; 8]);
-        assert_eq!(verify(&bytes, &[k.verifying_key()]), Err(CommandError::UnknownVersion { found: 2, expected: 1 }));
+        assert_eq!(verify(&bytes, &[k.verifying_key()]), Err(CommandError::UnknownVersion { found: 3, expected: 2 }));
     }
 
     #[test]

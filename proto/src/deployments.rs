@@ -69,6 +69,10 @@ pub struct Deployment {
     pub expires_at: i64,
     /// Artifact size in bytes.
     pub artifact_bytes: u64,
+    /// Chunk bytes published to its devices, all together: with delta transfers, devices
+    /// that hold an earlier version receive only what changed.
+    #[serde(default)]
+    pub bytes_sent: u64,
     /// How many devices are in each state (see [`DeviceProgress::state`]).
     pub counts: BTreeMap<String, u32>,
     /// One per device the deployment has met, by device id (only `GET
@@ -93,6 +97,9 @@ pub struct DeviceProgress {
     pub attempts: u32,
     /// Last change, ms since the Unix epoch.
     pub updated_at: i64,
+    /// Chunk bytes published to the device (repairs included).
+    #[serde(default)]
+    pub bytes_sent: u64,
 }
 
 /// The device states after which nothing more happens.
@@ -142,6 +149,7 @@ mod tests {
             created_at: 1,
             expires_at: 2,
             artifact_bytes: 3,
+            bytes_sent: 2,
             counts: [("pending".to_string(), 1)].into(),
             devices: vec![DeviceProgress {
                 device: "d1".into(),
@@ -150,6 +158,7 @@ mod tests {
                 detail: None,
                 attempts: 1,
                 updated_at: 5,
+                bytes_sent: 2,
             }],
         };
         let text = serde_json::to_string(&d).unwrap();

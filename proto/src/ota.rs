@@ -5,9 +5,15 @@
 //!
 //! What is transferred is one byte string, the *artifact*: the model file followed by the
 //! postcard encoding of its [`Validation`] vector (absent when `validation_size` is 0). It
-//! is cut into `chunk_size`-byte chunks (the last may be shorter); the signed manifest
-//! carries the SHA-256 of every chunk, of the model and of the validation vector, so chunks
-//! themselves need no signature: a chunk whose hash does not match is dropped.
+//! is cut into chunks, either of `chunk_size` bytes each (the last may be shorter), or where
+//! its content says ([`crate::cdc`], [`ContentChunks`]: the manifest then carries the rule's
+//! limits and every chunk's length). The signed manifest carries the SHA-256 of every chunk,
+//! of the model and of the validation vector, so chunks themselves need no signature: a
+//! chunk whose hash does not match is dropped.
+//!
+//! Content-defined chunks make *delta transfers* possible: a device that already holds a
+//! chunk (the same hash, in any version it has installed) copies it instead of receiving
+//! it, and says what it still needs right after accepting ([`Need`]).
 //!
 //! # Flow
 //!
@@ -22,6 +28,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::cdc::CdcParams;
 use crate::codec::Versioned;
 use crate::command::NpyBytes;
 
@@ -86,7 +93,8 @@ pub struct Manifest {
     pub validation_size: u64,
     /// SHA-256 of the encoded validation vector (zero when there is none).
     pub validation_sha256: [u8; 32],
-    /// Chunk size in bytes; every chunk but the last has exactly this size.
+    /// Chunk size in bytes; every chunk but the last has exactly this size. With
+    /// [`Manifest::content`], the longest a chunk may be (the rule's `max`).
     pub chunk_size: u32,
     /// SHA-256 of each chunk of the artifact, in order.
     pub chunk_hashes: Vec<[u8; 32]>,
@@ -96,6 +104,23 @@ pub struct Manifest {
     pub latency_budget_ms: u32,
     /// Oldest agent version that may install it (`major.minor.patch`); empty for any.
     pub min_agent_version: String,
+    /// Content-defined chunks: their rule and lengths. `None` for fixed-size chunks. Not part
+    /// of this struct's own encoding (a fixed-size manifest encodes exactly as it did before
+    /// delta transfers): `Payload::DeployModelContent` carries it beside the manifest, in a
+    /// version 2 command.
+    #[serde(skip)]
+    pub content: Option<ContentChunks>,
+}
+
+/// How an artifact cut by content is cut: the rule's limits, which a device needs to cut the
+/// files it holds the same way, and the length of every chunk, so that a chunk's byte range
+/// is a sum rather than a re-run of the rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentChunks {
+    /// The rule's limits.
+    pub params: CdcParams,
+    /// Length of each chunk, in order.
+    pub lengths: Vec<u32>,
 }
 
 impl Manifest {
@@ -111,8 +136,28 @@ impl Manifest {
 
     /// The byte range of chunk `index` within the artifact.
     pub fn chunk_range(&self, index: u32) -> std::ops::Range<u64> {
+        if let Some(c) = &self.content {
+            let i = (index as usize).min(c.lengths.len());
+            let start: u64 = c.lengths[..i].iter().map(|&l| l as u64).sum();
+            return start..start + c.lengths.get(i).map_or(0, |&l| l as u64);
+        }
         let start = index as u64 * self.chunk_size as u64;
         start..(start + self.chunk_size as u64).min(self.artifact_size())
+    }
+
+    /// The byte ranges of every chunk, in order.
+    pub fn chunk_ranges(&self) -> Vec<std::ops::Range<u64>> {
+        let mut start = 0;
+        let mut out = Vec::with_capacity(self.chunk_hashes.len());
+        for i in 0..self.chunk_count() {
+            let len = match &self.content {
+                Some(c) => c.lengths[i as usize] as u64,
+                None => (self.chunk_size as u64).min(self.artifact_size() - start),
+            };
+            out.push(start..start + len);
+            start += len;
+        }
+        out
     }
 
     /// Whether the sizes, chunk size and hash count agree with each other: what a device
@@ -130,8 +175,23 @@ impl Manifest {
                 self.validation_size
             ));
         }
-        let expected = self.artifact_size().div_ceil(self.chunk_size as u64);
-        if expected != self.chunk_hashes.len() as u64 {
+        if let Some(c) = &self.content {
+            c.params.check()?;
+            if self.chunk_size != c.params.max {
+                return Err(format!("chunk size {} is not the content rule's max {}", self.chunk_size, c.params.max));
+            }
+            if c.lengths.len() != self.chunk_hashes.len() {
+                return Err(format!("{} chunk lengths for {} chunk hashes", c.lengths.len(), self.chunk_hashes.len()));
+            }
+            if c.lengths.iter().any(|&l| l == 0 || l > c.params.max) {
+                return Err(format!("a chunk length is 0 or over the rule's max {}", c.params.max));
+            }
+            let total: u64 = c.lengths.iter().map(|&l| l as u64).sum();
+            if total != self.artifact_size() {
+                return Err(format!("chunk lengths sum to {total} bytes, the artifact has {}", self.artifact_size()));
+            }
+        } else if self.artifact_size().div_ceil(self.chunk_size as u64) != self.chunk_hashes.len() as u64 {
+            let expected = self.artifact_size().div_ceil(self.chunk_size as u64);
             return Err(format!(
                 "{} chunk hashes for {} bytes in chunks of {} (expected {expected})",
                 self.chunk_hashes.len(),
@@ -234,8 +294,18 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Builds the manifest and the artifact for `model` with an optional validation vector.
-/// The caller sets `pins`, `latency_budget_ms` and `min_agent_version` afterwards if needed.
+/// How an artifact is to be cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// In chunks of this many bytes.
+    Fixed(u32),
+    /// Where the content says, under these limits: what delta transfers need.
+    Content(CdcParams),
+}
+
+/// Builds the manifest and the artifact for `model` with an optional validation vector,
+/// in fixed-size chunks. The caller sets `pins`, `latency_budget_ms` and
+/// `min_agent_version` afterwards if needed.
 pub fn prepare(
     transfer_id: [u8; 16],
     name: &str,
@@ -245,10 +315,38 @@ pub fn prepare(
     validation: Option<&Validation>,
     chunk_size: u32,
 ) -> (Manifest, Vec<u8>) {
+    prepare_cut(transfer_id, name, version, format, model, validation, Cut::Fixed(chunk_size))
+}
+
+/// [`prepare`], cut as `cut` says.
+pub fn prepare_cut(
+    transfer_id: [u8; 16],
+    name: &str,
+    version: &str,
+    format: ModelFormat,
+    model: &[u8],
+    validation: Option<&Validation>,
+    cut: Cut,
+) -> (Manifest, Vec<u8>) {
     let encoded = validation.map(crate::codec::encode).unwrap_or_default();
     let mut artifact = Vec::with_capacity(model.len() + encoded.len());
     artifact.extend_from_slice(model);
     artifact.extend_from_slice(&encoded);
+    let (chunk_size, chunk_hashes, content) = match cut {
+        Cut::Fixed(size) => (size, chunk_hashes(&artifact, size), None),
+        Cut::Content(params) => {
+            let lengths = params.lengths(&artifact);
+            let mut at = 0usize;
+            let hashes = lengths
+                .iter()
+                .map(|&l| {
+                    at += l as usize;
+                    sha256(&artifact[at - l as usize..at])
+                })
+                .collect();
+            (params.max, hashes, Some(ContentChunks { params, lengths }))
+        }
+    };
     let manifest = Manifest {
         transfer_id,
         name: name.into(),
@@ -259,10 +357,11 @@ pub fn prepare(
         validation_size: encoded.len() as u64,
         validation_sha256: if encoded.is_empty() { [0; 32] } else { sha256(&encoded) },
         chunk_size,
-        chunk_hashes: chunk_hashes(&artifact, chunk_size),
+        chunk_hashes,
         pins: vec![],
         latency_budget_ms: 0,
         min_agent_version: String::new(),
+        content,
     };
     (manifest, artifact)
 }
@@ -329,6 +428,60 @@ mod tests {
         let mut name = m;
         name.name = "a/b".into();
         assert!(name.check_consistent().is_err());
+    }
+
+    fn noise(n: usize) -> Vec<u8> {
+        (0..n as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+    }
+
+    #[test]
+    fn a_content_cut_carries_lengths_whose_ranges_hash_to_the_chunk_hashes() {
+        let params = CdcParams { min: 256, avg: 1024, max: 4096 };
+        let model = noise(50_000);
+        let (m, artifact) =
+            prepare_cut([1; 16], "kws", "2", ModelFormat::Onnx, &model, Some(&validation()), Cut::Content(params));
+        m.check_consistent().unwrap();
+        assert_eq!(m.chunk_size, params.max);
+        assert!(m.chunk_count() > 10, "{}", m.chunk_count());
+        let ranges = m.chunk_ranges();
+        assert_eq!(ranges.last().unwrap().end, artifact.len() as u64);
+        for (i, r) in ranges.iter().enumerate() {
+            assert_eq!(m.chunk_range(i as u32), *r);
+            assert_eq!(sha256(&artifact[r.start as usize..r.end as usize]), m.chunk_hashes[i]);
+        }
+        let mut short = m.clone();
+        short.content.as_mut().unwrap().lengths[0] -= 1;
+        assert!(short.check_consistent().unwrap_err().contains("sum to"));
+        let mut long = m.clone();
+        long.content.as_mut().unwrap().lengths[0] = params.max + 1;
+        assert!(long.check_consistent().is_err());
+        let mut mismatch = m;
+        mismatch.chunk_size = 100;
+        assert!(mismatch.check_consistent().unwrap_err().contains("max"));
+    }
+
+    #[test]
+    fn a_manifest_encodes_without_its_content_chunks() {
+        // The version 1 wire: a fixed-size manifest is the same bytes as before delta
+        // transfers, and content chunks travel beside the manifest, never inside it.
+        let params = CdcParams { min: 256, avg: 1024, max: 4096 };
+        let (m, _) = prepare_cut([1; 16], "kws", "2", ModelFormat::Onnx, &noise(9000), None, Cut::Content(params));
+        let old_layout = (
+            m.transfer_id,
+            &m.name,
+            &m.version,
+            m.format,
+            m.size,
+            m.sha256,
+            m.validation_size,
+            m.validation_sha256,
+            m.chunk_size,
+            &m.chunk_hashes,
+            &m.pins,
+            m.latency_budget_ms,
+            &m.min_agent_version,
+        );
+        assert_eq!(encode(&m), encode(&old_layout));
     }
 
     #[test]

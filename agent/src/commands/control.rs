@@ -85,6 +85,9 @@ pub struct CommandStats {
     pub deploys: Family<Outcome, Counter>,
     /// `edge_agent_ota_received_bytes`: chunk bytes written to staging.
     pub ota_bytes: Counter,
+    /// `edge_agent_ota_held_bytes`: chunk bytes of delta transfers copied from installed
+    /// versions instead of received.
+    pub ota_bytes_held: Counter,
     /// `edge_agent_ota_chunks`: chunks that matched a transfer, by outcome (`stored`, or
     /// `duplicate`: already stored, a retransmission).
     pub chunks: Family<Outcome, Counter>,
@@ -371,7 +374,7 @@ impl Control {
     fn execute(&mut self, cmd: Command, bytes: &[u8]) {
         let id = cmd.id;
         let result: Result<Option<Reply>, String> = match &cmd.payload {
-            Payload::DeployModel(_) => return self.deploys.start(cmd, bytes),
+            Payload::DeployModel(_) | Payload::DeployModelContent(_) => return self.deploys.start(cmd, bytes),
             Payload::Infer { model, inputs } => return self.infer(id, model.clone(), inputs.clone()),
             Payload::Restart => return self.restart(id),
             Payload::Activate { name, version } => {
@@ -487,7 +490,7 @@ impl Control {
 
 fn payload_name(p: &Payload) -> &'static str {
     match p {
-        Payload::DeployModel(_) => "deploy-model",
+        Payload::DeployModel(_) | Payload::DeployModelContent(_) => "deploy-model",
         Payload::Activate { .. } => "activate",
         Payload::Rollback { .. } => "rollback",
         Payload::RemoveModel { .. } => "remove-model",

@@ -114,10 +114,7 @@ pub struct Staging {
 }
 
 fn manifest_of(command: &Command, dir: &Path) -> Result<Manifest, StagingError> {
-    match &command.payload {
-        Payload::DeployModel(m) => Ok(m.clone()),
-        _ => Err(StagingError::NotADeploy(dir.to_path_buf())),
-    }
+    command.payload.manifest().cloned().ok_or_else(|| StagingError::NotADeploy(dir.to_path_buf()))
 }
 
 impl Staging {
@@ -220,12 +217,49 @@ impl Staging {
         {
             return Err(StagingError::BadHash(chunk.index));
         }
+        self.store(chunk.index, range.start, &chunk.data)?;
+        Ok(Accepted::Stored { bytes: chunk.data.len() })
+    }
+
+    /// Writes a checked chunk in place and records it.
+    fn store(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), StagingError> {
         let artifact = self.dir.join("artifact");
-        self.file.write_all_at(&chunk.data, range.start).map_err(io_err("write", &artifact))?;
-        self.bitmap[(chunk.index / 8) as usize] |= 1 << (chunk.index % 8);
+        self.file.write_all_at(data, offset).map_err(io_err("write", &artifact))?;
+        self.bitmap[(index / 8) as usize] |= 1 << (index % 8);
         self.received += 1;
         self.dirty = true;
-        Ok(Accepted::Stored { bytes: chunk.data.len() })
+        Ok(())
+    }
+
+    /// Copies into the staging file the missing chunks that `held` (a file the device
+    /// already has: an installed version of a model) contains, found by cutting it with the
+    /// manifest's content rule and matching SHA-256 and length. Returns the chunks and bytes
+    /// copied. Does nothing for a manifest cut in fixed-size chunks.
+    pub fn fill_from(&mut self, held: &[u8]) -> Result<(u32, u64), StagingError> {
+        let Some(content) = self.manifest.content.clone() else { return Ok((0, 0)) };
+        let mut wanted: std::collections::HashMap<[u8; 32], Vec<u32>> = Default::default();
+        for i in 0..self.manifest.chunk_count() {
+            if !self.has(i) {
+                wanted.entry(self.manifest.chunk_hashes[i as usize]).or_default().push(i);
+            }
+        }
+        let ranges = self.manifest.chunk_ranges();
+        let (mut chunks, mut bytes) = (0, 0);
+        let mut offset = 0usize;
+        for len in content.params.lengths(held) {
+            let data = &held[offset..offset + len as usize];
+            offset += len as usize;
+            let Some(indices) = wanted.remove(&sha256(data)) else { continue };
+            for i in indices {
+                let r = &ranges[i as usize];
+                if r.end - r.start == len as u64 {
+                    self.store(i, r.start, data)?;
+                    chunks += 1;
+                    bytes += len as u64;
+                }
+            }
+        }
+        Ok((chunks, bytes))
     }
 
     /// Makes the chunks received so far durable: syncs the artifact, then replaces the
@@ -266,7 +300,7 @@ impl Staging {
             if left == 0 {
                 break;
             }
-            let end = end.min(start + left);
+            let end = end.min(start.saturating_add(left));
             left -= end - start;
             out.push((start, end));
         }
@@ -346,10 +380,11 @@ pub fn space_check(state_dir: &Path, ota_root: &Path, manifest: &Manifest) -> Re
     let (mut pending, mut running) = (0u64, 0usize);
     for (dir, bytes) in Staging::list(ota_root) {
         // The bytes were verified when the transfer started; here they only give sizes.
-        match postcard::take_from_bytes::<Command>(&bytes).map(|(c, _)| c.payload) {
-            Ok(Payload::DeployModel(m)) if m.name == manifest.name => continue,
-            Ok(Payload::DeployModel(m)) => pending += install_bytes(&m),
-            _ => pending += fs::metadata(dir.join("artifact")).map(|m| blocks(m.len())).unwrap_or(0),
+        let payload = postcard::take_from_bytes::<Command>(&bytes).map(|(c, _)| c.payload).ok();
+        match payload.as_ref().and_then(Payload::manifest) {
+            Some(m) if m.name == manifest.name => continue,
+            Some(m) => pending += install_bytes(m),
+            None => pending += fs::metadata(dir.join("artifact")).map(|m| blocks(m.len())).unwrap_or(0),
         }
         running += 1;
     }
@@ -491,6 +526,43 @@ mod tests {
         wrong_place.index = 99;
         assert!(matches!(s.accept(&wrong_place), Err(StagingError::OutOfRange { index: 99, .. })));
         assert_eq!(s.received(), 0);
+    }
+
+    #[test]
+    fn a_content_deploy_copies_the_chunks_an_installed_version_holds_and_needs_the_rest() {
+        use edge_proto::cdc::CdcParams;
+        use edge_proto::ota::{prepare_cut, Cut};
+        let noise = |n: usize, seed: u32| -> Vec<u8> {
+            (0..n as u32).map(|i| ((i ^ seed).wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+        };
+        let old = noise(200_000, 0);
+        // The new version: the same body with its last 10 KB retrained.
+        let mut new = old.clone();
+        new[190_000..].copy_from_slice(&noise(10_000, 7));
+        let params = CdcParams { min: 1024, avg: 4096, max: 16 * 1024 };
+        let (m, artifact) = prepare_cut([2; 16], "kws", "3", ModelFormat::Tflite, &new, None, Cut::Content(params));
+        let cmd = Command::new([5; 16], 0, u64::MAX, Target::Device("d".into()), Payload::deploy(m));
+        let root = tempfile::tempdir().unwrap();
+        let mut s = Staging::create(root.path(), b"cmd", cmd).unwrap();
+        let count = s.manifest.chunk_count();
+        // A file that shares nothing gives nothing.
+        assert_eq!(s.fill_from(&noise(50_000, 99)).unwrap(), (0, 0));
+        let (chunks, bytes) = s.fill_from(&old).unwrap();
+        assert!(chunks > count / 2 && chunks < count, "{chunks} of {count}");
+        assert!(bytes > 150_000 && bytes < 190_000, "{bytes}");
+        assert_eq!(s.received(), chunks);
+        // What is left: only chunks at the end, which arrive as usual.
+        let missing = s.missing(u32::MAX);
+        assert_eq!(missing.last().unwrap().1, count);
+        for (start, end) in missing {
+            for index in start..end {
+                let r = s.manifest.chunk_range(index);
+                let data = artifact[r.start as usize..r.end as usize].to_vec();
+                s.accept(&Chunk { version: 1, transfer_id: [2; 16], index, data }).unwrap();
+            }
+        }
+        assert!(s.is_complete());
+        assert_eq!(s.read_model().unwrap(), new);
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! The staging file ([`super::staging`]) knows which chunks arrived; this knows *when*
 //! things must happen: a durable checkpoint at least every second while chunks arrive, a
 //! progress ack at every tenth, a repair request when nothing arrived for `stall_secs`
-//! (repeated at that pace), the command's expiry, and the bandwidth cap. The shell
+//! (repeated at that pace) or at once when everything the last request asked for has
+//! arrived and more is missing, the command's expiry, and the bandwidth cap. The shell
 //! ([`super::deploy`]) passes the time in and carries out the [`Action`]s, so every rule is
 //! tested here under simulated time:
 //!
 //! ```text
-//! chunk(now, fresh, percent, complete) ─> [Wait(d)] Checkpoint? Progress(p)? Complete?
+//! chunk(now, fresh, percent, complete) ─> [Wait(d)] Checkpoint? Progress(p)? AskMissing(max)? Complete?
 //! tick(now, wall_ms) ─> Expire | Checkpoint? AskMissing(max)?
+//! ask_now(now) ─> AskMissing(max)     (a delta transfer's first request, right after accepting)
 //! ```
 
 use std::time::Duration;
@@ -57,6 +59,8 @@ pub struct Transfer {
     reported: u8,
     /// Bandwidth cap: start of the current one-second window and bytes taken in it.
     window: (Duration, u64),
+    /// Chunks the last repair request asked for, and fresh chunks taken since.
+    round: (u32, u32),
 }
 
 impl Transfer {
@@ -70,7 +74,21 @@ impl Transfer {
             last_checkpoint: now,
             reported: percent - percent % 10,
             window: (now, 0),
+            round: (0, 0),
         }
+    }
+
+    /// Asks for what is missing now, whatever the silence: a delta transfer's sender waits
+    /// for this request before sending anything.
+    pub fn ask_now(&mut self, now: Duration) -> Action {
+        self.ask(now)
+    }
+
+    fn ask(&mut self, now: Duration) -> Action {
+        let n = self.need_size();
+        self.last_need = Some(now);
+        self.round = (n, 0);
+        Action::AskMissing(n)
     }
 
     /// Before taking a chunk of `len` bytes: how long to wait first to keep under the cap.
@@ -111,6 +129,13 @@ impl Transfer {
             self.reported = percent - percent % 10;
             actions.push(Action::Progress(percent.min(99)));
         }
+        // A request answered in full while more is missing: the next one goes now rather
+        // than after a stall (large delta transfers ask in rounds of at most 512 chunks).
+        let (asked, got) = &mut self.round;
+        *got += 1;
+        if *asked > 0 && *got >= *asked {
+            actions.push(self.ask(now));
+        }
         actions
     }
 
@@ -127,8 +152,7 @@ impl Transfer {
         let stall = self.pacing.stall;
         let quiet = |since: Option<Duration>| since.is_none_or(|t| now.saturating_sub(t) >= stall);
         if quiet(self.last_chunk) && quiet(self.last_need) {
-            self.last_need = Some(now);
-            actions.push(Action::AskMissing(self.need_size()));
+            actions.push(self.ask(now));
         }
         actions
     }
@@ -188,6 +212,19 @@ mod tests {
         assert!(t.on_tick(MS(5_100), 0).contains(&Action::AskMissing(MAX_NEED_CHUNKS)));
         assert!(!t.on_tick(MS(9_000), 0).iter().any(|a| matches!(a, Action::AskMissing(_))), "asked 3.9 s ago");
         assert!(t.on_tick(MS(10_100), 0).iter().any(|a| matches!(a, Action::AskMissing(_))));
+    }
+
+    #[test]
+    fn a_request_answered_in_full_is_followed_at_once_by_the_next() {
+        let capped = Pacing { max_bytes_per_sec: 3_000, ..pacing() };
+        let mut t = Transfer::new(capped, MS(0), 0, false);
+        // 3 kB/s over a 5 s stall: 15 chunks of 1 kB per request.
+        assert_eq!(t.ask_now(MS(0)), Action::AskMissing(15));
+        for i in 1..15 {
+            assert_eq!(t.on_chunk(MS(i * 10), true, 1, false), vec![], "chunk {i}");
+        }
+        assert_eq!(t.on_chunk(MS(150), true, 2, false), vec![Action::AskMissing(15)], "the 15th: ask for more");
+        assert_eq!(t.on_chunk(MS(160), true, 2, false), vec![], "a new round");
     }
 
     #[test]

@@ -162,7 +162,7 @@ impl Deployments {
     /// The same request again returns the stored deployment.
     pub async fn create(&self, new: &NewDeployment) -> Result<Deployment, DeployError> {
         let (bytes, cmd) = decode_command(&new.command)?;
-        let Payload::DeployModel(manifest) = &cmd.payload else {
+        let Some(manifest) = cmd.payload.manifest() else {
             return Err(DeployError::BadCommand("the command is not a deploy-model command".into()));
         };
         manifest.check_consistent().map_err(|e| DeployError::BadCommand(format!("manifest: {e}")))?;
@@ -304,6 +304,7 @@ impl Deployments {
             created_at: d.created_at,
             expires_at: d.expires_at,
             artifact_bytes: d.artifact_bytes,
+            bytes_sent: devices.iter().map(|p| p.bytes_sent).sum(),
             counts,
             devices,
         })
@@ -435,6 +436,9 @@ impl Deployments {
                 Action::SendAllChunks | Action::SendNeeded => {
                     let manifest = d.manifest()?;
                     let ranges = match action {
+                        // A delta transfer's device says what it lacks right after
+                        // accepting: only that is sent (its `Need` comes next).
+                        Action::SendAllChunks if manifest.content.is_some() => continue,
                         Action::SendAllChunks => vec![(0, manifest.chunk_count())],
                         _ => ranges.to_vec(),
                     };

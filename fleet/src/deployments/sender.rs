@@ -9,7 +9,9 @@
 //! entry per device and chunk, see [`Schedule`]).
 //!
 //! Commands go first; chunks are served round-robin over the devices that wait for them,
-//! so that every transfer moves and none stalls into a repair request.
+//! so that every transfer moves and none stalls into a repair request. The chunk bytes
+//! published to each device are added to its deployment row about once a second
+//! ([`Tally`]), off the publishing loop.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::DeploymentMetrics;
 use crate::artifacts::Artifacts;
+use crate::db::Db;
 
 /// A transfer as the sender needs it.
 #[derive(Debug)]
@@ -129,13 +132,59 @@ impl Schedule {
     }
 }
 
+/// Chunk bytes published per (deployment, device) since the last flush.
+#[derive(Debug, Default)]
+pub struct Tally {
+    bytes: HashMap<Key, u64>,
+    since: Option<tokio::time::Instant>,
+}
+
+/// How often [`Tally`] is written to the database.
+const TALLY_EVERY: Duration = Duration::from_secs(1);
+
+impl Tally {
+    fn add(&mut self, deployment: &str, device: &str, bytes: u64) {
+        *self.bytes.entry((device.to_string(), deployment.to_string())).or_default() += bytes;
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    /// Writes what was counted, in a task of its own when `detached` (the publishing loop
+    /// does not wait for the database).
+    async fn flush(&mut self, db: &Db, detached: bool) {
+        self.since = None;
+        let bytes = std::mem::take(&mut self.bytes);
+        if bytes.is_empty() {
+            return;
+        }
+        let db = db.clone();
+        let write = async move {
+            for ((device, deployment), n) in bytes {
+                if let Err(e) = db.add_bytes_sent(&deployment, &device, n).await {
+                    tracing::warn!(deployment, device, "bytes sent not recorded: {e}");
+                }
+            }
+        };
+        match detached {
+            true => drop(tokio::spawn(write)),
+            false => write.await,
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= TALLY_EVERY)
+    }
+}
+
 /// Connects the outgoing session and publishes what arrives on `rx` until `cancel`, chunk
-/// data at most `max_bytes_per_sec` (0: as fast as the broker takes it).
+/// data at most `max_bytes_per_sec` (0: as fast as the broker takes it). The chunk bytes
+/// published go to each device's row in `db`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     mqtt: MqttConfig,
     client_id: String,
     max_bytes_per_sec: u64,
     artifacts: Artifacts,
+    db: Db,
     mut rx: mpsc::UnboundedReceiver<Out>,
     metrics: DeploymentMetrics,
     cancel: CancellationToken,
@@ -151,7 +200,11 @@ pub async fn run(
     let prefix = mqtt.topic_prefix.clone();
     let mut commands: VecDeque<(String, Arc<Vec<u8>>)> = VecDeque::new();
     let mut schedule = Schedule::default();
+    let mut tally = Tally::default();
     loop {
+        if tally.due() {
+            tally.flush(&db, true).await;
+        }
         // Take in everything waiting, then publish one thing.
         loop {
             match rx.try_recv() {
@@ -195,6 +248,7 @@ pub async fn run(
             if publish(&client, &cancel, fleet::ota(&prefix, &device), message).await {
                 metrics.chunks_sent.inc();
                 metrics.chunk_bytes_sent.inc_by(bytes);
+                tally.add(&transfer.deployment, &device, bytes);
             }
             if max_bytes_per_sec > 0 {
                 // Paced per chunk: the next one leaves when this one's share of the cap is used.
@@ -206,14 +260,18 @@ pub async fn run(
             }
             continue;
         }
+        // Idle: wait for work, or for the tally to come due.
+        let flush_at = tally.since.map(|t| t + TALLY_EVERY);
         tokio::select! {
             _ = cancel.cancelled() => break,
             out = rx.recv() => match out {
                 Some(out) => take(out, &mut commands, &mut schedule),
                 None => break,
             },
+            _ = async { tokio::time::sleep_until(flush_at.expect("guarded")).await }, if flush_at.is_some() => {}
         }
     }
+    tally.flush(&db, false).await;
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(2), poller).await;
     Ok(())

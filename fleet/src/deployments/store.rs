@@ -1,7 +1,7 @@
 //! The deployments' rows: `deployments` and `deployment_devices`
 //! (`migrations/0002_deployments.sql`), in the SQL both engines take.
 
-use edge_proto::command::{Command, Payload};
+use edge_proto::command::Command;
 use edge_proto::deployments::{from_hex, to_hex, DeviceProgress, TargetKind};
 use edge_proto::ota::Manifest;
 use sqlx::any::AnyRow;
@@ -47,10 +47,8 @@ impl Stored {
     /// The manifest inside the stored command.
     pub fn manifest(&self) -> Result<Manifest, DbError> {
         let corrupt = |problem: String| DbError::CorruptDeployment { id: self.id.clone(), column: "command", problem };
-        match edge_proto::decode::<Command>(&self.command).map_err(|e| corrupt(e.to_string()))?.payload {
-            Payload::DeployModel(m) => Ok(m),
-            _ => Err(corrupt("not a deploy-model command".into())),
-        }
+        let cmd = edge_proto::decode::<Command>(&self.command).map_err(|e| corrupt(e.to_string()))?;
+        cmd.payload.manifest().cloned().ok_or_else(|| corrupt("not a deploy-model command".into()))
     }
 
     /// Whether the deployment is for `device`, a member of `groups`.
@@ -121,6 +119,8 @@ pub struct DeviceRow {
     pub rev: i64,
     /// Last change.
     pub updated_at: i64,
+    /// Chunk bytes published to the device.
+    pub bytes_sent: u64,
 }
 
 fn device_row(row: &AnyRow) -> Result<DeviceRow, DbError> {
@@ -143,6 +143,7 @@ fn device_row(row: &AnyRow) -> Result<DeviceRow, DbError> {
         },
         rev: row.try_get(6).map_err(read())?,
         updated_at: row.try_get(7).map_err(read())?,
+        bytes_sent: row.try_get::<i64, _>(8).map_err(read())?.max(0) as u64,
         device,
     })
 }
@@ -160,6 +161,7 @@ impl DeviceRow {
             detail: self.progress.detail.clone(),
             attempts: self.progress.attempts,
             updated_at: self.updated_at,
+            bytes_sent: self.bytes_sent,
         }
     }
 }
@@ -301,7 +303,7 @@ impl Db {
     /// The device's row in a deployment.
     pub async fn device_progress(&self, deployment: &str, device: &str) -> Result<Option<DeviceRow>, DbError> {
         let row = sqlx::query(
-            "SELECT device, state, progress, detail, attempts, sent_at, rev, updated_at FROM deployment_devices \
+            "SELECT device, state, progress, detail, attempts, sent_at, rev, updated_at, bytes_sent FROM deployment_devices \
              WHERE deployment = $1 AND device = $2",
         )
         .bind(deployment)
@@ -315,7 +317,7 @@ impl Db {
     /// Every device's row in a deployment, by device id.
     pub async fn deployment_devices(&self, deployment: &str) -> Result<Vec<DeviceRow>, DbError> {
         let rows = sqlx::query(
-            "SELECT device, state, progress, detail, attempts, sent_at, rev, updated_at FROM deployment_devices \
+            "SELECT device, state, progress, detail, attempts, sent_at, rev, updated_at, bytes_sent FROM deployment_devices \
              WHERE deployment = $1 ORDER BY device",
         )
         .bind(deployment)
@@ -364,6 +366,18 @@ impl Db {
         .await
         .map_err(query("write a deployment's device"))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Adds `bytes` to what was published to `device` in `deployment`.
+    pub async fn add_bytes_sent(&self, deployment: &str, device: &str, bytes: u64) -> Result<(), DbError> {
+        sqlx::query("UPDATE deployment_devices SET bytes_sent = bytes_sent + $1 WHERE deployment = $2 AND device = $3")
+            .bind(bytes as i64)
+            .bind(deployment)
+            .bind(device)
+            .execute(&self.pool)
+            .await
+            .map_err(query("count bytes sent"))?;
+        Ok(())
     }
 
     /// The online devices a tick may move on in `d`: those whose row waits (`pending`,

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 use edge_it::{Broker, Pki};
 
+mod deploys;
+#[allow(unused_imports)]
+pub use deploys::*;
+
 /// How long a condition may take to become true.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 

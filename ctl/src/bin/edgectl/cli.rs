@@ -263,6 +263,15 @@ pub struct WaitArgs {
     pub timing: Timing,
 }
 
+/// How `deploy` cuts a model into chunks.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Chunking {
+    /// By content: delta transfers.
+    Content,
+    /// In fixed-size chunks.
+    Fixed,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum FormatArg {
     Tflite,
@@ -306,9 +315,15 @@ pub struct DeployArgs {
     /// Oldest agent version that may install it (X.Y.Z); any by default.
     #[arg(long)]
     pub min_agent_version: Option<String>,
-    /// Chunk size in bytes; a chunk plus 1 KiB must fit [mqtt] max_packet_bytes.
+    /// Chunk size in bytes (with `--chunking content`, the longest chunk); a chunk plus
+    /// 1 KiB must fit [mqtt] max_packet_bytes.
     #[arg(long, default_value_t = DEFAULT_CHUNK_BYTES)]
     pub chunk_size: u32,
+    /// How the model is cut: `content` (delta transfers: a device that holds an earlier
+    /// version receives only the chunks that changed; needs agents that read command
+    /// version 2) or `fixed` (every chunk is sent; any agent).
+    #[arg(long, value_enum, default_value_t = Chunking::Content)]
+    pub chunking: Chunking,
     /// Most bytes per second to publish, chunks and repairs together.
     #[arg(long)]
     pub rate: Option<u64>,

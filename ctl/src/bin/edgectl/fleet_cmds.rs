@@ -92,6 +92,7 @@ async fn deployments_cmd(
                 for p in &d.devices {
                     println!("  {}", line(p));
                 }
+                println!("{}", sent(&d));
             }
             Ok(true)
         }
@@ -130,6 +131,7 @@ async fn watch(url: &edgectl::fleet::Service, id: &str, timeout: Option<Duration
             let ok = deployments::all_succeeded(&d);
             if !json {
                 println!("{}: {}", d.id, counts(&d));
+                println!("{}", sent(&d));
                 if d.state == "active" && d.target_kind == TargetKind::Group {
                     println!("(the deployment stays active: members that join group {} later get it)", d.target);
                 }
@@ -188,6 +190,18 @@ fn header(d: &Deployment) -> String {
     h
 }
 
+/// What the transfer cost against what a full copy per device would have.
+fn sent(d: &Deployment) -> String {
+    let met = d.devices.len() as u64;
+    let full = d.artifact_bytes * met;
+    let share = if full > 0 {
+        format!(" ({:.1} % of a full copy each)", 100.0 * d.bytes_sent as f64 / full as f64)
+    } else {
+        String::new()
+    };
+    format!("sent: {} chunk bytes to {met} device(s) for a {}-byte artifact{share}", d.bytes_sent, d.artifact_bytes)
+}
+
 fn counts(d: &Deployment) -> String {
     d.counts.iter().map(|(state, n)| format!("{n} {state}")).collect::<Vec<_>>().join(", ")
 }
@@ -196,6 +210,9 @@ fn line(p: &DeviceProgress) -> String {
     let mut l = format!("{:<24} {}", p.device, p.state);
     if let Some(pct) = p.progress {
         l.push_str(&format!(" {pct}%"));
+    }
+    if p.bytes_sent > 0 {
+        l.push_str(&format!(" [{} bytes sent]", p.bytes_sent));
     }
     if let Some(detail) = &p.detail {
         l.push_str(&format!(": {detail}"));

@@ -298,6 +298,7 @@ fn deploy_request(args: &DeployArgs) -> Result<DeployRequest> {
     req.latency_budget_ms = args.latency_budget_ms;
     req.min_agent_version = args.min_agent_version.clone().unwrap_or_default();
     req.chunk_size = args.chunk_size;
+    req.delta = args.chunking == cli::Chunking::Content;
     req.rate = args.rate;
     req.accept_wait = secs(args.accept_wait);
     req.timeout = secs(args.timeout);

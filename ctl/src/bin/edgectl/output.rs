@@ -108,6 +108,7 @@ pub fn deploy(outcome: &DeployOutcome, target: &Target, accept_wait: std::time::
         v["transfer"] = json!({
             "chunks": s.chunks,
             "artifact_bytes": s.artifact_bytes,
+            "bytes_published": s.bytes_published,
             "repair_requests": s.repair_requests,
             "repaired_chunks": s.repaired_chunks,
         });
@@ -115,6 +116,10 @@ pub fn deploy(outcome: &DeployOutcome, target: &Target, accept_wait: std::time::
         return;
     }
     print!("{}", report::results_table(&outcome.results));
+    println!(
+        "sent: {} bytes of chunk messages for a {}-byte artifact ({} of {} chunks in the first pass)",
+        s.bytes_published, s.artifact_bytes, s.first_pass_chunks, s.chunks
+    );
     if s.repair_requests > 0 {
         println!("repairs: {} requests, {} chunks resent", s.repair_requests, s.repaired_chunks);
     }
