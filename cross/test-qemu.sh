@@ -70,6 +70,10 @@ esac
 
 SETUP_CROSS_TARGET="$target" bash scripts/setup.sh
 
+# Tests that need a request slower than firing a few (agent/tests/fleet.rs) pick a smaller
+# model under emulation, where every model runs hundreds of times slower.
+export EDGE_IT_EMULATED=1
+
 # What the runner's `-L` does for the test binary, for the processes it starts (via binfmt).
 case "$target" in
     aarch64-unknown-linux-gnu) export QEMU_LD_PREFIX=/usr/aarch64-linux-gnu ;;
