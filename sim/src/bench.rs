@@ -365,7 +365,7 @@ fn phase1(
     let window = format!("{}s", began.elapsed().as_secs() + 120);
     let count = |by_device: bool| -> Result<BTreeMap<String, u64>> {
         let expr = if by_device {
-            format!("count by (device) (count_over_time(edge_device_telemetry_seq[{window}]))")
+            format!("sum by (device) (count_over_time(edge_device_telemetry_seq[{window}]))")
         } else {
             format!("sum(count_over_time(edge_device_telemetry_seq[{window}]))")
         };
