@@ -355,14 +355,22 @@ fn phase1(
     began: Instant,
 ) -> Result<TelemetryReport> {
     let gone = || anyhow::anyhow!("a process of the bench is gone");
-    let start = (usage(fleet.pid()).ok_or_else(gone)?, usage(broker_pid).ok_or_else(gone)?, usage(std::process::id()).ok_or_else(gone)?);
+    let start = (
+        usage(fleet.pid()).ok_or_else(gone)?,
+        usage(broker_pid).ok_or_else(gone)?,
+        usage(std::process::id()).ok_or_else(gone)?,
+    );
     let t0 = Instant::now();
     telemetry.send_replace(true);
     println!("phase 1: {} devices, one sample every {:?} for {:?}", opts.devices, opts.interval, opts.duration);
     std::thread::sleep(opts.duration);
     telemetry.send_replace(false);
     let secs = t0.elapsed().as_secs_f64();
-    let end = (usage(fleet.pid()).ok_or_else(gone)?, usage(broker_pid).ok_or_else(gone)?, usage(std::process::id()).ok_or_else(gone)?);
+    let end = (
+        usage(fleet.pid()).ok_or_else(gone)?,
+        usage(broker_pid).ok_or_else(gone)?,
+        usage(std::process::id()).ok_or_else(gone)?,
+    );
     let sent: Vec<u64> = stats.iter().map(|s| s.telemetry_sent.load(Ordering::Relaxed)).collect();
     let expected: u64 = sent.iter().sum();
     let refused: u64 = stats.iter().map(|s| s.publish_refused.load(Ordering::Relaxed)).sum();
@@ -448,10 +456,20 @@ fn cpu_line(name: &str, (a, b): &(Usage, Usage), secs: f64) -> String {
 
 fn print_telemetry(r: &TelemetryReport, drain: Duration, fleet: &FleetProcess) {
     println!("phase 1 result (Prometheus read {:.0} s after sampling stopped):", drain.as_secs_f64());
-    println!("  samples    expected {:>9}   found {:>9}   missing {:>6}", r.expected, r.found, r.expected.saturating_sub(r.found));
+    println!(
+        "  samples    expected {:>9}   found {:>9}   missing {:>6}",
+        r.expected,
+        r.found,
+        r.expected.saturating_sub(r.found)
+    );
     if !r.short.is_empty() {
         let some: Vec<String> = r.short.iter().take(10).map(|(d, n)| format!("{d} -{n}")).collect();
-        println!("  devices short: {} ({}{})", r.short.len(), some.join(", "), if r.short.len() > 10 { ", …" } else { "" });
+        println!(
+            "  devices short: {} ({}{})",
+            r.short.len(),
+            some.join(", "),
+            if r.short.len() > 10 { ", …" } else { "" }
+        );
     }
     if r.refused > 0 {
         println!("  publishes refused by the simulator's own client queues: {}", r.refused);
@@ -505,7 +523,12 @@ fn phase2(
     let model = dir.join("bench-model.onnx");
     let bytes: Vec<u8> = (0..opts.model_bytes).map(|_| fastrand::u8(..)).collect();
     std::fs::write(&model, &bytes)?;
-    println!("phase 2: a {:.1} MiB model to {n} devices in group {GROUP}, {} of them offline until {:?} after the deploy", mib(opts.model_bytes as u64), opts.late, opts.late_after);
+    println!(
+        "phase 2: a {:.1} MiB model to {n} devices in group {GROUP}, {} of them offline until {:?} after the deploy",
+        mib(opts.model_bytes as u64),
+        opts.late,
+        opts.late_after
+    );
     let before = (usage(fleet.pid()).context("edge-fleet is gone")?, usage(broker_pid).context("mosquitto is gone")?);
     let bytes_before = fleet.metric("edge_fleet_deployment_chunk_bytes_sent_total");
     let t0 = Instant::now();
@@ -521,12 +544,20 @@ fn phase2(
         .with_context(|| format!("running {}", opts.edgectl_bin.display()))?;
     let edgectl_secs = t0.elapsed().as_secs_f64();
     if !out.status.success() {
-        bail!("edgectl deploy failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "edgectl deploy failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let stored: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("edgectl --json deploy printed: {}", String::from_utf8_lossy(&out.stdout)))?;
     let id = stored["id"].as_str().context("edgectl's answer has no id")?.to_string();
-    println!("  edgectl deploy returned in {edgectl_secs:.2} s: deployment {id}, {} member rows", stored["devices"].as_array().map_or(0, |a| a.len()));
+    println!(
+        "  edgectl deploy returned in {edgectl_secs:.2} s: deployment {id}, {} member rows",
+        stored["devices"].as_array().map_or(0, |a| a.len())
+    );
 
     let installed_at = |range: std::ops::Range<usize>| -> Option<u64> {
         let times: Vec<u64> = stats[range].iter().map(|s| s.installed_ms.load(Ordering::Relaxed)).collect();
@@ -593,7 +624,13 @@ fn print_deploy(r: &DeployReport, opts: &Options, secs: f64) {
     let fmt = |t: Option<f64>| t.map_or("not converged".to_string(), |t| format!("{t:.1} s"));
     let n = opts.devices;
     println!("phase 2 result:");
-    println!("  converged  first {} (online at the deploy): {}   all {n}: {}   edge-fleet says all succeeded: {}", n - opts.late, fmt(r.on_time_secs), fmt(r.all_secs), fmt(r.fleet_secs));
+    println!(
+        "  converged  first {} (online at the deploy): {}   all {n}: {}   edge-fleet says all succeeded: {}",
+        n - opts.late,
+        fmt(r.on_time_secs),
+        fmt(r.all_secs),
+        fmt(r.fleet_secs)
+    );
     println!("  installed {}/{n}, deploys failed on devices {}; edge-fleet counts {}", r.installed, r.failed, r.counts);
     println!(
         "  bytes      published by edge-fleet {:.1} MiB   taken by devices {:.1} MiB   ({:.2} x {n} x model)",

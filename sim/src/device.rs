@@ -22,10 +22,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use edge_proto::command::{
-    verify, AckState, Command, DeviceStatus, ModelStatus, Payload, Reply, Target, VerifyingKey,
-};
 use edge_proto::codec::Versioned;
+use edge_proto::command::{verify, AckState, Command, DeviceStatus, ModelStatus, Payload, Reply, Target, VerifyingKey};
 use edge_proto::ota::Need;
 use edge_proto::status::{State, Status};
 use edge_proto::telemetry::{
@@ -150,7 +148,8 @@ impl Device {
             self.sum_secs += LATENCY_BUCKETS[bucket] * 0.75;
         }
         self.requests += REQUESTS_PER_SAMPLE;
-        let cumulative: Vec<u64> = self.buckets.iter().scan(0, |acc, b| Some(*acc + b).inspect(|v| *acc = *v)).collect();
+        let cumulative: Vec<u64> =
+            self.buckets.iter().scan(0, |acc, b| Some(*acc + b).inspect(|v| *acc = *v)).collect();
         let uptime = now_ms.saturating_sub(self.started_ms) / 1000;
         let wobble = (seq % 7) as f32;
         let active = self.models.iter().find(|m| m.name == "kws");
@@ -234,7 +233,10 @@ impl Device {
                     telemetry_interval_secs: 1,
                     log_level: "info".into(),
                 });
-                vec![ack(AckState::Accepted), Out::Ack { command_id: cmd.id, state: AckState::Succeeded, reply: Some(reply) }]
+                vec![
+                    ack(AckState::Accepted),
+                    Out::Ack { command_id: cmd.id, state: AckState::Succeeded, reply: Some(reply) },
+                ]
             }
             Payload::Cancel { command_id } => match self.transfer.take_if(|t| t.command_id == command_id) {
                 Some(_) => vec![
@@ -300,7 +302,11 @@ impl Device {
             }
             Taken::Complete(Err(reason)) => {
                 self.transfer = None;
-                vec![ack(AckState::Progress(100)), ack(AckState::Failed(reason.clone())), Out::Finished(Err(reason.clone()))]
+                vec![
+                    ack(AckState::Progress(100)),
+                    ack(AckState::Failed(reason.clone())),
+                    Out::Finished(Err(reason.clone())),
+                ]
             }
             _ => vec![],
         };
@@ -396,7 +402,12 @@ mod tests {
         let mut all = vec![];
         for i in 0..m.chunk_count() {
             let r = m.chunk_range(i);
-            let chunk = Chunk { version: 1, transfer_id: m.transfer_id, index: i, data: artifact[r.start as usize..r.end as usize].to_vec() };
+            let chunk = Chunk {
+                version: 1,
+                transfer_id: m.transfer_id,
+                index: i,
+                data: artifact[r.start as usize..r.end as usize].to_vec(),
+            };
             let (out, _) = d.on_chunk(&edge_proto::encode(&chunk), Duration::from_secs(1));
             acks.extend(states(&out));
             all.extend(out);
@@ -416,14 +427,20 @@ mod tests {
         let (cmd, ..) = deploy(Target::Device("sim-2".into()), NOW + 60_000);
         assert!(d.on_command(&cmd, Duration::ZERO, NOW).is_empty());
         let (cmd, ..) = deploy(Target::Group("bench".into()), NOW - 1);
-        assert!(matches!(&states(&d.on_command(&cmd, Duration::ZERO, NOW))[..], [AckState::Rejected(r)] if r.starts_with("expired")));
+        assert!(
+            matches!(&states(&d.on_command(&cmd, Duration::ZERO, NOW))[..], [AckState::Rejected(r)] if r.starts_with("expired"))
+        );
         let (mut cmd, ..) = deploy(Target::Group("bench".into()), NOW + 60_000);
         let last = cmd.len() - 1;
         cmd[last] ^= 1;
-        assert!(matches!(&states(&d.on_command(&cmd, Duration::ZERO, NOW))[..], [AckState::Rejected(r)] if r.starts_with("bad_signature")));
+        assert!(
+            matches!(&states(&d.on_command(&cmd, Duration::ZERO, NOW))[..], [AckState::Rejected(r)] if r.starts_with("bad_signature"))
+        );
         cmd[last] ^= 1;
         assert_eq!(states(&d.on_command(&cmd, Duration::ZERO, NOW)).len(), 2);
-        assert!(matches!(&states(&d.on_command(&cmd, Duration::ZERO, NOW))[..], [AckState::Rejected(r)] if r.starts_with("replayed")));
+        assert!(
+            matches!(&states(&d.on_command(&cmd, Duration::ZERO, NOW))[..], [AckState::Rejected(r)] if r.starts_with("replayed"))
+        );
     }
 
     #[test]

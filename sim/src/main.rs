@@ -95,7 +95,8 @@ fn main() -> ExitCode {
         Ok((telemetry, deploy)) => {
             let mut failed = vec![];
             if telemetry.found < telemetry.expected {
-                failed.push(format!("{} telemetry samples missing in Prometheus", telemetry.expected - telemetry.found));
+                failed
+                    .push(format!("{} telemetry samples missing in Prometheus", telemetry.expected - telemetry.found));
             }
             if let Some(d) = deploy {
                 if d.all_secs.is_none() || d.fleet_secs.is_none() {

@@ -196,14 +196,18 @@ mod tests {
 
     fn transfer(chunks: usize) -> (Manifest, Vec<u8>) {
         let model: Vec<u8> = (0..chunks * 100 - 30).map(|i| (i * 7) as u8).collect();
-        let validation =
-            Validation { version: Validation::VERSION, inputs: vec![], expected: vec![], tolerance: 0.5 };
+        let validation = Validation { version: Validation::VERSION, inputs: vec![], expected: vec![], tolerance: 0.5 };
         prepare([9; 16], "det", "2", ModelFormat::Onnx, &model, Some(&validation), 100)
     }
 
     fn chunk(m: &Manifest, artifact: &[u8], index: u32) -> Chunk {
         let r = m.chunk_range(index);
-        Chunk { version: 1, transfer_id: m.transfer_id, index, data: artifact[r.start as usize..r.end as usize].to_vec() }
+        Chunk {
+            version: 1,
+            transfer_id: m.transfer_id,
+            index,
+            data: artifact[r.start as usize..r.end as usize].to_vec(),
+        }
     }
 
     fn secs(s: u64) -> Duration {

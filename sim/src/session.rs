@@ -89,7 +89,13 @@ pub fn now_ms() -> u64 {
 }
 
 /// Runs a device until its `online` switch's sender is dropped.
-pub async fn run(mut device: Device, tls: Arc<rustls::ClientConfig>, link: Arc<Link>, mut switch: Switch, stats: Arc<Stats>) {
+pub async fn run(
+    mut device: Device,
+    tls: Arc<rustls::ClientConfig>,
+    link: Arc<Link>,
+    mut switch: Switch,
+    stats: Arc<Stats>,
+) {
     let topics = Topics::new(&link.prefix, device.id()).expect("device ids are checked by the bench");
     let start = Instant::now();
     loop {
@@ -203,16 +209,25 @@ async fn connected(
     }
 }
 
-fn carry(device: &Device, out: Vec<Out>, topics: &Topics, publish: &impl Fn(String, QoS, bool, Vec<u8>), stats: &Stats) {
+fn carry(
+    device: &Device,
+    out: Vec<Out>,
+    topics: &Topics,
+    publish: &impl Fn(String, QoS, bool, Vec<u8>),
+    stats: &Stats,
+) {
     for o in out {
         match o {
             Out::Ack { command_id, state, reply } => {
                 let ack = Ack { version: 1, command_id, device: device.id().into(), state, ts: now_ms(), reply };
                 publish(topics.acks(), QoS::AtLeastOnce, false, edge_proto::encode(&ack));
             }
-            Out::Status => {
-                publish(topics.status(), QoS::AtLeastOnce, true, edge_proto::encode(&device.status(State::Online, now_ms())))
-            }
+            Out::Status => publish(
+                topics.status(),
+                QoS::AtLeastOnce,
+                true,
+                edge_proto::encode(&device.status(State::Online, now_ms())),
+            ),
             Out::Need(need) => {
                 stats.needs.fetch_add(1, Ordering::Relaxed);
                 publish(topics.need(), QoS::AtMostOnce, false, edge_proto::encode(&need));

@@ -59,19 +59,30 @@ async fn simulated_devices_report_take_a_deploy_with_a_repair_and_leave_a_last_w
         interval: Duration::from_millis(200),
     });
 
-    let op = AsyncClient::new(mqtt_options(&unique_client_id("operator"), broker.port(), pki.client_config("operator").unwrap()), 64);
+    let op = AsyncClient::new(
+        mqtt_options(&unique_client_id("operator"), broker.port(), pki.client_config("operator").unwrap()),
+        64,
+    );
     let (operator, mut events) = op;
-    for t in ["edge/+/status", "edge/+/telemetry", "edge/+/ack", "edge/+/need"] {
+    for t in ["edge/+/telemetry", "edge/+/ack", "edge/+/need", "edge/+/status"] {
         operator.subscribe(t, QoS::AtLeastOnce).await.unwrap();
     }
-    let (telemetry_tx, telemetry_rx) = watch::channel(true);
+    // Telemetry starts once the operator sees both statuses: the broker handles the
+    // subscriptions in order, so the status one (last) being active means all are.
+    let (telemetry_tx, telemetry_rx) = watch::channel(false);
     let mut switches = vec![];
     for id in ["sim-a", "sim-b"] {
         let files = pki.client(id).unwrap();
         let tls = edge_mqtt::client_config(pki.ca_pem(), &files.cert, &files.key).unwrap();
         let (tx, rx) = watch::channel(true);
         let device = Device::new(id, profile.clone(), now_ms());
-        tokio::spawn(session::run(device, tls, link.clone(), Switch { online: rx, telemetry: telemetry_rx.clone() }, Arc::new(Stats::default())));
+        tokio::spawn(session::run(
+            device,
+            tls,
+            link.clone(),
+            Switch { online: rx, telemetry: telemetry_rx.clone() },
+            Arc::new(Stats::default()),
+        ));
         switches.push(tx);
     }
 
@@ -84,6 +95,9 @@ async fn simulated_devices_report_take_a_deploy_with_a_repair_and_leave_a_last_w
                 assert_eq!(s.groups, vec!["bench".to_string()]);
                 assert_eq!(s.model_states[0].active_version.as_deref(), Some("1"));
                 online.insert(s.device);
+                if online.len() == 2 {
+                    telemetry_tx.send_replace(true);
+                }
             }
             Msg::Telemetry(t) if t.device == "sim-a" => {
                 assert_eq!(t.version, 3);
@@ -102,11 +116,19 @@ async fn simulated_devices_report_take_a_deploy_with_a_repair_and_leave_a_last_w
     let (manifest, artifact) = prepare([8; 16], "det", "2", ModelFormat::Onnx, &model, None, 240 * 1024);
     assert_eq!(manifest.chunk_count(), 3);
     let now = now_ms();
-    let cmd = sign(Command::new([1; 16], now, now + 60_000, Target::Group("bench".into()), Payload::DeployModel(manifest.clone())), &key);
+    let cmd = sign(
+        Command::new([1; 16], now, now + 60_000, Target::Group("bench".into()), Payload::DeployModel(manifest.clone())),
+        &key,
+    );
     operator.publish("edge/sim-a/cmd", QoS::AtLeastOnce, false, edge_proto::encode(&cmd)).await.unwrap();
     let chunk = |i: u32| {
         let r = manifest.chunk_range(i);
-        edge_proto::encode(&Chunk { version: 1, transfer_id: manifest.transfer_id, index: i, data: artifact[r.start as usize..r.end as usize].to_vec() })
+        edge_proto::encode(&Chunk {
+            version: 1,
+            transfer_id: manifest.transfer_id,
+            index: i,
+            data: artifact[r.start as usize..r.end as usize].to_vec(),
+        })
     };
     let mut acks = vec![];
     let mut sent_rest = false;
