@@ -161,7 +161,7 @@ pub async fn run(
     metrics: ExportMetrics,
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
-    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id.clone(), 16, true)?;
+    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id.clone(), session::ACK_ROOM, true)?;
     let (tx, rx) = mpsc::channel::<Publish>(QUEUE);
     let stop_writer = cancel.child_token();
     tracing::info!(url = %endpoint.url, client_id, "telemetry export to Prometheus started");

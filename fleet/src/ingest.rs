@@ -74,7 +74,7 @@ pub async fn run(
     metrics: Metrics,
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
-    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id, 16, true)?;
+    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id, session::ACK_ROOM, true)?;
     let (tx, rx) = mpsc::channel::<Publish>(QUEUE);
     let stop_store = cancel.child_token();
     let store = tokio::spawn(store(

@@ -27,6 +27,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ingest::IngestError;
 
+/// Requests a persistent session's consumer may queue towards its event loop without
+/// waiting: one PUBACK per message received and not yet acked, which the broker bounds by
+/// its in-flight window and MQTT by its packet ids (65,535), so acking never waits. With
+/// less room, a consumer acking (the export acks a batch of up to 2000 at once) waits on the
+/// event loop, while [`pump`] waits for room in that consumer's full queue and no longer
+/// polls: both stop for good. bench/fleet.sh hit it with 50 devices and a burst of repair
+/// requests, the request queue at 16 (flume allocates as it fills, not up front).
+pub const ACK_ROOM: usize = 65_536;
+
 /// A client and its event loop as `client_id`, with at most `cap` requests queued towards
 /// the event loop: a persistent session with manual acks (`persistent`), or a clean one
 /// (the deployments' publisher, which subscribes to nothing).

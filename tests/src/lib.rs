@@ -257,6 +257,9 @@ pub struct Broker {
     /// Holds the port while the broker is stopped, so that a broker started meanwhile by
     /// another test cannot take it (and answer for this one).
     guard: Option<PortGuard>,
+    /// Lines appended for a load run ([`Broker::start_tuned`]); its log stays at the
+    /// fleet file's levels instead of debug.
+    tuning: Option<String>,
 }
 
 /// A listener that refuses every connection on a port by accepting and closing it at once.
@@ -317,6 +320,18 @@ impl Broker {
     /// `edgectl pki init`, say) instead of a [`Pki`]'s. The server certificate must name
     /// `127.0.0.1`, which the test clients connect to.
     pub fn start_with_certs(ca_pem: &Path, server: &CertFiles) -> Result<Broker> {
+        Broker::start_inner(ca_pem, server, None)
+    }
+
+    /// [`Broker::start`] for a load run (bench/fleet.sh): `tuning` (configuration lines,
+    /// such as `max_queued_messages 100000`) is appended after the fleet file, whose global
+    /// settings it overrides, and the log keeps the fleet file's levels: the debug log the
+    /// tests use writes a line per message, which at a thousand devices is the bottleneck.
+    pub fn start_tuned(pki: &Pki, tuning: &str) -> Result<Broker> {
+        Broker::start_inner(pki.ca_pem(), pki.server(), Some(tuning.to_string()))
+    }
+
+    fn start_inner(ca_pem: &Path, server: &CertFiles, tuning: Option<String>) -> Result<Broker> {
         let exe = find_mosquitto()?;
         let dir = tempfile::Builder::new().prefix("edge-it-broker-").tempdir().context("broker: temp dir")?;
         let mut broker = Broker {
@@ -327,6 +342,7 @@ impl Broker {
             port: 0,
             child: None,
             guard: None,
+            tuning,
         };
         let mut last = None;
         for _ in 0..5 {
@@ -354,6 +370,11 @@ impl Broker {
     /// The generated `mosquitto.conf`.
     pub fn conf_path(&self) -> PathBuf {
         self.dir.path().join("mosquitto.conf")
+    }
+
+    /// The process id while it runs (to read its CPU time and memory in /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Whether the process is alive.
@@ -491,8 +512,15 @@ impl Broker {
         // and sessions, as in the fleet. The trailing slash is required.
         let _ = writeln!(out, "persistence_location {}/", dir.display());
         let _ = writeln!(out, "log_dest file {}", dir.join("mosquitto.log").display());
-        // Debug level shows ACL decisions ("Denied PUBLISH ...") in `log()`.
-        out.push_str("log_type all\n");
+        match &self.tuning {
+            Some(tuning) => {
+                out.push_str("\n# Load-run tuning.\n");
+                out.push_str(tuning);
+                out.push('\n');
+            }
+            // Debug level shows ACL decisions ("Denied PUBLISH ...") in `log()`.
+            None => out.push_str("log_type all\n"),
+        }
         // Started as root, mosquitto drops privileges to the `mosquitto` user, which cannot
         // read our 0600 keys in a 0700 temp dir. Stay root instead.
         // SAFETY: geteuid has no preconditions.
@@ -599,6 +627,7 @@ mod tests {
             port: 4242,
             child: None,
             guard: None,
+            tuning: None,
         };
         let conf = broker.render_conf().unwrap();
         assert!(conf.contains("\nlistener 4242 127.0.0.1\n"), "{conf}");
