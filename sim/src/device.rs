@@ -205,7 +205,7 @@ impl Device {
         };
         let ack = |state| Out::Ack { command_id: cmd.id, state, reply: None };
         match cmd.payload {
-            Payload::DeployModel(manifest) => {
+            Payload::DeployModel(manifest) | Payload::DeployModelContent(manifest) => {
                 if let Err(e) = manifest.check_consistent() {
                     return vec![ack(AckState::Rejected(format!("bad manifest: {e}")))];
                 }
@@ -217,12 +217,23 @@ impl Device {
                         reply: None,
                     });
                 }
-                self.transfer = Some(Transfer {
-                    command_id: cmd.id,
-                    expires_at: cmd.expires_at,
-                    receiver: Receiver::new(manifest, now, self.profile.stall),
-                });
+                let delta = manifest.content.is_some();
+                let mut receiver = Receiver::new(manifest, now, self.profile.stall);
                 out.extend([ack(AckState::Accepted), ack(AckState::Progress(0))]);
+                // Content-defined chunks: the sender waits to be told what to send. A
+                // simulated device holds no earlier version, so it asks for everything
+                // (the agent asks again as soon as a request is answered; this asks again
+                // after a stall, which takes more than 512 chunks only for large models).
+                if delta {
+                    let missing = receiver.ask_now(now);
+                    out.push(Out::Need(Need {
+                        version: Need::VERSION,
+                        device: self.id.clone(),
+                        transfer_id: receiver.manifest().transfer_id,
+                        missing,
+                    }));
+                }
+                self.transfer = Some(Transfer { command_id: cmd.id, expires_at: cmd.expires_at, receiver });
                 out
             }
             Payload::GetStatus => {
@@ -419,6 +430,26 @@ mod tests {
         assert!(status_at < succeeded_at, "the status shows the version before the ack says succeeded");
         let det = d.status(State::Online, NOW).model_states.into_iter().find(|s| s.name == "det").unwrap();
         assert_eq!((det.active_version.as_deref(), det.health.as_str()), (Some("2"), "ok"));
+    }
+
+    #[test]
+    fn a_content_deploy_asks_for_every_chunk_right_after_accepting() {
+        let mut d = device();
+        let model: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let params = edge_proto::cdc::CdcParams::for_max(1000).unwrap();
+        let cut = edge_proto::ota::Cut::Content(params);
+        let (m, _) = edge_proto::ota::prepare_cut([4; 16], "det", "3", ModelFormat::Onnx, &model, None, cut);
+        let cmd = edge_proto::command::Command::new(
+            [2; 16],
+            NOW,
+            NOW + 60_000,
+            Target::Group("bench".into()),
+            Payload::deploy(m.clone()),
+        );
+        let out = d.on_command(&edge_proto::encode(&sign(cmd, &key())), Duration::ZERO, NOW);
+        assert_eq!(states(&out), vec![AckState::Accepted, AckState::Progress(0)]);
+        let need = out.iter().find_map(|o| if let Out::Need(n) = o { Some(n) } else { None }).expect("a need");
+        assert_eq!((need.transfer_id, need.missing.clone()), (m.transfer_id, vec![(0, m.chunk_count())]));
     }
 
     #[test]

@@ -147,6 +147,12 @@ impl Receiver {
         if !quiet(Some(self.last_chunk)) || !quiet(self.last_need) || self.received as usize == self.have.len() {
             return None;
         }
+        Some(self.ask_now(now))
+    }
+
+    /// The missing ranges to ask for now, whatever the silence (a delta transfer's first
+    /// request, right after accepting), at most [`MAX_NEED_CHUNKS`] chunks.
+    pub fn ask_now(&mut self, now: Duration) -> Vec<(u32, u32)> {
         self.last_need = Some(now);
         let have = &self.have;
         let mut budget = MAX_NEED_CHUNKS;
@@ -159,7 +165,7 @@ impl Receiver {
             budget -= end - start;
             out.push((start, end));
         }
-        Some(out)
+        out
     }
 
     /// Feeds chunk `index` (the next in order) into the model and validation digests.
