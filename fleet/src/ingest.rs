@@ -119,8 +119,27 @@ async fn store(
             // Cancelled mid-retry: not acked, so the broker delivers it again.
             return;
         }
-        if let Err(e) = client.ack(&p).await {
+        if let Err(e) = watched("its ack to the broker", &p.topic, client.ack(&p)).await {
             tracing::warn!(topic = %p.topic, "cannot ack to the broker: {e}");
+        }
+    }
+}
+
+/// How long one step of a message may take before it is named in the log.
+const SLOW: Duration = Duration::from_secs(10);
+
+/// Awaits `step`, warning each [`SLOW`] it goes on: every message waits behind the one being
+/// handled, so one that holds the inventory up is named, with what it is waiting on.
+async fn watched<T>(what: &str, topic: &str, step: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(step);
+    let mut waited = Duration::ZERO;
+    loop {
+        match tokio::time::timeout(SLOW, &mut step).await {
+            Ok(out) => return out,
+            Err(_) => {
+                waited += SLOW;
+                tracing::warn!(topic, "a message has been {what} for {waited:?}; the inventory waits behind it");
+            }
         }
     }
 }
@@ -146,13 +165,19 @@ async fn handle(
     };
     let mut retries = RETRIES.iter();
     loop {
-        let stored = match db.update(&device, |known| inventory::apply(&device, known, &obs)).await {
-            Ok(()) => match &obs {
-                Observation::Status(_) => deployments.on_status(&device).await,
-                Observation::Ack(a) => deployments.on_ack(&device, a).await,
-                Observation::Need(n) => deployments.on_need(&device, n).await,
-                Observation::Telemetry { .. } | Observation::Cleared => Ok(()),
-            },
+        let update = db.update(&device, |known| inventory::apply(&device, known, &obs));
+        let stored = match watched("storing it", &p.topic, update).await {
+            Ok(()) => {
+                let moved = async {
+                    match &obs {
+                        Observation::Status(_) => deployments.on_status(&device).await,
+                        Observation::Ack(a) => deployments.on_ack(&device, a).await,
+                        Observation::Need(n) => deployments.on_need(&device, n).await,
+                        Observation::Telemetry { .. } | Observation::Cleared => Ok(()),
+                    }
+                };
+                watched("moving the deployments on", &p.topic, moved).await
+            }
             Err(e) => Err(e),
         };
         match stored {
