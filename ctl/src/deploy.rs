@@ -152,7 +152,8 @@ impl DeployRequest {
             latency_budget_ms: 0,
             min_agent_version: String::new(),
             chunk_size: DEFAULT_CHUNK_BYTES,
-            delta: true,
+            // The library's callers choose; the CLI's `--chunking` defaults to content.
+            delta: false,
             rate: None,
             accept_wait: crate::command::DEFAULT_ACCEPT_WAIT,
             timeout: DEFAULT_TIMEOUT,
