@@ -237,7 +237,7 @@ async fn bad_updates_are_refused_with_their_reason_and_the_old_model_keeps_servi
     let states = publish_raw(&s, "dev-1", [6; 16], &[oversized], 1).await;
     assert!(matches!(&states[0], AckState::Rejected(r) if r.contains("oversized")), "{states:?}");
     let future = Command {
-        version: 2,
+        version: <Command as edge_proto::codec::Versioned>::VERSION + 1,
         ..Command::new(
             [5; 16],
             edgectl::command::now_ms(),
@@ -249,7 +249,8 @@ async fn bad_updates_are_refused_with_their_reason_and_the_old_model_keeps_servi
     let mut future = edge_proto::encode(&sign(future, &operator_key()));
     future.extend([0xff; 8]);
     let states = publish_raw(&s, "dev-1", [5; 16], &[future], 1).await;
-    assert!(matches!(&states[0], AckState::Rejected(r) if r.contains("unknown command version 2")), "{states:?}");
+    let unknown = format!("unknown command version {}", <Command as edge_proto::codec::Versioned>::VERSION + 1);
+    assert!(matches!(&states[0], AckState::Rejected(r) if r.contains(&unknown)), "{states:?}");
 
     // The same signed bytes twice: the second is a replay.
     let (cmd, bytes) = edgectl::command::signed_command(

@@ -153,7 +153,7 @@ impl Device {
                             version: Need::VERSION,
                             device: self.id.clone(),
                             transfer_id: m.transfer_id,
-                            missing: missing_ranges(m.chunk_count(), |i| chunks.contains_key(&i)),
+                            missing: missing_ranges(m.chunk_count(), u32::MAX, |i| chunks.contains_key(&i)),
                         };
                         let payload = edge_proto::encode(&need);
                         self.client.publish(self.topics.need(), QoS::AtLeastOnce, false, payload).await.unwrap();

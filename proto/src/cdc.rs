@@ -102,63 +102,24 @@ impl CdcParams {
         end
     }
 
+    /// The chunks of `data`, in order, each with its offset: they tile `data`.
+    pub fn chunks<'a>(&self, data: &'a [u8]) -> impl Iterator<Item = (usize, &'a [u8])> + 'a {
+        let params = *self;
+        let mut offset = 0;
+        std::iter::from_fn(move || {
+            let rest = &data[offset..];
+            if rest.is_empty() {
+                return None;
+            }
+            let n = params.cut(rest);
+            offset += n;
+            Some((offset - n, &rest[..n]))
+        })
+    }
+
     /// Lengths of all the chunks of `data`, in order; they sum to `data.len()`.
     pub fn lengths(&self, data: &[u8]) -> Vec<u32> {
-        let mut out = vec![];
-        let mut rest = data;
-        while !rest.is_empty() {
-            let n = self.cut(rest);
-            out.push(n as u32);
-            rest = &rest[n..];
-        }
-        out
-    }
-}
-
-/// Where a device already holds a chunk: in which of its files, at which byte range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Held {
-    /// Index of the file, as given to [`HeldIndex::add`].
-    pub file: usize,
-    /// Offset of the chunk in it.
-    pub offset: u64,
-    /// Chunk length.
-    pub len: u32,
-}
-
-/// The chunks of the files a device holds (its installed versions), cut with one set of
-/// limits and found by SHA-256: what a new version's chunks can be copied from instead of
-/// being sent. Pure: the caller reads the files (off the async runtime).
-#[derive(Debug, Default)]
-pub struct HeldIndex {
-    chunks: std::collections::HashMap<[u8; 32], Held>,
-}
-
-impl HeldIndex {
-    /// Cuts `data`, the content of file number `file`, with `params` and records its chunks.
-    /// A hash already recorded keeps its first place.
-    pub fn add(&mut self, file: usize, data: &[u8], params: &CdcParams) {
-        let mut offset = 0usize;
-        for len in params.lengths(data) {
-            let hash = crate::ota::sha256(&data[offset..offset + len as usize]);
-            self.chunks.entry(hash).or_insert(Held { file, offset: offset as u64, len });
-            offset += len as usize;
-        }
-    }
-
-    /// Where the chunk with this hash and length is held, if anywhere.
-    pub fn find(&self, hash: &[u8; 32], len: u32) -> Option<Held> {
-        self.chunks.get(hash).copied().filter(|h| h.len == len)
-    }
-
-    /// Number of distinct chunks recorded.
-    pub fn len(&self) -> usize {
-        self.chunks.len()
-    }
-
-    /// Whether nothing is recorded.
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.chunks(data).map(|(_, c)| c.len() as u32).collect()
     }
 }
 
@@ -188,19 +149,6 @@ mod tests {
 
     fn small() -> CdcParams {
         CdcParams { min: 1024, avg: 4096, max: 16 * 1024 }
-    }
-
-    /// (offset, length) of each chunk.
-    fn spans(lengths: &[u32]) -> Vec<(usize, u32)> {
-        let mut at = 0;
-        lengths
-            .iter()
-            .map(|&l| {
-                let s = (at, l);
-                at += l as usize;
-                s
-            })
-            .collect()
     }
 
     #[test]
@@ -241,7 +189,7 @@ mod tests {
         let p = small();
         let a = noise(300_000, 2);
         let hashes = |d: &[u8]| -> std::collections::HashSet<[u8; 32]> {
-            spans(&p.lengths(d)).iter().map(|&(o, l)| crate::ota::sha256(&d[o..o + l as usize])).collect()
+            p.chunks(d).map(|(_, c)| crate::ota::sha256(c)).collect()
         };
         let ha = hashes(&a);
         // Overwrite 100 bytes in the middle: the chunk holding them, and at most the next
@@ -269,31 +217,17 @@ mod tests {
     }
 
     #[test]
-    fn held_chunks_are_found_by_hash_and_give_back_the_same_bytes() {
+    fn chunks_tile_the_input_at_their_offsets() {
         let p = small();
-        let v1 = noise(200_000, 5);
-        let other = noise(50_000, 6);
-        // v2: v1 with its last 20 000 bytes changed, as a retrained last layer would be.
-        let mut v2 = v1.clone();
-        v2[180_000..].copy_from_slice(&noise(20_000, 7));
-        let mut index = HeldIndex::default();
-        index.add(0, &other, &p);
-        index.add(1, &v1, &p);
-        let files = [&other, &v1];
-        let (mut reused, mut missing) = (0usize, 0usize);
-        for (offset, len) in spans(&p.lengths(&v2)) {
-            let chunk = &v2[offset..offset + len as usize];
-            match index.find(&crate::ota::sha256(chunk), len) {
-                Some(h) => {
-                    let start = h.offset as usize;
-                    assert_eq!(&files[h.file][start..start + h.len as usize], chunk);
-                    reused += len as usize;
-                }
-                None => missing += len as usize,
-            }
+        let data = noise(100_000, 5);
+        let mut next = 0;
+        for ((offset, chunk), len) in p.chunks(&data).zip(p.lengths(&data)) {
+            assert_eq!(offset, next);
+            assert_eq!(chunk.len(), len as usize);
+            assert_eq!(chunk, &data[offset..offset + chunk.len()]);
+            next += chunk.len();
         }
-        assert_eq!(reused + missing, v2.len());
-        assert!(missing >= 20_000 && missing <= 20_000 + 2 * p.max as usize, "{missing} bytes missing");
-        assert!(index.find(&[0; 32], 10).is_none());
+        assert_eq!(next, data.len());
+        assert_eq!(p.chunks(&[]).count(), 0);
     }
 }

@@ -114,13 +114,62 @@ pub struct Manifest {
 
 /// How an artifact cut by content is cut: the rule's limits, which a device needs to cut the
 /// files it holds the same way, and the length of every chunk, so that a chunk's byte range
-/// is a sum rather than a re-run of the rule.
+/// is a lookup rather than a re-run of the rule. Encoded as the limits and the lengths; where
+/// each chunk ends is worked out once, when it is made or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "ContentWire", into = "ContentWire")]
 pub struct ContentChunks {
     /// The rule's limits.
     pub params: CdcParams,
+    lengths: Vec<u32>,
+    /// Where each chunk ends in the artifact: running sums of `lengths`.
+    ends: Vec<u64>,
+}
+
+/// [`ContentChunks`] as encoded.
+#[derive(Serialize, Deserialize)]
+struct ContentWire {
+    params: CdcParams,
+    lengths: Vec<u32>,
+}
+
+impl From<ContentWire> for ContentChunks {
+    fn from(w: ContentWire) -> ContentChunks {
+        ContentChunks::new(w.params, w.lengths)
+    }
+}
+
+impl From<ContentChunks> for ContentWire {
+    fn from(c: ContentChunks) -> ContentWire {
+        ContentWire { params: c.params, lengths: c.lengths }
+    }
+}
+
+impl ContentChunks {
+    /// Chunks of `lengths` bytes, in order, cut by `params`.
+    pub fn new(params: CdcParams, lengths: Vec<u32>) -> ContentChunks {
+        let ends = lengths
+            .iter()
+            .scan(0u64, |end, &l| {
+                *end += l as u64;
+                Some(*end)
+            })
+            .collect();
+        ContentChunks { params, lengths, ends }
+    }
+
     /// Length of each chunk, in order.
-    pub lengths: Vec<u32>,
+    pub fn lengths(&self) -> &[u32] {
+        &self.lengths
+    }
+
+    /// The byte range of chunk `index`; empty at the artifact's end past the last chunk.
+    fn range(&self, index: usize) -> std::ops::Range<u64> {
+        let total = self.ends.last().copied().unwrap_or(0);
+        // Where chunk `i` starts: where the one before it ends.
+        let start_of = |i: usize| i.checked_sub(1).map_or(0, |before| self.ends.get(before).copied().unwrap_or(total));
+        start_of(index)..start_of(index + 1)
+    }
 }
 
 impl Manifest {
@@ -137,9 +186,7 @@ impl Manifest {
     /// The byte range of chunk `index` within the artifact.
     pub fn chunk_range(&self, index: u32) -> std::ops::Range<u64> {
         if let Some(c) = &self.content {
-            let i = (index as usize).min(c.lengths.len());
-            let start: u64 = c.lengths[..i].iter().map(|&l| l as u64).sum();
-            return start..start + c.lengths.get(i).map_or(0, |&l| l as u64);
+            return c.range(index as usize);
         }
         let start = index as u64 * self.chunk_size as u64;
         start..(start + self.chunk_size as u64).min(self.artifact_size())
@@ -147,17 +194,7 @@ impl Manifest {
 
     /// The byte ranges of every chunk, in order.
     pub fn chunk_ranges(&self) -> Vec<std::ops::Range<u64>> {
-        let mut start = 0;
-        let mut out = Vec::with_capacity(self.chunk_hashes.len());
-        for i in 0..self.chunk_count() {
-            let len = match &self.content {
-                Some(c) => c.lengths[i as usize] as u64,
-                None => (self.chunk_size as u64).min(self.artifact_size() - start),
-            };
-            out.push(start..start + len);
-            start += len;
-        }
-        out
+        (0..self.chunk_count()).map(|i| self.chunk_range(i)).collect()
     }
 
     /// Whether the sizes, chunk size and hash count agree with each other: what a device
@@ -335,16 +372,8 @@ pub fn prepare_cut(
     let (chunk_size, chunk_hashes, content) = match cut {
         Cut::Fixed(size) => (size, chunk_hashes(&artifact, size), None),
         Cut::Content(params) => {
-            let lengths = params.lengths(&artifact);
-            let mut at = 0usize;
-            let hashes = lengths
-                .iter()
-                .map(|&l| {
-                    at += l as usize;
-                    sha256(&artifact[at - l as usize..at])
-                })
-                .collect();
-            (params.max, hashes, Some(ContentChunks { params, lengths }))
+            let (lengths, hashes) = params.chunks(&artifact).map(|(_, c)| (c.len() as u32, sha256(c))).unzip();
+            (params.max, hashes, Some(ContentChunks::new(params, lengths)))
         }
     };
     let manifest = Manifest {
@@ -366,19 +395,23 @@ pub fn prepare_cut(
     (manifest, artifact)
 }
 
-/// Ranges `[start, end)` of the indices for which `have(i)` is false, among `0..count`.
-pub fn missing_ranges(count: u32, have: impl Fn(u32) -> bool) -> Vec<(u32, u32)> {
+/// Ranges `[start, end)` of the indices for which `have(i)` is false, among `0..count`, in
+/// order and covering at most `max_chunks` indices in all (at least one): what a [`Need`]
+/// asks for.
+pub fn missing_ranges(count: u32, max_chunks: u32, have: impl Fn(u32) -> bool) -> Vec<(u32, u32)> {
+    let mut left = max_chunks.max(1);
     let mut out = vec![];
     let mut i = 0;
-    while i < count {
+    while i < count && left > 0 {
         if have(i) {
             i += 1;
             continue;
         }
         let start = i;
-        while i < count && !have(i) {
+        while i < count && !have(i) && i - start < left {
             i += 1;
         }
+        left -= i - start;
         out.push((start, i));
     }
     out
@@ -450,10 +483,14 @@ mod tests {
             assert_eq!(sha256(&artifact[r.start as usize..r.end as usize]), m.chunk_hashes[i]);
         }
         let mut short = m.clone();
-        short.content.as_mut().unwrap().lengths[0] -= 1;
+        let c = m.content.as_ref().unwrap();
+        let mut lengths = c.lengths().to_vec();
+        lengths[0] -= 1;
+        short.content = Some(ContentChunks::new(c.params, lengths.clone()));
         assert!(short.check_consistent().unwrap_err().contains("sum to"));
         let mut long = m.clone();
-        long.content.as_mut().unwrap().lengths[0] = params.max + 1;
+        lengths[0] = params.max + 1;
+        long.content = Some(ContentChunks::new(params, lengths));
         assert!(long.check_consistent().is_err());
         let mut mismatch = m;
         mismatch.chunk_size = 100;
@@ -487,9 +524,14 @@ mod tests {
     #[test]
     fn missing_ranges_are_half_open_and_ordered() {
         let have = [true, false, false, true, false, true, true, false];
-        assert_eq!(missing_ranges(8, |i| have[i as usize]), vec![(1, 3), (4, 5), (7, 8)]);
-        assert_eq!(missing_ranges(3, |_| true), vec![]);
-        assert_eq!(missing_ranges(3, |_| false), vec![(0, 3)]);
+        assert_eq!(missing_ranges(8, 100, |i| have[i as usize]), vec![(1, 3), (4, 5), (7, 8)]);
+        assert_eq!(missing_ranges(3, 100, |_| true), vec![]);
+        assert_eq!(missing_ranges(3, 100, |_| false), vec![(0, 3)]);
+        // The cap counts indices, across ranges, and cuts the last range short.
+        assert_eq!(missing_ranges(8, 3, |i| have[i as usize]), vec![(1, 3), (4, 5)]);
+        assert_eq!(missing_ranges(8, 2, |i| have[i as usize]), vec![(1, 3)]);
+        assert_eq!(missing_ranges(8, 1, |i| have[i as usize]), vec![(1, 2)]);
+        assert_eq!(missing_ranges(8, 0, |i| have[i as usize]), vec![(1, 2)]);
     }
 
     #[test]

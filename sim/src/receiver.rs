@@ -155,17 +155,7 @@ impl Receiver {
     pub fn ask_now(&mut self, now: Duration) -> Vec<(u32, u32)> {
         self.last_need = Some(now);
         let have = &self.have;
-        let mut budget = MAX_NEED_CHUNKS;
-        let mut out = vec![];
-        for (start, end) in missing_ranges(have.len() as u32, |i| have[i as usize]) {
-            if budget == 0 {
-                break;
-            }
-            let end = end.min(start + budget);
-            budget -= end - start;
-            out.push((start, end));
-        }
-        out
+        missing_ranges(have.len() as u32, MAX_NEED_CHUNKS, |i| have[i as usize])
     }
 
     /// Feeds chunk `index` (the next in order) into the model and validation digests.

@@ -245,10 +245,8 @@ impl Staging {
         }
         let ranges = self.manifest.chunk_ranges();
         let (mut chunks, mut bytes) = (0, 0);
-        let mut offset = 0usize;
-        for len in content.params.lengths(held) {
-            let data = &held[offset..offset + len as usize];
-            offset += len as usize;
+        for (_, data) in content.params.chunks(held) {
+            let len = data.len() as u32;
             let Some(indices) = wanted.remove(&sha256(data)) else { continue };
             for i in indices {
                 let r = &ranges[i as usize];
@@ -294,17 +292,7 @@ impl Staging {
 
     /// The missing chunks as ranges, at most `max_chunks` of them in all.
     pub fn missing(&self, max_chunks: u32) -> Vec<(u32, u32)> {
-        let mut left = max_chunks.max(1);
-        let mut out = vec![];
-        for (start, end) in missing_ranges(self.manifest.chunk_count(), |i| self.has(i)) {
-            if left == 0 {
-                break;
-            }
-            let end = end.min(start.saturating_add(left));
-            left -= end - start;
-            out.push((start, end));
-        }
-        out
+        missing_ranges(self.manifest.chunk_count(), max_chunks, |i| self.has(i))
     }
 
     /// The staging directory.
