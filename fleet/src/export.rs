@@ -45,7 +45,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use rumqttc::{AsyncClient, Publish};
+use rumqttc::Publish;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +55,7 @@ use crate::ingest::IngestError;
 use crate::progress::{is_new, record, Mark, Progress};
 use crate::remote_write::{self, Client, Endpoint, Outcome, Series};
 use crate::series;
-use crate::session::{self, Filters};
+use crate::session::{self, Acks, Consumer, Filters};
 
 /// Most samples in one write request.
 pub const MAX_SAMPLES: usize = 2000;
@@ -161,12 +161,12 @@ pub async fn run(
     metrics: ExportMetrics,
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
-    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id.clone(), session::ACK_ROOM, true)?;
-    let (tx, rx) = mpsc::channel::<Publish>(QUEUE);
+    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id.clone(), session::REQUESTS, true)?;
+    let (mut consumer, rx, acks) = Consumer::new(QUEUE);
     let stop_writer = cancel.child_token();
     tracing::info!(url = %endpoint.url, client_id, "telemetry export to Prometheus started");
     let writer = Writer {
-        client: client.clone(),
+        acks,
         prefix: mqtt.topic_prefix.clone(),
         progress: Progress::new(db),
         remote: Client::new(endpoint),
@@ -174,11 +174,10 @@ pub async fn run(
         cancel: stop_writer.clone(),
     };
     let writer = tokio::spawn(writer.run(rx));
-    session::pump(&mqtt, "telemetry export", &client, &mut eventloop, &filters, Some(&tx), &cancel).await;
-    drop(tx);
+    session::pump(&mqtt, "telemetry export", &client, &mut eventloop, &filters, Some(&mut consumer), &cancel).await;
     stop_writer.cancel();
     let _ = writer.await;
-    session::leave(&client, &mut eventloop).await;
+    session::leave(&mqtt, "telemetry export", &client, &mut eventloop, Some(&mut consumer)).await;
     Ok(())
 }
 
@@ -192,7 +191,7 @@ struct Entry {
 }
 
 struct Writer {
-    client: AsyncClient,
+    acks: Acks,
     prefix: String,
     progress: Progress,
     remote: Client,
@@ -242,9 +241,7 @@ impl Writer {
                 tracing::error!("telemetry export: cannot store the progress of {} devices: {e}", written.len());
             }
             for e in &batch {
-                if let Err(err) = self.client.ack(&e.publish).await {
-                    tracing::warn!(topic = %e.publish.topic, "telemetry export: cannot ack to the broker: {err}");
-                }
+                self.acks.ack(&e.publish);
             }
         }
     }

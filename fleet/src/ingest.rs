@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use edge_mqtt::MqttConfig;
 use edge_proto::topics::fleet;
-use rumqttc::{AsyncClient, Publish};
+use rumqttc::Publish;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +30,7 @@ use crate::db::Db;
 use crate::deployments::Deployments;
 use crate::inventory::{self, Observation};
 use crate::metrics::Metrics;
-use crate::session::{self, Filters};
+use crate::session::{self, Acks, Consumer, Filters};
 
 /// Delays between attempts to store a message the database refused.
 pub const RETRIES: [Duration; 5] = [
@@ -74,12 +74,12 @@ pub async fn run(
     metrics: Metrics,
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
-    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id, session::ACK_ROOM, true)?;
-    let (tx, rx) = mpsc::channel::<Publish>(QUEUE);
+    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id, session::REQUESTS, true)?;
+    let (mut consumer, rx, acks) = Consumer::new(QUEUE);
     let stop_store = cancel.child_token();
     let store = tokio::spawn(store(
         rx,
-        client.clone(),
+        acks,
         mqtt.topic_prefix.clone(),
         db,
         deployments,
@@ -87,18 +87,17 @@ pub async fn run(
         stop_store.clone(),
     ));
     let subscriptions = filters(&mqtt.topic_prefix, share_group.as_deref());
-    session::pump(&mqtt, "inventory", &client, &mut eventloop, &subscriptions, Some(&tx), &cancel).await;
-    drop(tx);
+    session::pump(&mqtt, "inventory", &client, &mut eventloop, &subscriptions, Some(&mut consumer), &cancel).await;
     stop_store.cancel();
     let _ = store.await;
-    session::leave(&client, &mut eventloop).await;
+    session::leave(&mqtt, "inventory", &client, &mut eventloop, Some(&mut consumer)).await;
     Ok(())
 }
 
 /// Stores each message, then acks it to the broker.
 async fn store(
     mut rx: mpsc::Receiver<Publish>,
-    client: AsyncClient,
+    acks: Acks,
     prefix: String,
     db: Db,
     deployments: Deployments,
@@ -119,9 +118,7 @@ async fn store(
             // Cancelled mid-retry: not acked, so the broker delivers it again.
             return;
         }
-        if let Err(e) = watched("its ack to the broker", &p.topic, client.ack(&p)).await {
-            tracing::warn!(topic = %p.topic, "cannot ack to the broker: {e}");
-        }
+        acks.ack(&p);
     }
 }
 

@@ -21,20 +21,117 @@
 use std::time::Duration;
 
 use edge_mqtt::{host_port, MqttConfig};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, PubAck, Publish, QoS, SubscribeFilter, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::IngestError;
 
-/// Requests a persistent session's consumer may queue towards its event loop without
-/// waiting: one PUBACK per message received and not yet acked, which the broker bounds by
-/// its in-flight window and MQTT by its packet ids (65,535), so acking never waits. With
-/// less room, a consumer acking (the export acks a batch of up to 2000 at once) waits on the
-/// event loop, while [`pump`] waits for room in that consumer's full queue and no longer
-/// polls: both stop for good. bench/fleet.sh hit it with 50 devices and a burst of repair
-/// requests, the request queue at 16 (flume allocates as it fills, not up front).
-pub const ACK_ROOM: usize = 65_536;
+/// Requests queued towards an event loop: subscriptions, and the deployments' publishes. Acks
+/// do not go this way ([`Acks`]).
+pub const REQUESTS: usize = 64;
+
+/// What a persistent session's consumer acks a message with, once it has handled it: the
+/// session's [`pump`] writes the PUBACK to the broker itself, at once.
+///
+/// Not `AsyncClient::ack`: rumqttc's event loop takes one request from its queue per wake-up
+/// while it reads up to ten packets per wake-up, and hands out what it read before it looks
+/// at the queue again. Under a steady flow of messages (1,000 devices, with a deployment
+/// under way) acks fell behind by thousands a minute until the queue was full; the consumer
+/// then waited on the queue, the pump on the consumer, and the session stopped for good
+/// (bench/fleet.sh with 200 late devices; rumqtt issue 1025).
+#[derive(Debug, Clone)]
+pub struct Acks {
+    tx: mpsc::UnboundedSender<u16>,
+}
+
+impl Acks {
+    /// Acks `p` (a no-op for QoS 0). Never waits. Once the session is gone the ack is
+    /// dropped, and the broker sends the message again to the next session.
+    pub fn ack(&self, p: &Publish) {
+        if p.qos != QoS::AtMostOnce {
+            let _ = self.tx.send(p.pkid);
+        }
+    }
+}
+
+/// The consumer of a persistent session, as its [`pump`] sees it: where each message goes,
+/// and the acks that come back ([`Acks`]).
+#[derive(Debug)]
+pub struct Consumer {
+    messages: mpsc::Sender<Publish>,
+    acks: mpsc::UnboundedReceiver<u16>,
+    unacked: Unacked,
+}
+
+impl Consumer {
+    /// A consumer with room for `queue` messages, the end it reads them from, and its
+    /// handle to ack them with.
+    pub fn new(queue: usize) -> (Consumer, mpsc::Receiver<Publish>, Acks) {
+        let (messages, rx) = mpsc::channel(queue);
+        let (tx, acks) = mpsc::unbounded_channel();
+        (Consumer { messages, acks, unacked: Unacked::default() }, rx, Acks { tx })
+    }
+
+    /// Writes the acks waiting, `first` and up to 999 more, with one flush.
+    async fn write_acks(&mut self, first: u16, mqtt: &MqttConfig, what: &str, eventloop: &mut EventLoop) {
+        let mut batch = vec![first];
+        while batch.len() < 1000 {
+            match self.acks.try_recv() {
+                Ok(pkid) => batch.push(pkid),
+                Err(_) => break,
+            }
+        }
+        write_acks(mqtt, what, eventloop, &mut self.unacked, &batch).await;
+    }
+}
+
+/// Messages handed to the consumer on this connection and not acked yet, by packet id: an
+/// ack is written only for one of them. After a reconnect the broker sends the unacked ones
+/// again (same ids), and the consumer handles and acks them again; an ack made for the old
+/// connection must not go out on the new one (the id may be another message by then).
+#[derive(Debug, Default)]
+struct Unacked(std::collections::HashSet<u16>);
+
+impl Unacked {
+    fn handed(&mut self, p: &Publish) {
+        if p.qos != QoS::AtMostOnce {
+            self.0.insert(p.pkid);
+        }
+    }
+
+    /// Whether an ack for `pkid` is to be written, and then no other for it.
+    fn take(&mut self, pkid: u16) -> bool {
+        self.0.remove(&pkid)
+    }
+
+    fn reconnected(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Writes the PUBACKs of `pkids` (those [`Unacked`] lets out) on the event loop's connection
+/// and flushes. Without a connection they are dropped: the broker sends the messages again.
+/// A write that fails or takes past the network timeout drops the connection, which the
+/// next poll makes again.
+async fn write_acks(mqtt: &MqttConfig, what: &str, eventloop: &mut EventLoop, unacked: &mut Unacked, pkids: &[u16]) {
+    let Some(network) = eventloop.network.as_mut() else { return };
+    let timeout = Duration::from_secs(mqtt.network_timeout_secs.max(1));
+    let written = tokio::time::timeout(timeout, async {
+        for &pkid in pkids.iter().filter(|&&pkid| unacked.take(pkid)) {
+            network.write(Packet::PubAck(PubAck::new(pkid))).await?;
+        }
+        network.flush().await
+    })
+    .await;
+    let error = match written {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no progress in {timeout:?}"),
+    };
+    tracing::warn!(broker = %mqtt.url, "{what}: writing acks to the broker: {error}; reconnecting");
+    eventloop.clean();
+}
 
 /// A client and its event loop as `client_id`, with at most `cap` requests queued towards
 /// the event loop: a persistent session with manual acks (`persistent`), or a clean one
@@ -115,40 +212,61 @@ impl Filters {
     }
 }
 
-/// Polls `eventloop` until `cancel` or until `tx` is closed: subscribes `filters` at each
-/// CONNACK, hands each PUBLISH to `tx` (waiting while it is full, so that rumqttc stops
-/// reading and the broker holds the rest; a session without `tx` subscribes to nothing),
-/// and after a connection error waits before the next attempt, from 500 ms doubling to
-/// `[mqtt] reconnect_max_secs`. `what` names the session in the log. Nothing slow happens
-/// here: the consumer of `tx` does the work.
+/// Polls `eventloop` until `cancel` or until the consumer's queue is closed: subscribes
+/// `filters` at each CONNACK, hands each PUBLISH to the consumer (waiting while its queue is
+/// full, so that rumqttc stops reading and the broker holds the rest; a session without a
+/// consumer subscribes to nothing), writes the consumer's acks as they come, also while it
+/// waits ([`Acks`]), and after a connection error waits before the next attempt, from 500 ms
+/// doubling to `[mqtt] reconnect_max_secs`. `what` names the session in the log. Nothing
+/// slow happens here: the consumer does the work.
 pub async fn pump(
     mqtt: &MqttConfig,
     what: &str,
     client: &AsyncClient,
     eventloop: &mut EventLoop,
     filters: &Filters,
-    tx: Option<&mpsc::Sender<Publish>>,
+    mut consumer: Option<&mut Consumer>,
     cancel: &CancellationToken,
 ) {
     let max_delay = Duration::from_secs(mqtt.reconnect_max_secs.max(1));
     let mut delay = Duration::from_millis(500);
     loop {
+        // rumqttc's poll is cancelled when an ack comes first: what it has read stays in its
+        // buffers and is handed out by the next poll.
         let event = tokio::select! {
             _ = cancel.cancelled() => return,
+            Some(first) = async { consumer.as_mut()?.acks.recv().await } => {
+                if let Some(c) = consumer.as_mut() {
+                    c.write_acks(first, mqtt, what, eventloop).await;
+                }
+                continue;
+            }
             event = eventloop.poll() => event,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 delay = Duration::from_millis(500);
+                if let Some(c) = consumer.as_mut() {
+                    c.unacked.reconnected();
+                }
                 tracing::info!(broker = %mqtt.url, session_present = ack.session_present, "{what} connected to the broker");
                 filters.subscribe(client, ack.session_present);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if let Some(tx) = tx {
-                    if tx.send(p).await.is_err() {
-                        return;
+                let Some(c) = consumer.as_mut() else { continue };
+                // Waits for room in the consumer's queue, writing its acks meanwhile: it may
+                // be waiting for them to make room.
+                let messages = c.messages.clone();
+                let room = loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        room = messages.reserve() => break room,
+                        Some(first) = c.acks.recv() => c.write_acks(first, mqtt, what, eventloop).await,
                     }
-                }
+                };
+                let Ok(room) = room else { return };
+                c.unacked.handed(&p);
+                room.send(p);
             }
             Ok(_) => {}
             Err(e) => {
@@ -163,9 +281,21 @@ pub async fn pump(
     }
 }
 
-/// Lets the last acks out and disconnects, without a will: the session stays on the
-/// broker, which queues what arrives until the next start. At most 2 s.
-pub async fn leave(client: &AsyncClient, eventloop: &mut EventLoop) {
+/// Writes the acks the consumer made since the pump stopped, then disconnects without a
+/// will: the session stays on the broker, which queues what arrives until the next start.
+/// At most 2 s.
+pub async fn leave(
+    mqtt: &MqttConfig,
+    what: &str,
+    client: &AsyncClient,
+    eventloop: &mut EventLoop,
+    consumer: Option<&mut Consumer>,
+) {
+    if let Some(c) = consumer {
+        while let Ok(first) = c.acks.try_recv() {
+            c.write_acks(first, mqtt, what, eventloop).await;
+        }
+    }
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while let Ok(e) = eventloop.poll().await {

@@ -189,7 +189,7 @@ pub async fn run(
     metrics: DeploymentMetrics,
     cancel: CancellationToken,
 ) -> Result<(), crate::ingest::IngestError> {
-    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id, 64, false)?;
+    let (client, mut eventloop) = crate::session::connect(&mqtt, client_id, crate::session::REQUESTS, false)?;
     let poller = {
         let (mqtt, client, cancel) = (mqtt.clone(), client.clone(), cancel.clone());
         tokio::spawn(async move {
