@@ -15,18 +15,38 @@
 //!   the file shifts.
 //!
 //! A chunk is sent when no chunk of the old version has the same SHA-256.
+//!
+//! With `--agent PATH` (a release `edge-agent`), the same on the wire as well: for each
+//! model, a real agent behind a real Mosquitto is deployed the model, then its *head
+//! retrained* version with content-defined chunks (the agent copies what it holds and asks
+//! for the rest; edgectl publishes the union of what was asked), then a version retrained
+//! once more with fixed-size chunks; what edgectl published for each is printed beside the
+//! artifact's size. (The other two versions are not valid models, which the agent would
+//! refuse to install.)
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use anyhow::{bail, Context};
+use edge_bench::agent::{operator_mqtt, AgentProcess};
+use edge_it::{Broker, Pki};
 use edge_proto::cdc::CdcParams;
-use edge_proto::ota::{sha256, DEFAULT_CHUNK_BYTES};
+use edge_proto::command::{SigningKey, Target};
+use edge_proto::ota::{sha256, ModelFormat, DEFAULT_CHUNK_BYTES};
+use edgectl::deploy::{deploy, DeployRequest};
+use edgectl::link::Link;
 use prost::Message;
 use tract_onnx::pb;
 
 fn main() -> anyhow::Result<()> {
-    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "models".into()));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let agent = args
+        .iter()
+        .position(|a| a == "--agent")
+        .map(|i| PathBuf::from(args.get(i + 1).cloned().unwrap_or_else(|| "target/release/edge-agent".into())));
+    let dir = PathBuf::from(args.first().filter(|a| !a.starts_with("--")).cloned().unwrap_or_else(|| "models".into()));
     let mut models: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}: pass the models directory as the argument", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -36,6 +56,16 @@ fn main() -> anyhow::Result<()> {
     if models.is_empty() {
         bail!("no .onnx model in {}", dir.display());
     }
+    offline(&models)?;
+    if let Some(agent) = agent {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        runtime.block_on(wire(&agent, &models))?;
+    }
+    Ok(())
+}
+
+/// The table of bytes each scheme sends, worked out from the files.
+fn offline(models: &[PathBuf]) -> anyhow::Result<()> {
     let cdc = CdcParams::DEFAULT;
     let fixed_small = cdc.avg;
     println!(
@@ -55,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("|---|---:|---|---|---:|---:|---:|---:|");
     for path in models {
-        let v1 = std::fs::read(&path)?;
+        let v1 = std::fs::read(path)?;
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         let Some(head) = head(&v1)? else {
             println!("| {name} | {} | (no weighted node found) | | | | | |", v1.len());
@@ -90,6 +120,58 @@ fn main() -> anyhow::Result<()> {
                 sent(&by_cdc(&v1), &by_cdc(&v2)),
             );
         }
+    }
+    Ok(())
+}
+
+/// Deploys each model, then a retrained head with content-defined chunks, then a head
+/// retrained again with fixed-size chunks, to a real agent; prints what edgectl published.
+async fn wire(agent: &std::path::Path, models: &[PathBuf]) -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let pki = Pki::generate(&work.path().join("pki"))?;
+    let broker = Broker::start(&pki)?;
+    let key = SigningKey::from_bytes(&[42; 32]);
+    println!();
+    println!(
+        "On the wire: a real edge-agent and Mosquitto (mutual TLS, loopback); edgectl's direct deploy, \
+         content-defined chunks of the default limits, fixed chunks of {} KiB. Bytes: what edgectl \
+         published for the new version, chunk messages with their envelopes.\n",
+        DEFAULT_CHUNK_BYTES / 1024
+    );
+    println!("| model | artifact bytes | head retrained, content-defined: published | of the artifact | retrained again, fixed: published | of the artifact |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (n, path) in models.iter().enumerate() {
+        let v1 = std::fs::read(path)?;
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let Some(head) = head(&v1)? else { continue };
+        let v2 = head.retrained(&v1);
+        let v3 = head.retrained(&v2);
+        let device = format!("delta-{n}");
+        let _agent = AgentProcess::start(agent, work.path(), &pki, &broker, &device, &key).await?;
+        let mut link = Link::connect(&operator_mqtt(&pki, &broker)?).await?;
+        let mut published = vec![];
+        for (version, model, delta) in [("1", &v1, true), ("2", &v2, true), ("3", &v3, false)] {
+            let mut req =
+                DeployRequest::new(Target::Device(device.clone()), "m", version, ModelFormat::Onnx, model.clone());
+            req.delta = delta;
+            req.wait = true;
+            req.timeout = Duration::from_secs(600);
+            let outcome = deploy(&mut link, &key, &req, |_| {}).await?;
+            if !outcome.all_ok() {
+                bail!("{name} version {version}: the deploy did not succeed: {:?}", outcome.results);
+            }
+            published.push((outcome.stats.bytes_published, outcome.stats.artifact_bytes));
+        }
+        link.close().await;
+        let share = |(sent, size): (u64, u64)| format!("{:.1} %", 100.0 * sent as f64 / size as f64);
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            published[1].1,
+            published[1].0,
+            share(published[1]),
+            published[2].0,
+            share(published[2])
+        );
     }
     Ok(())
 }

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use edge_agent::ota::staging::Staging;
+use edge_bench::agent::{operator_mqtt, AgentProcess, MAX_PACKET};
 use edge_it::{mqtt_options, unique_client_id, Broker, Pki};
-use edge_mqtt::MqttConfig;
 use edge_proto::codec::Versioned;
-use edge_proto::command::{hex, verify, Ack, AckState, NpyBytes, Payload, SigningKey, Target};
+use edge_proto::command::{verify, Ack, AckState, NpyBytes, Payload, SigningKey, Target};
 use edge_proto::ota::{decode_chunk, ModelFormat, Need, Validation};
 use edgectl::command::Event;
 use edgectl::deploy::{deploy, DeployRequest};
@@ -60,7 +60,6 @@ struct Args {
     scratch: PathBuf,
 }
 
-const MAX_PACKET: usize = 1_100_000;
 /// Silence before a simulated device asks for missing chunks: the agent's default
 /// `[ota] stall_secs`.
 const STALL: Duration = Duration::from_secs(5);
@@ -140,22 +139,6 @@ fn generated_model(mb: usize) -> (Vec<u8>, Validation) {
         tolerance: 1e-3 * scale,
     };
     (model.encode_to_vec(), validation)
-}
-
-fn operator_mqtt(pki: &Pki, broker: &Broker) -> Result<MqttConfig> {
-    let files = pki.client("operator")?;
-    Ok(MqttConfig {
-        url: broker.url(),
-        ca_file: pki.ca_pem().to_path_buf(),
-        cert_file: files.cert,
-        key_file: files.key,
-        topic_prefix: "edge".into(),
-        allow_insecure: false,
-        max_packet_bytes: MAX_PACKET,
-        network_timeout_secs: 10,
-        keep_alive_secs: 10,
-        reconnect_max_secs: 1,
-    })
 }
 
 fn rss_bytes(pid: u32) -> Option<u64> {
@@ -384,55 +367,9 @@ async fn one_device(bench: &Bench, kib: u32, rate: Option<u64>) -> Result<OneDev
     let Bench { args, pki, broker, key, model, validation, work } = bench;
     let work = work.path();
     let device = format!("bench-{kib}-{}", rate.unwrap_or(0));
-    let files = pki.client(&device)?;
-    let http = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.to_string()
-    };
-    let config = work.join(format!("{device}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "device_id = \"{device}\"\nstate_dir = \"{state}\"\n\
-             [mqtt]\nurl = \"{url}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nmax_packet_bytes = {MAX_PACKET}\n\
-             [telemetry]\ninterval_secs = 60\n[http]\nlisten = \"{http}\"\n\
-             [ota]\ntrusted_keys = [\"{pubkey}\"]\nhealth_window_secs = 1\nstall_secs = 2\n",
-            state = work.join(format!("state-{device}")).display(),
-            url = broker.url(),
-            ca = pki.ca_pem().display(),
-            cert = files.cert.display(),
-            key = files.key.display(),
-            pubkey = hex(key.verifying_key().as_bytes()),
-        ),
-    )?;
-    let mut child = std::process::Command::new(&args.agent)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .with_context(|| format!("starting {}", args.agent.display()))?;
-    let pid = child.id();
+    let agent = AgentProcess::start(&args.agent, work, pki, broker, &device, key).await?;
+    let pid = agent.pid;
     let result = async {
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = std::net::TcpStream::connect(&http)
-                .and_then(|mut s| {
-                    use std::io::{Read, Write};
-                    write!(s, "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-                    let mut b = String::new();
-                    s.read_to_string(&mut b)?;
-                    Ok(b.starts_with("HTTP/1.1 200"))
-                })
-                .unwrap_or(false);
-            if ready {
-                break;
-            }
-            if Instant::now() > end {
-                bail!("agent not ready");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_before = rss_bytes(pid).unwrap_or(0);
         let peak = Arc::new(AtomicU64::new(0));
         let transferring = Arc::new(AtomicBool::new(true));
@@ -500,8 +437,7 @@ async fn one_device(bench: &Bench, kib: u32, rate: Option<u64>) -> Result<OneDev
         })
     }
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(agent);
     result
 }
 

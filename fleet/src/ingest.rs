@@ -77,15 +77,7 @@ pub async fn run(
     let (client, mut eventloop) = crate::session::connect(&mqtt, client_id, session::REQUESTS, true)?;
     let (mut consumer, rx, acks) = Consumer::new(QUEUE);
     let stop_store = cancel.child_token();
-    let store = tokio::spawn(store(
-        rx,
-        acks,
-        mqtt.topic_prefix.clone(),
-        db,
-        deployments,
-        metrics,
-        stop_store.clone(),
-    ));
+    let store = tokio::spawn(store(rx, acks, mqtt.topic_prefix.clone(), db, deployments, metrics, stop_store.clone()));
     let subscriptions = filters(&mqtt.topic_prefix, share_group.as_deref());
     session::pump(&mqtt, "inventory", &client, &mut eventloop, &subscriptions, Some(&mut consumer), &cancel).await;
     stop_store.cancel();

@@ -54,12 +54,7 @@ async fn flood(pki: &Pki, broker: &Broker) {
 
 /// A consumer session on `edge/+/telemetry` until `cancel`, acking everything it is handed
 /// and counting it in `handed`; returns the numbers it was handed.
-async fn consume(
-    mqtt: MqttConfig,
-    client_id: &str,
-    handed: Arc<AtomicU32>,
-    cancel: CancellationToken,
-) -> HashSet<u32> {
+async fn consume(mqtt: MqttConfig, client_id: &str, handed: Arc<AtomicU32>, cancel: CancellationToken) -> HashSet<u32> {
     let (client, mut eventloop) = session::connect(&mqtt, client_id.into(), session::REQUESTS, true).unwrap();
     let (mut consumer, mut rx, acks) = Consumer::new(64);
     let filters = Filters::split(vec![], &["edge/+/telemetry".into()], None);

@@ -1,0 +1,3 @@
+//! Code the benchmark commands share (`ota-bench`, `delta-bench`).
+
+pub mod agent;
