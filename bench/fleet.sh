@@ -8,7 +8,8 @@
 # Exits 1 when a sample is missing or a device did not converge. bench/RESULTS.md records a run.
 #
 #   bash bench/fleet.sh                 # 1000 devices, 300 s, 200 late (about 10 minutes)
-#   bash bench/fleet.sh --short         # 50 devices, 20 s, 10 late after 10 s (about a minute)
+#   bash bench/fleet.sh --short         # 50 devices, 20 s, 10 late after 10 s (about a minute;
+#                                       # CI runs it on debug builds: fleet/tests/fleet_bench_short.rs)
 #   bash bench/fleet.sh --devices 500 --duration 60 --late 100   # any edge-sim bench flag
 #
 # Mosquitto runs with deploy/mosquitto/mosquitto.conf plus the tuning in sim/src/bench.rs

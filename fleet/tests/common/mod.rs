@@ -149,6 +149,12 @@ pub fn edgectl_exe() -> PathBuf {
     BUILT.get_or_init(|| workspace_bin("edgectl", "edgectl")).clone()
 }
 
+/// The `edge-sim` binary of this build, built first if need be.
+pub fn sim_exe() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| workspace_bin("edge-sim", "edge-sim")).clone()
+}
+
 /// The `edge-agent` binary of this build, built first if need be.
 pub fn agent_exe() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
