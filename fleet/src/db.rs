@@ -9,6 +9,7 @@
 //! SQLite gets a pool of one connection: it has one writer anyway, and a second connection
 //! would only meet `database is locked`.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use edge_proto::command::ModelStatus;
@@ -227,24 +228,50 @@ impl Db {
         tx.commit().await.map_err(query("commit"))
     }
 
-    /// Every device, or the members of `group`, by id.
+    /// Every device, or the members of `group`, by id: three queries, whatever the number
+    /// of devices (one per table).
     pub async fn devices(&self, group: Option<&str>) -> Result<Vec<Device>, DbError> {
         let mut conn = self.pool.acquire().await.map_err(query("acquire a connection"))?;
-        let rows = match group {
-            None => sqlx::query("SELECT device FROM devices ORDER BY device").fetch_all(&mut *conn).await,
-            Some(g) => {
-                sqlx::query("SELECT device FROM device_groups WHERE group_name = $1 ORDER BY device")
-                    .bind(g)
-                    .fetch_all(&mut *conn)
-                    .await
+        let only = if group.is_some() {
+            " WHERE device IN (SELECT device FROM device_groups WHERE group_name = $1)"
+        } else {
+            ""
+        };
+        let rows =
+            bind_group(sqlx::query(&format!("SELECT {DEVICE_COLUMNS} FROM devices{only} ORDER BY device")), group)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(query("list devices"))?;
+        let mut out = rows.iter().map(device_of).collect::<Result<Vec<_>, _>>()?;
+        let index: HashMap<String, usize> = out.iter().enumerate().map(|(i, d)| (d.device.clone(), i)).collect();
+        let groups = bind_group(
+            sqlx::query(&format!("SELECT device, group_name FROM device_groups{only} ORDER BY device, group_name")),
+            group,
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query("list the devices' groups"))?;
+        for r in &groups {
+            let device: String = r.try_get(0).map_err(query("read groups"))?;
+            if let Some(&i) = index.get(&device) {
+                out[i].groups.push(r.try_get(1).map_err(query("read groups"))?);
             }
         }
-        .map_err(query("list devices"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get(0).map_err(query("list devices"))?;
-            if let Some(d) = read_device(&mut conn, &id).await? {
-                out.push(d);
+        let models = bind_group(
+            sqlx::query(&format!(
+                "SELECT device, name, active_version, installed_versions, health FROM device_models{only} \
+                 ORDER BY device, name"
+            )),
+            group,
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query("list the devices' models"))?;
+        for r in &models {
+            let device: String = r.try_get(0).map_err(query("read a model"))?;
+            if let Some(&i) = index.get(&device) {
+                let m = model_of(&device, r, 1)?;
+                out[i].models.push(m);
             }
         }
         Ok(out)
@@ -287,25 +314,43 @@ impl Db {
     }
 }
 
+/// The columns of a device's own row, as [`device_of`] reads them.
+const DEVICE_COLUMNS: &str = "device, online, last_seen, agent_version, cert_not_after";
+
+/// `q` with `group` bound as `$1`, if there is one.
+fn bind_group<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    group: Option<&'q str>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    match group {
+        Some(g) => q.bind(g),
+        None => q,
+    }
+}
+
+/// A device from a row of [`DEVICE_COLUMNS`], without its groups and models.
+fn device_of(row: &AnyRow) -> Result<Device, DbError> {
+    let read = || query("read a device");
+    Ok(Device {
+        device: row.try_get(0).map_err(read())?,
+        online: row.try_get::<i64, _>(1).map_err(read())? != 0,
+        last_seen: row.try_get(2).map_err(read())?,
+        agent_version: row.try_get(3).map_err(read())?,
+        cert_not_after: row.try_get(4).map_err(read())?,
+        ..Device::default()
+    })
+}
+
 async fn read_device(conn: &mut sqlx::AnyConnection, device: &str) -> Result<Option<Device>, DbError> {
-    let Some(row) =
-        sqlx::query("SELECT device, online, last_seen, agent_version, cert_not_after FROM devices WHERE device = $1")
-            .bind(device)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(query("read a device"))?
+    let Some(row) = sqlx::query(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE device = $1"))
+        .bind(device)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(query("read a device"))?
     else {
         return Ok(None);
     };
-    let read = query("read a device");
-    let mut d = Device {
-        device: row.try_get(0).map_err(read)?,
-        online: row.try_get::<i64, _>(1).map_err(query("read a device"))? != 0,
-        last_seen: row.try_get(2).map_err(query("read a device"))?,
-        agent_version: row.try_get(3).map_err(query("read a device"))?,
-        cert_not_after: row.try_get(4).map_err(query("read a device"))?,
-        ..Device::default()
-    };
+    let mut d = device_of(&row)?;
     let groups = sqlx::query("SELECT group_name FROM device_groups WHERE device = $1 ORDER BY group_name")
         .bind(device)
         .fetch_all(&mut *conn)
@@ -320,21 +365,23 @@ async fn read_device(conn: &mut sqlx::AnyConnection, device: &str) -> Result<Opt
     .fetch_all(&mut *conn)
     .await
     .map_err(query("read a device's models"))?;
-    d.models = models.iter().map(|r| model_of(device, r)).collect::<Result<_, _>>()?;
+    d.models = models.iter().map(|r| model_of(device, r, 0)).collect::<Result<_, _>>()?;
     Ok(Some(d))
 }
 
-fn model_of(device: &str, r: &AnyRow) -> Result<ModelStatus, DbError> {
-    let installed: String = r.try_get(2).map_err(query("read a model"))?;
+/// A model from the columns name, active_version, installed_versions, health of `r`,
+/// starting at column `at`.
+fn model_of(device: &str, r: &AnyRow, at: usize) -> Result<ModelStatus, DbError> {
+    let installed: String = r.try_get(at + 2).map_err(query("read a model"))?;
     Ok(ModelStatus {
-        name: r.try_get(0).map_err(query("read a model"))?,
-        active_version: r.try_get(1).map_err(query("read a model"))?,
+        name: r.try_get(at).map_err(query("read a model"))?,
+        active_version: r.try_get(at + 1).map_err(query("read a model"))?,
         installed_versions: serde_json::from_str(&installed).map_err(|_| DbError::Corrupt {
             device: device.into(),
             column: "device_models.installed_versions",
             value: installed.clone(),
         })?,
-        health: r.try_get(3).map_err(query("read a model"))?,
+        health: r.try_get(at + 3).map_err(query("read a model"))?,
     })
 }
 
