@@ -15,10 +15,8 @@
 //! Telemetry keeps flowing during phase 2, as on a real fleet, but is not counted there.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +27,7 @@ use edge_proto::command::SigningKey;
 use tokio::sync::watch;
 
 use crate::device::{Device, Profile};
+use crate::fleet_process::{start_fleet, wait_until, FleetProcess};
 use crate::procfs::{usage, Usage};
 use crate::session::{self, now_ms, Link, Stats, Switch};
 
@@ -132,80 +131,6 @@ pub struct DeployReport {
     pub counts: String,
 }
 
-struct FleetProcess {
-    child: Child,
-    listen: String,
-    log: PathBuf,
-}
-
-impl Drop for FleetProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl FleetProcess {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-    fn get(&self, path: &str) -> Result<String> {
-        let (code, body) = http_get(&self.listen, path)?;
-        ensure!(code == 200, "edge-fleet GET {path}: HTTP {code}: {body}");
-        Ok(body)
-    }
-    fn metric(&self, name: &str) -> f64 {
-        self.get("/metrics")
-            .ok()
-            .and_then(|text| {
-                text.lines()
-                    .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-                    .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            })
-            .unwrap_or(0.0)
-    }
-    /// Devices online in the inventory: the gauge on /metrics (two COUNTs), not
-    /// /v1/devices, whose listing of a thousand devices would load the service under test.
-    fn online(&self) -> Result<usize> {
-        self.get("/metrics")?;
-        Ok(self.metric("edge_fleet_devices_online") as usize)
-    }
-    /// Telemetry messages the inventory has stored.
-    fn ingested_telemetry(&self) -> u64 {
-        self.metric("edge_fleet_messages_ingested_total{kind=\"telemetry\"}") as u64
-    }
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-/// A plain HTTP/1.0 GET: status and body.
-fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).context("no HTTP status")?;
-    Ok((code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let end = Instant::now() + timeout;
-    while !done()? {
-        ensure!(Instant::now() < end, "timed out after {timeout:?} waiting until {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    Ok(())
-}
-
-fn free_addr() -> Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.to_string())
-}
-
 /// Runs the benchmark, printing as it goes; an error when a goal is missed.
 pub fn run(opts: &Options) -> Result<(TelemetryReport, Option<DeployReport>)> {
     ensure!(opts.late <= opts.devices, "--late {} is more than --devices {}", opts.late, opts.devices);
@@ -301,48 +226,6 @@ fn random_seed() -> Result<[u8; 32]> {
     }
     // fastrand is seeded from the OS at start; this key signs a throwaway bench deployment.
     Ok(seed)
-}
-
-fn start_fleet(
-    opts: &Options,
-    dir: &Path,
-    pki: &Pki,
-    broker: &Broker,
-    database: &str,
-    prometheus: &Prometheus,
-) -> Result<FleetProcess> {
-    let cert = pki.client("edge-fleet")?;
-    let listen = free_addr()?;
-    let config = dir.join("fleet.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[mqtt]\nurl = \"{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
-             [database]\nurl = \"{database}\"\n[http]\nlisten = \"{listen}\"\n\
-             [artifacts]\ndir = \"{}\"\n[prometheus]\nremote_write_url = \"{}\"\n",
-            broker.url(),
-            pki.ca_pem().display(),
-            cert.cert.display(),
-            cert.key.display(),
-            dir.join("artifacts").display(),
-            prometheus.remote_write_url(),
-        ),
-    )?;
-    let log = dir.join("edge-fleet.log");
-    let child = Command::new(&opts.fleet_bin)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("EDGE_FLEET_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .with_context(|| format!("starting {}", opts.fleet_bin.display()))?;
-    let fleet = FleetProcess { child, listen, log };
-    wait_until("edge-fleet answers /healthz", Duration::from_secs(60), || {
-        Ok(http_get(&fleet.listen, "/healthz").is_ok_and(|(c, _)| c == 200))
-    })
-    .with_context(|| format!("edge-fleet log:\n{}", fleet.log_tail()))?;
-    Ok(fleet)
 }
 
 fn phase1(

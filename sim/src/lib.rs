@@ -15,7 +15,7 @@
 //! bench (phases, reports) ──spawns──> session (one MQTT session per device: I/O only)
 //!                                        └─> device (pure: gate, acks, status, telemetry)
 //!                                               └─> receiver (pure: one transfer's chunks)
-//! procfs: CPU time and memory of the processes under test
+//! fleet_process: the edge-fleet process under test; procfs: its CPU time and memory
 //! ```
 //!
 //! - [`device`] and [`receiver`] are state machines without I/O, tested under simulated
@@ -26,6 +26,7 @@
 
 pub mod bench;
 pub mod device;
+pub mod fleet_process;
 pub mod procfs;
 pub mod receiver;
 pub mod session;
