@@ -38,17 +38,55 @@ pub fn configured(m: &ModelConfig) -> Result<Model, EngineError> {
     options_for(m).and_then(|o| Model::load(&m.path, &o))
 }
 
-/// A model that arrived over the air, from its manifest and bytes (the validation child
-/// loads it this way too).
-pub fn from_manifest(manifest: &Manifest, bytes: &[u8]) -> Result<Model, EngineError> {
-    let format = engine_format(manifest.format);
-    options_for_bytes(format, bytes, &manifest.pins).and_then(|o| Model::load_bytes(format, bytes, &o))
+/// What a version deployed over the air takes from the device's `[[models]]` entry of the
+/// same name, when there is one: matmul threads, input shapes and state bindings. They
+/// describe how this device runs the model (a detector's input size, a recurrent model's
+/// state), which a new version keeps; its pins come with its manifest. Without them a
+/// model whose dimensions tract cannot settle alone would never load over the air.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Settings {
+    pub threads: usize,
+    pub shapes: Vec<(String, Vec<usize>)>,
+    pub state: Vec<(String, String)>,
 }
 
-/// `version` of `name` from the store, checked against its manifest's hash.
-pub fn installed(store: &Store, name: &str, version: &str) -> Result<Model, String> {
+impl Default for Settings {
+    fn default() -> Settings {
+        let o = LoadOptions::default();
+        Settings { threads: o.threads, shapes: o.shapes, state: o.state }
+    }
+}
+
+impl Settings {
+    /// The settings of `name`'s entry in `config`, or the engine's defaults.
+    pub fn of(config: &[ModelConfig], name: &str) -> Settings {
+        config.iter().find(|m| m.name == name).map_or_else(Settings::default, |m| Settings {
+            threads: m.threads,
+            shapes: m.shapes.iter().map(|(n, s)| (n.clone(), s.clone())).collect(),
+            state: m.state.iter().map(|(i, o)| (i.clone(), o.clone())).collect(),
+        })
+    }
+}
+
+/// A model that arrived over the air, from its manifest and bytes, with the device's
+/// `settings` for it (the validation child loads it this way too).
+pub fn from_manifest(manifest: &Manifest, bytes: &[u8], settings: &Settings) -> Result<Model, EngineError> {
+    let format = engine_format(manifest.format);
+    let options = options_for_bytes(format, bytes, &manifest.pins)?;
+    let options = LoadOptions {
+        threads: settings.threads,
+        shapes: settings.shapes.clone(),
+        state: settings.state.clone(),
+        ..options
+    };
+    Model::load_bytes(format, bytes, &options)
+}
+
+/// `version` of `name` from the store, checked against its manifest's hash, with the
+/// device's `settings` for it.
+pub fn installed(store: &Store, name: &str, version: &str, settings: &Settings) -> Result<Model, String> {
     let (manifest, bytes) = store.read(name, version).map_err(|e| e.to_string())?;
-    from_manifest(&manifest, &bytes).map_err(|e| format!("{name} {version} does not load: {e}"))
+    from_manifest(&manifest, &bytes, settings).map_err(|e| format!("{name} {version} does not load: {e}"))
 }
 
 /// Worker settings for `name`: its configuration entry's, or the defaults.

@@ -143,7 +143,7 @@ impl Models {
     /// and on disk. Returns the store's `current` from before.
     pub fn switch_to(&mut self, name: &str, version: &str) -> Result<Current, String> {
         let before = self.store.current(name).map_err(|e| e.to_string())?;
-        let model = load::installed(&self.store, name, version)?;
+        let model = load::installed(&self.store, name, version, &load::Settings::of(&self.config, name))?;
         let old = self.registry.get(name).ok();
         self.serve(name, version, model)?;
         if let Err(e) = self.store.set_active(name, version) {
@@ -323,7 +323,9 @@ impl Models {
             }
         };
         for version in current.active.iter().chain(current.previous.iter()) {
-            match load::installed(&self.store, name, version).and_then(|m| self.serve(name, version, m)) {
+            match load::installed(&self.store, name, version, &load::Settings::of(&self.config, name))
+                .and_then(|m| self.serve(name, version, m))
+            {
                 Ok(()) => {
                     tracing::info!(model = %name, version = %version, "deployed model loaded");
                     if Some(version) != current.active.as_ref() {
@@ -418,7 +420,9 @@ impl Models {
     pub fn resume_trial(&self, trial: &Trial) {
         if let Previous::Installed(v) = &trial.previous {
             if let Ok((manifest, bytes)) = self.store.read(&trial.name, v) {
-                if let Ok(model) = load::from_manifest(&manifest, &bytes) {
+                if let Ok(model) =
+                    load::from_manifest(&manifest, &bytes, &load::Settings::of(&self.config, &trial.name))
+                {
                     self.registry.set_prior_inputs(&trial.name, Some(model.inputs().to_vec()));
                 }
             }

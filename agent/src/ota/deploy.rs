@@ -372,12 +372,13 @@ impl Deploys {
             timeout: Duration::from_secs(ota.validation_timeout_secs),
         };
         let program = self.deps.program.clone();
+        let settings = crate::models::load::Settings::of(&self.deps.config.models, &staging.manifest.name);
         let Some(input) = self.deps.input.upgrade() else {
             return tracing::warn!(command = %hex(&id), "stopping; the staged transfer is validated at the next start");
         };
         self.validating.push((id, false));
         let spawned = std::thread::Builder::new().name("validate".into()).spawn(move || {
-            let result = check(&staging, &program, limits);
+            let result = check(&staging, &program, limits, &settings);
             let _ = input.blocking_send(Input::Validated(Box::new(Validated { staging, result })));
         });
         if let Err(e) = spawned {
@@ -623,9 +624,15 @@ impl Deploys {
 
 /// The validation thread's work: the staged model's and validation vector's hashes, then
 /// the child process.
-fn check(staging: &Staging, program: &std::path::Path, limits: Limits) -> Result<Vec<u8>, String> {
+fn check(
+    staging: &Staging,
+    program: &std::path::Path,
+    limits: Limits,
+    settings: &crate::models::load::Settings,
+) -> Result<Vec<u8>, String> {
     let model = staging.read_model().map_err(|e| e.to_string())?;
     staging.read_validation().map_err(|e| e.to_string())?;
+    crate::ota::validate::write_settings(staging.dir(), settings)?;
     let report = validate_in_child(program, staging.dir(), limits);
     if !report.passed {
         return Err(format!("validation failed: {}", report.reason.unwrap_or_else(|| "no reason given".into())));

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::staging::Staging;
 use crate::engine::isolate::{run_child, Limits};
 use crate::engine::Model;
+use crate::models::load::Settings;
 
 /// Timed runs of the validation vector; the median is compared to the latency budget.
 const TIMED_RUNS: usize = 5;
@@ -63,7 +64,11 @@ pub fn validate_staging(dir: &Path) -> Report {
         Err(e) => return Report::fail(e.to_string()),
     };
     let manifest = &staging.manifest;
-    let loaded = crate::models::load::from_manifest(manifest, &model);
+    let settings = match read_settings(dir) {
+        Ok(s) => s,
+        Err(e) => return Report::fail(e),
+    };
+    let loaded = crate::models::load::from_manifest(manifest, &model, &settings);
     let model = match loaded {
         Ok(m) => std::sync::Arc::new(m),
         Err(e) => return Report::fail(format!("does not load: {e}")),
@@ -75,6 +80,27 @@ pub fn validate_staging(dir: &Path) -> Report {
         return Report { passed: true, reason: None, max_abs_diff: None, median_ms: None };
     };
     run_validation(&model, &validation, manifest.latency_budget_ms)
+}
+
+/// The file in the staging directory that hands the child the device's settings for the
+/// model ([`Settings`]), which it cannot read from the configuration itself.
+const SETTINGS_FILE: &str = "settings.json";
+
+/// Writes `settings` for the validation child into the staging directory `dir`.
+pub fn write_settings(dir: &Path, settings: &Settings) -> Result<(), String> {
+    let path = dir.join(SETTINGS_FILE);
+    let json = serde_json::to_vec(settings).map_err(|e| format!("cannot encode the model settings: {e}"))?;
+    std::fs::write(&path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The settings the parent wrote into `dir`; the defaults when there is no such file.
+fn read_settings(dir: &Path) -> Result<Settings, String> {
+    let path = dir.join(SETTINGS_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{} does not decode: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 /// Runs `validation` on `model`, compares the outputs and checks the median latency
