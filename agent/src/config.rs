@@ -86,10 +86,28 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtaConfig {
-    /// Operators' ed25519 public keys (hex or base64) whose signed commands are accepted.
-    /// Empty: every command is refused.
+    /// Admin keys: operators' ed25519 public keys (hex or base64) whose signed commands
+    /// are all accepted. With `operators` empty too, every command is refused.
     #[serde(default)]
     pub trusted_keys: Vec<String>,
+    /// Operator keys with a role, and optionally a scope and a lifetime limit
+    /// (`[[ota.operators]]`; [`crate::commands::operators`]).
+    #[serde(default)]
+    pub operators: Vec<OperatorConfig>,
+    /// This device's fleet: a command signed for another fleet is refused. Empty (the
+    /// default) for the unnamed fleet, whose commands name none.
+    #[serde(default)]
+    pub fleet_id: String,
+    /// Admin signatures that `erase` and key changes need.
+    #[serde(default = "default_quorum")]
+    pub quorum: usize,
+    /// Longest lifetime (`expires_at - issued_at`) of a command, in seconds.
+    #[serde(default = "default_max_command_lifetime_secs")]
+    pub max_command_lifetime_secs: u64,
+    /// Longest lifetime of a deployment (`deploy-model`) and of its `cancel`, in seconds:
+    /// the fleet service holds these for devices that are offline.
+    #[serde(default = "default_max_deployment_lifetime_secs")]
+    pub max_deployment_lifetime_secs: u64,
     /// Largest model a deploy may bring, in bytes.
     #[serde(default = "default_max_model_bytes")]
     pub max_model_bytes: u64,
@@ -139,6 +157,11 @@ impl Default for OtaConfig {
     fn default() -> Self {
         OtaConfig {
             trusted_keys: vec![],
+            operators: vec![],
+            fleet_id: String::new(),
+            quorum: default_quorum(),
+            max_command_lifetime_secs: default_max_command_lifetime_secs(),
+            max_deployment_lifetime_secs: default_max_deployment_lifetime_secs(),
             max_model_bytes: default_max_model_bytes(),
             max_bytes_per_sec: 0,
             keep_versions: default_keep_versions(),
@@ -154,6 +177,21 @@ impl Default for OtaConfig {
             key_file: None,
         }
     }
+}
+
+/// One `[[ota.operators]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// The ed25519 public key, as in `trusted_keys`.
+    pub key: String,
+    /// `observe`, `deploy` or `admin` (roles nest: the highest listed counts).
+    pub roles: Vec<String>,
+    /// Device ids and groups this key's commands may target; empty for every device.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Longest lifetime of a command this key signs, in seconds.
+    pub max_ttl_secs: Option<u64>,
 }
 
 /// `[telemetry]`
@@ -246,6 +284,15 @@ pub struct ModelConfig {
     pub queue: usize,
 }
 
+fn default_quorum() -> usize {
+    1
+}
+fn default_max_command_lifetime_secs() -> u64 {
+    24 * 3600
+}
+fn default_max_deployment_lifetime_secs() -> u64 {
+    7 * 24 * 3600
+}
 fn default_max_model_bytes() -> u64 {
     256 * 1024 * 1024
 }
@@ -396,8 +443,11 @@ impl Config {
                 ));
             }
         }
-        if let Err(e) = crate::commands::parse_trusted_keys(&self.ota.trusted_keys) {
-            return Err(bad("[ota] trusted_keys", e.to_string()));
+        if let Err(e) = crate::commands::operators::configured(&self.ota) {
+            return Err(bad(&e.field, e.reason));
+        }
+        if !self.ota.fleet_id.is_empty() && !valid_segment(&self.ota.fleet_id) {
+            return Err(bad("[ota] fleet_id", "must be 1-128 characters of A-Z a-z 0-9 - _ .".into()));
         }
         let o = &self.ota;
         for (key, value) in [
@@ -405,6 +455,9 @@ impl Config {
             ("[ota] keep_versions", o.keep_versions as u64),
             ("[ota] stall_secs", o.stall_secs),
             ("[ota] validation_timeout_secs", o.validation_timeout_secs),
+            ("[ota] quorum", o.quorum as u64),
+            ("[ota] max_command_lifetime_secs", o.max_command_lifetime_secs),
+            ("[ota] max_deployment_lifetime_secs", o.max_deployment_lifetime_secs),
         ] {
             if value == 0 {
                 return Err(bad(key, "must be at least 1".into()));

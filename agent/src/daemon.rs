@@ -26,7 +26,7 @@ use std::sync::Mutex;
 
 use crate::commands::control::{CommandStats, Control, ControlDeps, Input};
 use crate::commands::settings::{LogControl, RuntimeSettings, Settings};
-use crate::commands::{parse_trusted_keys, Gate, ReplayWindow};
+use crate::commands::{Gate, Operators, Policy, ReplayWindow};
 use crate::config::{host_port, Config};
 use crate::http::{self, Metrics};
 use crate::link::{Link, LinkSettings, LinkStats};
@@ -120,16 +120,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         None
     };
     let store = Store::open(&config.state_dir.join("models"), key)?;
-    let trusted = parse_trusted_keys(&config.ota.trusted_keys)?;
-    if trusted.is_empty() {
-        tracing::warn!("[ota] trusted_keys is empty: every fleet command will be refused");
+    let configured = crate::commands::operators::configured(&config.ota)
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.reason))?;
+    let operators = Operators::load(configured, &config.state_dir)?;
+    if operators.trusted_keys().is_empty() {
+        tracing::warn!("no operator key is trusted ([ota] trusted_keys, [[ota.operators]]): every fleet command will be refused");
     }
-    let gate = Gate::new(
-        config.device_id.clone(),
-        config.groups.clone(),
-        trusted.clone(),
-        ReplayWindow::open_in(&config.state_dir)?,
-    );
+    for line in operators.describe() {
+        tracing::info!(target: "audit", "trusts {line}");
+    }
+    let gate = Gate::new(Policy::from_config(&config), operators, ReplayWindow::open_in(&config.state_dir)?);
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.device_id).context("device_id or topic_prefix")?;
     let (host, port) = host_port(&config.mqtt.url).context("[mqtt] url has no host:port")?;
     let tls = if config.mqtt.url.starts_with("mqtts://") {
@@ -252,7 +252,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         config: config.clone(),
         config_text,
         gate,
-        trusted,
         models: models.clone(),
         resumed,
         registry: registry.clone(),

@@ -18,7 +18,7 @@ use edgectl::command::Event;
 use edgectl::deploy::{deploy, DeployOutcome, DeployRequest};
 use edgectl::link::Link;
 use edgectl::track::Outcome;
-use operator::{models_dir, operator_key, operator_mqtt, ota_config, predict, request, FULL, RECROP, SHORT};
+use operator::{models_dir, operator_mqtt, signer, ota_config, predict, request, FULL, RECROP, SHORT};
 
 fn state_dir(s: &Setup) -> PathBuf {
     s.dir.path().join("state-dev-1")
@@ -63,7 +63,7 @@ fn request_for(name: &str, version: &str, prefix: &str) -> DeployRequest {
 /// has started: its staging file exists).
 async fn deploy_with(link: &mut Link, req: &DeployRequest, mut on_progress: impl FnMut()) -> Outcome {
     let mut started = false;
-    let out: DeployOutcome = deploy(link, &operator_key(), req, |e| {
+    let out: DeployOutcome = deploy(link, &signer(), req, |e| {
         if let Event::Ack(c) = e {
             if matches!(c.state, AckState::Progress(_)) && !started {
                 started = true;

@@ -172,7 +172,7 @@ async fn bad_updates_are_refused_with_their_reason_and_the_old_model_keeps_servi
     // Signed by a key the device does not trust.
     let stranger = SigningKey::from_bytes(&[7; 32]);
     let req = request(device("dev-1"), "hand", "2", &file, None);
-    let out = deploy(&mut link, &stranger, &req, |_| {}).await.unwrap();
+    let out = deploy(&mut link, &edgectl::keys::Signer::new(stranger), &req, |_| {}).await.unwrap();
     assert!(matches!(only(&out), Outcome::Rejected(r) if r.contains("unknown key")), "{out:?}");
     still_serving("an unknown key");
 
@@ -213,7 +213,7 @@ async fn bad_updates_are_refused_with_their_reason_and_the_old_model_keeps_servi
         Duration::from_secs(1),
         device("dev-1"),
         Payload::Rollback { name: "hand".into() },
-        &operator_key(),
+        &signer(),
         1 << 20,
         "",
     )
@@ -259,7 +259,7 @@ async fn bad_updates_are_refused_with_their_reason_and_the_old_model_keeps_servi
         Duration::from_secs(60),
         device("dev-1"),
         Payload::GetStatus,
-        &operator_key(),
+        &signer(),
         1 << 20,
         "",
     )
@@ -298,7 +298,7 @@ async fn paced_deploy(mqtt: MqttConfig, d: &str, version: &str, mut at: impl FnM
     req.chunk_size = 16 * 1024;
     req.rate = Some(256 * 1024);
     req.timeout = Duration::from_secs(120);
-    let out = deploy(&mut link, &operator_key(), &req, |e| {
+    let out = deploy(&mut link, &signer(), &req, |e| {
         if let Event::Ack(change) = e {
             if let AckState::Progress(p) = change.state {
                 at(p);
@@ -577,7 +577,7 @@ async fn a_deploy_can_be_cancelled_mid_transfer() {
     req.rate = Some(128 * 1024);
     let mut sent = false;
     let mut id = None;
-    let out = deploy(&mut link, &operator_key(), &req, |e| match e {
+    let out = deploy(&mut link, &signer(), &req, |e| match e {
         Event::Published { command_id, .. } => id = Some(*command_id),
         Event::Ack(change) if matches!(change.state, AckState::Progress(p) if p >= 20) && !sent => {
             sent = true;
@@ -635,7 +635,7 @@ async fn the_size_limit_and_the_bandwidth_cap_from_the_config_are_enforced() {
     req.chunk_size = 8 * 1024;
     let mut first = None;
     let mut last = None;
-    let out = deploy(&mut link, &operator_key(), &req, |e| {
+    let out = deploy(&mut link, &signer(), &req, |e| {
         if let Event::Ack(c) = e {
             match c.state {
                 AckState::Progress(0) => first = Some(Instant::now()),

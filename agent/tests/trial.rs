@@ -181,7 +181,7 @@ validation_memory_bytes = 8589934592",
             let mut req = DeployRequest::new(device("dev-1"), "heavy", version, ModelFormat::Onnx, heavy_onnx(n));
             req.wait = true;
             req.timeout = Duration::from_secs(180);
-            let out = edgectl::deploy::deploy(&mut link, &operator_key(), &req, |_| {}).await.expect("deploy sent");
+            let out = edgectl::deploy::deploy(&mut link, &signer(), &req, |_| {}).await.expect("deploy sent");
             link.close().await;
             out
         }
@@ -232,7 +232,7 @@ async fn commands_are_answered_during_a_long_validation_and_the_link_stays_up() 
         });
         req.wait = true;
         req.timeout = Duration::from_secs(120);
-        let out = edgectl::deploy::deploy(&mut link, &operator_key(), &req, |_| {}).await.expect("deploy sent");
+        let out = edgectl::deploy::deploy(&mut link, &signer(), &req, |_| {}).await.expect("deploy sent");
         link.close().await;
         (out, Instant::now())
     });

@@ -156,7 +156,7 @@ async fn wire(agent: &std::path::Path, models: &[PathBuf]) -> anyhow::Result<()>
             req.delta = delta;
             req.wait = true;
             req.timeout = Duration::from_secs(600);
-            let outcome = deploy(&mut link, &key, &req, |_| {}).await?;
+            let outcome = deploy(&mut link, &edgectl::keys::Signer::new(key.clone()), &req, |_| {}).await?;
             if !outcome.all_ok() {
                 refused = outcome.results.first().map(|r| format!("{:?}", r.outcome));
                 break;

@@ -404,7 +404,7 @@ async fn one_device(bench: &Bench, kib: u32, rate: Option<u64>) -> Result<OneDev
         // The peak as of the device's last report from inside the transfer (Progress < 100):
         // once it reports 100 it is installing, which reads the whole model into memory.
         let mut transfer_peak = 0;
-        let outcome = deploy(&mut link, key, &req, |e| {
+        let outcome = deploy(&mut link, &edgectl::keys::Signer::new(key.clone()), &req, |e| {
             if let Event::Ack(c) = e {
                 match c.state {
                     AckState::Progress(100) if received_at.is_none() => {
@@ -579,7 +579,7 @@ async fn fleet(bench: &Bench) -> Result<FleetResult> {
     req.timeout = Duration::from_secs(600);
     let mut published = None;
     let mut transfer_started = None;
-    let outcome = deploy(&mut link, key, &req, |e| match e {
+    let outcome = deploy(&mut link, &edgectl::keys::Signer::new(key.clone()), &req, |e| match e {
         Event::Published { .. } => published = Some(Instant::now()),
         Event::TransferStarted { .. } => transfer_started = Some(Instant::now()),
         _ => {}

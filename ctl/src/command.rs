@@ -7,10 +7,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edge_proto::command::{sign, Ack, Command, Payload, SigningKey, Target, MAX_COMMAND_BYTES};
+use edge_proto::command::{Ack, Command, Payload, Target, MAX_COMMAND_BYTES};
 use edge_proto::topics::{fleet, valid_level};
 use tokio::time::Instant;
 
+use crate::keys::Signer;
 use crate::link::{Link, LinkError, LinkEvent, Message};
 use crate::track::{Change, DeviceResult, Goal, Tracker};
 
@@ -251,13 +252,13 @@ pub fn signed_command(
     ttl: Duration,
     target: Target,
     payload: Payload,
-    key: &SigningKey,
+    signer: &Signer,
     max_packet_bytes: usize,
     too_large_hint: &'static str,
 ) -> Result<(Command, Vec<u8>), CommandError> {
     check_target(&target)?;
     let expires = now_ms.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
-    let cmd = sign(Command::new(id, now_ms, expires, target, payload), key);
+    let cmd = signer.sign(Command::new(id, now_ms, expires, target, payload));
     let bytes = edge_proto::encode(&cmd);
     if bytes.len() > MAX_COMMAND_BYTES {
         return Err(CommandError::TooLarge { bytes: bytes.len(), hint: too_large_hint });
@@ -281,26 +282,41 @@ pub(crate) fn take_ack(prefix: &str, msg: &Message, tracker: &mut Tracker) -> (O
     }
 }
 
-/// Signs `req` with `key`, publishes it and waits for the acks (see [`CommandRequest`]).
+/// Signs `req` with `signer`, publishes it and waits for the acks (see [`CommandRequest`]).
 /// Reports progress through `progress`. Device failures are in the outcome, not errors:
 /// an error means the command could not be sent or the connection was lost for good.
 pub async fn send_command(
     link: &mut Link,
-    key: &SigningKey,
+    signer: &Signer,
     req: &CommandRequest,
-    mut progress: impl FnMut(&Event),
+    progress: impl FnMut(&Event),
 ) -> Result<CommandOutcome, CommandError> {
-    let topic = command_topic(link.prefix(), &req.target)?;
     let (cmd, bytes) = signed_command(
         random_id()?,
         now_ms(),
         req.ttl,
         req.target.clone(),
         req.payload.clone(),
-        key,
+        signer,
         link.max_packet_bytes(),
         " (infer inputs travel inside the command: use smaller inputs, or the device's local HTTP API)",
     )?;
+    send_signed(link, &cmd, bytes, req, progress).await
+}
+
+/// Publishes a command already signed (`bytes` are `cmd` encoded; `edgectl send`) to
+/// `req.target` and waits for the acks as [`send_command`] does.
+pub async fn send_signed(
+    link: &mut Link,
+    cmd: &Command,
+    bytes: Vec<u8>,
+    req: &CommandRequest,
+    mut progress: impl FnMut(&Event),
+) -> Result<CommandOutcome, CommandError> {
+    let topic = command_topic(link.prefix(), &req.target)?;
+    if bytes.len() + HEADER_ROOM > link.max_packet_bytes() {
+        return Err(CommandError::OverPacket { bytes: bytes.len(), max: link.max_packet_bytes() });
+    }
     let prefix = link.prefix().to_string();
     link.subscribe(&[device_filter(&prefix, &req.target, "ack")]).await?;
     let start = Instant::now();
@@ -334,10 +350,14 @@ pub async fn send_command(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge_proto::command::verify;
+    use edge_proto::command::{verify, SigningKey};
 
     fn key() -> SigningKey {
         SigningKey::from_bytes(&[4; 32])
+    }
+
+    fn signer() -> Signer {
+        Signer::new(key())
     }
 
     #[test]
@@ -348,25 +368,36 @@ mod tests {
             Duration::from_secs(300),
             Target::Group("lab".into()),
             Payload::Restart,
-            &key(),
+            &signer(),
             256 * 1024,
             "",
         )
         .unwrap();
         assert_eq!(verify(&bytes, &[key().verifying_key()]).unwrap(), cmd);
         assert_eq!((cmd.issued_at, cmd.expires_at), (1_000, 301_000));
+        assert_eq!((cmd.version, cmd.fleet.as_str()), (1, ""), "the unnamed fleet keeps the oldest envelope");
+    }
+
+    #[test]
+    fn a_signer_with_a_fleet_binds_it_into_the_command() {
+        let signer = Signer { fleet: "prod".into(), ..signer() };
+        let (cmd, bytes) =
+            signed_command([1; 16], 0, DEFAULT_TTL, Target::Device("d".into()), Payload::Restart, &signer, 1 << 20, "")
+                .unwrap();
+        assert_eq!((cmd.version, cmd.fleet.as_str()), (3, "prod"));
+        assert_eq!(verify(&bytes, &[key().verifying_key()]).unwrap().fleet, "prod");
     }
 
     #[test]
     fn oversized_commands_are_refused_with_the_hint() {
         let payload =
             Payload::Infer { model: "m".into(), inputs: vec![edge_proto::command::NpyBytes(vec![0; 70_000])] };
-        let err = signed_command([1; 16], 0, DEFAULT_TTL, Target::Device("d".into()), payload, &key(), 1 << 20, " (X)")
+        let err = signed_command([1; 16], 0, DEFAULT_TTL, Target::Device("d".into()), payload, &signer(), 1 << 20, " (X)")
             .unwrap_err();
         assert!(matches!(err, CommandError::TooLarge { .. }));
         assert!(err.to_string().ends_with("devices accept (X)"), "{err}");
 
-        let err = signed_command([1; 16], 0, DEFAULT_TTL, Target::Device("d".into()), Payload::Erase, &key(), 1100, "")
+        let err = signed_command([1; 16], 0, DEFAULT_TTL, Target::Device("d".into()), Payload::Erase, &signer(), 1100, "")
             .unwrap_err();
         assert!(err.to_string().contains("max_packet_bytes = 1100"), "{err}");
     }

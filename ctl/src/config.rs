@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! signing_key = "operator.key"   # optional; relative to this file's directory
+//! fleet_id = "prod"              # optional: the devices' [ota] fleet_id
 //!
 //! [mqtt]
 //! url = "mqtts://broker:8883"
@@ -27,7 +28,7 @@ use edge_mqtt::MqttConfig;
 use edge_proto::command::SigningKey;
 use serde::Deserialize;
 
-use crate::keys::{load_signing_key, KeyError};
+use crate::keys::{load_signing_key, KeyError, Signer};
 
 /// What went wrong loading the configuration or the key it names.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,9 @@ struct CtlFile {
     /// Operator signing key (`edgectl keygen`'s operator.key).
     #[serde(default)]
     signing_key: Option<PathBuf>,
+    /// The fleet commands are signed for: the devices' `[ota] fleet_id`.
+    #[serde(default)]
+    fleet_id: String,
     mqtt: MqttConfig,
     #[serde(default)]
     fleet: Option<FleetConfig>,
@@ -117,6 +121,8 @@ pub struct Overrides {
     pub key_file: Option<PathBuf>,
     /// `signing_key`.
     pub signing_key: Option<PathBuf>,
+    /// `fleet_id`.
+    pub fleet_id: Option<String>,
 }
 
 /// The loaded configuration, paths resolved and overrides applied.
@@ -128,6 +134,8 @@ pub struct CtlConfig {
     pub mqtt: MqttConfig,
     /// The signing key file, if one is configured.
     pub signing_key: Option<PathBuf>,
+    /// The fleet commands are signed for; empty for the unnamed fleet.
+    pub fleet_id: String,
     /// The fleet service, if one is configured.
     pub fleet: Option<FleetConfig>,
 }
@@ -161,7 +169,14 @@ impl CtlConfig {
         if let Some(t) = fleet.as_mut().and_then(|f| f.token_file.as_mut()).filter(|t| t.is_relative()) {
             *t = base.join(&*t);
         }
-        Ok(CtlConfig { path: path.into(), mqtt, signing_key, fleet })
+        let fleet_id = overrides.fleet_id.clone().unwrap_or(file.fleet_id);
+        if !fleet_id.is_empty() && !edge_proto::topics::valid_level(&fleet_id) {
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                message: format!("fleet_id {fleet_id:?} must be a name without '/', '+', '#'"),
+            });
+        }
+        Ok(CtlConfig { path: path.into(), mqtt, signing_key, fleet_id, fleet })
     }
 
     /// Reads and parses `path`; see [`CtlConfig::parse`].
@@ -191,6 +206,11 @@ impl CtlConfig {
             }
         };
         Ok(crate::fleet::Service { url: f.url.clone(), token })
+    }
+
+    /// The configured signing key, signing for the configured fleet.
+    pub fn signer(&self) -> Result<Signer, ConfigError> {
+        Ok(Signer { key: self.signing_key()?, fleet: self.fleet_id.clone(), cosignable: false })
     }
 
     /// Loads the configured signing key.
@@ -267,6 +287,18 @@ mod tests {
         assert_eq!(c.mqtt.url, "mqtts://other:1");
         assert_eq!(c.mqtt.key_file, Path::new("here.key"));
         assert_eq!(c.signing_key.as_deref(), Some(Path::new("mine.key")));
+        assert_eq!(c.fleet_id, "");
+    }
+
+    #[test]
+    fn the_fleet_id_comes_from_the_file_or_the_flag() {
+        let text = format!("fleet_id = \"prod\"\n{MQTT}");
+        let c = CtlConfig::parse(&text, Path::new("/etc/ctl.toml"), &Overrides::default()).unwrap();
+        assert_eq!(c.fleet_id, "prod");
+        let o = Overrides { fleet_id: Some("staging".into()), ..Overrides::default() };
+        assert_eq!(CtlConfig::parse(&text, Path::new("/etc/ctl.toml"), &o).unwrap().fleet_id, "staging");
+        let bad = format!("fleet_id = \"a/b\"\n{MQTT}");
+        assert!(CtlConfig::parse(&bad, Path::new("/etc/ctl.toml"), &Overrides::default()).is_err());
     }
 
     #[test]

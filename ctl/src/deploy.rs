@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use edge_proto::cdc::CdcParams;
 use edge_proto::codec::Versioned;
-use edge_proto::command::{Command, Payload, SigningKey, Target};
+use edge_proto::command::{Command, Payload, Target};
 use edge_proto::ota::{
     prepare_cut, valid_label, Chunk, Cut, Manifest, ModelFormat, Need, Validation, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES,
 };
@@ -33,6 +33,7 @@ use crate::command::{
     check_target, command_topic, device_filter, now_ms, random_id, route, signed_command, take_ack, CommandError,
     Event, HEADER_ROOM,
 };
+use crate::keys::Signer;
 use crate::link::{Link, LinkError, LinkEvent, Message};
 use crate::track::{DeviceResult, Goal, Tracker};
 use crate::transfer::{Dest, Pacer, Schedule};
@@ -264,7 +265,7 @@ impl Plan {
 /// with the ids given, and checks every size against the protocol and `max_packet_bytes`.
 pub fn plan(
     req: &DeployRequest,
-    key: &SigningKey,
+    signer: &Signer,
     command_id: [u8; 16],
     transfer_id: [u8; 16],
     now_ms: u64,
@@ -307,7 +308,7 @@ pub fn plan(
         req.ttl,
         req.target.clone(),
         Payload::deploy(manifest.clone()),
-        key,
+        signer,
         max_packet_bytes,
         // 32 bytes of manifest per chunk: fewer, larger chunks.
         " (the manifest lists every chunk's hash: use a larger --chunk-size)",
@@ -320,11 +321,11 @@ pub fn plan(
 /// could not be prepared or sent, or the connection closed for good.
 pub async fn deploy(
     link: &mut Link,
-    key: &SigningKey,
+    signer: &Signer,
     req: &DeployRequest,
     progress: impl FnMut(&Event),
 ) -> Result<DeployOutcome, DeployError> {
-    let plan = plan(req, key, random_id()?, random_id()?, now_ms(), link.max_packet_bytes())?;
+    let plan = plan(req, signer, random_id()?, random_id()?, now_ms(), link.max_packet_bytes())?;
     run(link, req, &plan, progress).await
 }
 
@@ -506,11 +507,15 @@ impl State<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge_proto::command::{verify, Ack, AckState, NpyBytes};
+    use edge_proto::command::{verify, Ack, AckState, NpyBytes, SigningKey};
     use edge_proto::ota::decode_chunk;
 
     fn key() -> SigningKey {
         SigningKey::from_bytes(&[5; 32])
+    }
+
+    fn signer() -> Signer {
+        Signer::new(key())
     }
 
     fn request(target: Target) -> DeployRequest {
@@ -526,7 +531,7 @@ mod tests {
         req.model = (0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         req.chunk_size = 1000;
         req.delta = true;
-        let p = plan(&req, &key(), [1; 16], [2; 16], 0, 256 * 1024).unwrap();
+        let p = plan(&req, &signer(), [1; 16], [2; 16], 0, 256 * 1024).unwrap();
         let cmd = verify(&p.command_bytes, &[key().verifying_key()]).unwrap();
         assert_eq!(cmd.version, 2);
         let Payload::DeployModelContent(m) = cmd.payload else { panic!("{:?}", cmd.payload) };
@@ -536,7 +541,7 @@ mod tests {
             (0..m.chunk_count()).flat_map(|i| decode_chunk(&p.chunk_message(i)).unwrap().data).collect();
         assert_eq!(joined, p.artifact);
         req.chunk_size = 300;
-        let err = plan(&req, &key(), [1; 16], [2; 16], 0, 256 * 1024).unwrap_err().to_string();
+        let err = plan(&req, &signer(), [1; 16], [2; 16], 0, 256 * 1024).unwrap_err().to_string();
         assert!(err.contains("--chunking fixed"), "{err}");
     }
 
@@ -552,7 +557,7 @@ mod tests {
             expected: vec![NpyBytes(vec![2; 8])],
             tolerance: 1e-4,
         });
-        let p = plan(&req, &key(), [1; 16], [2; 16], 5_000, 256 * 1024).unwrap();
+        let p = plan(&req, &signer(), [1; 16], [2; 16], 5_000, 256 * 1024).unwrap();
         let cmd = verify(&p.command_bytes, &[key().verifying_key()]).unwrap();
         assert_eq!(cmd.id, [1; 16]);
         assert_eq!(cmd.expires_at, 5_000 + 3_600_000);
@@ -583,7 +588,7 @@ mod tests {
         assert!(check_chunk_size(MAX_CHUNK_BYTES as u32 + 1, 4 << 20).unwrap_err().to_string().contains("chunk limit"));
         let mut req = request(Target::Device("d".into()));
         req.chunk_size = 2000;
-        assert!(matches!(plan(&req, &key(), [1; 16], [2; 16], 0, 2048), Err(DeployError::ChunkSize { .. })));
+        assert!(matches!(plan(&req, &signer(), [1; 16], [2; 16], 0, 2048), Err(DeployError::ChunkSize { .. })));
     }
 
     #[test]
@@ -591,7 +596,7 @@ mod tests {
         let mut req = request(Target::Device("d".into()));
         req.model = vec![1; 4000 * 16];
         req.chunk_size = 16;
-        let err = plan(&req, &key(), [1; 16], [2; 16], 0, 1 << 20).unwrap_err().to_string();
+        let err = plan(&req, &signer(), [1; 16], [2; 16], 0, 1 << 20).unwrap_err().to_string();
         assert!(err.contains("use a larger --chunk-size"), "{err}");
     }
 
@@ -599,16 +604,16 @@ mod tests {
     fn names_versions_and_empty_models_are_checked_before_anything_is_sent() {
         let mut req = request(Target::Device("d".into()));
         req.version = "../x".into();
-        assert!(plan(&req, &key(), [1; 16], [2; 16], 0, 1 << 20).unwrap_err().to_string().contains("version"));
+        assert!(plan(&req, &signer(), [1; 16], [2; 16], 0, 1 << 20).unwrap_err().to_string().contains("version"));
         let mut req = request(Target::Device("d".into()));
         req.name = "a/b".into();
-        assert!(plan(&req, &key(), [1; 16], [2; 16], 0, 1 << 20).unwrap_err().to_string().contains("model name"));
+        assert!(plan(&req, &signer(), [1; 16], [2; 16], 0, 1 << 20).unwrap_err().to_string().contains("model name"));
         let mut req = request(Target::Device("d".into()));
         req.min_agent_version = "1.2".into();
-        assert!(matches!(plan(&req, &key(), [1; 16], [2; 16], 0, 1 << 20), Err(DeployError::AgentVersion(_))));
+        assert!(matches!(plan(&req, &signer(), [1; 16], [2; 16], 0, 1 << 20), Err(DeployError::AgentVersion(_))));
         let mut req = request(Target::Device("d".into()));
         req.model.clear();
-        assert!(matches!(plan(&req, &key(), [1; 16], [2; 16], 0, 1 << 20), Err(DeployError::EmptyModel)));
+        assert!(matches!(plan(&req, &signer(), [1; 16], [2; 16], 0, 1 << 20), Err(DeployError::EmptyModel)));
     }
 
     #[test]

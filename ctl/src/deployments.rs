@@ -11,12 +11,13 @@
 
 use std::time::Duration;
 
-use edge_proto::command::{hex, Payload, SigningKey, Target};
+use edge_proto::command::{hex, Payload, Target};
 use edge_proto::deployments::{is_terminal, CancelDeployment, Deployment, DeviceProgress, NewDeployment, TargetKind};
 
 use crate::command::{now_ms, parse_command_id, random_id, signed_command, CommandError};
 use crate::deploy::{plan, DeployError, DeployRequest};
 use crate::fleet::{self, FleetError};
+use crate::keys::Signer;
 
 /// How long a deployment handed to the fleet service stays valid when `--ttl` is not given:
 /// devices offline for longer than this need a new deployment.
@@ -47,11 +48,11 @@ impl FleetDeployError {
 /// `url`. Returns the deployment as stored, with the devices it knows of already.
 pub async fn hand_over(
     url: &fleet::Service,
-    key: &SigningKey,
+    signer: &Signer,
     req: &DeployRequest,
     max_packet_bytes: usize,
 ) -> Result<Deployment, FleetDeployError> {
-    let plan = plan(req, key, random_id()?, random_id()?, now_ms(), max_packet_bytes)?;
+    let plan = plan(req, signer, random_id()?, random_id()?, now_ms(), max_packet_bytes)?;
     let sha256 = hex(&edge_proto::ota::sha256(&plan.artifact));
     fleet::upload_artifact(url, &sha256, plan.artifact).await?;
     let new = NewDeployment { command: hex(&plan.command_bytes), artifact_sha256: sha256 };
@@ -62,7 +63,7 @@ pub async fn hand_over(
 /// service, which relays it to the devices that have the deployment's command.
 pub async fn cancel(
     url: &fleet::Service,
-    key: &SigningKey,
+    signer: &Signer,
     id: &str,
     ttl: Duration,
     max_packet_bytes: usize,
@@ -74,7 +75,7 @@ pub async fn cancel(
         TargetKind::Group => Target::Group(d.target.clone()),
     };
     let (_, bytes) =
-        signed_command(random_id()?, now_ms(), ttl, target, Payload::Cancel { command_id }, key, max_packet_bytes, "")?;
+        signed_command(random_id()?, now_ms(), ttl, target, Payload::Cancel { command_id }, signer, max_packet_bytes, "")?;
     Ok(fleet::cancel_deployment(url, id, &CancelDeployment { command: hex(&bytes) }).await?)
 }
 

@@ -7,7 +7,36 @@
 
 use std::path::{Path, PathBuf};
 
-use edge_proto::command::{generate_signing_key, hex, key_id, SigningKey};
+use edge_proto::command::{generate_signing_key, hex, key_id, sign, Command, SigningKey, VerifyingKey};
+
+/// Who signs commands, and for which fleet (`fleet_id` in ctl.toml, `--fleet`): every
+/// command edgectl signs goes through [`Signer::sign`], so none leaves without its fleet.
+#[derive(Clone)]
+pub struct Signer {
+    /// The operator's key.
+    pub key: SigningKey,
+    /// The fleet the commands are for; empty for the unnamed fleet.
+    pub fleet: String,
+    /// Sign in the envelope that carries cosignatures (version 3), for a command other
+    /// keys will cosign ([`crate::cosign`]).
+    pub cosignable: bool,
+}
+
+impl Signer {
+    /// `key` signing for the unnamed fleet.
+    pub fn new(key: SigningKey) -> Signer {
+        Signer { key, fleet: String::new(), cosignable: false }
+    }
+
+    /// `cmd` for this signer's fleet, signed.
+    pub fn sign(&self, cmd: Command) -> Command {
+        let mut cmd = cmd.for_fleet(&self.fleet);
+        if self.cosignable {
+            cmd.version = cmd.version.max(3);
+        }
+        sign(cmd, &self.key)
+    }
+}
 
 /// Private key file name.
 pub const KEY_FILE: &str = "operator.key";
@@ -92,6 +121,19 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     parse_seed(text.trim())
         .map(|seed| SigningKey::from_bytes(&seed))
         .map_err(|problem| KeyError::Format { path: path.into(), problem })
+}
+
+/// Reads a public key file (`operator.pub`: 64 hex digits), for `add-operator` and
+/// `revoke-key`.
+pub fn load_public_key(path: &Path) -> Result<VerifyingKey, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        what: "reading public key",
+        path: path.into(),
+        source,
+    })?;
+    let bad = |problem: String| KeyError::Format { path: path.into(), problem: format!("{problem} (expected a .pub file)") };
+    let bytes = parse_seed(text.trim()).map_err(bad)?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| bad("not an ed25519 public key".into()))
 }
 
 fn parse_seed(text: &str) -> Result<[u8; 32], String> {

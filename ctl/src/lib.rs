@@ -11,12 +11,12 @@
 //! use edge_proto::{command::Target, ota::ModelFormat};
 //!
 //! let config = CtlConfig::load("ctl.toml".as_ref(), &Overrides::default())?;
-//! let key = config.signing_key()?;
+//! let signer = config.signer()?;
 //! let mut link = Link::connect(&config.mqtt).await?;
 //! let model = std::fs::read("kws.onnx")?;
 //! let mut req = DeployRequest::new(Target::Group("lab".into()), "kws", "7", ModelFormat::Onnx, model);
 //! req.wait = true;
-//! let outcome = deploy(&mut link, &key, &req, |event| eprintln!("{event:?}")).await?;
+//! let outcome = deploy(&mut link, &signer, &req, |event| eprintln!("{event:?}")).await?;
 //! assert!(outcome.all_ok());
 //! link.close().await;
 //! # Ok(()) }
@@ -36,7 +36,8 @@
 //! - [`config`]: `ctl.toml` (the agent's `[mqtt]` table and `signing_key`) and flag
 //!   overrides.
 //! - [`fleet`]: the fleet service's HTTP API (`edgectl devices`).
-//! - [`keys`]: `edgectl keygen` and reading the signing key.
+//! - [`keys`]: `edgectl keygen`, reading the signing key, and the [`keys::Signer`] (key and
+//!   fleet) every command is signed with.
 //! - [`link`]: the broker connection; its event loop runs on a task of its own.
 //! - [`command`]: [`command::send_command`], and the signing, topic and ack handling
 //!   shared with deploys.
@@ -54,6 +55,7 @@
 pub mod cli_pki;
 pub mod command;
 pub mod config;
+pub mod cosign;
 pub mod deploy;
 pub mod deployments;
 mod files;

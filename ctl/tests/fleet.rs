@@ -309,7 +309,7 @@ async fn group_deploy_sends_each_chunk_once_repairs_a_loss_and_reports_each_devi
     req.timeout = Duration::from_secs(30);
     req.wait = true;
     let mut events = vec![];
-    let outcome = deploy(&mut link, &key, &req, |e| events.push(e.clone())).await.unwrap();
+    let outcome = deploy(&mut link, &edgectl::keys::Signer::new(key.clone()), &req, |e| events.push(e.clone())).await.unwrap();
     link.close().await;
 
     let by_device: BTreeMap<&str, &Outcome> = outcome.results.iter().map(|r| (r.device.as_str(), &r.outcome)).collect();
@@ -333,7 +333,7 @@ async fn single_device_deploy_without_wait_returns_at_progress_100() {
     let mut req = DeployRequest::new(Target::Device("dev-1".into()), "kws", "8", ModelFormat::Tflite, model(2500));
     req.chunk_size = 1000;
     req.rate = Some(20_000);
-    let outcome = deploy(&mut link, &config.signing_key().unwrap(), &req, |_| {}).await.unwrap();
+    let outcome = deploy(&mut link, &config.signer().unwrap(), &req, |_| {}).await.unwrap();
     // The device acks Progress(100) and Succeeded back to back: either is a good end.
     let r = &outcome.results[0];
     assert!(matches!(r.outcome, Outcome::Transferred | Outcome::Succeeded), "{outcome:#?}");
@@ -356,7 +356,7 @@ async fn a_deploy_rides_out_a_broker_restart() {
     let deploying = tokio::spawn(async move {
         let mut link = Link::connect(&config.mqtt).await.unwrap();
         let mut events = vec![];
-        let outcome = deploy(&mut link, &key, &req, |e| events.push(e.clone())).await.unwrap();
+        let outcome = deploy(&mut link, &edgectl::keys::Signer::new(key.clone()), &req, |e| events.push(e.clone())).await.unwrap();
         (outcome, events)
     });
     tokio::time::sleep(Duration::from_millis(700)).await;

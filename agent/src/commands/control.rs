@@ -21,14 +21,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edge_proto::codec::Versioned;
-use edge_proto::command::{hex, Ack, AckState, Command, ModelStatus, NpyBytes, Payload, Reply, VerifyingKey};
+use edge_proto::command::{hex, Ack, AckState, Command, ModelStatus, NpyBytes, Payload, Reply};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::settings::Settings;
-use super::{Gate, Rejection, Verdict};
+use super::operators::Change;
+use super::{audit, Gate, Rejection, Unrecorded, Verdict};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::link::{Inbound, LinkHandle};
@@ -161,10 +162,8 @@ pub struct ControlDeps {
     pub config: Config,
     /// The configuration file's bytes, for the status digest.
     pub config_text: Vec<u8>,
-    /// The acceptance gate.
+    /// The acceptance gate, with the operator keys.
     pub gate: Gate,
-    /// Trusted keys, to check staged commands again after a restart.
-    pub trusted: Vec<VerifyingKey>,
     /// The models, shared with the SIGHUP reload.
     pub models: Arc<Mutex<Models>>,
     /// What the start-up found of interrupted trials.
@@ -200,7 +199,6 @@ pub struct Control {
     config: Config,
     config_text: Vec<u8>,
     gate: Gate,
-    trusted: Vec<VerifyingKey>,
     models: Arc<Mutex<Models>>,
     registry: Arc<Registry>,
     acks: Acks,
@@ -253,7 +251,6 @@ impl Control {
             config: deps.config,
             config_text: deps.config_text,
             gate: deps.gate,
-            trusted: deps.trusted,
             models: deps.models,
             registry: deps.registry,
             acks,
@@ -273,7 +270,8 @@ impl Control {
     /// interrupted first.
     pub fn run(mut self, mut rx: mpsc::Receiver<Input>) {
         let resumed = std::mem::take(&mut self.resumed);
-        self.deploys.resume(resumed, &self.trusted);
+        // Staged commands are checked again, with the keys not revoked since.
+        self.deploys.resume(resumed, &self.gate.operators().trusted_keys());
         let mut ticks = 0u64;
         self.publish_model_states();
         while let Some(input) = rx.blocking_recv() {
@@ -311,57 +309,38 @@ impl Control {
     fn on_command(&mut self, bytes: &[u8]) {
         let verdict = match self.gate.check(bytes, now_ms()) {
             Ok(v) => v,
-            Err(e) => {
+            Err(Unrecorded { command, error }) => {
                 // Authentic, but the replay window could not record it: refuse to run it,
                 // so that it cannot run twice.
-                let reason = format!("cannot record the command id (replay window): {e}");
-                tracing::error!("command refused: {reason}");
-                let cmd = edge_proto::command::verify(bytes, &self.trusted);
-                self.metrics.rejected(cmd.as_ref().map_or("unknown", |c| payload_name(&c.payload)), "window_io");
-                if let Ok(cmd) = cmd {
-                    self.acks.send(cmd.id, AckState::Rejected(reason));
-                }
-                return;
+                let reason = format!("cannot record the command id (replay window): {error}");
+                audit::rejected(Some(&command), bytes, "window_io", &reason);
+                self.metrics.rejected(command.payload.name(), "window_io");
+                return self.acks.send(command.id, AckState::Rejected(reason));
             }
         };
         let cmd = match verdict {
             Verdict::Accepted(cmd) => *cmd,
-            Verdict::Rejected(r) => return self.on_rejected(bytes, r),
+            Verdict::Rejected { rejection, command } => return self.on_rejected(bytes, rejection, command.as_deref()),
         };
         if let Err(reason) = self.deploys.precheck(&cmd) {
-            self.metrics.rejected(payload_name(&cmd.payload), "deploy_precheck");
-            tracing::warn!(command = %hex(&cmd.id), "deploy refused: {reason}");
+            self.metrics.rejected(cmd.payload.name(), "deploy_precheck");
+            audit::rejected(Some(&cmd), bytes, "deploy_precheck", &reason);
             return self.acks.send(cmd.id, AckState::Rejected(reason));
         }
-        self.metrics.accepted(payload_name(&cmd.payload));
-        tracing::info!(command = %hex(&cmd.id), payload = payload_name(&cmd.payload), "command accepted");
+        self.metrics.accepted(cmd.payload.name());
+        audit::accepted(&cmd);
         self.acks.send(cmd.id, AckState::Accepted);
         self.execute(cmd, bytes);
     }
 
-    fn on_rejected(&mut self, bytes: &[u8], r: Rejection) {
-        // The verdict does not carry the command: one rejected after it authenticated
-        // (expired, replayed, for another target...) is verified again to name it. Only that
-        // refusal path pays for a second signature check; a forgery is not checked twice.
-        let authenticated = !matches!(
-            r,
-            Rejection::Oversized(_)
-                | Rejection::UnknownVersion(_)
-                | Rejection::Malformed(_)
-                | Rejection::UnknownKey(_)
-                | Rejection::BadSignature(_)
-        );
-        let command = match authenticated {
-            true => edge_proto::command::verify(bytes, &self.trusted).map_or("unknown", |c| payload_name(&c.payload)),
-            false => "unknown",
-        };
-        self.metrics.rejected(command, r.label());
+    fn on_rejected(&mut self, bytes: &[u8], r: Rejection, cmd: Option<&Command>) {
+        self.metrics.rejected(cmd.map_or("unknown", |c| c.payload.name()), r.label());
         if let Rejection::WrongTarget(_) = r {
             // For another device or group: not ours to answer.
             tracing::debug!("command for someone else ignored: {r}");
             return;
         }
-        tracing::warn!(reason = r.label(), "command rejected: {r}");
+        audit::rejected(cmd, bytes, r.label(), &r.to_string());
         // The id of a command that failed authentication is the sender's claim, but
         // echoing it lets an operator see why their command did nothing. Every version of
         // the envelope starts with the version and the id, so even an oversized command or
@@ -399,13 +378,27 @@ impl Control {
                 super::erase::erase(&self.config, &mut models, &self.acks.link).map(|_| None)
             }
             Payload::Cancel { command_id } => self.deploys.cancel(*command_id).map(|_| None),
+            Payload::AddOperator(grant) => {
+                let change = Change { command: hex(&id), at_ms: now_ms() };
+                self.gate.operators_mut().add(grant, change).map(|_| None)
+            }
+            Payload::RevokeKey { key_id } => {
+                let change = Change { command: hex(&id), at_ms: now_ms() };
+                let revoked = self.gate.operators_mut().revoke(key_id, change);
+                if revoked.is_ok() {
+                    // Transfers the revoked key started end now: nothing it signed runs
+                    // any further.
+                    self.deploys.cancel_signed_by(key_id);
+                }
+                revoked.map(|_| None)
+            }
         };
         match result {
             Ok(reply) => {
-                tracing::info!(command = %hex(&id), payload = payload_name(&cmd.payload), "command succeeded");
+                tracing::info!(command = %hex(&id), payload = cmd.payload.name(), "command succeeded");
                 self.acks.reply(id, AckState::Succeeded, reply);
             }
-            Err(reason) => self.acks.fail(id, payload_name(&cmd.payload), reason),
+            Err(reason) => self.acks.fail(id, cmd.payload.name(), reason),
         }
     }
 
@@ -485,21 +478,6 @@ impl Control {
             tokio::time::sleep(Duration::from_millis(500)).await;
             cancel.cancel();
         });
-    }
-}
-
-fn payload_name(p: &Payload) -> &'static str {
-    match p {
-        Payload::DeployModel(_) | Payload::DeployModelContent(_) => "deploy-model",
-        Payload::Activate { .. } => "activate",
-        Payload::Rollback { .. } => "rollback",
-        Payload::RemoveModel { .. } => "remove-model",
-        Payload::GetStatus => "get-status",
-        Payload::SetConfig { .. } => "set-config",
-        Payload::Infer { .. } => "infer",
-        Payload::Erase => "erase",
-        Payload::Restart => "restart",
-        Payload::Cancel { .. } => "cancel",
     }
 }
 

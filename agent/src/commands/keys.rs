@@ -1,4 +1,5 @@
-//! `[ota] trusted_keys`: the operators' ed25519 public keys, as text.
+//! Operators' ed25519 public keys as configuration files write them (`[ota] trusted_keys`,
+//! `[[ota.operators]] key`).
 
 use edge_proto::command::VerifyingKey;
 
@@ -22,17 +23,22 @@ pub fn parse_trusted_keys(entries: &[String]) -> Result<Vec<VerifyingKey>, Trust
         .iter()
         .enumerate()
         .map(|(index, entry)| {
-            let err = |reason: &str| TrustedKeyError { index, entry: entry.clone(), reason: reason.into() };
-            let text = entry.trim();
-            let bytes = decode_hex(text)
-                .or_else(|| decode_base64(text))
-                .ok_or_else(|| err("expected 64 hex digits or base64 of a 32-byte ed25519 public key"))?;
-            let bytes: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
-                err(&format!("decodes to {} bytes; an ed25519 public key is 32 (the .pub file, not the .key)", b.len()))
-            })?;
-            VerifyingKey::from_bytes(&bytes).map_err(|_| err("not a valid ed25519 public key (not a curve point)"))
+            parse_key(entry).map_err(|reason| TrustedKeyError { index, entry: entry.clone(), reason })
         })
         .collect()
+}
+
+/// Parses one public key written as [`parse_trusted_keys`] reads them; the error says what
+/// is wrong with it.
+pub fn parse_key(entry: &str) -> Result<VerifyingKey, String> {
+    let text = entry.trim();
+    let bytes = decode_hex(text)
+        .or_else(|| decode_base64(text))
+        .ok_or("expected 64 hex digits or base64 of a 32-byte ed25519 public key")?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+        format!("decodes to {} bytes; an ed25519 public key is 32 (the .pub file, not the .key)", b.len())
+    })?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid ed25519 public key (not a curve point)".to_string())
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {

@@ -1,4 +1,19 @@
-//! The replay window: ids of accepted commands, kept on disk until they expire.
+//! The replay window: ids of accepted commands, kept on disk until they expire, and the
+//! time floor that keeps expiry honest when the clock goes back.
+//!
+//! # Time
+//!
+//! An id is forgotten once its command has expired, and from then on the expiry check
+//! alone refuses a replay. That holds only while the clock does not go back: a board
+//! without a battery-backed clock, or one whose time is restored from disk at boot, can
+//! find itself hours in the past, when a forgotten command looks unexpired again. So the
+//! window keeps a **floor**: the latest `issued_at` of any accepted command, a time an
+//! operator signed and the device accepted (hence not ahead of the device's clock by more
+//! than the allowed skew). The gate judges expiry against the later of the clock and the
+//! floor, and ids are forgotten only once the floor, not the clock, has passed their
+//! expiry. A clock that jumps ahead and back can then neither forget an id early nor
+//! revive an expired command; a clock far ahead by mistake cannot push the floor (only
+//! signed times do), so it cannot make later commands look expired either.
 //!
 //! # On disk
 //!
@@ -9,18 +24,20 @@
 //!
 //! ```text
 //! commands.window   slot 0 ‖ slot 1, each SLOT_HEADER + capacity × 24 bytes
-//! slot              magic "EAWINDW2" ‖ generation u64 ‖ count u32 ‖ crc32 u32 ‖ entries
+//! slot              magic "EAWINDW3" ‖ generation u64 ‖ floor u64 ‖ count u32 ‖ crc32 u32
+//!                   ‖ entries
 //! entry             command id [u8; 16] ‖ expires_at u64 (ms since the Unix epoch)
 //! ```
 //!
-//! Integers are little-endian; the CRC (IEEE) covers generation, count and the `count`
-//! entries. A record writes the slot that does *not* hold the newest generation, with the
+//! Integers are little-endian; the CRC (IEEE) covers generation, floor, count and the
+//! `count` entries. A record writes the slot that does *not* hold the newest generation, with the
 //! next generation, and syncs it; opening reads both and takes the valid one with the
 //! higher generation. A write torn by a crash fails its CRC, and the other slot (the
 //! window as it was before that command) is read instead: the same guarantee as replacing
 //! the file, without needing a block.
 //!
-//! A file in the first layout (postcard, replaced whole) is read and rewritten in this one.
+//! A file in the first layout (postcard, replaced whole) or the second (`EAWINDW2`, the same
+//! without the floor) is read, with a floor of 0, and rewritten in this one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,10 +55,16 @@ pub const WINDOW_FILE: &str = "commands.window";
 pub const MAX_ENTRIES: usize = 4096;
 
 /// First bytes of each slot.
-const MAGIC: &[u8; 8] = b"EAWINDW2";
+const MAGIC: &[u8; 8] = b"EAWINDW3";
+
+/// First bytes of each slot in the second layout, which had no floor.
+const MAGIC_V2: &[u8; 8] = b"EAWINDW2";
 
 /// Bytes before a slot's entries.
-const SLOT_HEADER: usize = 24;
+const SLOT_HEADER: usize = 32;
+
+/// Bytes before a slot's entries in the second layout.
+const SLOT_HEADER_V2: usize = 24;
 
 /// Bytes of one entry.
 const ENTRY: usize = 24;
@@ -94,6 +117,8 @@ pub struct ReplayWindow {
     path: PathBuf,
     capacity: usize,
     entries: HashMap<[u8; 16], u64>,
+    /// Latest `issued_at` of an accepted command (module docs, "Time").
+    floor: u64,
     /// The file in the current layout, once it exists with room for `capacity` ids.
     file: Option<File>,
     /// Generation of the newest slot on disk, and which slot holds it.
@@ -103,11 +128,12 @@ pub struct ReplayWindow {
 
 /// Encodes one slot: header and entries, sorted so that the same window always makes the
 /// same bytes.
-fn encode_slot(generation: u64, entries: &HashMap<[u8; 16], u64>) -> Vec<u8> {
+fn encode_slot(generation: u64, floor: u64, entries: &HashMap<[u8; 16], u64>) -> Vec<u8> {
     let mut sorted: Vec<([u8; 16], u64)> = entries.iter().map(|(k, v)| (*k, *v)).collect();
     sorted.sort();
-    let mut body = Vec::with_capacity(12 + sorted.len() * ENTRY);
+    let mut body = Vec::with_capacity(20 + sorted.len() * ENTRY);
     body.extend_from_slice(&generation.to_le_bytes());
+    body.extend_from_slice(&floor.to_le_bytes());
     body.extend_from_slice(&(sorted.len() as u32).to_le_bytes());
     for (id, exp) in &sorted {
         body.extend_from_slice(id);
@@ -116,33 +142,46 @@ fn encode_slot(generation: u64, entries: &HashMap<[u8; 16], u64>) -> Vec<u8> {
     let crc = crc32fast::hash(&body);
     let mut out = Vec::with_capacity(SLOT_HEADER + sorted.len() * ENTRY);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&body[..12]);
+    out.extend_from_slice(&body[..20]);
     out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&body[12..]);
+    out.extend_from_slice(&body[20..]);
     out
 }
 
-/// Decodes one slot: its generation and entries, or `None` when it is not a whole,
+/// One slot as read.
+struct Slot {
+    generation: u64,
+    floor: u64,
+    entries: HashMap<[u8; 16], u64>,
+    /// In the current layout (not the second).
+    current: bool,
+}
+
+/// Decodes one slot of the current or the second layout, or `None` when it is not a whole,
 /// checksummed slot (never written, or torn).
-fn decode_slot(slot: &[u8]) -> Option<(u64, HashMap<[u8; 16], u64>)> {
-    if slot.len() < SLOT_HEADER || &slot[..8] != MAGIC {
-        return None;
-    }
-    let generation = u64::from_le_bytes(slot[8..16].try_into().ok()?);
-    let count = u32::from_le_bytes(slot[16..20].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(slot[20..24].try_into().ok()?);
-    let entries = slot.get(SLOT_HEADER..SLOT_HEADER + count.checked_mul(ENTRY)?)?;
+fn decode_slot(slot: &[u8]) -> Option<Slot> {
+    let (current, header) = match slot.get(..8)? {
+        m if m == MAGIC => (true, SLOT_HEADER),
+        m if m == MAGIC_V2 => (false, SLOT_HEADER_V2),
+        _ => return None,
+    };
+    let fields = slot.get(8..header - 4)?;
+    let generation = u64::from_le_bytes(fields[..8].try_into().ok()?);
+    let floor = if current { u64::from_le_bytes(fields[8..16].try_into().ok()?) } else { 0 };
+    let count = u32::from_le_bytes(fields[fields.len() - 4..].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(slot[header - 4..header].try_into().ok()?);
+    let entries = slot.get(header..header + count.checked_mul(ENTRY)?)?;
     let mut h = crc32fast::Hasher::new();
-    h.update(&slot[8..20]);
+    h.update(fields);
     h.update(entries);
     if h.finalize() != crc {
         return None;
     }
-    let map = entries
+    let entries = entries
         .chunks_exact(ENTRY)
         .map(|e| (e[..16].try_into().expect("16 bytes"), u64::from_le_bytes(e[16..].try_into().expect("8 bytes"))))
         .collect();
-    Some((generation, map))
+    Some(Slot { generation, floor, entries, current })
 }
 
 impl ReplayWindow {
@@ -157,8 +196,15 @@ impl ReplayWindow {
     /// fails (a full disk) it is logged and tried again at the first record.
     pub fn open(path: &Path, capacity: usize) -> Result<ReplayWindow, WindowError> {
         let corrupt = |reason: String| WindowError::Corrupt { path: path.into(), reason };
-        let mut window =
-            ReplayWindow { path: path.into(), capacity, entries: HashMap::new(), file: None, generation: 0, newest: 0 };
+        let mut window = ReplayWindow {
+            path: path.into(),
+            capacity,
+            entries: HashMap::new(),
+            floor: 0,
+            file: None,
+            generation: 0,
+            newest: 0,
+        };
         let bytes = match std::fs::read(path) {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -166,18 +212,20 @@ impl ReplayWindow {
         };
         let mut current = false;
         if let Some(bytes) = bytes {
-            if bytes.starts_with(MAGIC) || bytes.len() >= 2 * SLOT_HEADER {
+            let slotted = bytes.starts_with(MAGIC) || bytes.starts_with(MAGIC_V2);
+            if slotted || bytes.len() >= 2 * SLOT_HEADER_V2 {
                 let half = bytes.len() / 2;
                 let (a, b) = bytes.split_at(half);
                 let best = [decode_slot(a), decode_slot(b)]
                     .into_iter()
                     .enumerate()
-                    .filter_map(|(i, s)| s.map(|(g, e)| (g, i, e)))
-                    .max_by_key(|(g, i, _)| (*g, *i));
-                if let Some((generation, newest, entries)) = best {
-                    (window.generation, window.newest, window.entries) = (generation, newest, entries);
-                    current = half == slot_len(capacity);
-                } else if bytes.starts_with(MAGIC) {
+                    .filter_map(|(i, s)| s.map(|s| (i, s)))
+                    .max_by_key(|(i, s)| (s.generation, *i));
+                if let Some((newest, slot)) = best {
+                    (window.generation, window.newest) = (slot.generation, newest);
+                    (window.entries, window.floor) = (slot.entries, slot.floor);
+                    current = slot.current && half == slot_len(capacity);
+                } else if slotted {
                     return Err(corrupt("neither slot is whole".into()));
                 }
             }
@@ -207,7 +255,7 @@ impl ReplayWindow {
         let len = slot_len(self.capacity);
         let mut bytes = vec![0u8; 2 * len];
         let generation = self.generation + 1;
-        let slot = encode_slot(generation, &self.entries);
+        let slot = encode_slot(generation, self.floor, &self.entries);
         bytes[..slot.len()].copy_from_slice(&slot);
         let io = |source| WindowError::Io { path: self.path.clone(), source };
         write_atomic(&self.path, &bytes).map_err(io)?;
@@ -231,21 +279,29 @@ impl ReplayWindow {
         self.entries.is_empty()
     }
 
-    /// Records an accepted command: drops the ids expired at `now_ms`, adds `id`, writes
-    /// the older slot in place and syncs it. On any error nothing changes in memory, and
-    /// the newest slot on disk is untouched.
-    pub fn record(&mut self, id: [u8; 16], expires_at: u64, now_ms: u64) -> Result<(), WindowError> {
+    /// The latest `issued_at` of an accepted command: no command that expired before it
+    /// may run, whatever the clock says (module docs, "Time").
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// Records an accepted command issued at `issued_at`: raises the floor to it, drops
+    /// the ids expired before the floor, adds `id`, writes the older slot in place and
+    /// syncs it. On any error nothing changes in memory, and the newest slot on disk is
+    /// untouched.
+    pub fn record(&mut self, id: [u8; 16], expires_at: u64, issued_at: u64) -> Result<(), WindowError> {
+        let floor = self.floor.max(issued_at);
         let mut next: HashMap<[u8; 16], u64> =
-            self.entries.iter().filter(|(_, &exp)| exp >= now_ms).map(|(k, v)| (*k, *v)).collect();
+            self.entries.iter().filter(|(_, &exp)| exp >= floor).map(|(k, v)| (*k, *v)).collect();
         if next.len() >= self.capacity && !next.contains_key(&id) {
             return Err(WindowError::Full(next.len()));
         }
         next.insert(id, expires_at);
         if self.file.is_none() {
             // Only where the file could not be made at open: a full disk then.
-            let before = std::mem::replace(&mut self.entries, next);
+            let before = (std::mem::replace(&mut self.entries, next), std::mem::replace(&mut self.floor, floor));
             if let Err(e) = self.make_file() {
-                self.entries = before;
+                (self.entries, self.floor) = before;
                 return Err(e);
             }
             return Ok(());
@@ -253,12 +309,12 @@ impl ReplayWindow {
         let file = self.file.as_ref().expect("file checked above");
         let generation = self.generation + 1;
         let slot = 1 - self.newest;
-        let bytes = encode_slot(generation, &next);
+        let bytes = encode_slot(generation, floor, &next);
         let offset = (slot * slot_len(self.capacity)) as u64;
         file.write_all_at(&bytes, offset)
             .and_then(|_| file.sync_data())
             .map_err(|source| WindowError::Io { path: self.path.clone(), source })?;
-        (self.entries, self.generation, self.newest) = (next, generation, slot);
+        (self.entries, self.floor, self.generation, self.newest) = (next, floor, generation, slot);
         Ok(())
     }
 }
@@ -380,6 +436,50 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * slot_len(MAX_ENTRIES) as u64);
         let w = ReplayWindow::open_in(dir.path()).unwrap();
         assert!(w.contains(&[1; 16]) && w.contains(&[2; 16]) && w.contains(&[3; 16]));
+    }
+
+    #[test]
+    fn the_floor_persists_and_forgets_ids_only_once_it_passes_their_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ReplayWindow::open_in(dir.path()).unwrap();
+        w.record([1; 16], 100, 50).unwrap();
+        assert_eq!(w.floor(), 50);
+        // A command issued earlier than the floor does not lower it.
+        w.record([2; 16], 500, 40).unwrap();
+        assert_eq!(w.floor(), 50);
+        assert!(w.contains(&[1; 16]), "the floor (50) has not passed its expiry (100)");
+        w.record([3; 16], 900, 101).unwrap();
+        assert!(!w.contains(&[1; 16]) && w.contains(&[2; 16]));
+        let w = ReplayWindow::open_in(dir.path()).unwrap();
+        assert_eq!(w.floor(), 101);
+    }
+
+    #[test]
+    fn a_file_in_the_second_layout_is_read_with_a_floor_of_zero_and_rewritten() {
+        // The second layout: the current one without the floor, 24-byte headers.
+        let capacity = 4;
+        let mut entries = HashMap::new();
+        entries.insert([7u8; 16], 1234u64);
+        let mut body = Vec::new();
+        body.extend_from_slice(&5u64.to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.extend_from_slice(&[7; 16]);
+        body.extend_from_slice(&1234u64.to_le_bytes());
+        let crc = crc32fast::hash(&body);
+        let mut slot = MAGIC_V2.to_vec();
+        slot.extend_from_slice(&body[..12]);
+        slot.extend_from_slice(&crc.to_le_bytes());
+        slot.extend_from_slice(&body[12..]);
+        let len = SLOT_HEADER_V2 + capacity * ENTRY;
+        let mut bytes = vec![0u8; 2 * len];
+        bytes[..slot.len()].copy_from_slice(&slot);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w");
+        std::fs::write(&path, &bytes).unwrap();
+        let w = ReplayWindow::open(&path, capacity).unwrap();
+        assert_eq!((w.entries.clone(), w.floor()), (entries, 0));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * slot_len(capacity) as u64, "rewritten");
+        assert!(ReplayWindow::open(&path, capacity).unwrap().contains(&[7; 16]));
     }
 
     #[test]

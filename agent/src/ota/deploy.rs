@@ -531,6 +531,22 @@ impl Deploys {
         Err(format!("no deploy {} is in progress", hex(&command_id)))
     }
 
+    /// `revoke-key`: transfers of commands `key_id` signed stop (failed), so that nothing a
+    /// revoked key asked for is installed from then on. A version already validating or on
+    /// trial goes on to its verdict: it was checked while the key was trusted.
+    pub fn cancel_signed_by(&mut self, key_id: &[u8; 8]) {
+        let (gone, kept) = std::mem::take(&mut self.transfers)
+            .into_iter()
+            .partition(|t| t.staging.command.signers().any(|s| s == *key_id));
+        self.transfers = kept;
+        for t in gone {
+            self.count("cancelled");
+            let reason = format!("cancelled: key {} that signed it was revoked", hex(key_id));
+            self.deps.acks.send(t.staging.command.id, AckState::Failed(reason));
+            t.staging.remove();
+        }
+    }
+
     /// `erase`: every deploy in progress ends (failed: erased).
     pub fn erase(&mut self) {
         for t in std::mem::take(&mut self.transfers) {

@@ -20,6 +20,11 @@ pub fn operator_key() -> SigningKey {
     SigningKey::from_bytes(&[42; 32])
 }
 
+/// The operator key as edgectl signs with it (the unnamed fleet).
+pub fn signer() -> edgectl::keys::Signer {
+    edgectl::keys::Signer::new(operator_key())
+}
+
 pub fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
 }
@@ -154,7 +159,7 @@ pub fn request(target: Target, name: &str, version: &str, file: &str, validation
 }
 
 pub async fn run_deploy(link: &mut Link, req: &DeployRequest) -> DeployOutcome {
-    deploy(link, &operator_key(), req, |_| {}).await.expect("deploy sent")
+    deploy(link, &signer(), req, |_| {}).await.expect("deploy sent")
 }
 
 /// The single device's outcome of a deploy.
@@ -166,7 +171,7 @@ pub fn only(outcome: &DeployOutcome) -> &Outcome {
 pub async fn command(link: &mut Link, target: Target, payload: Payload) -> Vec<edgectl::track::DeviceResult> {
     let mut req = CommandRequest::new(target, payload);
     req.timeout = Duration::from_secs(30);
-    send_command(link, &operator_key(), &req, |_| {}).await.expect("command sent").results
+    send_command(link, &signer(), &req, |_| {}).await.expect("command sent").results
 }
 
 pub async fn status(link: &mut Link, d: &str) -> DeviceStatus {

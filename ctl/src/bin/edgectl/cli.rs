@@ -36,6 +36,9 @@ pub struct Cli {
     /// Command-signing key (operator.key from `edgectl keygen`), overriding signing_key.
     #[arg(long, global = true, env = "EDGECTL_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+    /// The fleet commands are signed for (the devices' [ota] fleet_id), overriding fleet_id.
+    #[arg(long, global = true, env = "EDGECTL_FLEET")]
+    pub fleet: Option<String>,
     /// Machine-readable output on stdout: one JSON document (for `watch`, one object per
     /// line); messages stay on stderr.
     #[arg(long, global = true)]
@@ -142,6 +145,23 @@ pub enum Command {
         #[command(flatten)]
         timing: Timing,
     },
+    /// Add your signature to a command saved with `--save` (for devices with [ota] quorum):
+    /// prints what the command is, then signs it in place. Send it with `edgectl send`.
+    Cosign {
+        /// The command file.
+        file: PathBuf,
+    },
+    /// Publish a command saved with `--save` (and cosigned) and wait for the devices' answers.
+    Send {
+        /// The command file.
+        file: PathBuf,
+        /// Seconds to wait for the devices' answers.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// For a group: seconds its devices have to acknowledge.
+        #[arg(long, default_value_t = 3)]
+        accept_wait: u64,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout,
     /// e.g. `edgectl completions bash > /etc/bash_completion.d/edgectl`.
     Completions {
@@ -207,6 +227,36 @@ pub enum Cmd {
         #[command(flatten)]
         timing: Timing,
     },
+    /// Trust another operator key on the devices, with a role and optionally a scope (key
+    /// rotation: add the new key, then revoke the old one). Needs an admin key.
+    AddOperator {
+        #[command(flatten)]
+        to: TargetArgs,
+        /// The new key's public half (operator.pub from `edgectl keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// What it may sign.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// A device id or group its commands may target (repeat for more; none: every device).
+        #[arg(long = "scope")]
+        scope: Vec<String>,
+        /// Longest lifetime, in seconds, of a command it signs.
+        #[arg(long)]
+        max_ttl: Option<u64>,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Stop trusting a key on the devices (configured or added); its commands are refused from
+    /// then on and its transfers in progress end. Needs an admin key.
+    RevokeKey {
+        #[command(flatten)]
+        to: TargetArgs,
+        #[command(flatten)]
+        which: KeyArgs,
+        #[command(flatten)]
+        timing: Timing,
+    },
     /// Abandon a deploy still transferring or installing (its id as `deploy` printed it).
     Cancel {
         #[command(flatten)]
@@ -240,6 +290,29 @@ impl TargetArgs {
     }
 }
 
+/// Which key.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct KeyArgs {
+    /// The key's public half (operator.pub).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// The key id (16 hex digits, as acks and the devices' log name it).
+    #[arg(long)]
+    pub key_id: Option<String>,
+}
+
+/// An operator key's role.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    /// get-status, infer.
+    Observe,
+    /// + deploy, activate, rollback, remove-model, cancel.
+    Deploy,
+    /// Everything.
+    Admin,
+}
+
 /// How long a command waits, and how long it is valid.
 #[derive(Args)]
 pub struct Timing {
@@ -252,6 +325,10 @@ pub struct Timing {
     /// For a group: seconds its devices have to acknowledge (those that do are waited for).
     #[arg(long, default_value_t = 3)]
     pub accept_wait: u64,
+    /// Sign the command so that other admins can cosign it, write it to FILE and send
+    /// nothing: for devices with [ota] quorum. Then `edgectl cosign FILE`, `edgectl send FILE`.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -37,7 +37,7 @@ pub fn run(command: &Command, config: &CtlConfig, json: bool) -> Result<Option<b
             let mut req = crate::deploy_request(args)?;
             req.ttl = args.ttl.map_or(FLEET_DEFAULT_TTL, Duration::from_secs);
             check_chunk_size(req.chunk_size, config.mqtt.max_packet_bytes)?;
-            let key = config.signing_key()?;
+            let key = config.signer()?;
             let timeout = Duration::from_secs(args.timeout);
             runtime()?
                 .block_on(async {
@@ -98,7 +98,7 @@ async fn deployments_cmd(
         }
         DeploymentsCmd::Watch { id, timeout } => watch(url, id, timeout.map(Duration::from_secs), json).await,
         DeploymentsCmd::Cancel { id, ttl } => {
-            let key = config.signing_key()?;
+            let key = config.signer()?;
             let d = deployments::cancel(url, &key, id, Duration::from_secs(*ttl), config.mqtt.max_packet_bytes).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);

@@ -9,23 +9,26 @@ mod fleet_cmds;
 mod output;
 mod progress;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser};
 use edge_proto::codec::Versioned;
-use edge_proto::command::{NpyBytes, Payload, Target};
+use edge_proto::command::{hex, key_id, NpyBytes, OperatorGrant, Payload, Role, Target};
 use edge_proto::ota::{ModelFormat, Validation};
-use edgectl::command::{parse_command_id, send_command, CommandRequest, Event};
+use edgectl::command::{
+    now_ms, parse_command_id, random_id, send_command, send_signed, signed_command, CommandRequest, Event,
+};
 use edgectl::config::{self, CtlConfig, Overrides};
 use edgectl::deploy::{check_chunk_size, deploy, DeployRequest};
 use edgectl::track::Goal;
-use edgectl::{keys, npy, observe, Link};
+use edgectl::keys::Signer;
+use edgectl::{cosign, keys, npy, observe, Link};
 use serde_json::json;
 
-use crate::cli::{Cli, Cmd, Command, DeployArgs, FormatArg, Timing};
+use crate::cli::{Cli, Cmd, Command, DeployArgs, FormatArg, RoleArg, Timing};
 use crate::exit::Exit;
 use crate::output::Show;
 use crate::progress::DeployUi;
@@ -92,6 +95,7 @@ fn run(cli: &Cli) -> Result<Verdict> {
         cert_file: cli.cert_file.clone(),
         key_file: cli.key_file.clone(),
         signing_key: cli.signing_key.clone(),
+        fleet_id: cli.fleet.clone(),
     };
     let path = config::locate(cli.config.as_deref(), |k| std::env::var_os(k), Path::exists)?;
     let config = CtlConfig::load(&path, &overrides)?;
@@ -99,8 +103,44 @@ fn run(cli: &Cli) -> Result<Verdict> {
     if let Some(verdict) = fleet_cmds::run(&cli.command, &config, cli.json)? {
         return Ok(verdict);
     }
+    if let Command::Cosign { file } = &cli.command {
+        let signer = config.signer()?;
+        let (cmd, _) = cosign::load(file)?;
+        eprintln!("edgectl: cosigning {}", cosign::describe(&cmd));
+        let cmd = cosign::cosign_file(file, &signer)?;
+        let signers = cmd.signers().count();
+        match cli.json {
+            true => output::document(&json!({"file": file, "command_id": hex(&cmd.id), "signatures": signers})),
+            false => println!("{}: {signers} signatures; send it with: edgectl send {}", file.display(), file.display()),
+        }
+        return Ok(true);
+    }
     // Everything that can be refused without the broker is, before connecting.
     let job = Job::new(&cli.command, &config, cli.json)?;
+    if let What::Save { req, signer, path } = &job.what {
+        let (cmd, _) = signed_command(
+            random_id()?,
+            now_ms(),
+            req.ttl,
+            req.target.clone(),
+            req.payload.clone(),
+            signer,
+            config.mqtt.max_packet_bytes,
+            "",
+        )?;
+        cosign::save(path, &cmd)?;
+        match job.json {
+            true => output::document(&json!({"file": path, "command_id": hex(&cmd.id)})),
+            false => println!(
+                "wrote {} ({}); next: edgectl cosign {} (each other admin), then edgectl send {}",
+                path.display(),
+                cosign::describe(&cmd),
+                path.display(),
+                path.display()
+            ),
+        }
+        return Ok(true);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut link = Link::connect(&config.mqtt).await?;
@@ -120,8 +160,12 @@ struct Job {
 enum What {
     Watch { device: Option<String>, count: Option<usize> },
     Status { wait: Duration },
-    Deploy { req: Box<DeployRequest>, key: Box<edge_proto::command::SigningKey> },
-    Command { req: Box<CommandRequest>, key: Box<edge_proto::command::SigningKey>, show: Show },
+    Deploy { req: Box<DeployRequest>, key: Box<Signer> },
+    Command { req: Box<CommandRequest>, key: Box<Signer>, show: Show },
+    /// `--save FILE`: sign for cosigning and write, send nothing.
+    Save { req: Box<CommandRequest>, signer: Box<Signer>, path: PathBuf },
+    /// `send FILE`: a command signed before.
+    Send { cmd: Box<edge_proto::command::Command>, bytes: Vec<u8>, req: Box<CommandRequest> },
 }
 
 fn secs(s: u64) -> Duration {
@@ -171,13 +215,20 @@ impl Job {
                 output::deploy(&outcome, &req.target, req.accept_wait, json);
                 Ok(outcome.all_ok())
             }
-            What::Command { req, key, show } => {
-                let outcome = send_command(link, &key, &req, |e| match e {
+            What::Save { .. } => unreachable!("saved before connecting"),
+            What::Command { .. } | What::Send { .. } => {
+                let progress = |e: &Event| match e {
                     Event::Disconnected(why) => eprintln!("edgectl: broker connection lost ({why}); reconnecting"),
                     Event::Reconnected => eprintln!("edgectl: reconnected to the broker"),
                     _ => {}
-                })
-                .await?;
+                };
+                let (outcome, req, show) = match self.what {
+                    What::Command { req, key, show } => (send_command(link, &key, &req, progress).await?, req, show),
+                    What::Send { cmd, bytes, req } => {
+                        (send_signed(link, &cmd, bytes, &req, progress).await?, req, Show::Lines)
+                    }
+                    _ => unreachable!("matched above"),
+                };
                 if outcome.results.is_empty() {
                     if let Target::Group(g) = &req.target {
                         eprintln!("edgectl: no device of group {g} answered within {:?}", req.accept_wait);
@@ -192,13 +243,14 @@ impl Job {
 
 impl What {
     fn new(command: &Command, config: &CtlConfig) -> Result<What> {
-        let key = || config.signing_key().map(Box::new);
+        let key = || config.signer().map(Box::new);
         let (target, payload, timing, goal, show) = match command {
             Command::Keygen { .. }
             | Command::Pki { .. }
             | Command::Completions { .. }
             | Command::Man { .. }
             | Command::Devices { .. }
+            | Command::Cosign { .. }
             | Command::Deployments { .. } => {
                 unreachable!("handled before connecting to the broker")
             }
@@ -206,6 +258,16 @@ impl What {
                 return Ok(What::Watch { device: device.clone(), count: *count })
             }
             Command::Status { wait } => return Ok(What::Status { wait: secs(*wait) }),
+            Command::Send { file, timeout, accept_wait } => {
+                let (cmd, bytes) = cosign::load(file)?;
+                eprintln!("edgectl: sending {}", cosign::describe(&cmd));
+                let mut req = CommandRequest::new(cmd.target.clone(), cmd.payload.clone());
+                req.timeout = secs(*timeout);
+                if matches!(req.target, Target::Group(_)) {
+                    req.accept_wait = secs(*accept_wait);
+                }
+                return Ok(What::Send { cmd: Box::new(cmd), bytes, req: Box::new(req) });
+            }
             Command::Deploy(args) => {
                 let req = deploy_request(args)?;
                 check_chunk_size(req.chunk_size, config.mqtt.max_packet_bytes)?;
@@ -264,9 +326,37 @@ impl What {
                     let command_id = parse_command_id(command)?;
                     (to.target(), Payload::Cancel { command_id }, timing, Goal::Terminal, Show::Lines)
                 }
+                Cmd::AddOperator { to, key, role, scope, max_ttl, timing } => {
+                    let public = keys::load_public_key(key)?;
+                    let role = match role {
+                        RoleArg::Observe => Role::Observe,
+                        RoleArg::Deploy => Role::Deploy,
+                        RoleArg::Admin => Role::Admin,
+                    };
+                    if let Some(bad) = scope.iter().find(|g| !edge_proto::topics::valid_level(g)) {
+                        bail!("--scope {bad:?}: not a device id or group name");
+                    }
+                    let grant =
+                        OperatorGrant { key: *public.as_bytes(), role, groups: scope.clone(), max_ttl_secs: *max_ttl };
+                    (to.target(), Payload::AddOperator(grant), timing, Goal::Terminal, Show::Lines)
+                }
+                Cmd::RevokeKey { to, which, timing } => {
+                    let id = match (&which.key, &which.key_id) {
+                        (Some(path), _) => key_id(&keys::load_public_key(path)?),
+                        (None, Some(text)) => parse_key_id(text)?,
+                        (None, None) => unreachable!("clap requires one of --key and --key-id"),
+                    };
+                    (to.target(), Payload::RevokeKey { key_id: id }, timing, Goal::Terminal, Show::Lines)
+                }
             },
         };
-        Ok(What::Command { req: Box::new(request(target, payload, timing, goal)), key: key()?, show })
+        let req = Box::new(request(target, payload, timing, goal));
+        if let Some(path) = &timing.save {
+            let mut signer = key()?;
+            signer.cosignable = true;
+            return Ok(What::Save { req, signer, path: path.clone() });
+        }
+        Ok(What::Command { req, key: key()?, show })
     }
 }
 
@@ -305,6 +395,19 @@ fn deploy_request(args: &DeployArgs) -> Result<DeployRequest> {
     req.ttl = args.ttl.map_or(edgectl::deploy::DEFAULT_TTL, secs);
     req.wait = args.wait;
     Ok(req)
+}
+
+/// A key id as 16 hex digits.
+fn parse_key_id(text: &str) -> Result<[u8; 8]> {
+    let t = text.trim();
+    let mut id = [0u8; 8];
+    if t.len() != 16 || !t.is_ascii() {
+        bail!("--key-id {text:?}: expected 16 hex digits");
+    }
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).with_context(|| format!("--key-id {text:?}: not hex"))?;
+    }
+    Ok(id)
 }
 
 /// Reads an .npy file, checking its header.

@@ -11,6 +11,25 @@
 //! signer and the verifier both call this one function, so they cannot disagree on the
 //! layout. The verifier re-encodes the *decoded* envelope rather than slicing the received
 //! bytes: what is verified is exactly what is then acted on.
+//!
+//! # Several signatures
+//!
+//! A version 3 command may carry [`Cosignature`]s: other keys' signatures over the same
+//! [`signing_bytes`] (which leave every signature out), so that keys can sign in any order
+//! on different machines ([`cosign`]). A device configured with a quorum counts them for
+//! the commands that need it ([`Payload::needs_quorum`]).
+//!
+//! # Fleets
+//!
+//! A version 3 command names the fleet it is for ([`Command::fleet`]), inside the signed
+//! bytes, so that one operator key used in two fleets (staging and production) cannot have
+//! a command for one replayed into the other. Versions 1 and 2 belong to the unnamed fleet
+//! (the empty string).
+
+mod rights;
+mod wire;
+
+pub use rights::{OperatorGrant, Role};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -28,8 +47,9 @@ const SIGNING_CONTEXT: &[u8] = b"edge-agent command v1\0";
 /// message: a model itself is never carried in a command, only its manifest.
 pub const MAX_COMMAND_BYTES: usize = MAX_MESSAGE_BYTES;
 
-/// A signed command to one device or to a group of devices.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A signed command to one device or to a group of devices. Its serde is by version
+/// (`wire.rs`): build it with [`Command::new`] and sign it with [`sign`], which choose it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Command {
     /// Schema version, [`Command::VERSION`]. First, so that it can be read alone.
     pub version: u16,
@@ -45,17 +65,32 @@ pub struct Command {
     pub target: Target,
     /// What to do.
     pub payload: Payload,
+    /// The fleet it is for; empty for the unnamed fleet. Since version 3.
+    pub fleet: String,
+    /// Signatures of other keys over the same [`signing_bytes`]. Since version 3.
+    pub cosignatures: Vec<Cosignature>,
     /// [`key_id`] of the signing key: the first 8 bytes of SHA-256 of the public key.
     pub key_id: [u8; 8],
     /// ed25519 signature over [`signing_bytes`].
-    #[serde(with = "sig_bytes")]
+    pub signature: [u8; 64],
+}
+
+/// A further key's signature over a command's [`signing_bytes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cosignature {
+    /// [`key_id`] of the key.
+    pub key_id: [u8; 8],
+    /// ed25519 signature over [`signing_bytes`].
+    #[serde(with = "wire::sig_bytes")]
     pub signature: [u8; 64],
 }
 
 impl Versioned for Command {
-    /// Version 2 carries [`Payload::DeployModelContent`]; every other payload still goes
-    /// in version 1, which agents older than delta transfers read.
-    const VERSION: u16 = 2;
+    /// Version 2 carries [`Payload::DeployModelContent`]; version 3 adds the fleet id and
+    /// cosignatures, and carries the key changes. A command goes in the oldest version
+    /// that can carry it ([`Command::required_version`]), so that older agents keep
+    /// reading what they can act on.
+    const VERSION: u16 = 3;
     const OLDEST: u16 = 1;
     fn version(&self) -> u16 {
         self.version
@@ -73,9 +108,30 @@ impl Command {
             expires_at,
             target,
             payload,
+            fleet: String::new(),
+            cosignatures: vec![],
             key_id: [0; 8],
             signature: [0; 64],
         }
+    }
+
+    /// The same command for `fleet` (version 3 when it is not empty).
+    pub fn for_fleet(mut self, fleet: &str) -> Command {
+        self.fleet = fleet.into();
+        self.version = self.version.max(self.required_version());
+        self
+    }
+
+    /// The oldest envelope version that carries this command: its payload's, or 3 with a
+    /// fleet id or cosignatures.
+    pub fn required_version(&self) -> u16 {
+        let envelope = if self.fleet.is_empty() && self.cosignatures.is_empty() { 1 } else { 3 };
+        self.payload.command_version().max(envelope)
+    }
+
+    /// Key ids of every signature: the signer's first, then the cosigners'.
+    pub fn signers(&self) -> impl Iterator<Item = [u8; 8]> + '_ {
+        std::iter::once(self.key_id).chain(self.cosignatures.iter().map(|c| c.key_id))
     }
 }
 
@@ -148,6 +204,16 @@ pub enum Payload {
     /// an unknown command version, not as garbage. Build it with [`Payload::deploy`].
     #[serde(with = "content_manifest")]
     DeployModelContent(Manifest),
+    /// Trust another operator key from now on, with a role and scope (key rotation: add
+    /// the new key, then revoke the old one). Needs an admin key. Version 3.
+    AddOperator(OperatorGrant),
+    /// Stop trusting a key, from the configuration or added: its commands are refused
+    /// from then on, and nothing it signed that is not yet done is resumed. Needs an admin
+    /// key. Version 3.
+    RevokeKey {
+        /// [`key_id`] of the key.
+        key_id: [u8; 8],
+    },
 }
 
 impl Payload {
@@ -172,6 +238,7 @@ impl Payload {
     pub fn command_version(&self) -> u16 {
         match self {
             Payload::DeployModelContent(_) => 2,
+            Payload::AddOperator(_) | Payload::RevokeKey { .. } => 3,
             _ => 1,
         }
     }
@@ -307,9 +374,10 @@ pub fn key_id(key: &VerifyingKey) -> [u8; 8] {
 }
 
 /// The bytes a signature covers: a context string, then the postcard encoding of `cmd`
-/// with its signature zeroed. Shared by [`sign`] and [`verify`].
+/// with its signature zeroed and no cosignatures. Shared by [`sign`], [`cosign`] and
+/// [`verify`].
 pub fn signing_bytes(cmd: &Command) -> Vec<u8> {
-    let unsigned = Command { signature: [0; 64], ..cmd.clone() };
+    let unsigned = Command { signature: [0; 64], cosignatures: vec![], ..cmd.clone() };
     let mut out = SIGNING_CONTEXT.to_vec();
     out.extend(crate::codec::encode(&unsigned));
     out
@@ -319,14 +387,39 @@ pub fn signing_bytes(cmd: &Command) -> Vec<u8> {
 /// `edge_proto::encode(&signed)`.
 pub fn sign(mut cmd: Command, key: &SigningKey) -> Command {
     use ed25519_dalek::Signer;
+    cmd.version = cmd.version.max(cmd.required_version());
     cmd.key_id = key_id(&key.verifying_key());
     cmd.signature = key.sign(&signing_bytes(&cmd)).to_bytes();
     cmd
 }
 
+/// Adds `key`'s signature to a signed command (replacing an earlier one by the same key).
+/// The command becomes version 3, which changes the bytes the first signature covers:
+/// cosign only what was signed as version 3 ([`sign`] of a command with a fleet, or
+/// [`Command::for_fleet`]), or sign again. Returns the command unchanged with an error
+/// when the version would have to change.
+pub fn cosign(mut cmd: Command, key: &SigningKey) -> Result<Command, CommandError> {
+    use ed25519_dalek::Signer;
+    if cmd.version < 3 {
+        return Err(CommandError::Malformed(format!(
+            "a version {} command carries no cosignatures: sign it as version 3 (edgectl cmd --save does)",
+            cmd.version
+        )));
+    }
+    let id = key_id(&key.verifying_key());
+    if id == cmd.key_id {
+        return Err(CommandError::Malformed(format!("key {} already signed this command", hex(&id))));
+    }
+    let signature = key.sign(&signing_bytes(&cmd)).to_bytes();
+    cmd.cosignatures.retain(|c| c.key_id != id);
+    cmd.cosignatures.push(Cosignature { key_id: id, signature });
+    Ok(cmd)
+}
+
 /// Checks a received command, in this order: size (before any decoding), version,
-/// decoding, signing key among `trusted`, signature. Expiry, target and replay are the
-/// receiver's to check (they need its clock and its state).
+/// decoding, then for the signature and each cosignature: a key among `trusted`, no key
+/// twice, a valid signature. Roles, fleet, expiry, target and replay are the receiver's to
+/// check (they need its configuration, its clock and its state).
 pub fn verify(bytes: &[u8], trusted: &[VerifyingKey]) -> Result<Command, CommandError> {
     if bytes.len() > MAX_COMMAND_BYTES {
         return Err(CommandError::TooLarge(bytes.len()));
@@ -343,15 +436,25 @@ pub fn verify(bytes: &[u8], trusted: &[VerifyingKey]) -> Result<Command, Command
     if cmd.version < cmd.payload.command_version() {
         return Err(CommandError::Malformed(format!(
             "a {} payload needs command version {}",
-            if cmd.payload.manifest().is_some() { "content-chunked deploy" } else { "newer" },
+            if cmd.payload.manifest().is_some() { "content-chunked deploy" } else { cmd.payload.name() },
             cmd.payload.command_version()
         )));
     }
-    let key = trusted.iter().find(|k| key_id(k) == cmd.key_id).ok_or(CommandError::UnknownKey(cmd.key_id))?;
-    let signature = ed25519_dalek::Signature::from_bytes(&cmd.signature);
-    // verify_strict: refuses weak keys and non-canonical signatures, so one command has
-    // exactly one valid signature per key.
-    key.verify_strict(&signing_bytes(&cmd), &signature).map_err(|_| CommandError::BadSignature(cmd.key_id))?;
+    let signed = signing_bytes(&cmd);
+    let signatures = std::iter::once((cmd.key_id, &cmd.signature))
+        .chain(cmd.cosignatures.iter().map(|c| (c.key_id, &c.signature)));
+    let mut seen = Vec::with_capacity(1 + cmd.cosignatures.len());
+    for (id, signature) in signatures {
+        if seen.contains(&id) {
+            return Err(CommandError::Malformed(format!("key {} signed twice", hex(&id))));
+        }
+        seen.push(id);
+        let key = trusted.iter().find(|k| key_id(k) == id).ok_or(CommandError::UnknownKey(id))?;
+        // verify_strict: refuses weak keys and non-canonical signatures, so one command
+        // has exactly one valid signature per key.
+        let signature = ed25519_dalek::Signature::from_bytes(signature);
+        key.verify_strict(&signed, &signature).map_err(|_| CommandError::BadSignature(id))?;
+    }
     Ok(cmd)
 }
 
@@ -365,40 +468,6 @@ pub fn generate_signing_key() -> std::io::Result<SigningKey> {
 /// Lower-case hex of `bytes`, as key ids and keys are shown to operators.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// serde for `[u8; 64]`: serde's derives stop at arrays of 32. Written as a tuple of 64
-/// bytes, which postcard encodes as the 64 raw bytes.
-mod sig_bytes {
-    use serde::de::{Error, SeqAccess, Visitor};
-    use serde::ser::SerializeTuple;
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        let mut t = s.serialize_tuple(64)?;
-        for b in bytes {
-            t.serialize_element(b)?;
-        }
-        t.end()
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = [u8; 64];
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("64 bytes")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 64], A::Error> {
-                let mut out = [0u8; 64];
-                for (i, b) in out.iter_mut().enumerate() {
-                    *b = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(i, &self))?;
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_tuple(64, V)
-    }
 }
 
 #[cfg(test)]
@@ -484,7 +553,8 @@ mod tests {
         assert_eq!(Command::new([7; 16], 1, 2, Target::Device("d".into()), fixed).version, 1);
         assert_eq!(command().version, 1, "other payloads stay readable by older agents");
         // Version 1 cannot carry the new payload, even signed.
-        let downgraded = sign(Command { version: 1, ..content }, &k);
+        let mut downgraded = sign(content, &k);
+        downgraded.version = 1;
         let err = verify(&encode(&downgraded), &[k.verifying_key()]).unwrap_err();
         assert!(matches!(&err, CommandError::Malformed(m) if m.contains("version 2")), "{err}");
     }
@@ -550,11 +620,15 @@ mod tests {
     #[test]
     fn unknown_version_is_reported_as_such() {
         let k = key(1);
-        let cmd = sign(Command { version: 3, ..command() }, &k);
+        let future = Command::VERSION + 1;
+        let cmd = sign(Command { version: future, ..command() }, &k);
         let mut bytes = encode(&cmd);
         // A future version may have any layout after the version: append garbage.
         bytes.extend([0xff; 8]);
-        assert_eq!(verify(&bytes, &[k.verifying_key()]), Err(CommandError::UnknownVersion { found: 3, expected: 2 }));
+        assert_eq!(
+            verify(&bytes, &[k.verifying_key()]),
+            Err(CommandError::UnknownVersion { found: future, expected: Command::VERSION })
+        );
     }
 
     #[test]
@@ -574,6 +648,83 @@ mod tests {
         let cmd = sign(command(), &key(1));
         let bytes = encode(&cmd);
         assert_eq!(&bytes[bytes.len() - 64..], &cmd.signature);
+    }
+
+    /// The envelope as versions 1 and 2 were written, before `wire.rs`.
+    #[derive(Serialize)]
+    struct OldEnvelope {
+        version: u16,
+        id: [u8; 16],
+        issued_at: u64,
+        expires_at: u64,
+        target: Target,
+        payload: Payload,
+        key_id: [u8; 8],
+        signature: wire::Sig,
+    }
+
+    #[test]
+    fn a_command_without_fleet_or_cosignatures_keeps_the_old_layout() {
+        let cmd = sign(command(), &key(1));
+        assert_eq!(cmd.version, 1);
+        let old = OldEnvelope {
+            version: cmd.version,
+            id: cmd.id,
+            issued_at: cmd.issued_at,
+            expires_at: cmd.expires_at,
+            target: cmd.target.clone(),
+            payload: cmd.payload.clone(),
+            key_id: cmd.key_id,
+            signature: wire::Sig(cmd.signature),
+        };
+        assert_eq!(encode(&cmd), encode(&old), "agents before version 3 read it");
+    }
+
+    #[test]
+    fn fleet_and_cosignatures_make_version_3_and_are_signed() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let trusted = [a.verifying_key(), b.verifying_key()];
+        let cmd = sign(command().for_fleet("prod"), &a);
+        assert_eq!(cmd.version, 3);
+        let cmd = cosign(cmd, &b).unwrap();
+        let bytes = encode(&cmd);
+        assert_eq!(&bytes[bytes.len() - 64..], &cmd.signature, "the signature stays last");
+        let got = verify(&bytes, &trusted).unwrap();
+        assert_eq!(got, cmd);
+        assert_eq!(got.signers().collect::<Vec<_>>(), [key_id(&a.verifying_key()), key_id(&b.verifying_key())]);
+
+        // The fleet is covered: moving the command to another fleet breaks the signature.
+        let moved = Command { fleet: "staging".into(), ..cmd.clone() };
+        assert_eq!(verify(&encode(&moved), &trusted), Err(CommandError::BadSignature(cmd.key_id)));
+        // A cosignature by an unknown key, a forged one, the same key twice.
+        let unknown = cosign(cmd.clone(), &c).unwrap();
+        assert_eq!(verify(&encode(&unknown), &trusted), Err(CommandError::UnknownKey(key_id(&c.verifying_key()))));
+        let mut forged = cmd.clone();
+        forged.cosignatures[0].signature[0] ^= 1;
+        assert_eq!(verify(&encode(&forged), &trusted), Err(CommandError::BadSignature(key_id(&b.verifying_key()))));
+        let mut twice = cmd.clone();
+        twice.cosignatures.push(twice.cosignatures[0].clone());
+        assert!(matches!(verify(&encode(&twice), &trusted), Err(CommandError::Malformed(m)) if m.contains("twice")));
+        // Cosigning again by the same key replaces its signature; the signer cannot cosign.
+        assert_eq!(cosign(cmd.clone(), &b).unwrap().cosignatures.len(), 1);
+        assert!(cosign(cmd.clone(), &a).is_err());
+    }
+
+    #[test]
+    fn a_version_1_command_cannot_be_cosigned() {
+        let err = cosign(sign(command(), &key(1)), &key(2)).unwrap_err();
+        assert!(err.to_string().contains("version 3"), "{err}");
+    }
+
+    #[test]
+    fn key_changes_go_in_version_3() {
+        let grant = OperatorGrant { key: [9; 32], role: Role::Deploy, groups: vec!["cameras".into()], max_ttl_secs: None };
+        for p in [Payload::AddOperator(grant), Payload::RevokeKey { key_id: [4; 8] }] {
+            let cmd = Command::new([7; 16], 1, 2, Target::Device("d".into()), p);
+            assert_eq!(cmd.version, 3);
+            let cmd = sign(cmd, &key(1));
+            assert_eq!(verify(&encode(&cmd), &[key(1).verifying_key()]).unwrap(), cmd);
+        }
     }
 
     #[test]
