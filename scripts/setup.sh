@@ -23,6 +23,9 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresq
 command -v promtool >/dev/null || need_apt+=(prometheus)
 # curl sends TF Serving's documented `curl -d` requests in agent/tests/serving.rs.
 command -v curl >/dev/null || need_apt+=(curl)
+# libfaketime sets an agent's clock back in agent/tests/authority.rs (replay after the clock
+# goes back), without touching the machine's clock.
+compgen -G '/usr/lib/*/faketime/libfaketimeMT.so.1' >/dev/null || need_apt+=(libfaketime)
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"

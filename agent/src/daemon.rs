@@ -124,7 +124,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.reason))?;
     let operators = Operators::load(configured, &config.state_dir)?;
     if operators.trusted_keys().is_empty() {
-        tracing::warn!("no operator key is trusted ([ota] trusted_keys, [[ota.operators]]): every fleet command will be refused");
+        tracing::warn!(
+            "no operator key is trusted ([ota] trusted_keys, [[ota.operators]]): every fleet command will be refused"
+        );
     }
     for line in operators.describe() {
         tracing::info!(target: "audit", "trusts {line}");

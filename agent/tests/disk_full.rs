@@ -18,7 +18,7 @@ use edgectl::command::Event;
 use edgectl::deploy::{deploy, DeployOutcome, DeployRequest};
 use edgectl::link::Link;
 use edgectl::track::Outcome;
-use operator::{models_dir, operator_mqtt, signer, ota_config, predict, request, FULL, RECROP, SHORT};
+use operator::{models_dir, operator_mqtt, ota_config, predict, request, signer, FULL, RECROP, SHORT};
 
 fn state_dir(s: &Setup) -> PathBuf {
     s.dir.path().join("state-dev-1")

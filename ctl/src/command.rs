@@ -392,13 +392,15 @@ mod tests {
     fn oversized_commands_are_refused_with_the_hint() {
         let payload =
             Payload::Infer { model: "m".into(), inputs: vec![edge_proto::command::NpyBytes(vec![0; 70_000])] };
-        let err = signed_command([1; 16], 0, DEFAULT_TTL, Target::Device("d".into()), payload, &signer(), 1 << 20, " (X)")
-            .unwrap_err();
+        let err =
+            signed_command([1; 16], 0, DEFAULT_TTL, Target::Device("d".into()), payload, &signer(), 1 << 20, " (X)")
+                .unwrap_err();
         assert!(matches!(err, CommandError::TooLarge { .. }));
         assert!(err.to_string().ends_with("devices accept (X)"), "{err}");
 
-        let err = signed_command([1; 16], 0, DEFAULT_TTL, Target::Device("d".into()), Payload::Erase, &signer(), 1100, "")
-            .unwrap_err();
+        let err =
+            signed_command([1; 16], 0, DEFAULT_TTL, Target::Device("d".into()), Payload::Erase, &signer(), 1100, "")
+                .unwrap_err();
         assert!(err.to_string().contains("max_packet_bytes = 1100"), "{err}");
     }
 

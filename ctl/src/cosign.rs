@@ -134,7 +134,10 @@ mod tests {
         let got = verify(&bytes, &trusted).unwrap();
         assert_eq!(got.signers().collect::<Vec<_>>(), [key_id(&trusted[0]), key_id(&trusted[1])]);
         let line = describe(&got);
-        assert!(line.starts_with("erase for device d1 in fleet prod") && line.contains(&hex(&key_id(&trusted[1]))), "{line}");
+        assert!(
+            line.starts_with("erase for device d1 in fleet prod") && line.contains(&hex(&key_id(&trusted[1]))),
+            "{line}"
+        );
     }
 
     #[test]

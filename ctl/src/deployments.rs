@@ -74,8 +74,16 @@ pub async fn cancel(
         TargetKind::Device => Target::Device(d.target.clone()),
         TargetKind::Group => Target::Group(d.target.clone()),
     };
-    let (_, bytes) =
-        signed_command(random_id()?, now_ms(), ttl, target, Payload::Cancel { command_id }, signer, max_packet_bytes, "")?;
+    let (_, bytes) = signed_command(
+        random_id()?,
+        now_ms(),
+        ttl,
+        target,
+        Payload::Cancel { command_id },
+        signer,
+        max_packet_bytes,
+        "",
+    )?;
     Ok(fleet::cancel_deployment(url, id, &CancelDeployment { command: hex(&bytes) }).await?)
 }
 

@@ -131,7 +131,8 @@ pub fn load_public_key(path: &Path) -> Result<VerifyingKey, KeyError> {
         path: path.into(),
         source,
     })?;
-    let bad = |problem: String| KeyError::Format { path: path.into(), problem: format!("{problem} (expected a .pub file)") };
+    let bad =
+        |problem: String| KeyError::Format { path: path.into(), problem: format!("{problem} (expected a .pub file)") };
     let bytes = parse_seed(text.trim()).map_err(bad)?;
     VerifyingKey::from_bytes(&bytes).map_err(|_| bad("not an ed25519 public key".into()))
 }

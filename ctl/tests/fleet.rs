@@ -309,7 +309,8 @@ async fn group_deploy_sends_each_chunk_once_repairs_a_loss_and_reports_each_devi
     req.timeout = Duration::from_secs(30);
     req.wait = true;
     let mut events = vec![];
-    let outcome = deploy(&mut link, &edgectl::keys::Signer::new(key.clone()), &req, |e| events.push(e.clone())).await.unwrap();
+    let outcome =
+        deploy(&mut link, &edgectl::keys::Signer::new(key.clone()), &req, |e| events.push(e.clone())).await.unwrap();
     link.close().await;
 
     let by_device: BTreeMap<&str, &Outcome> = outcome.results.iter().map(|r| (r.device.as_str(), &r.outcome)).collect();
@@ -356,7 +357,9 @@ async fn a_deploy_rides_out_a_broker_restart() {
     let deploying = tokio::spawn(async move {
         let mut link = Link::connect(&config.mqtt).await.unwrap();
         let mut events = vec![];
-        let outcome = deploy(&mut link, &edgectl::keys::Signer::new(key.clone()), &req, |e| events.push(e.clone())).await.unwrap();
+        let outcome = deploy(&mut link, &edgectl::keys::Signer::new(key.clone()), &req, |e| events.push(e.clone()))
+            .await
+            .unwrap();
         (outcome, events)
     });
     tokio::time::sleep(Duration::from_millis(700)).await;

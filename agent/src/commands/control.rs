@@ -27,8 +27,8 @@ use prometheus_client::metrics::family::Family;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::settings::Settings;
 use super::operators::Change;
+use super::settings::Settings;
 use super::{audit, Gate, Rejection, Unrecorded, Verdict};
 use crate::clock::now_ms;
 use crate::config::Config;

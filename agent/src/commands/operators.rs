@@ -86,7 +86,8 @@ pub fn configured(ota: &OtaConfig) -> Result<Vec<Operator>, ConfigError> {
     let err = |field: String, reason: String| ConfigError { field, reason };
     let mut out: Vec<Operator> = vec![];
     for (i, entry) in ota.trusted_keys.iter().enumerate() {
-        let key = super::keys::parse_key(entry).map_err(|r| err(format!("[ota] trusted_keys[{i}]"), format!("{entry:?}: {r}")))?;
+        let key = super::keys::parse_key(entry)
+            .map_err(|r| err(format!("[ota] trusted_keys[{i}]"), format!("{entry:?}: {r}")))?;
         out.push(Operator::admin(key));
     }
     for (i, o) in ota.operators.iter().enumerate() {
@@ -97,7 +98,8 @@ pub fn configured(ota: &OtaConfig) -> Result<Vec<Operator>, ConfigError> {
             let r: Role = r.parse().map_err(|e| err(field("roles"), e))?;
             role = Some(role.map_or(r, |old: Role| if r.covers(old) { r } else { old }));
         }
-        let role = role.ok_or_else(|| err(field("roles"), "empty: give at least one of observe, deploy, admin".into()))?;
+        let role =
+            role.ok_or_else(|| err(field("roles"), "empty: give at least one of observe, deploy, admin".into()))?;
         for g in &o.groups {
             if !edge_proto::topics::valid_level(g) {
                 return Err(err(field("groups"), format!("{g:?} is not a device id or group name")));
@@ -112,7 +114,10 @@ pub fn configured(ota: &OtaConfig) -> Result<Vec<Operator>, ConfigError> {
         if out[..i].iter().any(|b| b.key == a.key) {
             return Err(err(
                 "[ota] operators".into(),
-                format!("key {} is listed twice (trusted_keys and [[ota.operators]] together): keep one entry", hex(&key_id(&a.key))),
+                format!(
+                    "key {} is listed twice (trusted_keys and [[ota.operators]] together): keep one entry",
+                    hex(&key_id(&a.key))
+                ),
             ));
         }
     }
@@ -314,7 +319,8 @@ impl Operators {
             .map(|k| {
                 let id = key_id(k);
                 let op = self.get(&id).expect("a known key");
-                let revoked = self.revoked(&id).map_or(String::new(), |c| format!(", revoked by command {}", c.command));
+                let revoked =
+                    self.revoked(&id).map_or(String::new(), |c| format!(", revoked by command {}", c.command));
                 format!("key {} ({}) for {}{revoked}", hex(&id), op.role, op.scope_text())
             })
             .collect()
@@ -351,7 +357,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b, c) = (public(1), public(2), public(3));
         let mut ops = Operators::load(vec![Operator::admin(a), Operator::admin(b)], dir.path()).unwrap();
-        let grant = OperatorGrant { key: *c.as_bytes(), role: Role::Observe, groups: vec!["lab".into()], max_ttl_secs: Some(60) };
+        let grant = OperatorGrant {
+            key: *c.as_bytes(),
+            role: Role::Observe,
+            groups: vec!["lab".into()],
+            max_ttl_secs: Some(60),
+        };
         ops.add(&grant, change()).unwrap();
         ops.revoke(&key_id(&a), change()).unwrap();
 

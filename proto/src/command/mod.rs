@@ -441,8 +441,8 @@ pub fn verify(bytes: &[u8], trusted: &[VerifyingKey]) -> Result<Command, Command
         )));
     }
     let signed = signing_bytes(&cmd);
-    let signatures = std::iter::once((cmd.key_id, &cmd.signature))
-        .chain(cmd.cosignatures.iter().map(|c| (c.key_id, &c.signature)));
+    let signatures =
+        std::iter::once((cmd.key_id, &cmd.signature)).chain(cmd.cosignatures.iter().map(|c| (c.key_id, &c.signature)));
     let mut seen = Vec::with_capacity(1 + cmd.cosignatures.len());
     for (id, signature) in signatures {
         if seen.contains(&id) {
@@ -718,7 +718,8 @@ mod tests {
 
     #[test]
     fn key_changes_go_in_version_3() {
-        let grant = OperatorGrant { key: [9; 32], role: Role::Deploy, groups: vec!["cameras".into()], max_ttl_secs: None };
+        let grant =
+            OperatorGrant { key: [9; 32], role: Role::Deploy, groups: vec!["cameras".into()], max_ttl_secs: None };
         for p in [Payload::AddOperator(grant), Payload::RevokeKey { key_id: [4; 8] }] {
             let cmd = Command::new([7; 16], 1, 2, Target::Device("d".into()), p);
             assert_eq!(cmd.version, 3);

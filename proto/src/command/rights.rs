@@ -156,10 +156,7 @@ mod tests {
         assert_eq!(Payload::Rollback { name: "m".into() }.required_role(), Role::Deploy);
         assert_eq!(Payload::Erase.required_role(), Role::Admin);
         assert_eq!(Payload::RevokeKey { key_id: [0; 8] }.required_role(), Role::Admin);
-        assert_eq!(
-            Payload::SetConfig { telemetry_interval_secs: None, log_level: None }.required_role(),
-            Role::Admin
-        );
+        assert_eq!(Payload::SetConfig { telemetry_interval_secs: None, log_level: None }.required_role(), Role::Admin);
         assert!(Payload::Erase.needs_quorum() && !Payload::Restart.needs_quorum());
     }
 }

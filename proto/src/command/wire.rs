@@ -75,7 +75,18 @@ impl<'de> Deserialize<'de> for Command {
                     if version >= 3 { (field!(), field!()) } else { (String::new(), vec![]) };
                 let key_id: [u8; 8] = field!();
                 let Sig(signature) = field!();
-                Ok(Command { version, id, issued_at, expires_at, target, payload, fleet, cosignatures, key_id, signature })
+                Ok(Command {
+                    version,
+                    id,
+                    issued_at,
+                    expires_at,
+                    target,
+                    payload,
+                    fleet,
+                    cosignatures,
+                    key_id,
+                    signature,
+                })
             }
         }
         // postcard reads a tuple's elements one after the other with no count on the wire,

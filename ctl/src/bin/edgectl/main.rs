@@ -23,8 +23,8 @@ use edgectl::command::{
 };
 use edgectl::config::{self, CtlConfig, Overrides};
 use edgectl::deploy::{check_chunk_size, deploy, DeployRequest};
-use edgectl::track::Goal;
 use edgectl::keys::Signer;
+use edgectl::track::Goal;
 use edgectl::{cosign, keys, npy, observe, Link};
 use serde_json::json;
 
@@ -111,7 +111,9 @@ fn run(cli: &Cli) -> Result<Verdict> {
         let signers = cmd.signers().count();
         match cli.json {
             true => output::document(&json!({"file": file, "command_id": hex(&cmd.id), "signatures": signers})),
-            false => println!("{}: {signers} signatures; send it with: edgectl send {}", file.display(), file.display()),
+            false => {
+                println!("{}: {signers} signatures; send it with: edgectl send {}", file.display(), file.display())
+            }
         }
         return Ok(true);
     }
@@ -158,14 +160,34 @@ struct Job {
 }
 
 enum What {
-    Watch { device: Option<String>, count: Option<usize> },
-    Status { wait: Duration },
-    Deploy { req: Box<DeployRequest>, key: Box<Signer> },
-    Command { req: Box<CommandRequest>, key: Box<Signer>, show: Show },
+    Watch {
+        device: Option<String>,
+        count: Option<usize>,
+    },
+    Status {
+        wait: Duration,
+    },
+    Deploy {
+        req: Box<DeployRequest>,
+        key: Box<Signer>,
+    },
+    Command {
+        req: Box<CommandRequest>,
+        key: Box<Signer>,
+        show: Show,
+    },
     /// `--save FILE`: sign for cosigning and write, send nothing.
-    Save { req: Box<CommandRequest>, signer: Box<Signer>, path: PathBuf },
+    Save {
+        req: Box<CommandRequest>,
+        signer: Box<Signer>,
+        path: PathBuf,
+    },
     /// `send FILE`: a command signed before.
-    Send { cmd: Box<edge_proto::command::Command>, bytes: Vec<u8>, req: Box<CommandRequest> },
+    Send {
+        cmd: Box<edge_proto::command::Command>,
+        bytes: Vec<u8>,
+        req: Box<CommandRequest>,
+    },
 }
 
 fn secs(s: u64) -> Duration {
