@@ -30,6 +30,14 @@ pub fn reserved_device_id(id: &str) -> Option<&'static str> {
             "the broker's ACL grants user `operator` every device's topics (use --operator for operator \
              tooling: edgectl pki issue --operator)",
         ),
+        "observer" => Some(
+            "the broker's ACL grants user `observer` every device's status, telemetry, acks and commands \
+             (edgectl pki issue --operator observer)",
+        ),
+        "deployer" => Some(
+            "the broker's ACL grants user `deployer` every device's commands and OTA topics \
+             (edgectl pki issue --operator deployer)",
+        ),
         "edge-fleet" => {
             Some("the broker's ACL grants user `edge-fleet` (the fleet service) every device's cmd and ota topics")
         }
@@ -158,7 +166,7 @@ mod tests {
 
     #[test]
     fn the_acls_privileged_user_names_are_reserved_and_every_acl_user_is_one() {
-        for id in ["group", "operator", "edge-fleet"] {
+        for id in ["group", "operator", "edge-fleet", "observer", "deployer"] {
             assert!(reserved_device_id(id).is_some(), "{id}");
         }
         assert_eq!(reserved_device_id("cam-1"), None);

@@ -177,6 +177,44 @@ async fn device_cannot_publish_into_another_devices_topics() -> Result<()> {
 }
 
 #[tokio::test]
+async fn operator_identities_get_the_topics_of_their_role() -> Result<()> {
+    let (_dir, pki, broker) = setup()?;
+    bounded(broker.log_handle(), async {
+        let mut admin = connect_as("operator", &pki, &broker).await?;
+        admin.subscribe("edge/dev-1/#").await?;
+        admin.subscribe("edge/group/lab/#").await?;
+        let mut observer = connect_as("observer", &pki, &broker).await?;
+        let mut deployer = connect_as("deployer", &pki, &broker).await?;
+
+        // An observer sends commands but not OTA chunks, to a device or a group; each
+        // denied publish is followed by an allowed one on the same connection, which marks
+        // the point by which the denied one would have arrived (Mosquitto drops it silently).
+        for (denied, allowed) in [("edge/dev-1/ota", "edge/dev-1/cmd"), ("edge/group/lab/ota", "edge/group/lab/cmd")] {
+            observer.publish(denied, "chunk").await?;
+            observer.publish(allowed, "command").await?;
+            let got = admin.message().await?;
+            assert_eq!((got.topic.as_str(), payload(&got).as_str()), (allowed, "command"), "{}", broker.log());
+        }
+        assert!(broker.log().contains("Denied PUBLISH from"), "{}", broker.log());
+        // A deployer sends both.
+        for topic in ["edge/dev-1/ota", "edge/dev-1/cmd", "edge/group/lab/ota"] {
+            deployer.publish(topic, "x").await?;
+            let got = admin.message().await?;
+            assert_eq!(got.topic, topic, "{}", broker.log());
+        }
+        // Neither may speak for a device: telemetry and acks are the device's.
+        for (who, forged) in [(&mut observer, "edge/dev-1/ack"), (&mut deployer, "edge/dev-1/telemetry")] {
+            who.publish(forged, "forged").await?;
+            who.publish("edge/dev-1/cmd", "control").await?;
+            let got = admin.message().await?;
+            assert_eq!((got.topic.as_str(), payload(&got).as_str()), ("edge/dev-1/cmd", "control"), "{}", broker.log());
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
 async fn device_subscribed_to_everything_receives_only_its_own_topics() -> Result<()> {
     let (_dir, pki, broker) = setup()?;
     bounded(broker.log_handle(), async {
