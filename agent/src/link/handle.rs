@@ -84,7 +84,7 @@ pub(super) enum Request {
     Telemetry(Vec<u8>),
     Ack(Vec<u8>),
     Need(Vec<u8>),
-    EraseTelemetry(tokio::sync::oneshot::Sender<Result<(), String>>),
+    EraseOutboxes(tokio::sync::oneshot::Sender<Result<(), String>>),
 }
 
 /// Sends telemetry, acks and repair requests to the link.
@@ -116,11 +116,12 @@ impl LinkHandle {
         self.tx.blocking_send(Request::Need(payload)).is_ok()
     }
 
-    /// Deletes every queued telemetry message (the `erase` command), from a thread
-    /// outside the runtime.
-    pub fn erase_telemetry_blocking(&self) -> Result<(), String> {
+    /// Deletes every queued telemetry message and ack (the `erase` command: acks carry
+    /// `infer` outputs), overwriting the files first, from a thread outside the runtime.
+    /// Acks sent after it are queued as usual.
+    pub fn erase_outboxes_blocking(&self) -> Result<(), String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx.blocking_send(Request::EraseTelemetry(tx)).map_err(|_| "link stopped".to_string())?;
+        self.tx.blocking_send(Request::EraseOutboxes(tx)).map_err(|_| "link stopped".to_string())?;
         rx.blocking_recv().map_err(|_| "link stopped".to_string())?
     }
 }

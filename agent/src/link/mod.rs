@@ -299,7 +299,7 @@ impl Link {
                             issued.push_back(Issued::Need);
                         }
                     }
-                    Request::EraseTelemetry(reply) => spool.erase(reply)?,
+                    Request::EraseOutboxes(reply) => spool.erase(reply)?,
                 },
                 Some(event) = stored.recv() => match event {
                     SpoolEvent::Head(id, head) => lanes.get(id).on_head(head),
@@ -313,7 +313,10 @@ impl Link {
                             issued.push_back(Issued::Unstored);
                         }
                     }
-                    SpoolEvent::Erased => follow(&spool, LaneId::Telemetry, lanes.telemetry.on_erased())?,
+                    SpoolEvent::Erased => {
+                        follow(&spool, LaneId::Telemetry, lanes.telemetry.on_erased())?;
+                        follow(&spool, LaneId::Acks, lanes.acks.on_erased())?;
+                    }
                 },
                 // A deploy, activation, rollback or removal changed the models: the retained
                 // status says so at once (the last will keeps the one set at connect time).

@@ -11,8 +11,8 @@
 //! - `Head(lane)`: the lane's oldest unexpired record, answered `Head(lane, payload)`;
 //! - `Delivered(lane)`: the broker acknowledged the head: remove it, then answer with the
 //!   next head;
-//! - `Erase(reply)`: delete every queued telemetry record; answered on `reply`, then
-//!   `Erased`.
+//! - `Erase(reply)`: delete every queued telemetry record and ack, overwriting the files;
+//!   answered on `reply`, then `Erased`.
 //!
 //! Every push is answered exactly once, so the link can bound how many it has in flight
 //! ([`SpoolHandle::has_room`]) and the memory both channels hold stays bounded.
@@ -172,7 +172,10 @@ impl Spool {
                 Some(SpoolEvent::Head(lane, self.head(lane)))
             }
             SpoolRequest::Erase(reply) => {
-                let _ = reply.send(self.telemetry.clear().map_err(|e| e.to_string()));
+                // Both, even when the first fails: an erase leaves as little as it can.
+                let telemetry = self.telemetry.clear().map_err(|e| format!("queued telemetry: {e}"));
+                let acks = self.acks.clear().map_err(|e| format!("queued acks: {e}"));
+                let _ = reply.send(telemetry.and(acks));
                 Some(SpoolEvent::Erased)
             }
         }

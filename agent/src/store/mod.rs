@@ -233,7 +233,7 @@ impl Store {
         let tmp = parent.join(format!("{}.tmp", manifest.version));
         let _ = fsutil::remove_dir_all(&tmp);
         let body = match &self.key {
-            Some(key) => seal(key, model)?,
+            Some(key) => seal(key, &manifest.name, &manifest.version, model)?,
             None => model.to_vec(),
         };
         let manifest_bytes = edge_proto::encode(manifest);
@@ -292,7 +292,8 @@ impl Store {
         let path = dir.join("model");
         let body = fs::read(&path).map_err(io_err("read", &path))?;
         let model = match &self.key {
-            Some(key) => open_sealed(key, body).map_err(|reason| StoreError::Corrupt { path: path.clone(), reason })?,
+            Some(key) => open_sealed(key, name, version, body)
+                .map_err(|reason| StoreError::Corrupt { path: path.clone(), reason })?,
             None => body,
         };
         if sha256(&model) != manifest.sha256 {

@@ -1,7 +1,11 @@
 //! Models at rest: AES-256-GCM under the device key, and the key file itself.
 //!
-//! A sealed model is `nonce ‖ AES-256-GCM(file) ‖ tag`, with a fresh random nonce per
-//! install. The key is 32 bytes in a file of mode 0600 ([`load_or_create_key`]).
+//! A sealed model is `"EASEAL2\0" ‖ nonce ‖ AES-256-GCM(file) ‖ tag`, with a fresh random
+//! nonce per install and the model's name and version as associated data
+//! (`"edge-agent model\0" ‖ name ‖ "\0" ‖ version`): a sealed file moved under another
+//! name or version does not open, even before its hash is checked. Files sealed before
+//! that (no magic, no associated data) still open, and are bound once reinstalled. The key
+//! is 32 bytes in a file of mode 0600 ([`load_or_create_key`]).
 
 use std::fs;
 use std::io;
@@ -60,28 +64,50 @@ pub(super) fn sealing_key(key: [u8; 32]) -> Arc<LessSafeKey> {
     Arc::new(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).expect("32-byte AES-256 key")))
 }
 
-pub(super) fn seal(key: &LessSafeKey, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+/// First bytes of a model sealed with its name and version as associated data.
+const MAGIC: &[u8; 8] = b"EASEAL2\0";
+
+/// The associated data of `name` at `version`.
+fn bound(name: &str, version: &str) -> Vec<u8> {
+    [b"edge-agent model\0".as_slice(), name.as_bytes(), b"\0", version.as_bytes()].concat()
+}
+
+pub(super) fn seal(key: &LessSafeKey, name: &str, version: &str, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::getrandom(&mut nonce)
         .map_err(|e| StoreError::Key { path: PathBuf::new(), reason: format!("OS random source: {e}") })?;
     let mut body = plain.to_vec();
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut body)
+    let aad = Aad::from(bound(name, version));
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad, &mut body)
         .map_err(|_| StoreError::Key { path: PathBuf::new(), reason: "encryption failed".into() })?;
-    let mut out = nonce.to_vec();
+    let mut out = Vec::with_capacity(MAGIC.len() + NONCE_LEN + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&nonce);
     out.extend(body);
     Ok(out)
 }
 
-pub(super) fn open_sealed(key: &LessSafeKey, mut body: Vec<u8>) -> Result<Vec<u8>, String> {
-    if body.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+/// Opens what [`seal`] made for `name` at `version`, or a file sealed before names were
+/// bound.
+pub(super) fn open_sealed(key: &LessSafeKey, name: &str, version: &str, mut body: Vec<u8>) -> Result<Vec<u8>, String> {
+    let (skip, aad) = match body.starts_with(MAGIC) {
+        true => (MAGIC.len(), bound(name, version)),
+        false => (0, vec![]),
+    };
+    if body.len() < skip + NONCE_LEN + AES_256_GCM.tag_len() {
         return Err("too short to be an encrypted model".into());
     }
-    let nonce: [u8; NONCE_LEN] = body[..NONCE_LEN].try_into().expect("nonce length");
+    let nonce: [u8; NONCE_LEN] = body[skip..skip + NONCE_LEN].try_into().expect("nonce length");
     let plain_len = key
-        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut body[NONCE_LEN..])
-        .map_err(|_| "does not decrypt with the device key (another key, or damaged)".to_string())?
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body[skip + NONCE_LEN..])
+        .map_err(|_| {
+            format!(
+                "does not decrypt with the device key as {name} version {version} (another key, another model's \
+                 file, or damaged): deploy the version again"
+            )
+        })?
         .len();
-    body.drain(..NONCE_LEN);
+    body.drain(..skip + NONCE_LEN);
     body.truncate(plain_len);
     Ok(body)
 }
@@ -100,5 +126,26 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         fs::write(&path, "zz").unwrap();
         assert!(load_or_create_key(&path).unwrap_err().to_string().contains("64 hex digits"));
+    }
+
+    #[test]
+    fn a_sealed_model_opens_only_under_its_name_and_version() {
+        let key = sealing_key([7; 32]);
+        let sealed = seal(&key, "kws", "7", b"model bytes").unwrap();
+        assert_eq!(open_sealed(&key, "kws", "7", sealed.clone()).unwrap(), b"model bytes");
+        let err = open_sealed(&key, "kws", "8", sealed.clone()).unwrap_err();
+        assert!(err.contains("as kws version 8") && err.contains("deploy the version again"), "{err}");
+        assert!(open_sealed(&key, "vad", "7", sealed.clone()).is_err());
+        assert!(open_sealed(&sealing_key([8; 32]), "kws", "7", sealed).is_err());
+    }
+
+    #[test]
+    fn a_model_sealed_before_names_were_bound_still_opens() {
+        let key = sealing_key([7; 32]);
+        let nonce = [3u8; NONCE_LEN];
+        let mut body = b"old model".to_vec();
+        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut body).unwrap();
+        let legacy = [nonce.as_slice(), &body].concat();
+        assert_eq!(open_sealed(&key, "any", "1", legacy).unwrap(), b"old model");
     }
 }
