@@ -139,9 +139,11 @@ pub struct OtaConfig {
     /// one restart per this long.
     #[serde(default = "default_restart_min_uptime_secs")]
     pub restart_min_uptime_secs: u64,
-    /// Address-space limit of the process that validates a new model, in bytes.
-    #[serde(default = "default_validation_memory_bytes")]
-    pub validation_memory_bytes: u64,
+    /// Address-space limit of the process that validates a new model, in bytes. Default:
+    /// half of the board's memory (`MemTotal`), at least 256 MiB
+    /// ([`OtaConfig::validation_memory`]).
+    #[serde(default)]
+    pub validation_memory_bytes: Option<u64>,
     /// Deadline of that process, in seconds.
     #[serde(default = "default_validation_timeout_secs")]
     pub validation_timeout_secs: u64,
@@ -171,11 +173,23 @@ impl Default for OtaConfig {
             health_max_latency_ratio: default_health_max_latency_ratio(),
             stall_secs: default_stall_secs(),
             restart_min_uptime_secs: default_restart_min_uptime_secs(),
-            validation_memory_bytes: default_validation_memory_bytes(),
+            validation_memory_bytes: None,
             validation_timeout_secs: default_validation_timeout_secs(),
             encrypt_models: false,
             key_file: None,
         }
+    }
+}
+
+impl OtaConfig {
+    /// The validation child's address-space limit: `validation_memory_bytes`, or half of
+    /// `MemTotal` (at least 256 MiB), so that a hostile model cannot take more than half
+    /// of a small board.
+    pub fn validation_memory(&self) -> u64 {
+        self.validation_memory_bytes.unwrap_or_else(|| {
+            let total = crate::engine::isolate::board_memory_bytes().unwrap_or(2 << 30);
+            (total / 2).max(256 << 20)
+        })
     }
 }
 
@@ -316,9 +330,6 @@ fn default_health_max_latency_ratio() -> f64 {
 }
 fn default_stall_secs() -> u64 {
     5
-}
-fn default_validation_memory_bytes() -> u64 {
-    2 * 1024 * 1024 * 1024
 }
 fn default_validation_timeout_secs() -> u64 {
     120
@@ -463,7 +474,7 @@ impl Config {
                 return Err(bad(key, "must be at least 1".into()));
             }
         }
-        if o.validation_memory_bytes < 64 * 1024 * 1024 {
+        if o.validation_memory_bytes.is_some_and(|b| b < 64 * 1024 * 1024) {
             return Err(bad("[ota] validation_memory_bytes", "must be at least 64 MiB (67108864)".into()));
         }
         if !(0.0..=1.0).contains(&o.health_max_error_increase) {

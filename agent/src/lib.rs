@@ -49,6 +49,7 @@ pub mod models;
 pub mod npy;
 pub mod ota;
 pub mod outbox;
+pub mod sandbox;
 pub mod sdnotify;
 pub mod serving;
 pub mod stats;

@@ -3,8 +3,10 @@
 //! `catch_unwind` stops panics, but not what a hostile or broken file can do beyond them: an
 //! allocation failure aborts, a stack overflow kills the process, a pathological graph can
 //! spin for minutes. Before the agent adopts a file it did not ship with, it can have a
-//! child process (`edge-agent inspect --json`) load it under an address-space limit and a
-//! deadline. Whatever happens to the child, the agent gets an error and keeps running.
+//! child process (`edge-agent inspect --json`) load it under resource limits (address space,
+//! CPU time, no files written, no core dump, killed with the agent) and a deadline.
+//! Whatever happens to the child, the agent gets an error and keeps running. The OTA
+//! validation child also confines itself ([`crate::sandbox`]).
 
 use std::io::Read;
 use std::path::Path;
@@ -28,6 +30,14 @@ impl Default for Limits {
     }
 }
 
+/// The board's memory (`MemTotal` in /proc/meminfo), in bytes.
+pub fn board_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 =
+        text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Runs `program inspect --model FILE --json` under `limits` and returns its report.
 /// `program` is normally `std::env::current_exe()`.
 pub fn check_in_child(program: &Path, model: &Path, limits: Limits) -> Result<Inspection, EngineError> {
@@ -46,14 +56,30 @@ pub fn run_child(program: &Path, args: &[&std::ffi::OsStr], limits: Limits, what
     cmd.args(args);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let memory = limits.memory_bytes;
+    // CPU time: what the child could use on every core until the deadline. It bounds a
+    // child whose parent died before killing it (with PDEATHSIG, the second fence).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let cpu_secs = limits.timeout.as_secs().max(1).saturating_mul(cores) + 1;
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
-        // SAFETY: only async-signal-safe calls (setrlimit) run between fork and exec.
+        // SAFETY: only async-signal-safe calls (setrlimit, prctl) run between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                let lim = libc::rlimit { rlim_cur: memory as libc::rlim_t, rlim_max: memory as libc::rlim_t };
-                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                let set = |resource, value: u64| {
+                    let lim = libc::rlimit { rlim_cur: value as libc::rlim_t, rlim_max: value as libc::rlim_t };
+                    match libc::setrlimit(resource, &lim) {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::last_os_error()),
+                    }
+                };
+                set(libc::RLIMIT_AS, memory)?;
+                set(libc::RLIMIT_CPU, cpu_secs)?;
+                // No file grows (the child prints its report on a pipe) and no core dump
+                // writes the model's bytes to disk.
+                set(libc::RLIMIT_FSIZE, 0)?;
+                set(libc::RLIMIT_CORE, 0)?;
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

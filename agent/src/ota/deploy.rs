@@ -367,10 +367,8 @@ impl Deploys {
     fn validate(&mut self, staging: Staging) {
         let id = staging.command.id;
         let ota = &self.deps.config.ota;
-        let limits = Limits {
-            memory_bytes: ota.validation_memory_bytes,
-            timeout: Duration::from_secs(ota.validation_timeout_secs),
-        };
+        let limits =
+            Limits { memory_bytes: ota.validation_memory(), timeout: Duration::from_secs(ota.validation_timeout_secs) };
         let program = self.deps.program.clone();
         let settings = crate::models::load::Settings::of(&self.deps.config.models, &staging.manifest.name);
         let Some(input) = self.deps.input.upgrade() else {
@@ -650,6 +648,11 @@ fn check(
     staging.read_validation().map_err(|e| e.to_string())?;
     crate::ota::validate::write_settings(staging.dir(), settings)?;
     let report = validate_in_child(program, staging.dir(), limits);
+    match report.sandbox.as_deref() {
+        Some(s) if s.contains("NOT") => tracing::warn!("validation child: {s}; see docs/security.md"),
+        Some(s) => tracing::info!("validation child confined: {s}"),
+        None => {}
+    }
     if !report.passed {
         return Err(format!("validation failed: {}", report.reason.unwrap_or_else(|| "no reason given".into())));
     }

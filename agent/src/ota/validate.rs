@@ -2,9 +2,11 @@
 //! compare the outputs, time it.
 //!
 //! The agent never does this in its own process: [`validate_in_child`] runs
-//! `edge-agent validate --staging DIR` under an address-space limit and a deadline, so a
-//! model that crashes tract, exhausts memory or never finishes fails its validation
-//! instead of taking the agent down. The child prints one JSON [`Report`].
+//! `edge-agent validate --staging DIR` under resource limits and a deadline, so a model
+//! that crashes tract, exhausts memory or never finishes fails its validation instead of
+//! taking the agent down. The child opens the staged files, then confines itself
+//! ([`crate::sandbox`]: no other file, no socket, no program) before it parses anything
+//! the transfer brought, and prints one JSON [`Report`].
 
 use std::path::Path;
 use std::time::Instant;
@@ -32,17 +34,28 @@ pub struct Report {
     pub max_abs_diff: Option<f32>,
     /// Median latency of one run of the validation vector, ms.
     pub median_ms: Option<f64>,
+    /// How the child was confined ([`crate::sandbox::Report`]), once it was.
+    #[serde(default)]
+    pub sandbox: Option<String>,
 }
 
 impl Report {
     fn fail(reason: String) -> Report {
-        Report { passed: false, reason: Some(reason), max_abs_diff: None, median_ms: None }
+        Report { passed: false, reason: Some(reason), max_abs_diff: None, median_ms: None, sandbox: None }
     }
 }
 
 /// The child's side: validates the staged transfer in `dir` (complete, its command
 /// already verified by the parent) and returns the report.
 pub fn validate_staging(dir: &Path) -> Report {
+    let mut report = validate_confined(dir);
+    report.sandbox = report.sandbox.or(Some("not confined: failed before".into()));
+    report
+}
+
+fn validate_confined(dir: &Path) -> Report {
+    // Everything the child reads is opened first; nothing the transfer brought is parsed
+    // until it is confined.
     let bytes = match std::fs::read(dir.join("command")) {
         Ok(b) => b,
         Err(e) => return Report::fail(format!("cannot read the staged command: {e}")),
@@ -55,31 +68,36 @@ pub fn validate_staging(dir: &Path) -> Report {
         Ok(s) => s,
         Err(e) => return Report::fail(e.to_string()),
     };
-    let model = match staging.read_model() {
-        Ok(m) => m,
-        Err(e) => return Report::fail(e.to_string()),
-    };
-    let validation = match staging.read_validation() {
-        Ok(v) => v,
-        Err(e) => return Report::fail(e.to_string()),
-    };
-    let manifest = &staging.manifest;
     let settings = match read_settings(dir) {
         Ok(s) => s,
         Err(e) => return Report::fail(e),
     };
+    let sandbox = Some(crate::sandbox::confine().to_string());
+    let confined = |mut r: Report| {
+        r.sandbox = sandbox.clone();
+        r
+    };
+    let model = match staging.read_model() {
+        Ok(m) => m,
+        Err(e) => return confined(Report::fail(e.to_string())),
+    };
+    let validation = match staging.read_validation() {
+        Ok(v) => v,
+        Err(e) => return confined(Report::fail(e.to_string())),
+    };
+    let manifest = &staging.manifest;
     let loaded = crate::models::load::from_manifest(manifest, &model, &settings);
     let model = match loaded {
         Ok(m) => std::sync::Arc::new(m),
-        Err(e) => return Report::fail(format!("does not load: {e}")),
+        Err(e) => return confined(Report::fail(format!("does not load: {e}"))),
     };
     let Some(validation) = validation else {
         if manifest.latency_budget_ms > 0 {
-            return Report::fail("a latency budget needs a validation vector to measure it with".into());
+            return confined(Report::fail("a latency budget needs a validation vector to measure it with".into()));
         }
-        return Report { passed: true, reason: None, max_abs_diff: None, median_ms: None };
+        return confined(Report { passed: true, reason: None, max_abs_diff: None, median_ms: None, sandbox: None });
     };
-    run_validation(&model, &validation, manifest.latency_budget_ms)
+    confined(run_validation(&model, &validation, manifest.latency_budget_ms))
 }
 
 /// The file in the staging directory that hands the child the device's settings for the
@@ -158,7 +176,8 @@ pub fn run_validation(model: &std::sync::Arc<Model>, validation: &Validation, bu
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let mut report = Report { passed: true, reason: None, max_abs_diff: Some(max_diff), median_ms: Some(median) };
+    let mut report =
+        Report { passed: true, reason: None, max_abs_diff: Some(max_diff), median_ms: Some(median), sandbox: None };
     if max_diff > validation.tolerance {
         report.passed = false;
         report.reason = Some(format!(
