@@ -42,6 +42,7 @@ pub mod disk;
 pub mod engine;
 pub mod exit;
 pub mod fsutil;
+pub mod fuzzing;
 pub mod http;
 pub mod link;
 pub mod memory;

@@ -169,7 +169,7 @@ fn decode_slot(slot: &[u8]) -> Option<Slot> {
     let generation = u64::from_le_bytes(fields[..8].try_into().ok()?);
     let floor = if current { u64::from_le_bytes(fields[8..16].try_into().ok()?) } else { 0 };
     let count = u32::from_le_bytes(fields[fields.len() - 4..].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(slot[header - 4..header].try_into().ok()?);
+    let crc = u32::from_le_bytes(slot.get(header - 4..header)?.try_into().ok()?);
     let entries = slot.get(header..header + count.checked_mul(ENTRY)?)?;
     let mut h = crc32fast::Hasher::new();
     h.update(fields);
@@ -480,6 +480,19 @@ mod tests {
         assert_eq!((w.entries.clone(), w.floor()), (entries, 0));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * slot_len(capacity) as u64, "rewritten");
         assert!(ReplayWindow::open(&path, capacity).unwrap().contains(&[7; 16]));
+    }
+
+    #[test]
+    fn fuzz_window_a_slot_cut_inside_its_header_is_torn_not_a_panic() {
+        // Found by the `window` fuzz target: a file whose halves start with the magic but
+        // end before the checksum panicked on a slice out of range.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w");
+        let mut half = MAGIC.to_vec();
+        half.resize(SLOT_HEADER - 1, 0);
+        std::fs::write(&path, [half.clone(), half].concat()).unwrap();
+        let err = ReplayWindow::open(&path, 4).unwrap_err();
+        assert!(matches!(err, WindowError::Corrupt { .. }), "{err}");
     }
 
     #[test]
