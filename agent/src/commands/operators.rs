@@ -207,8 +207,11 @@ impl Operators {
                 if changes.version != 1 {
                     return Err(corrupt(format!("unknown version {}", changes.version)));
                 }
-                for a in changes.added.values() {
-                    super::keys::parse_key(&a.key).map_err(|e| corrupt(format!("key {}: {e}", a.key)))?;
+                for (id, a) in &changes.added {
+                    let key = super::keys::parse_key(&a.key).map_err(|e| corrupt(format!("key {}: {e}", a.key)))?;
+                    if *id != hex(&key_id(&key)) {
+                        return Err(corrupt(format!("entry {id} holds the key of {}", hex(&key_id(&key)))));
+                    }
                 }
                 changes
             }
@@ -415,6 +418,21 @@ mod tests {
         ota.quorum = 2;
         let e = configured(&ota).unwrap_err();
         assert!(e.field == "[ota] quorum" && e.reason.contains("only 1 admin"), "{e:?}");
+    }
+
+    #[test]
+    fn fuzz_operators_an_entry_under_another_key_id_is_corrupt_not_a_panic() {
+        // Found by the `operators` fuzz target: an added key filed under an id that is not
+        // its own made `describe` panic on a key it could not find.
+        let dir = tempfile::tempdir().unwrap();
+        let mut ops = Operators::load(vec![], dir.path()).unwrap();
+        let grant = OperatorGrant { key: *public(1).as_bytes(), role: Role::Admin, groups: vec![], max_ttl_secs: None };
+        ops.add(&grant, change()).unwrap();
+        let path = dir.path().join(OPERATORS_FILE);
+        let text = std::fs::read_to_string(&path).unwrap().replace(&hex(&key_id(&public(1))), "0000000000000000");
+        std::fs::write(&path, text).unwrap();
+        let err = Operators::load(vec![], dir.path()).unwrap_err().to_string();
+        assert!(err.contains("corrupt") && err.contains("holds the key of"), "{err}");
     }
 
     #[test]
