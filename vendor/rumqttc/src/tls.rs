@@ -1,5 +1,5 @@
 #[cfg(feature = "use-rustls-no-provider")]
-use rustls_pemfile::Item;
+use rustls_pki_types::{pem, pem::PemObject, CertificateDer, PrivateKeyDer};
 #[cfg(feature = "use-rustls-no-provider")]
 use tokio_rustls::rustls::{
     self,
@@ -11,8 +11,6 @@ use tokio_rustls::TlsConnector as RustlsConnector;
 
 #[cfg(feature = "use-rustls-no-provider")]
 use std::convert::TryFrom;
-#[cfg(feature = "use-rustls-no-provider")]
-use std::io::{BufReader, Cursor};
 #[cfg(feature = "use-rustls-no-provider")]
 use std::sync::Arc;
 
@@ -75,8 +73,9 @@ pub async fn rustls_connector(tls_config: &TlsConfiguration) -> Result<RustlsCon
         } => {
             // Add ca to root store if the connection is TLS
             let mut root_cert_store = RootCertStore::empty();
-            let certs = rustls_pemfile::certs(&mut BufReader::new(Cursor::new(ca)))
-                .collect::<Result<Vec<_>, _>>()?;
+            let certs = CertificateDer::pem_slice_iter(ca)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(pem_error)?;
 
             root_cert_store.add_parsable_certificates(certs);
 
@@ -88,32 +87,18 @@ pub async fn rustls_connector(tls_config: &TlsConfiguration) -> Result<RustlsCon
 
             // Add der encoded client cert and key
             let mut config = if let Some(client) = client_auth.as_ref() {
-                let certs =
-                    rustls_pemfile::certs(&mut BufReader::new(Cursor::new(client.0.clone())))
-                        .collect::<Result<Vec<_>, _>>()?;
+                let certs = CertificateDer::pem_slice_iter(&client.0)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(pem_error)?;
                 if certs.is_empty() {
                     return Err(Error::NoValidClientCertInChain);
                 }
 
-                // Create buffer for key file
-                let mut key_buffer = BufReader::new(Cursor::new(client.1.clone()));
-
-                // Read PEM items until we find a valid key.
-                let key = loop {
-                    let item = rustls_pemfile::read_one(&mut key_buffer)?;
-                    match item {
-                        Some(Item::Sec1Key(key)) => {
-                            break key.into();
-                        }
-                        Some(Item::Pkcs1Key(key)) => {
-                            break key.into();
-                        }
-                        Some(Item::Pkcs8Key(key)) => {
-                            break key.into();
-                        }
-                        None => return Err(Error::NoValidKeyInChain),
-                        _ => {}
-                    }
+                // The first SEC1, PKCS#1 or PKCS#8 key in the PEM.
+                let key = match PrivateKeyDer::from_pem_slice(&client.1) {
+                    Ok(key) => key,
+                    Err(pem::Error::NoItemsFound) => return Err(Error::NoValidKeyInChain),
+                    Err(e) => return Err(pem_error(e)),
                 };
 
                 config.with_client_auth_cert(certs, key)?
@@ -134,6 +119,12 @@ pub async fn rustls_connector(tls_config: &TlsConfiguration) -> Result<RustlsCon
     };
 
     Ok(RustlsConnector::from(config))
+}
+
+/// Malformed PEM, reported as `Error::Io` (`InvalidData`) as rustls-pemfile's errors were.
+#[cfg(feature = "use-rustls-no-provider")]
+fn pem_error(e: pem::Error) -> Error {
+    Error::Io(io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(feature = "use-native-tls")]
