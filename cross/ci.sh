@@ -3,6 +3,9 @@
 #
 #   1. scripts/check-k8s.sh       the Kubernetes manifests, validated offline;
 #      scripts/check-scripts.sh   shellcheck on these scripts and the maintainer scripts;
+#      scripts/deny.sh            cargo deny check (advisories from the dated snapshot in
+#                                 deny/advisory-db, licences, bans, sources); installs
+#                                 cargo-deny when missing, about 2.5 minutes on 2 cores;
 #   2. cross/test-qemu.sh         aarch64: models, cli, the telemetry and OTA smoke tests
 #                                 against a Mosquitto on the host, all under qemu-aarch64,
 #                                 release profile;
@@ -63,6 +66,7 @@ qemu_tests() {
 if [ "$armv7" != only ]; then
     step "k8s manifests" bash scripts/check-k8s.sh
     step "shellcheck" bash scripts/check-scripts.sh
+    step "cargo deny" bash scripts/deny.sh
     step "aarch64 tests under qemu" qemu_tests aarch64-unknown-linux-gnu
     step "debs amd64 + arm64" bash scripts/build-debs.sh --profile release host aarch64-unknown-linux-gnu
     step "deb install in a chroot (amd64)" bash scripts/test-deb-install.sh

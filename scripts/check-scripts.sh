@@ -10,6 +10,7 @@ if ! command -v shellcheck >/dev/null; then
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck
 fi
 files=(cross/*.sh scripts/build-debs.sh scripts/test-deb-install.sh scripts/check-k8s.sh
-    scripts/check-scripts.sh bench/delta.sh bench/fleet.sh deploy/k8s/stage-image.sh deploy/deb/edge-agent/*)
+    scripts/check-scripts.sh scripts/deny.sh scripts/refresh-advisory-db.sh
+    bench/delta.sh bench/fleet.sh deploy/k8s/stage-image.sh deploy/deb/edge-agent/*)
 shellcheck "${files[@]}"
 echo "check-scripts: shellcheck clean: ${#files[@]} files"
