@@ -19,7 +19,9 @@
 //!
 //! A predict names its session with `?session=ID`. Errors are `{"error": "..."}` with 400
 //! (bad input), 404 (unknown model, version or session), 413 (body too large), 415 (content
-//! type), 503 with `Retry-After` (queue full), 504 (timeout) or 500.
+//! type), 503 with `Retry-After` (queue full), 504 (timeout) or 500. In front of these
+//! routes, [`crate::http`] answers 401 (no token), 408 (body too slow), 413 and 503 (byte
+//! budget, connections) before a handler runs.
 
 use std::sync::Arc;
 
