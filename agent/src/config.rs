@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use edge_mqtt::valid_segment;
+
+mod http;
+pub use self::http::{read_token_file, HttpConfig};
 /// The `[mqtt]` table and its URL helper live in edge-mqtt, shared with edgectl.
 pub use edge_mqtt::{host_port, MqttConfig};
 
@@ -238,35 +241,6 @@ impl Default for TelemetryConfig {
     }
 }
 
-/// `[http]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address to listen on.
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// Largest request body, in bytes.
-    #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: usize,
-    /// How long a predict may wait for its answer, in seconds.
-    #[serde(default = "default_request_timeout_secs")]
-    pub request_timeout_secs: u64,
-    /// How long an unused session lives, in seconds.
-    #[serde(default = "default_session_ttl_secs")]
-    pub session_ttl_secs: u64,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: default_listen(),
-            max_body_bytes: default_max_body_bytes(),
-            request_timeout_secs: default_request_timeout_secs(),
-            session_ttl_secs: default_session_ttl_secs(),
-        }
-    }
-}
-
 /// One `[[models]]` entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -343,9 +317,6 @@ fn default_outbox_bytes() -> u64 {
 fn default_outbox_ttl_secs() -> u64 {
     7 * 24 * 3600
 }
-fn default_listen() -> String {
-    "127.0.0.1:9898".into()
-}
 fn default_threads() -> usize {
     1
 }
@@ -357,15 +328,6 @@ fn default_workers() -> usize {
 }
 fn default_queue() -> usize {
     16
-}
-fn default_max_body_bytes() -> usize {
-    16 * 1024 * 1024
-}
-fn default_request_timeout_secs() -> u64 {
-    10
-}
-fn default_session_ttl_secs() -> u64 {
-    300
 }
 
 impl Config {
@@ -416,6 +378,9 @@ impl Config {
         if let Some(k) = &mut self.ota.key_file {
             fix(k);
         }
+        if let Some(t) = &mut self.http.token_file {
+            fix(t);
+        }
     }
 
     /// The device key file for `[ota] encrypt_models`.
@@ -443,8 +408,8 @@ impl Config {
         if self.telemetry.interval_secs == 0 {
             return Err(bad("[telemetry] interval_secs", "must be at least 1".into()));
         }
-        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(bad("[http] listen", format!("{:?} is not an address:port", self.http.listen)));
+        if let Err((key, message)) = self.http.check() {
+            return Err(bad(key, message));
         }
         for (i, g) in self.groups.iter().enumerate() {
             if !valid_segment(g) {

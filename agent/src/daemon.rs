@@ -42,6 +42,37 @@ use crate::telemetry::{Sampler, SeqStore, Telemetry};
 /// How long components get to finish after a shutdown request.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
+/// Binds `[http] listen` (and `metrics_listen`) and reads the API token.
+async fn http_endpoint(c: &crate::config::HttpConfig) -> anyhow::Result<http::Endpoint> {
+    let bind = |key: &'static str, addr: String| async move {
+        tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("[http] {key} {addr}: cannot bind"))
+    };
+    let api = bind("listen", c.listen.clone()).await?;
+    let metrics = match &c.metrics_listen {
+        Some(addr) => Some(bind("metrics_listen", addr.clone()).await?),
+        None => None,
+    };
+    // check-config read it too; read again here, as the file may have changed since.
+    let token = c
+        .token_file
+        .as_deref()
+        .map(|p| crate::config::read_token_file(p).map(|t| http::auth::Token::new(&t)))
+        .transpose()
+        .map_err(|m| anyhow::anyhow!("[http] token_file: {m}"))?;
+    Ok(http::Endpoint {
+        api,
+        metrics,
+        token,
+        connections: http::server::ConnLimits {
+            max_connections: c.max_connections,
+            header_timeout: Duration::from_secs(c.header_timeout_secs),
+        },
+        max_body: c.max_body_bytes,
+        max_queued: c.max_queued_bytes,
+        body_timeout: Duration::from_secs(c.body_timeout_secs),
+    })
+}
+
 /// Re-reads the configuration on SIGHUP and activates changed models. A configuration that
 /// no longer checks out is logged and ignored: the agent keeps its last good state. `hup`
 /// is registered by the caller before READY=1: a SIGHUP that came first would otherwise
@@ -238,10 +269,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
         disk,
         cert_not_after,
     ));
-    let listener = tokio::net::TcpListener::bind(&config.http.listen)
-        .await
-        .with_context(|| format!("[http] listen {}: cannot bind", config.http.listen))?;
-    tracing::info!(device = %config.device_id, broker = %config.mqtt.url, http = %config.http.listen, "edge-agent started");
+    let endpoint = http_endpoint(&config.http).await?;
+    tracing::info!(
+        device = %config.device_id,
+        broker = %config.mqtt.url,
+        http = %config.http.listen,
+        metrics = config.http.metrics_listen.as_deref().unwrap_or("(on http)"),
+        token = endpoint.token.is_some(),
+        "edge-agent started"
+    );
 
     let cancel = CancellationToken::new();
     let tracker = Tracker::new();
@@ -294,7 +330,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: Option<LogCo
     supervise(&tracker, &cancel, "link", link.run(cancel.clone()));
     supervise(&tracker, &cancel, "telemetry", telemetry.run(cancel.clone()));
     let api = crate::serving::api::router(registry.clone(), config.http.max_body_bytes);
-    supervise(&tracker, &cancel, "http", http::serve(listener, metrics, api, cancel.clone()));
+    supervise(&tracker, &cancel, "http", http::serve(endpoint, metrics, api, cancel.clone()));
     let status_registry = registry.clone();
     supervise(&tracker, &cancel, "reload", reload_on_sighup(hup, config_path, models, load_failures, cancel.clone()));
     // systemd: READY once everything runs, then STATUS and watchdog pings from this runtime.

@@ -1,4 +1,22 @@
-//! The local HTTP endpoint: `/metrics` (Prometheus), `/healthz` and `/readyz`.
+//! The local HTTP endpoint: `/metrics` (Prometheus), `/healthz` and `/readyz`, and the
+//! inference API's routes ([`crate::serving::api`]) behind the endpoint's guards.
+//!
+//! # Layout
+//!
+//! - [`server`]: the accept loop: a connection limit and hyper's header read timeout;
+//! - [`auth`]: the bearer token of `[http] token_file`, checked before anything else;
+//! - [`limits`]: the body size, the byte budget of requests in progress and the body read
+//!   timeout, checked before a handler runs; the endpoint's counters.
+//!
+//! A request to the API listener passes connection limit → header timeout → token →
+//! body limits → route. With `[http] metrics_listen`, `/metrics`, `/healthz` and `/readyz`
+//! are also served on that second address without a token, and `/metrics` leaves the API
+//! listener: Prometheus then needs no API token, and the API's address can stay private
+//! while the metrics one is reachable by the scraper.
+
+pub mod auth;
+pub mod limits;
+pub mod server;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -64,6 +82,7 @@ pub struct Metrics {
     models: Arc<crate::serving::Registry>,
     queue_depth: Family<ModelLabel, Gauge>,
     queue_capacity: Family<ModelLabel, Gauge>,
+    http: Arc<limits::HttpStats>,
 }
 
 /// Moves a counter up to a total kept elsewhere (counters only grow).
@@ -140,6 +159,7 @@ impl Metrics {
             models: serving,
             queue_depth: Family::default(),
             queue_capacity: Family::default(),
+            http: Arc::default(),
         };
         let mut m = m;
         let r = &mut m.registry;
@@ -201,6 +221,18 @@ impl Metrics {
             "edge_agent_inference_queue_capacity",
             "Requests that may wait for a model's workers; one more is refused with 503",
             m.queue_capacity.clone(),
+        );
+        r.register(
+            "edge_agent_http_refused_requests",
+            "HTTP requests and connections refused before a handler ran, by reason (unauthorized, too_large, \
+             busy, body_timeout, header_timeout, connections, broken_body)",
+            m.http.refused.clone(),
+        );
+        r.register("edge_agent_http_connections", "HTTP connections open", m.http.connections.clone());
+        r.register(
+            "edge_agent_http_queued_bytes",
+            "Bytes of request bodies held by HTTP requests in progress ([http] max_queued_bytes bounds them)",
+            m.http.queued_bytes.clone(),
         );
         r.register("edge_agent_model_load_failures", "Model files that failed to load", load_failures);
         r.register(
@@ -273,6 +305,11 @@ impl Metrics {
         openmetrics_to_prometheus_text(&out)
     }
 
+    /// The HTTP endpoint's counters.
+    pub fn http_stats(&self) -> Arc<limits::HttpStats> {
+        self.http.clone()
+    }
+
     /// Ready: connected to the broker, and every configured model active.
     fn ready(&self) -> Result<(), String> {
         if !self.link.connected.load(Ordering::Relaxed) {
@@ -323,20 +360,65 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     }
 }
 
+/// The endpoint's settings, from `[http]`.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// `[http] listen`: the API, and the probes; `/metrics` too without `metrics`.
+    pub api: tokio::net::TcpListener,
+    /// `[http] metrics_listen`: `/metrics` and the probes, without a token.
+    pub metrics: Option<tokio::net::TcpListener>,
+    /// `[http] token_file`, read.
+    pub token: Option<auth::Token>,
+    /// `[http] max_connections` and `header_timeout_secs`.
+    pub connections: server::ConnLimits,
+    /// `[http] max_body_bytes`, `max_queued_bytes` and `body_timeout_secs`.
+    pub max_body: usize,
+    /// See `max_body`.
+    pub max_queued: usize,
+    /// See `max_body`.
+    pub body_timeout: std::time::Duration,
+}
+
+/// Connections the metrics listener serves at once: Prometheus and the probes need few.
+const METRICS_CONNECTIONS: usize = 16;
+
 /// Serves the metrics and health routes plus `api` (the inference API) until `cancel`.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    endpoint: Endpoint,
     state: Arc<Metrics>,
     api: Router,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state)
-        .merge(api);
-    axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await?;
+    let stats = state.http_stats();
+    let probes = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    let with_metrics = probes.clone().route("/metrics", get(metrics));
+    let limits = limits::BodyLimits {
+        max_body: endpoint.max_body,
+        timeout: endpoint.body_timeout,
+        budget: limits::Budget::new(endpoint.max_queued, stats.clone()),
+        stats: stats.clone(),
+    };
+    let main = if endpoint.metrics.is_some() { probes } else { with_metrics.clone() };
+    let mut app = main
+        .with_state(state.clone())
+        .merge(api)
+        .layer(axum::middleware::from_fn_with_state(limits, limits::limit_body));
+    // Outermost: a request without the token is refused before its body is read.
+    if let Some(token) = endpoint.token {
+        app = app.layer(axum::middleware::from_fn_with_state((token, stats.clone()), auth::require_token));
+    }
+    let api_server = server::run(endpoint.api, app, endpoint.connections.clone(), stats.clone(), cancel.clone());
+    match endpoint.metrics {
+        None => api_server.await?,
+        Some(listener) => {
+            let limits = server::ConnLimits {
+                max_connections: METRICS_CONNECTIONS,
+                header_timeout: endpoint.connections.header_timeout,
+            };
+            let metrics_server = server::run(listener, with_metrics.with_state(state), limits, stats, cancel);
+            tokio::try_join!(api_server, metrics_server)?;
+        }
+    }
     Ok(())
 }
 

@@ -49,6 +49,7 @@ fn exported() -> Vec<(String, String)> {
         edge_agent::disk::open_reserve(state.path()),
         Some(1_900_000_000),
     );
+    metrics.http_stats().refused("unauthorized");
     let text = metrics.render();
     let families: Vec<(String, String)> = text
         .lines()

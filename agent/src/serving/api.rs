@@ -19,7 +19,9 @@
 //!
 //! A predict names its session with `?session=ID`. Errors are `{"error": "..."}` with 400
 //! (bad input), 404 (unknown model, version or session), 413 (body too large), 415 (content
-//! type), 503 with `Retry-After` (queue full), 504 (timeout) or 500.
+//! type), 503 with `Retry-After` (queue full), 504 (timeout) or 500. In front of these
+//! routes, [`crate::http`] answers 401 (no token), 408 (body too slow), 413 and 503 (byte
+//! budget, connections) before a handler runs.
 
 use std::sync::Arc;
 
@@ -132,6 +134,27 @@ fn parse_npy_stream(mut body: &[u8], count: usize) -> Result<Vec<Tensor>, String
     Ok(out)
 }
 
+/// Bodies up to this size are parsed where they arrive; larger ones on tokio's blocking
+/// pool, so that parsing a large body stalls neither the other connections nor the MQTT
+/// link, which share the runtime's worker threads.
+const PARSE_INLINE_BYTES: usize = 64 * 1024;
+
+/// Runs `parse` (of a body of `size` bytes) off the runtime's worker threads when the body
+/// is large. The byte budget of `[http] max_queued_bytes` bounds how many run at once.
+pub(super) async fn off_runtime<T: Send + 'static>(
+    size: usize,
+    parse: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    if size <= PARSE_INLINE_BYTES {
+        return Ok(parse());
+    }
+    match tokio::task::spawn_blocking(parse).await {
+        Ok(parsed) => Ok(parsed),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(format!("parsing the request was cancelled: {e}")),
+    }
+}
+
 async fn predict_on(
     r: &Registry,
     served: Arc<Served>,
@@ -160,13 +183,17 @@ async fn predict_on(
         Err(e) => return serve_error(e),
     };
     let specs = input_specs(served.inputs());
-    let parsed = if binary {
-        parse_npy_stream(&body, specs.len()).map(|t| (None, t))
-    } else {
-        let views: Vec<InputSpec> =
-            specs.iter().map(|(name, dtype, shape)| InputSpec { name, dtype: *dtype, shape }).collect();
-        parse_request(&body, &views).map(|(form, t)| (Some(form), t)).map_err(|e: JsonError| e.to_string())
-    };
+    let parsed = off_runtime(body.len(), move || {
+        if binary {
+            parse_npy_stream(&body, specs.len()).map(|t| (None, t))
+        } else {
+            let views: Vec<InputSpec> =
+                specs.iter().map(|(name, dtype, shape)| InputSpec { name, dtype: *dtype, shape }).collect();
+            parse_request(&body, &views).map(|(form, t)| (Some(form), t)).map_err(|e: JsonError| e.to_string())
+        }
+    })
+    .await
+    .and_then(|r| r);
     let (form, inputs) = match parsed {
         Ok(p) => p,
         Err(m) => {

@@ -34,9 +34,11 @@
 //! JSON has no NaN or infinities: like TensorFlow Serving, the response encodes them as the
 //! strings `"NaN"`, `"Infinity"` and `"-Infinity"` (not `null`, which would lose the value).
 //!
-//! Parsing builds a [`serde_json::Value`] and then flattens each input's nested arrays in a
-//! single recursive pass that checks rectangularity, converts the leaves to the input dtype and
-//! collects them straight into the tensor's buffer; rendering writes the JSON text directly.
+//! Parsing builds no [`serde_json::Value`] tree: the top level is read as borrowed slices of
+//! the body ([`RawValue`]), and each input's nested arrays are then parsed in a single pass
+//! that checks rectangularity, converts the leaves to the input dtype and collects them
+//! straight into the tensor's buffer; rendering writes the JSON text directly. Memory is
+//! the elements themselves, whatever the body claims.
 //!
 //! # Layout
 //!
@@ -48,7 +50,7 @@
 //!
 //! The Open Inference Protocol routes ([`super::v2`]) reuse the value walk and the writer
 //! for its `"data"` fields: [`parse_data`] reads elements given flat or nested beside a
-//! stated shape, [`write_flat`] writes a tensor's elements as one flat array.
+//! stated shape (checked against the text's length before anything is allocated), [`write_flat`] writes a tensor's elements as one flat array.
 //!
 //! This file holds what they share: the types of the public API and the wording for JSON
 //! values, shapes and positions inside a value. The round-trip tests live here too, as they
@@ -61,7 +63,7 @@ mod values;
 pub use request::{parse_data, parse_request};
 pub use response::{render_response, write_flat};
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tract_core::internal::*;
 
 /// What the model expects for one input.
@@ -136,23 +138,33 @@ fn fmt_path(path: &[usize]) -> String {
     }
 }
 
-/// A short description of a JSON value for messages: the value itself for scalars.
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) if s.chars().count() <= 32 => format!("the string {s:?}"),
-        Value::String(s) => format!("the string {:?}...", s.chars().take(32).collect::<String>()),
-        Value::Array(a) if a.is_empty() => "an empty array".to_string(),
-        Value::Array(_) => "an array".to_string(),
-        Value::Object(_) => "an object".to_string(),
+/// A short description of a JSON value for messages, from its text: the value itself for
+/// scalars.
+fn describe(raw: &RawValue) -> String {
+    let text = raw.get().trim();
+    match text.as_bytes().first() {
+        Some(b'[') if text[1..text.len() - 1].trim().is_empty() => "an empty array".to_string(),
+        Some(b'[') => "an array".to_string(),
+        Some(b'{') => "an object".to_string(),
+        Some(b'"') => serde_json::from_str::<String>(text).map_or_else(|_| text.to_string(), |s| describe_str(&s)),
+        _ => text.to_string(),
+    }
+}
+
+/// A string as messages show it: at most 32 characters of it.
+fn describe_str(s: &str) -> String {
+    if s.chars().count() <= 32 {
+        format!("the string {s:?}")
+    } else {
+        format!("the string {:?}...", s.chars().take(32).collect::<String>())
     }
 }
 
 /// Helpers for the tests of this module and its submodules.
 #[cfg(test)]
 mod testing {
+    use serde_json::Value;
+
     use super::*;
 
     pub(super) fn spec<'a>(name: &'a str, dtype: DatumType, shape: &'a [Option<usize>]) -> InputSpec<'a> {
@@ -185,12 +197,18 @@ mod testing {
         serde_json::from_str(s).unwrap()
     }
 
+    pub(super) fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
     pub(super) const F32_N3: &[Option<usize>] = &[None, Some(3)];
 }
 
 #[cfg(test)]
 mod tests {
     use std::fmt::Write as _;
+
+    use serde_json::Value;
 
     use super::testing::*;
     use super::*;

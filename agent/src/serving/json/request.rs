@@ -3,238 +3,502 @@
 //! axis. The walk over one value's nested arrays is [`super::values`]'s job; this file
 //! decides what is walked and words the errors that name an input and what the model
 //! expects of it.
+//!
+//! The top level is read as borrowed slices of the body ([`RawValue`]): its keys are
+//! checked before any tensor is parsed, and nothing is copied. The tensors are then parsed
+//! from those slices by serde visitors that feed each value (or each instance's value) to
+//! its input's walk as the parser meets it: neither the instances nor the values are
+//! collected first.
 
 use std::fmt::Write as _;
 
-use serde_json::{Map, Value};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use tract_core::internal::*;
 
-use super::values::{bool_leaf, check_shape, float_leaf, int_leaf, Leaf, Walk};
+use super::values::{check_shape, elements_for, Leaf, Node, Walk};
 use super::{describe, fmt_dims, fmt_path, Form, InputSpec, JsonError};
 
 /// Parses a request body into one tensor per model input, in `specs` order.
 pub fn parse_request(body: &[u8], specs: &[InputSpec]) -> Result<(Form, Vec<Tensor>), JsonError> {
-    let root: Value = serde_json::from_slice(body).map_err(JsonError::Syntax)?;
-    let Value::Object(mut top) = root else {
+    let root: &RawValue = serde_json::from_slice(body).map_err(JsonError::Syntax)?;
+    if !root.get().starts_with('{') {
         return Err(JsonError::Request(format!(
             "the request must be a JSON object with \"inputs\" or \"instances\"; found {}",
-            describe(&root)
-        )));
-    };
-    if let Some(key) = top.keys().find(|k| !matches!(k.as_str(), "inputs" | "instances" | "signature_name")) {
-        return Err(JsonError::Request(format!(
-            "unknown key \"{key}\" in the request; expected \"inputs\" or \"instances\" \
-             (and optionally \"signature_name\")"
+            describe(root)
         )));
     }
-    if let Some(sig) = top.get("signature_name") {
-        if !sig.is_string() {
-            return Err(JsonError::Request(format!("\"signature_name\" must be a string; found {}", describe(sig))));
-        }
-    }
-    match (top.remove("inputs"), top.remove("instances")) {
+    let mut fail = None;
+    let top = run(root.get(), TopSeed { fail: &mut fail }).map_err(|e| fail.take().unwrap_or(JsonError::Syntax(e)))?;
+    let mut ctx = Ctx::new(specs, top.instances.is_some())?;
+    match (top.inputs, top.instances) {
         (Some(_), Some(_)) => {
             Err(JsonError::Request("the request has both \"inputs\" and \"instances\"; send exactly one".to_string()))
         }
         (None, None) => Err(JsonError::Request(
             "the request has neither \"inputs\" (columnar form) nor \"instances\" (row form)".to_string(),
         )),
-        (Some(inputs), None) => Ok((Form::Columnar, parse_columnar(&inputs, specs)?)),
-        (None, Some(instances)) => Ok((Form::Row, parse_rows(&instances, specs)?)),
+        (Some(inputs), None) => {
+            parse_columnar(inputs, &mut ctx)?;
+            Ok((Form::Columnar, ctx.tensors(None)?))
+        }
+        (None, Some(instances)) => {
+            let count = parse_rows(instances, &mut ctx)?;
+            Ok((Form::Row, ctx.tensors(Some(count))?))
+        }
     }
 }
 
 /// Reads one input's elements given apart from its shape, as the Open Inference Protocol
 /// sends them (`"shape"` beside `"data"`): `value` holds the elements either flat, in C
 /// order, or nested as `shape`. `shape` must already fit the model's; the leaves follow the
-/// same dtype rules as a predict request's.
-pub fn parse_data(spec: &InputSpec, shape: &[usize], value: &Value) -> Result<Tensor, JsonError> {
-    build_input(spec, Source::Data(value, shape))
+/// same dtype rules as a predict request's. A shape that claims more elements than the
+/// text has characters is refused before anything is allocated.
+pub fn parse_data(spec: &InputSpec, shape: &[usize], value: &RawValue) -> Result<Tensor, JsonError> {
+    let err = |problem| input_err(spec, false, problem);
+    let Some(elements) = elements_for(spec.dtype) else {
+        return Err(err(format!("the model's dtype {:?} cannot be sent as JSON", spec.dtype)));
+    };
+    let text = value.get();
+    let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    // Every element takes at least one character of the text.
+    let Some(count) = count.filter(|c| *c <= text.len()) else {
+        return Err(err(format!(
+            "\"shape\" {} claims {} elements, but \"data\" is only {} characters long",
+            fmt_dims(shape),
+            count.map_or_else(|| "more than memory holds".to_string(), |c| c.to_string()),
+            text.len()
+        )));
+    };
+    // Flat or nested: the walk cannot hold values to one shape; the text's length bounds it.
+    let mut walk = Walk::new(elements, None);
+    walk.elements.reserve(count);
+    walk.begin();
+    run(text, walk.seed()).map_err(|e| match walk.broken.take() {
+        Some(why) => err(why),
+        None => JsonError::Syntax(e),
+    })?;
+    // A lone scalar is the flat form of a one-element tensor.
+    let scalar = !text.starts_with('[');
+    let found = if scalar { vec![1] } else { walk.shape() };
+    let flat = found.len() == 1 && found[0] == count;
+    if found != shape && !flat {
+        return Err(err(format!(
+            "\"data\" has shape {} ({} elements), but \"shape\" is {} ({count} elements); send the elements flat \
+             in C order, or nested as \"shape\"",
+            fmt_dims(&found),
+            found.iter().product::<usize>(),
+            fmt_dims(shape)
+        )));
+    }
+    if let Some((path, problem)) = walk.bad.take() {
+        let path = if scalar {
+            "element 0".to_string()
+        } else if flat && found != shape {
+            format!("element {}", path[0])
+        } else {
+            fmt_path(&path)
+        };
+        return Err(err(format!("{path} is {problem}")));
+    }
+    walk.elements.into_tensor(shape).map_err(err)
 }
 
-/// Where one input's value comes from.
-enum Source<'v> {
-    /// The whole tensor (columnar form).
-    Whole(&'v Value),
-    /// One value per instance, to stack along a new batch axis (row form).
-    Instances(Vec<&'v Value>),
-    /// The elements, flat or nested, of a tensor whose shape the request states apart.
-    Data(&'v Value, &'v [usize]),
+/// Runs `seed` over a whole JSON text.
+fn run<'de, S: DeserializeSeed<'de>>(text: &'de str, seed: S) -> Result<S::Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = seed.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
 }
 
-fn parse_columnar(inputs: &Value, specs: &[InputSpec]) -> Result<Vec<Tensor>, JsonError> {
-    match inputs {
-        Value::Object(map) => {
-            check_names(map, specs, "\"inputs\"")?;
-            specs.iter().map(|spec| build_input(spec, Source::Whole(&map[spec.name]))).collect()
+/// Stops the parser with `e`, kept in `fail`: serde's errors carry only text.
+fn stop<E: de::Error>(fail: &mut Option<JsonError>, e: JsonError) -> E {
+    *fail = Some(e);
+    E::custom("stopped")
+}
+
+/// The request's top level, as slices of the body.
+#[derive(Default)]
+struct Top<'de> {
+    inputs: Option<&'de RawValue>,
+    instances: Option<&'de RawValue>,
+}
+
+struct TopSeed<'f> {
+    fail: &'f mut Option<JsonError>,
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = Top<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Top<'de>, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_> {
+    type Value = Top<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a predict request")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
+        let mut top = Top::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "inputs" => top.inputs = Some(map.next_value()?),
+                "instances" => top.instances = Some(map.next_value()?),
+                "signature_name" => {
+                    let sig: &RawValue = map.next_value()?;
+                    if !sig.get().starts_with('"') {
+                        let found = describe(sig);
+                        return Err(stop(
+                            self.fail,
+                            JsonError::Request(format!("\"signature_name\" must be a string; found {found}")),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(stop(
+                        self.fail,
+                        JsonError::Request(format!(
+                            "unknown key \"{key}\" in the request; expected \"inputs\" or \"instances\" \
+                             (and optionally \"signature_name\")"
+                        )),
+                    ))
+                }
+            }
         }
-        value if specs.len() == 1 => Ok(vec![build_input(&specs[0], Source::Whole(value))?]),
-        value => Err(JsonError::Request(format!(
+        Ok(top)
+    }
+}
+
+/// The inputs being parsed: one walk per model input, and what was found so far.
+struct Ctx<'s, 'a> {
+    specs: &'s [InputSpec<'a>],
+    walks: Vec<Walk>,
+    /// Columnar form: each input's shape. Row form: each input's first instance's shape.
+    shapes: Vec<Option<Vec<usize>>>,
+    /// An error found by a seed, which stopped the parser.
+    fail: Option<JsonError>,
+    /// Row form: the instance being read.
+    instance: Option<usize>,
+}
+
+impl<'s, 'a> Ctx<'s, 'a> {
+    /// Walks for `specs`; in the row form (`row`) their values are instances.
+    fn new(specs: &'s [InputSpec<'a>], row: bool) -> Result<Self, JsonError> {
+        let walks = specs
+            .iter()
+            .map(|s| {
+                let fits = if row { s.shape.get(1..).unwrap_or_default() } else { s.shape };
+                elements_for(s.dtype).map(|e| Walk::new(e, Some(fits.to_vec()))).ok_or_else(|| {
+                    input_err(s, false, format!("the model's dtype {:?} cannot be sent as JSON", s.dtype))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Ctx { specs, walks, shapes: vec![None; specs.len()], fail: None, instance: None })
+    }
+
+    fn stop<E: de::Error>(&mut self, e: JsonError) -> E {
+        stop(&mut self.fail, e)
+    }
+
+    /// The error behind a parser error: a seed's, a walk's (not rectangular), or the syntax.
+    fn failure(&mut self, e: serde_json::Error) -> JsonError {
+        if let Some(f) = self.fail.take() {
+            return f;
+        }
+        let row = self.instance.is_some();
+        for (walk, spec) in self.walks.iter_mut().zip(self.specs) {
+            if let Some(why) = walk.broken.take() {
+                let why = match self.instance {
+                    Some(i) => format!("instance {i}: {why}"),
+                    None => why,
+                };
+                return input_err(spec, row, why);
+            }
+        }
+        JsonError::Syntax(e)
+    }
+
+    /// Checks input `k`'s whole value, just read.
+    fn finish_whole<E: de::Error>(&mut self, k: usize) -> Result<(), E> {
+        let spec = &self.specs[k];
+        let shape = self.walks[k].shape();
+        if let Err(p) = check_shape(spec.shape, &shape) {
+            return Err(self.stop(input_err(spec, false, p)));
+        }
+        if let Some((path, problem)) = self.walks[k].bad.take() {
+            return Err(self.stop(input_err(spec, false, format!("{} is {problem}", fmt_path(&path)))));
+        }
+        self.shapes[k] = Some(shape);
+        Ok(())
+    }
+
+    /// Starts input `k`'s value in instance `i`: one beyond a fixed batch size is walked
+    /// (the request is refused once they are counted) but not kept.
+    fn begin_instance(&mut self, k: usize, i: usize) {
+        self.walks[k].begin();
+        self.walks[k].skip = self.specs[k].shape.first().copied().flatten().is_some_and(|b| i >= b);
+    }
+
+    /// Checks input `k`'s value in instance `i`, just read.
+    fn finish_instance<E: de::Error>(&mut self, k: usize, i: usize) -> Result<(), E> {
+        let spec = &self.specs[k];
+        let shape = self.walks[k].shape();
+        if let Err(p) = check_shape(&spec.shape[1..], &shape) {
+            return Err(self.stop(input_err(spec, true, format!("instance {i}: {p}"))));
+        }
+        if let Some((path, problem)) = self.walks[k].bad.take() {
+            let e = input_err(spec, true, format!("instance {i}: {} is {problem}", fmt_path(&path)));
+            return Err(self.stop(e));
+        }
+        match &self.shapes[k] {
+            None => self.shapes[k] = Some(shape),
+            Some(first) if *first != shape => {
+                let e = input_err(
+                    spec,
+                    true,
+                    format!(
+                        "instance {i} has shape {}, but instance 0 has shape {}; all instances must have the same \
+                         shape",
+                        fmt_dims(&shape),
+                        fmt_dims(first)
+                    ),
+                );
+                return Err(self.stop(e));
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Reads a map of input names to values (`what` names it in messages); `instance` is
+    /// the row form's instance index.
+    fn named<'de, A: MapAccess<'de>>(
+        &mut self,
+        mut map: A,
+        what: &str,
+        instance: Option<usize>,
+    ) -> Result<(), A::Error> {
+        let mut seen = vec![false; self.specs.len()];
+        while let Some(key) = map.next_key::<String>()? {
+            let Some(k) = self.specs.iter().position(|s| s.name == key) else {
+                let e = format!("{what}: unknown input \"{key}\"; the model's inputs are {}", list_specs(self.specs));
+                return Err(self.stop(JsonError::Request(e)));
+            };
+            if std::mem::replace(&mut seen[k], true) {
+                return Err(self.stop(JsonError::Request(format!("{what}: input \"{key}\" is given twice"))));
+            }
+            match instance {
+                Some(i) => self.begin_instance(k, i),
+                None => self.walks[k].begin(),
+            }
+            map.next_value_seed(self.walks[k].seed())?;
+            match instance {
+                Some(i) => self.finish_instance(k, i)?,
+                None => self.finish_whole(k)?,
+            }
+        }
+        if let Some(missing) = self.specs.iter().zip(&seen).find(|(_, seen)| !**seen).map(|(s, _)| s) {
+            let e = format!(
+                "{what}: missing input \"{}\" ({}); the model's inputs are {}",
+                missing.name,
+                expected(missing),
+                list_specs(self.specs)
+            );
+            return Err(self.stop(JsonError::Request(e)));
+        }
+        Ok(())
+    }
+
+    /// The tensors; `batch` is the number of instances in the row form.
+    fn tensors(self, batch: Option<usize>) -> Result<Vec<Tensor>, JsonError> {
+        let mut out = Vec::with_capacity(self.walks.len());
+        for ((walk, spec), shape) in self.walks.into_iter().zip(self.specs).zip(self.shapes) {
+            let mut shape = shape.unwrap_or_default();
+            if let Some(count) = batch {
+                if let Some(b) = spec.shape[0].filter(|b| *b != count) {
+                    return Err(input_err(
+                        spec,
+                        true,
+                        format!(
+                            "the model takes a batch of exactly {b}, so \"instances\" must hold exactly {b} \
+                             instance{}; found {count}",
+                            if b == 1 { "" } else { "s" }
+                        ),
+                    ));
+                }
+                shape.insert(0, count);
+            }
+            out.push(walk.elements.into_tensor(&shape).map_err(|p| input_err(spec, false, p))?);
+        }
+        Ok(out)
+    }
+}
+
+fn parse_columnar(inputs: &RawValue, ctx: &mut Ctx) -> Result<(), JsonError> {
+    let text = inputs.get();
+    let result = if text.starts_with('{') {
+        run(text, Named(ctx))
+    } else if ctx.specs.len() == 1 {
+        ctx.walks[0].begin();
+        run(text, ctx.walks[0].seed()).and_then(|()| ctx.finish_whole::<serde_json::Error>(0))
+    } else {
+        return Err(JsonError::Request(format!(
             "the model has {} inputs ({}), so \"inputs\" must be an object mapping each input name to its \
              tensor; found {}",
-            specs.len(),
-            list_specs(specs),
-            describe(value)
-        ))),
-    }
-}
-
-fn parse_rows(instances: &Value, specs: &[InputSpec]) -> Result<Vec<Tensor>, JsonError> {
-    let instances = match instances {
-        Value::Array(a) if !a.is_empty() => a,
-        other => {
-            return Err(JsonError::Request(format!(
-                "\"instances\" must be a non-empty array of instances; found {}",
-                if other.is_array() { "an empty array".to_string() } else { describe(other) }
-            )))
-        }
-    };
-    let mut per_input: Vec<Vec<&Value>> = specs.iter().map(|_| Vec::with_capacity(instances.len())).collect();
-    for (i, instance) in instances.iter().enumerate() {
-        match instance {
-            Value::Object(map) => {
-                check_names(map, specs, &format!("instance {i}"))?;
-                for (values, spec) in per_input.iter_mut().zip(specs) {
-                    values.push(&map[spec.name]);
-                }
-            }
-            value if specs.len() == 1 => per_input[0].push(value),
-            value => {
-                return Err(JsonError::Request(format!(
-                    "the model has {} inputs ({}), so each instance must be an object mapping each input name \
-                     to its value; instance {i} is {}",
-                    specs.len(),
-                    list_specs(specs),
-                    describe(value)
-                )))
-            }
-        }
-    }
-    specs.iter().zip(per_input).map(|(spec, values)| build_input(spec, Source::Instances(values))).collect()
-}
-
-/// Checks that `map` names every input and nothing else.
-fn check_names(map: &Map<String, Value>, specs: &[InputSpec], what: &str) -> Result<(), JsonError> {
-    if let Some(unknown) = map.keys().find(|k| !specs.iter().any(|s| s.name == k.as_str())) {
-        return Err(JsonError::Request(format!(
-            "{what}: unknown input \"{unknown}\"; the model's inputs are {}",
-            list_specs(specs)
+            ctx.specs.len(),
+            list_specs(ctx.specs),
+            describe(inputs)
         )));
-    }
-    if let Some(missing) = specs.iter().find(|s| !map.contains_key(s.name)) {
-        return Err(JsonError::Request(format!(
-            "{what}: missing input \"{}\" ({}); the model's inputs are {}",
-            missing.name,
-            expected(missing),
-            list_specs(specs)
-        )));
-    }
-    Ok(())
-}
-
-fn build_input(spec: &InputSpec, source: Source) -> Result<Tensor, JsonError> {
-    use DatumType as D;
-    match spec.dtype {
-        D::F16 => build::<f16>(spec, source, |v| float_leaf(v, "f16", f16::from_f64, |x: f16| x.is_infinite())),
-        D::F32 => build::<f32>(spec, source, |v| float_leaf(v, "f32", |x| x as f32, f32::is_infinite)),
-        D::F64 => build::<f64>(spec, source, |v| float_leaf(v, "f64", |x| x, f64::is_infinite)),
-        D::I8 => build::<i8>(spec, source, int_leaf::<i8>),
-        D::U8 => build::<u8>(spec, source, int_leaf::<u8>),
-        D::I16 => build::<i16>(spec, source, int_leaf::<i16>),
-        D::U16 => build::<u16>(spec, source, int_leaf::<u16>),
-        D::I32 => build::<i32>(spec, source, int_leaf::<i32>),
-        D::U32 => build::<u32>(spec, source, int_leaf::<u32>),
-        D::I64 => build::<i64>(spec, source, int_leaf::<i64>),
-        D::U64 => build::<u64>(spec, source, int_leaf::<u64>),
-        D::Bool => build::<bool>(spec, source, bool_leaf),
-        other => Err(input_err(spec, false, format!("the model's dtype {other:?} cannot be sent as JSON"))),
-    }
-}
-
-fn build<T: Datum + Default>(spec: &InputSpec, source: Source, leaf: Leaf<T>) -> Result<Tensor, JsonError> {
-    let mut walk = Walk::new(leaf);
-    let shape = match source {
-        Source::Whole(value) => {
-            let err = |problem| input_err(spec, false, problem);
-            let shape = walk.value(value).map_err(err)?;
-            check_shape(spec.shape, &shape).map_err(err)?;
-            if let Some((path, problem)) = walk.bad.take() {
-                return Err(err(format!("{} is {problem}", fmt_path(&path))));
-            }
-            shape
-        }
-        Source::Data(value, shape) => {
-            let err = |problem| input_err(spec, false, problem);
-            // A lone scalar is the flat form of a one-element tensor.
-            let found = if value.is_array() {
-                walk.value(value).map_err(err)?
-            } else {
-                walk.value(&Value::Array(vec![value.clone()])).map_err(err)?
-            };
-            let count = shape.iter().product::<usize>();
-            let flat = found.len() == 1 && found[0] == count;
-            if found != shape && !flat {
-                return Err(err(format!(
-                    "\"data\" has shape {} ({} elements), but \"shape\" is {} ({count} elements); send the \
-                     elements flat in C order, or nested as \"shape\"",
-                    fmt_dims(&found),
-                    found.iter().product::<usize>(),
-                    fmt_dims(shape)
-                )));
-            }
-            if let Some((path, problem)) = walk.bad.take() {
-                let path = if flat && found != shape { format!("element {}", path[0]) } else { fmt_path(&path) };
-                return Err(err(format!("{path} is {problem}")));
-            }
-            shape.to_vec()
-        }
-        Source::Instances(values) => {
-            let err = |problem| input_err(spec, true, problem);
-            let Some((batch_dim, instance_spec)) = spec.shape.split_first() else {
-                return Err(err(
-                    "the input is a scalar, which has no batch axis to stack instances along; send it with \
-                     \"inputs\""
-                        .to_string(),
-                ));
-            };
-            let mut first: Option<Vec<usize>> = None;
-            for (i, value) in values.iter().enumerate() {
-                let shape = walk.value(value).map_err(|p| err(format!("instance {i}: {p}")))?;
-                check_shape(instance_spec, &shape).map_err(|p| err(format!("instance {i}: {p}")))?;
-                if let Some((path, problem)) = walk.bad.take() {
-                    return Err(err(format!("instance {i}: {} is {problem}", fmt_path(&path))));
-                }
-                match &first {
-                    None => first = Some(shape),
-                    Some(f) if *f != shape => {
-                        return Err(err(format!(
-                            "instance {i} has shape {}, but instance 0 has shape {}; all instances must have the \
-                             same shape",
-                            fmt_dims(&shape),
-                            fmt_dims(f)
-                        )))
-                    }
-                    Some(_) => {}
-                }
-            }
-            if let Some(b) = *batch_dim {
-                if b != values.len() {
-                    return Err(err(format!(
-                        "the model takes a batch of exactly {b}, so \"instances\" must hold exactly {b} instance{}; \
-                         found {}",
-                        if b == 1 { "" } else { "s" },
-                        values.len()
-                    )));
-                }
-            }
-            let mut shape = first.unwrap_or_default();
-            shape.insert(0, values.len());
-            shape
-        }
     };
-    let array = tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(&shape), walk.data)
-        .map_err(|e| input_err(spec, false, format!("internal error building the tensor: {e}")))?;
-    Ok(array.into_tensor())
+    result.map_err(|e| ctx.failure(e))
+}
+
+/// `"inputs": {"name": value, ...}`.
+struct Named<'c, 's, 'a>(&'c mut Ctx<'s, 'a>);
+
+impl<'de> DeserializeSeed<'de> for Named<'_, '_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Named<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object of inputs")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        self.0.named(map, "\"inputs\"", None)
+    }
+}
+
+/// Returns the number of instances.
+fn parse_rows(instances: &RawValue, ctx: &mut Ctx) -> Result<usize, JsonError> {
+    let found = describe(instances);
+    if !instances.get().starts_with('[') || found == "an empty array" {
+        return Err(JsonError::Request(format!("\"instances\" must be a non-empty array of instances; found {found}")));
+    }
+    if let Some(scalar) = ctx.specs.iter().find(|s| s.shape.is_empty()) {
+        return Err(input_err(
+            scalar,
+            true,
+            "the input is a scalar, which has no batch axis to stack instances along; send it with \"inputs\""
+                .to_string(),
+        ));
+    }
+    run(instances.get(), Rows(ctx)).map_err(|e| ctx.failure(e))
+}
+
+/// `"instances": [...]`.
+struct Rows<'c, 's, 'a>(&'c mut Ctx<'s, 'a>);
+
+impl<'de> DeserializeSeed<'de> for Rows<'_, '_, '_> {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<usize, D::Error> {
+        de.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Rows<'_, '_, '_> {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of instances")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut i = 0;
+        loop {
+            self.0.instance = Some(i);
+            if seq.next_element_seed(Instance(&mut *self.0, i))?.is_none() {
+                return Ok(i);
+            }
+            i += 1;
+        }
+    }
+}
+
+/// Instance `.1` of the row form: an object of input values, or (single-input model) the
+/// input's value itself.
+struct Instance<'c, 's, 'a>(&'c mut Ctx<'s, 'a>, usize);
+
+impl Instance<'_, '_, '_> {
+    /// Feeds a value that is not an object to the only input's walk.
+    fn single<E: de::Error>(self, found: &str, feed: impl FnOnce(Node) -> Result<(), E>) -> Result<(), E> {
+        let (ctx, i) = (self.0, self.1);
+        if ctx.specs.len() != 1 {
+            let e = format!(
+                "the model has {} inputs ({}), so each instance must be an object mapping each input name to its \
+                 value; instance {i} is {found}",
+                ctx.specs.len(),
+                list_specs(ctx.specs)
+            );
+            return Err(ctx.stop(JsonError::Request(e)));
+        }
+        ctx.begin_instance(0, i);
+        feed(ctx.walks[0].seed())?;
+        ctx.finish_instance(0, i)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Instance<'_, '_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Instance<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an instance")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let i = self.1;
+        self.0.named(map, &format!("instance {i}"), Some(i))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        self.single("an array", |n| n.visit_seq(seq))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.single(&Leaf::U64(v).describe(), |n| n.visit_u64(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.single(&Leaf::I64(v).describe(), |n| n.visit_i64(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.single(&Leaf::F64(v).describe(), |n| n.visit_f64(v))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.single(&Leaf::Bool(v).describe(), |n| n.visit_bool(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.single(&Leaf::Str(v).describe(), |n| n.visit_str(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.single("null", |n| n.visit_unit())
+    }
 }
 
 fn input_err(spec: &InputSpec, row: bool, problem: String) -> JsonError {
@@ -450,20 +714,20 @@ mod tests {
     fn data_flat_nested_or_scalar() {
         let sp = spec("x", DatumType::F32, F32_N3);
         let want = tensor2(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]]);
-        assert_eq!(parse_data(&sp, &[2, 3], &json("[1, 2, 3, 4, 5, 6]")).unwrap(), want);
-        assert_eq!(parse_data(&sp, &[2, 3], &json("[[1, 2, 3], [4, 5, 6]]")).unwrap(), want);
+        assert_eq!(parse_data(&sp, &[2, 3], &raw("[1, 2, 3, 4, 5, 6]")).unwrap(), want);
+        assert_eq!(parse_data(&sp, &[2, 3], &raw("[[1, 2, 3], [4, 5, 6]]")).unwrap(), want);
         let one = spec("y", DatumType::I64, &[]);
-        assert_eq!(parse_data(&one, &[], &json("7")).unwrap(), tensor0(7i64));
+        assert_eq!(parse_data(&one, &[], &raw("7")).unwrap(), tensor0(7i64));
     }
 
     #[test]
     fn data_count_or_shape_mismatch_names_both() {
         let sp = spec("x", DatumType::F32, F32_N3);
-        let msg = parse_data(&sp, &[2, 3], &json("[1, 2, 3]")).unwrap_err().to_string();
+        let msg = parse_data(&sp, &[2, 3], &raw("[1, 2, 3]")).unwrap_err().to_string();
         assert_contains(&msg, &["\"x\"", "[3] (3 elements)", "[2, 3] (6 elements)"]);
-        let msg = parse_data(&sp, &[2, 3], &json("[[1, 2], [3, 4], [5, 6]]")).unwrap_err().to_string();
+        let msg = parse_data(&sp, &[2, 3], &raw("[[1, 2], [3, 4], [5, 6]]")).unwrap_err().to_string();
         assert_contains(&msg, &["[3, 2]", "[2, 3]"]);
-        let msg = parse_data(&sp, &[1, 3], &json(r#"[1, "x", 3]"#)).unwrap_err().to_string();
+        let msg = parse_data(&sp, &[1, 3], &raw(r#"[1, "x", 3]"#)).unwrap_err().to_string();
         assert_contains(&msg, &["element 1", "\"x\"", "expected a number"]);
     }
 }

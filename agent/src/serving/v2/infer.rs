@@ -26,7 +26,7 @@
 //! the caller names no outputs.
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 use tract_core::internal::*;
 
 use super::datatype;
@@ -49,30 +49,84 @@ fn bad(msg: impl Into<String>) -> InferError {
     InferError::Request(msg.into())
 }
 
+// The request is read without a `serde_json::Value` tree: `data` stays a slice of the body
+// until the input's shape and dtype are known (then it is parsed straight into the tensor),
+// parameters keep only the keys this agent reads, and lists are bounded.
+
 #[derive(Debug, Deserialize)]
-struct RequestBody {
+struct RequestBody<'a> {
     id: Option<String>,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    inputs: Vec<RequestInput>,
-    outputs: Option<Vec<RequestOutput>>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
+    #[serde(borrow)]
+    inputs: Bounded<RequestInput<'a>, MAX_TENSORS>,
+    #[serde(borrow)]
+    outputs: Option<Bounded<RequestOutput<'a>, MAX_TENSORS>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct RequestInput {
+struct RequestInput<'a> {
     name: String,
-    shape: Vec<i64>,
+    shape: Bounded<i64, MAX_RANK>,
     datatype: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    data: Option<Value>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
-struct RequestOutput {
+struct RequestOutput<'a> {
     name: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
+}
+
+/// The `parameters` this agent reads, as the request's text; other keys are skipped.
+#[derive(Debug, Default, Deserialize)]
+struct Parameters<'a> {
+    #[serde(borrow)]
+    binary_data_output: Option<&'a RawValue>,
+    #[serde(borrow)]
+    binary_data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    binary_data_size: Option<&'a RawValue>,
+    #[serde(borrow)]
+    shared_memory_region: Option<&'a RawValue>,
+    #[serde(borrow)]
+    classification: Option<&'a RawValue>,
+}
+
+/// Most inputs or outputs a request may list.
+const MAX_TENSORS: usize = 1024;
+/// Most dimensions a shape may have.
+const MAX_RANK: usize = 64;
+
+/// A list of at most `N` entries: a longer one is refused as it is read, not collected.
+#[derive(Debug)]
+struct Bounded<T, const N: usize>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Bounded<T, N> {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Seq<T, const N: usize>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> serde::de::Visitor<'de> for Seq<T, N> {
+            type Value = Bounded<T, N>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "an array of at most {N} entries")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = seq.next_element()? {
+                    if out.len() == N {
+                        return Err(serde::de::Error::custom(format!("more than {N} entries")));
+                    }
+                    out.push(x);
+                }
+                Ok(Bounded(out))
+            }
+        }
+        de.deserialize_seq(Seq::<T, N>(std::marker::PhantomData))
+    }
 }
 
 /// One output to send back.
@@ -111,11 +165,11 @@ fn list(specs: &[TensorSpec]) -> String {
 }
 
 /// A boolean parameter, if present.
-fn flag(params: &Map<String, Value>, key: &str, what: &str) -> Result<Option<bool>, InferError> {
-    match params.get(key) {
+fn flag(value: Option<&RawValue>, key: &str, what: &str) -> Result<Option<bool>, InferError> {
+    match value.map(|v| (v, serde_json::from_str::<bool>(v.get()))) {
         None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(bad(format!("{what}: parameter \"{key}\" must be true or false; found {other}"))),
+        Some((_, Ok(b))) => Ok(Some(b)),
+        Some((v, Err(_))) => Err(bad(format!("{what}: parameter \"{key}\" must be true or false; found {v}"))),
     }
 }
 
@@ -148,7 +202,7 @@ pub fn decode(
     })?;
 
     let mut tensors: Vec<Option<Tensor>> = vec![None; inputs.len()];
-    for input in &request.inputs {
+    for input in &request.inputs.0 {
         let Some(index) = inputs.iter().position(|s| s.name == input.name) else {
             return Err(bad(format!("unknown input \"{}\"; the model's inputs are {}", input.name, list(inputs))));
         };
@@ -172,10 +226,12 @@ pub fn decode(
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    let default_binary = flag(&request.parameters, "binary_data_output", "the request")?.unwrap_or(false);
+    let default_binary =
+        flag(request.parameters.binary_data_output, "binary_data_output", "the request")?.unwrap_or(false);
     let wanted = match &request.outputs {
         None => (0..outputs.len()).map(|index| Wanted { index, binary: default_binary }).collect(),
         Some(list_) => list_
+            .0
             .iter()
             .map(|o| {
                 let what = format!("output \"{}\"", o.name);
@@ -183,12 +239,12 @@ pub fn decode(
                     .iter()
                     .position(|s| s.name == o.name)
                     .ok_or_else(|| bad(format!("unknown {what}; the model's outputs are {}", list(outputs))))?;
-                if o.parameters.contains_key("shared_memory_region") || o.parameters.contains_key("classification") {
+                if o.parameters.shared_memory_region.is_some() || o.parameters.classification.is_some() {
                     return Err(bad(format!(
                         "{what}: shared memory and classification are not supported; ask for the tensor itself"
                     )));
                 }
-                let binary = flag(&o.parameters, "binary_data", &what)?.unwrap_or(default_binary);
+                let binary = flag(o.parameters.binary_data, "binary_data", &what)?.unwrap_or(default_binary);
                 Ok(Wanted { index, binary })
             })
             .collect::<Result<Vec<_>, _>>()?,
@@ -199,7 +255,7 @@ pub fn decode(
 /// One input's tensor, checked against the model's `spec`; binary data is taken from the
 /// front of `binary`.
 fn input_tensor(
-    input: &RequestInput,
+    input: &RequestInput<'_>,
     spec: &TensorSpec,
     binary: &mut &[u8],
     header_sent: bool,
@@ -213,27 +269,28 @@ fn input_tensor(
     }
     let shape: Vec<usize> = input
         .shape
+        .0
         .iter()
         .map(|d| usize::try_from(*d))
         .collect::<Result<_, _>>()
-        .map_err(|_| bad(format!("{what}: shape {:?} has a negative dimension", input.shape)))?;
+        .map_err(|_| bad(format!("{what}: shape {:?} has a negative dimension", input.shape.0)))?;
     let spec_dims: Vec<Option<usize>> = spec.shape.iter().map(|d| d.parse().ok()).collect();
     let fits = spec_dims.len() == shape.len() && spec_dims.iter().zip(&shape).all(|(w, g)| w.is_none_or(|w| w == *g));
     if !fits {
         return Err(bad(format!(
             "{what}: shape {:?}, but the model takes {} (-1: any size)",
-            input.shape,
+            input.shape.0,
             describe(spec)
         )));
     }
-    if input.parameters.contains_key("shared_memory_region") {
+    if input.parameters.shared_memory_region.is_some() {
         return Err(bad(format!("{what}: shared memory is not supported; send \"data\" or binary data")));
     }
-    match (input.parameters.get("binary_data_size"), &input.data) {
+    match (input.parameters.binary_data_size, input.data) {
         (Some(_), Some(_)) => Err(bad(format!("{what} has both \"data\" and \"binary_data_size\""))),
         (Some(size), None) => {
-            let size = size
-                .as_u64()
+            let size = serde_json::from_str::<u64>(size.get())
+                .ok()
                 .and_then(|s| usize::try_from(s).ok())
                 .ok_or_else(|| bad(format!("{what}: \"binary_data_size\" must be a byte count; found {size}")))?;
             if size > binary.len() {

@@ -140,7 +140,7 @@ async fn infer_model(
     body: Bytes,
 ) -> Response {
     match r.get(&name) {
-        Ok(served) => infer_on(&r, served, &headers, &body).await,
+        Ok(served) => infer_on(&r, served, &headers, body).await,
         Err(e) => serve_error(e),
     }
 }
@@ -152,13 +152,13 @@ async fn infer_version(
     body: Bytes,
 ) -> Response {
     match active_version(&r, &name, &v) {
-        Ok(served) => infer_on(&r, served, &headers, &body).await,
+        Ok(served) => infer_on(&r, served, &headers, body).await,
         Err(e) => serve_error(e),
     }
 }
 
 /// Decodes, runs on `served` through the registry, encodes.
-async fn infer_on(r: &Registry, served: Arc<Served>, headers: &HeaderMap, body: &[u8]) -> Response {
+async fn infer_on(r: &Registry, served: Arc<Served>, headers: &HeaderMap, body: Bytes) -> Response {
     // Refusals of the request itself (415, 400) are counted here, as on /v1; whatever
     // reaches the model is counted by the registry.
     let started = std::time::Instant::now();
@@ -191,7 +191,12 @@ async fn infer_on(r: &Registry, served: Arc<Served>, headers: &HeaderMap, body: 
             }
         },
     };
-    let request = match decode(body, header_length, served.inputs(), served.outputs()) {
+    let on = served.clone();
+    let decoded = super::api::off_runtime(body.len(), move || decode(&body, header_length, on.inputs(), on.outputs()))
+        .await
+        .map_err(InferError::Request)
+        .and_then(|r| r);
+    let request = match decoded {
         Ok(d) => d,
         Err(e) => {
             r.refused(&served.name, started.elapsed());
