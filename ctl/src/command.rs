@@ -291,17 +291,27 @@ pub async fn send_command(
     req: &CommandRequest,
     progress: impl FnMut(&Event),
 ) -> Result<CommandOutcome, CommandError> {
-    let (cmd, bytes) = signed_command(
+    let (cmd, bytes) = sign_request(req, signer, link.max_packet_bytes())?;
+    send_signed(link, &cmd, bytes, req, progress).await
+}
+
+/// `req` as a command issued now with a fresh id, signed by `signer` and encoded, its size
+/// checked against `max_packet_bytes` (for [`send_command`], and for `--save`).
+pub fn sign_request(
+    req: &CommandRequest,
+    signer: &Signer,
+    max_packet_bytes: usize,
+) -> Result<(Command, Vec<u8>), CommandError> {
+    signed_command(
         random_id()?,
         now_ms(),
         req.ttl,
         req.target.clone(),
         req.payload.clone(),
         signer,
-        link.max_packet_bytes(),
+        max_packet_bytes,
         " (infer inputs travel inside the command: use smaller inputs, or the device's local HTTP API)",
-    )?;
-    send_signed(link, &cmd, bytes, req, progress).await
+    )
 }
 
 /// Publishes a command already signed (`bytes` are `cmd` encoded; `edgectl send`) to

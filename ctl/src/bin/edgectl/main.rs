@@ -18,9 +18,7 @@ use clap::{CommandFactory, Parser};
 use edge_proto::codec::Versioned;
 use edge_proto::command::{hex, key_id, NpyBytes, OperatorGrant, Payload, Role, Target};
 use edge_proto::ota::{ModelFormat, Validation};
-use edgectl::command::{
-    now_ms, parse_command_id, random_id, send_command, send_signed, signed_command, CommandRequest, Event,
-};
+use edgectl::command::{parse_command_id, send_command, send_signed, sign_request, CommandRequest, Event};
 use edgectl::config::{self, CtlConfig, Overrides};
 use edgectl::deploy::{check_chunk_size, deploy, DeployRequest};
 use edgectl::keys::Signer;
@@ -120,16 +118,7 @@ fn run(cli: &Cli) -> Result<Verdict> {
     // Everything that can be refused without the broker is, before connecting.
     let job = Job::new(&cli.command, &config, cli.json)?;
     if let What::Save { req, signer, path } = &job.what {
-        let (cmd, _) = signed_command(
-            random_id()?,
-            now_ms(),
-            req.ttl,
-            req.target.clone(),
-            req.payload.clone(),
-            signer,
-            config.mqtt.max_packet_bytes,
-            "",
-        )?;
+        let (cmd, _) = sign_request(req, signer, config.mqtt.max_packet_bytes)?;
         cosign::save(path, &cmd)?;
         match job.json {
             true => output::document(&json!({"file": path, "command_id": hex(&cmd.id)})),
