@@ -214,7 +214,11 @@ fn run(args: &Args, pid: u32, api: &str, metrics: &str, http: &edge_agent::confi
         http.max_body_bytes, http.max_queued_bytes, http.max_connections, http.header_timeout_secs
     );
     println!("| idle sockets opened | {opened} of {} |", args.idle);
-    println!("| maximum-size requests | {} x {:.1} MiB, answers {codes:?}, {tries} tries in all |", args.requests, body.len() as f64 / MIB);
+    println!(
+        "| maximum-size requests | {} x {:.1} MiB, answers {codes:?}, {tries} tries in all |",
+        args.requests,
+        body.len() as f64 / MIB
+    );
     println!(
         "| refused (agent's count) | connections {}, busy (byte budget) {}, header_timeout {} |",
         refused("connections"),
@@ -223,7 +227,11 @@ fn run(args: &Args, pid: u32, api: &str, metrics: &str, http: &edge_agent::confi
     );
     println!("| agent RSS idle | {:.1} MiB |", idle_rss as f64 / MIB);
     println!("| agent RSS peak | {:.1} MiB |", peak / MIB);
-    println!("| bound (idle + 2 x max_queued_bytes + 16 MiB) | {:.1} MiB: {} |", bound / MIB, if peak < bound { "under" } else { "OVER" });
+    println!(
+        "| bound (idle + 2 x max_queued_bytes + 16 MiB) | {:.1} MiB: {} |",
+        bound / MIB,
+        if peak < bound { "under" } else { "OVER" }
+    );
     println!(
         "| MQTT link | {} ({scrapes} scrapes, {down} with the link down, {reconnects} reconnects) |",
         if link_up { "up throughout" } else { "WENT DOWN" }
