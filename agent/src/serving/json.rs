@@ -46,6 +46,7 @@
 //!   the messages that name an input and what the model expects of it;
 //! - `values`: one tensor value: the single walk over nested arrays that finds its shape,
 //!   checks it is rectangular and fits the model's, and converts the leaves to the dtype;
+//! - `data`: the Open Inference Protocol's `"data"`, elements beside a stated shape;
 //! - `response`: writing the outputs as JSON text, whole or unstacked into predictions.
 //!
 //! The Open Inference Protocol routes ([`super::v2`]) reuse the value walk and the writer
@@ -56,12 +57,16 @@
 //! values, shapes and positions inside a value. The round-trip tests live here too, as they
 //! exercise both directions.
 
+mod data;
 mod request;
 mod response;
 mod values;
 
-pub use request::{parse_data, parse_request};
+pub use data::parse_data;
+pub use request::parse_request;
 pub use response::{render_response, write_flat};
+
+use std::fmt::Write as _;
 
 use serde_json::value::RawValue;
 use tract_core::internal::*;
@@ -158,6 +163,51 @@ fn describe_str(s: &str) -> String {
     } else {
         format!("the string {:?}...", s.chars().take(32).collect::<String>())
     }
+}
+
+pub(super) fn input_err(spec: &InputSpec, row: bool, problem: String) -> JsonError {
+    let mut expected = expected(spec);
+    if row && !spec.shape.is_empty() {
+        let _ = write!(expected, ", each instance {}", fmt_spec_dims(&spec.shape[1..]));
+    }
+    JsonError::Input { name: spec.name.to_string(), expected, problem }
+}
+
+/// `f32 [?, 224, 224, 3]`.
+pub(super) fn expected(spec: &InputSpec) -> String {
+    format!("{} {}", dtype_name(spec.dtype), fmt_spec_dims(spec.shape))
+}
+
+/// `"a" (f32 [?, 3]), "b" (i64 [?])`, or `none` for a model without inputs.
+pub(super) fn list_specs(specs: &[InputSpec]) -> String {
+    if specs.is_empty() {
+        return "none".to_string();
+    }
+    specs.iter().map(|s| format!("\"{}\" ({})", s.name, expected(s))).collect::<Vec<_>>().join(", ")
+}
+
+fn dtype_name(dt: DatumType) -> String {
+    use DatumType as D;
+    match dt {
+        D::Bool => "bool".to_string(),
+        D::F16 => "f16".to_string(),
+        D::F32 => "f32".to_string(),
+        D::F64 => "f64".to_string(),
+        D::I8 => "i8".to_string(),
+        D::U8 => "u8".to_string(),
+        D::I16 => "i16".to_string(),
+        D::U16 => "u16".to_string(),
+        D::I32 => "i32".to_string(),
+        D::U32 => "u32".to_string(),
+        D::I64 => "i64".to_string(),
+        D::U64 => "u64".to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn fmt_spec_dims(dims: &[Option<usize>]) -> String {
+    let dims: Vec<String> = dims.iter().map(|d| d.map_or_else(|| "?".to_string(), |d| d.to_string())).collect();
+    format!("[{}]", dims.join(", "))
 }
 
 /// Helpers for the tests of this module and its submodules.

@@ -10,14 +10,12 @@
 //! its input's walk as the parser meets it: neither the instances nor the values are
 //! collected first.
 
-use std::fmt::Write as _;
-
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use tract_core::internal::*;
 
 use super::values::{check_shape, elements_for, Leaf, Node, Walk};
-use super::{describe, fmt_dims, fmt_path, Form, InputSpec, JsonError};
+use super::{describe, expected, fmt_dims, fmt_path, input_err, list_specs, Form, InputSpec, JsonError};
 
 /// Parses a request body into one tensor per model input, in `specs` order.
 pub fn parse_request(body: &[u8], specs: &[InputSpec]) -> Result<(Form, Vec<Tensor>), JsonError> {
@@ -49,63 +47,8 @@ pub fn parse_request(body: &[u8], specs: &[InputSpec]) -> Result<(Form, Vec<Tens
     }
 }
 
-/// Reads one input's elements given apart from its shape, as the Open Inference Protocol
-/// sends them (`"shape"` beside `"data"`): `value` holds the elements either flat, in C
-/// order, or nested as `shape`. `shape` must already fit the model's; the leaves follow the
-/// same dtype rules as a predict request's. A shape that claims more elements than the
-/// text has characters is refused before anything is allocated.
-pub fn parse_data(spec: &InputSpec, shape: &[usize], value: &RawValue) -> Result<Tensor, JsonError> {
-    let err = |problem| input_err(spec, false, problem);
-    let Some(elements) = elements_for(spec.dtype) else {
-        return Err(err(format!("the model's dtype {:?} cannot be sent as JSON", spec.dtype)));
-    };
-    let text = value.get();
-    let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    // Every element takes at least one character of the text.
-    let Some(count) = count.filter(|c| *c <= text.len()) else {
-        return Err(err(format!(
-            "\"shape\" {} claims {} elements, but \"data\" is only {} characters long",
-            fmt_dims(shape),
-            count.map_or_else(|| "more than memory holds".to_string(), |c| c.to_string()),
-            text.len()
-        )));
-    };
-    // Flat or nested: the walk cannot hold values to one shape; the text's length bounds it.
-    let mut walk = Walk::new(elements, None);
-    walk.elements.reserve(count);
-    walk.begin();
-    run(text, walk.seed()).map_err(|e| match walk.broken.take() {
-        Some(why) => err(why),
-        None => JsonError::Syntax(e),
-    })?;
-    // A lone scalar is the flat form of a one-element tensor.
-    let scalar = !text.starts_with('[');
-    let found = if scalar { vec![1] } else { walk.shape() };
-    let flat = found.len() == 1 && found[0] == count;
-    if found != shape && !flat {
-        return Err(err(format!(
-            "\"data\" has shape {} ({} elements), but \"shape\" is {} ({count} elements); send the elements flat \
-             in C order, or nested as \"shape\"",
-            fmt_dims(&found),
-            found.iter().product::<usize>(),
-            fmt_dims(shape)
-        )));
-    }
-    if let Some((path, problem)) = walk.bad.take() {
-        let path = if scalar {
-            "element 0".to_string()
-        } else if flat && found != shape {
-            format!("element {}", path[0])
-        } else {
-            fmt_path(&path)
-        };
-        return Err(err(format!("{path} is {problem}")));
-    }
-    walk.elements.into_tensor(shape).map_err(err)
-}
-
 /// Runs `seed` over a whole JSON text.
-fn run<'de, S: DeserializeSeed<'de>>(text: &'de str, seed: S) -> Result<S::Value, serde_json::Error> {
+pub(super) fn run<'de, S: DeserializeSeed<'de>>(text: &'de str, seed: S) -> Result<S::Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(text);
     let value = seed.deserialize(&mut de)?;
     de.end()?;
@@ -501,51 +444,6 @@ impl<'de> Visitor<'de> for Instance<'_, '_, '_> {
     }
 }
 
-fn input_err(spec: &InputSpec, row: bool, problem: String) -> JsonError {
-    let mut expected = expected(spec);
-    if row && !spec.shape.is_empty() {
-        let _ = write!(expected, ", each instance {}", fmt_spec_dims(&spec.shape[1..]));
-    }
-    JsonError::Input { name: spec.name.to_string(), expected, problem }
-}
-
-/// `f32 [?, 224, 224, 3]`.
-fn expected(spec: &InputSpec) -> String {
-    format!("{} {}", dtype_name(spec.dtype), fmt_spec_dims(spec.shape))
-}
-
-/// `"a" (f32 [?, 3]), "b" (i64 [?])`, or `none` for a model without inputs.
-fn list_specs(specs: &[InputSpec]) -> String {
-    if specs.is_empty() {
-        return "none".to_string();
-    }
-    specs.iter().map(|s| format!("\"{}\" ({})", s.name, expected(s))).collect::<Vec<_>>().join(", ")
-}
-
-fn dtype_name(dt: DatumType) -> String {
-    use DatumType as D;
-    match dt {
-        D::Bool => "bool".to_string(),
-        D::F16 => "f16".to_string(),
-        D::F32 => "f32".to_string(),
-        D::F64 => "f64".to_string(),
-        D::I8 => "i8".to_string(),
-        D::U8 => "u8".to_string(),
-        D::I16 => "i16".to_string(),
-        D::U16 => "u16".to_string(),
-        D::I32 => "i32".to_string(),
-        D::U32 => "u32".to_string(),
-        D::I64 => "i64".to_string(),
-        D::U64 => "u64".to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn fmt_spec_dims(dims: &[Option<usize>]) -> String {
-    let dims: Vec<String> = dims.iter().map(|d| d.map_or_else(|| "?".to_string(), |d| d.to_string())).collect();
-    format!("[{}]", dims.join(", "))
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
@@ -706,28 +604,5 @@ mod tests {
     fn unsupported_input_dtype() {
         let msg = err(r#"{"inputs": ["a"]}"#, &[spec("s", DatumType::String, &[None])]);
         assert_contains(&msg, &["\"s\"", "String", "cannot be sent as JSON"]);
-    }
-
-    // --- elements given beside their shape (Open Inference Protocol) ---
-
-    #[test]
-    fn data_flat_nested_or_scalar() {
-        let sp = spec("x", DatumType::F32, F32_N3);
-        let want = tensor2(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]]);
-        assert_eq!(parse_data(&sp, &[2, 3], &raw("[1, 2, 3, 4, 5, 6]")).unwrap(), want);
-        assert_eq!(parse_data(&sp, &[2, 3], &raw("[[1, 2, 3], [4, 5, 6]]")).unwrap(), want);
-        let one = spec("y", DatumType::I64, &[]);
-        assert_eq!(parse_data(&one, &[], &raw("7")).unwrap(), tensor0(7i64));
-    }
-
-    #[test]
-    fn data_count_or_shape_mismatch_names_both() {
-        let sp = spec("x", DatumType::F32, F32_N3);
-        let msg = parse_data(&sp, &[2, 3], &raw("[1, 2, 3]")).unwrap_err().to_string();
-        assert_contains(&msg, &["\"x\"", "[3] (3 elements)", "[2, 3] (6 elements)"]);
-        let msg = parse_data(&sp, &[2, 3], &raw("[[1, 2], [3, 4], [5, 6]]")).unwrap_err().to_string();
-        assert_contains(&msg, &["[3, 2]", "[2, 3]"]);
-        let msg = parse_data(&sp, &[1, 3], &raw(r#"[1, "x", 3]"#)).unwrap_err().to_string();
-        assert_contains(&msg, &["element 1", "\"x\"", "expected a number"]);
     }
 }
