@@ -17,6 +17,7 @@
 //! | `window` | the replay window file |
 //! | `outbox` | an outbox segment file, opened and drained |
 //! | `operators` | the key changes file |
+//! | `json` | a TF Serving JSON request body, against a two-input signature |
 //! | `tflite`, `onnx` | a model, imported and planned |
 
 use std::time::Duration;
@@ -27,7 +28,7 @@ use edge_proto::command::{verify, SigningKey, VerifyingKey};
 pub type Target = fn(&[u8]);
 
 /// The targets by name, for the drivers.
-pub const TARGETS: [(&str, Target); 10] = [
+pub const TARGETS: [(&str, Target); 11] = [
     ("command", command),
     ("chunk", chunk),
     ("need", need),
@@ -38,6 +39,7 @@ pub const TARGETS: [(&str, Target); 10] = [
     ("tflite", tflite),
     ("onnx", onnx),
     ("manifest", manifest),
+    ("json", json),
 ];
 
 /// The key the `command` corpus is signed with: a fuzzed command that keeps a valid
@@ -164,4 +166,16 @@ pub fn tflite(data: &[u8]) {
 /// An ONNX model.
 pub fn onnx(data: &[u8]) {
     import(crate::engine::Format::Onnx, data)
+}
+
+/// A TF Serving JSON request body (`/v1/models/M:predict`), for a model taking a float
+/// tensor with a free dimension and a fixed-size integer one.
+pub fn json(data: &[u8]) {
+    use crate::serving::json::{parse_request, InputSpec};
+    use tract_core::prelude::DatumType;
+    let specs = [
+        InputSpec { name: "x", dtype: DatumType::F32, shape: &[Some(1), None, Some(3)] },
+        InputSpec { name: "y", dtype: DatumType::I64, shape: &[Some(2)] },
+    ];
+    let _ = parse_request(data, &specs);
 }
