@@ -26,6 +26,9 @@ command -v curl >/dev/null || need_apt+=(curl)
 # libfaketime sets an agent's clock back in agent/tests/authority.rs (replay after the clock
 # goes back), without touching the machine's clock.
 compgen -G '/usr/lib/*/faketime/libfaketimeMT.so.1' >/dev/null || need_apt+=(libfaketime)
+# qemu-user runs the model-check child under emulation in agent/tests/engine.rs, as an arm
+# image tested on an x86 machine would (its resource limits must leave qemu room).
+command -v "qemu-$(uname -m)" >/dev/null || need_apt+=(qemu-user)
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -10,9 +10,9 @@
 //! | `no_new_privs` | gaining privileges through a set-uid program | — |
 //!
 //! The parent adds resource limits before the child starts ([`crate::engine::isolate`]):
-//! address space sized from the board, CPU time, no files written, no core dumps, and the
-//! child dies with the agent. Files the child opened before confining itself stay readable:
-//! that is how it reads the staged model. A layer the kernel lacks is reported (the
+//! address space sized from the board, CPU time, no file grown past 1 MiB, no core dumps,
+//! and the child dies with the agent. Files the child opened before confining itself stay
+//! readable: that is how it reads the staged model. A layer the kernel lacks is reported (the
 //! validation report carries [`Report`]) and the others still apply.
 
 /// What [`confine`] applied.

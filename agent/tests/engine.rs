@@ -153,3 +153,20 @@ fn checking_in_a_child_reports_support_and_survives_what_kills_the_child() {
     let err = check_in_child(program, &models_dir().join("rapidocr__PP-OCRv6_det_small.onnx"), hurried).unwrap_err();
     assert!(err.to_string().contains("did not finish"), "{err}");
 }
+
+#[test]
+fn checking_in_a_child_works_under_qemu_user_emulation() {
+    // An arm image tested on an x86 machine runs its children under qemu-user, which writes
+    // the /proc/self/maps it emulates to a temporary file: the child's file-size limit must
+    // leave room for it (a limit of 0 killed the child with SIGXFSZ before main).
+    // scripts/setup.sh installs qemu-user.
+    use edge_agent::engine::isolate::{run_child, Limits};
+    let qemu = format!("qemu-{}", std::env::consts::ARCH);
+    let agent = std::ffi::OsStr::new(env!("CARGO_BIN_EXE_edge-agent"));
+    let model = models_dir().join("mediapipe__hand_recrop.tflite");
+    let args = [agent, "inspect".as_ref(), "--model".as_ref(), model.as_os_str(), "--json".as_ref()];
+    let out = run_child(std::path::Path::new(&qemu), &args, Limits::default(), "recrop")
+        .unwrap_or_else(|e| panic!("{qemu} (scripts/setup.sh installs qemu-user): {e}"));
+    let report: edge_agent::engine::Inspection = serde_json::from_str(&out).unwrap();
+    assert!(report.supported, "{out}");
+}

@@ -4,7 +4,8 @@
 //! allocation failure aborts, a stack overflow kills the process, a pathological graph can
 //! spin for minutes. Before the agent adopts a file it did not ship with, it can have a
 //! child process (`edge-agent inspect --json`) load it under resource limits (address space,
-//! CPU time, no files written, no core dump, killed with the agent) and a deadline.
+//! CPU time, no file grown past a megabyte, no core dump, killed with the agent) and a
+//! deadline.
 //! Whatever happens to the child, the agent gets an error and keeps running. The OTA
 //! validation child also confines itself ([`crate::sandbox`]).
 
@@ -29,6 +30,13 @@ impl Default for Limits {
         Limits { memory_bytes: 1 << 30, timeout: Duration::from_secs(60) }
     }
 }
+
+/// The largest file the checking child may write or grow (`RLIMIT_FSIZE`), in bytes. Not 0:
+/// under qemu-user (an arm image tested on an x86 machine) the emulator writes the
+/// `/proc/self/maps` it shows the program into a temporary file, which a limit of 0 turns
+/// into SIGXFSZ before `main`. The OTA validation child cannot open a file for writing in
+/// the first place where Landlock is available ([`crate::sandbox`]).
+pub const FILE_SIZE_LIMIT: u64 = 1 << 20;
 
 /// The board's memory (`MemTotal` in /proc/meminfo), in bytes.
 pub fn board_memory_bytes() -> Option<u64> {
@@ -75,9 +83,9 @@ pub fn run_child(program: &Path, args: &[&std::ffi::OsStr], limits: Limits, what
                 };
                 set(libc::RLIMIT_AS, memory)?;
                 set(libc::RLIMIT_CPU, cpu_secs)?;
-                // No file grows (the child prints its report on a pipe) and no core dump
-                // writes the model's bytes to disk.
-                set(libc::RLIMIT_FSIZE, 0)?;
+                // No file grows past FILE_SIZE_LIMIT (the child prints its report on a
+                // pipe) and no core dump writes the model's bytes to disk.
+                set(libc::RLIMIT_FSIZE, FILE_SIZE_LIMIT)?;
                 set(libc::RLIMIT_CORE, 0)?;
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
