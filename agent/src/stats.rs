@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use edge_proto::telemetry::{ModelLatency, ModelStats, LATENCY_BUCKETS};
+use edge_proto::telemetry::{ModelLatency, ModelStats, VersionStats, LATENCY_BUCKETS};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,6 +17,10 @@ use prometheus_client::metrics::histogram::Histogram;
 
 /// How many recent latencies each model keeps for percentiles.
 const WINDOW: usize = 1024;
+
+/// How many versions of a model keep their figures (the active one and those before it):
+/// enough for a rollout's old and new and a rollback or two.
+pub const VERSIONS_KEPT: usize = 4;
 
 /// Label set of the per-model metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -79,6 +83,32 @@ struct Window {
     /// slot is over the top bound), and the sum of their latencies, since the start.
     buckets: [u64; LATENCY_BUCKETS.len() + 1],
     latency_sum_secs: f64,
+    /// The same per version, oldest activation first; `current` indexes the active one.
+    versions: Vec<VersionWindow>,
+    current: Option<usize>,
+}
+
+/// What one version did, as [`VersionStats`] reports it.
+#[derive(Debug, Default)]
+struct VersionWindow {
+    version: String,
+    requests: u64,
+    failures: u64,
+    timed: u64,
+    /// Not cumulative, as [`Window::buckets`].
+    buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    sum_secs: f64,
+}
+
+/// Cumulative counts of a histogram kept per bucket, without its overflow slot.
+fn cumulative(buckets: &[u64]) -> Vec<u64> {
+    buckets[..LATENCY_BUCKETS.len()]
+        .iter()
+        .scan(0, |total, n| {
+            *total += n;
+            Some(*total)
+        })
+        .collect()
 }
 
 /// How a request ended, as the health of a model version sees it.
@@ -181,12 +211,30 @@ impl InferenceStats {
             self.model_info.remove(&old);
         }
         self.model_info.get_or_create(&label).set(1);
+        drop(active);
+        let mut recent = self.recent.lock().expect("stats lock");
+        let w = recent.entry(model.to_string()).or_default();
+        let at = match w.versions.iter().position(|v| v.version == version) {
+            Some(at) => at,
+            None => {
+                if w.versions.len() == VERSIONS_KEPT {
+                    // The oldest activation goes; the active one is never the oldest here.
+                    w.versions.remove(0);
+                }
+                w.versions.push(VersionWindow { version: version.to_string(), ..Default::default() });
+                w.versions.len() - 1
+            }
+        };
+        w.current = Some(at);
     }
 
     /// `model` no longer serves: its `model_info` goes.
     pub fn deactivated(&self, model: &str) {
         if let Some(old) = self.active.lock().expect("stats lock").remove(model) {
             self.model_info.remove(&old);
+        }
+        if let Some(w) = self.recent.lock().expect("stats lock").get_mut(model) {
+            w.current = None;
         }
     }
 
@@ -216,8 +264,20 @@ impl InferenceStats {
         let w = recent.entry(model.to_string()).or_default();
         w.requests += 1;
         let secs = elapsed.as_secs_f64();
-        w.buckets[LATENCY_BUCKETS.partition_point(|&le| le < secs)] += 1;
+        let bucket = LATENCY_BUCKETS.partition_point(|&le| le < secs);
+        w.buckets[bucket] += 1;
         w.latency_sum_secs += secs;
+        // A request that began before an activation and ends after it counts for the new
+        // version, as in the health window.
+        if let Some(v) = w.current.and_then(|at| w.versions.get_mut(at)) {
+            v.requests += 1;
+            v.failures += u64::from(outcome.is_failure());
+            if timed {
+                v.timed += 1;
+                v.buckets[bucket] += 1;
+                v.sum_secs += secs;
+            }
+        }
         if outcome != Outcome::Ok {
             w.errors += 1;
         }
@@ -256,15 +316,31 @@ impl InferenceStats {
         let recent = self.recent.lock().expect("stats lock");
         recent
             .iter()
-            .map(|(name, w)| {
-                let buckets: Vec<u64> = w.buckets[..LATENCY_BUCKETS.len()]
-                    .iter()
-                    .scan(0, |total, n| {
-                        *total += n;
-                        Some(*total)
-                    })
-                    .collect();
-                ModelLatency { name: name.clone(), buckets, count: w.requests, sum_secs: w.latency_sum_secs }
+            .map(|(name, w)| ModelLatency {
+                name: name.clone(),
+                buckets: cumulative(&w.buckets),
+                count: w.requests,
+                sum_secs: w.latency_sum_secs,
+            })
+            .collect()
+    }
+
+    /// Telemetry's per-version figures: every version kept of every model, since the start.
+    pub fn versions(&self) -> Vec<VersionStats> {
+        let recent = self.recent.lock().expect("stats lock");
+        recent
+            .iter()
+            .flat_map(|(name, w)| {
+                w.versions.iter().enumerate().map(move |(at, v)| VersionStats {
+                    name: name.clone(),
+                    version: v.version.clone(),
+                    active: w.current == Some(at),
+                    requests: v.requests,
+                    failures: v.failures,
+                    buckets: cumulative(&v.buckets),
+                    timed: v.timed,
+                    sum_secs: v.sum_secs,
+                })
             })
             .collect()
     }
@@ -384,6 +460,35 @@ mod tests {
         s.deactivated("m");
         let text = exposition(&s);
         assert!(!text.contains("model_info{"), "a removed model still has a model_info:\n{text}");
+    }
+
+    #[test]
+    fn each_version_keeps_its_own_figures_across_activations() {
+        let s = InferenceStats::default();
+        s.activated("m", "1", "onnx");
+        for _ in 0..4 {
+            s.end("m", Duration::from_millis(1), Outcome::Ok);
+        }
+        s.activated("m", "2", "onnx");
+        s.end("m", Duration::from_millis(100), Outcome::Ok);
+        s.end("m", Duration::from_millis(100), Outcome::ModelError);
+        s.end("m", Duration::from_millis(100), Outcome::ClientError);
+        // A rollback: version 1 goes on from its own figures.
+        s.activated("m", "1", "onnx");
+        s.end("m", Duration::from_millis(1), Outcome::Timeout);
+        let [v1, v2] = s.versions().try_into().unwrap();
+        assert_eq!((v1.version.as_str(), v1.active, v1.requests, v1.failures, v1.timed), ("1", true, 5, 1, 5));
+        assert_eq!((v2.version.as_str(), v2.active, v2.requests, v2.failures, v2.timed), ("2", false, 3, 1, 1));
+        assert_eq!(v1.latency_quantile(0.95), Some(0.0016));
+        assert_eq!(v2.latency_quantile(0.95), Some(0.1024));
+        // Only the last VERSIONS_KEPT versions stay.
+        for v in 3..=6 {
+            s.activated("m", &v.to_string(), "onnx");
+        }
+        let kept: Vec<String> = s.versions().into_iter().map(|v| v.version).collect();
+        assert_eq!(kept, ["3", "4", "5", "6"]);
+        s.deactivated("m");
+        assert!(s.versions().iter().all(|v| !v.active));
     }
 
     #[test]
