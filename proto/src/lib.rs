@@ -24,6 +24,7 @@ pub mod command;
 pub mod deployments;
 pub mod inventory;
 pub mod ota;
+pub mod rollouts;
 pub mod status;
 pub mod telemetry;
 pub mod topics;

@@ -1,0 +1,406 @@
+//! Staged rollouts: a group deployment handed to the members wave by wave, each wave judged
+//! by how the new version does on its devices against the version it replaced there
+//! ([`judge`]), halted with the operator's signed cancel when a wave fails.
+//!
+//! ```text
+//! edgectl rollout ──POST /v1/rollouts──> create: deployment admitting wave 0, rollout row
+//! telemetry v4 ──> ingest ──> on_telemetry: per-version figures of devices in rollouts
+//! tick (every TICK) ──> step each running rollout:
+//!     judge(wave) ── Wait ──> figures kept for `rollout status`
+//!                 ── Pass ──> next wave admitted (or awaiting approval; or completed: all)
+//!                 ── Fail ──> the signed cancel relayed, deployment ended: halted
+//! ```
+//!
+//! Like deployments, the state is in the database: a step is written only from the revision
+//! it read, so replicas can all tick; the actions after a write (admitting, cancelling) are
+//! repeatable, and the next tick redoes an admission a crash cut short.
+
+pub mod api;
+pub mod judge;
+pub mod store;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use edge_proto::command::{Command, Payload, Target};
+use edge_proto::deployments::{to_hex, CancelDeployment, NewDeployment};
+use edge_proto::rollouts::{Decision, NewRollout, Rollout, RolloutState, Wave};
+use edge_proto::telemetry::VersionStats;
+use sha2::{Digest, Sha256};
+
+use crate::db::{now_ms, Db, DbError};
+use crate::deployments::{DeployError, Deployments};
+use judge::{judge, Member, Verdict};
+use store::{Look, Row, Spec};
+
+/// Why a rollout was not created or approved.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// The request is wrong: the message says how.
+    #[error("{0}")]
+    Bad(String),
+    /// No such rollout.
+    #[error("no rollout {0}")]
+    NotFound(String),
+    /// It is not waiting for approval.
+    #[error("rollout {id} is {state}, not awaiting approval")]
+    NotAwaiting {
+        /// The rollout.
+        id: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The deployment underneath refused.
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// The rollouts.
+#[derive(Debug, Clone)]
+pub struct Rollouts {
+    db: Db,
+    deployments: Deployments,
+    /// Devices admitted to unfinished rollouts: whose per-version figures are kept.
+    watched: Arc<RwLock<HashSet<String>>>,
+}
+
+/// The order waves take a group's members in: by a hash of the rollout and the device, so
+/// that every rollout starts on other devices and the order does not follow naming.
+fn order(id: &str, mut members: Vec<String>) -> Vec<String> {
+    let key = |d: &String| Sha256::digest(format!("{id}/{d}").as_bytes());
+    members.sort_by_cached_key(key);
+    members
+}
+
+impl Rollouts {
+    /// The rollouts over `db`, creating and cancelling through `deployments`.
+    pub fn new(db: Db, deployments: Deployments) -> Self {
+        Rollouts { db, deployments, watched: Arc::default() }
+    }
+
+    /// Checks and stores a rollout, creating its deployment for the first wave.
+    pub async fn create(&self, new: &NewRollout) -> Result<Rollout, RolloutError> {
+        let bad = |m: String| RolloutError::Bad(m);
+        if new.waves.is_empty() {
+            return Err(bad("a rollout needs at least one wave (e.g. 1,10%,50%,100%)".into()));
+        }
+        if new.wave_timeout_secs == 0 {
+            return Err(bad("wave_timeout_secs must be over 0".into()));
+        }
+        let cmd = decode(&new.command, "command")?;
+        let Target::Group(group) = &cmd.target else {
+            return Err(bad("a rollout's command must target a group (--group)".into()));
+        };
+        let Some(manifest) = cmd.payload.manifest() else {
+            return Err(bad("a rollout's command must be a deploy-model command".into()));
+        };
+        let abort = decode(&new.abort_command, "abort_command")?;
+        match (&abort.payload, &abort.target) {
+            (Payload::Cancel { command_id }, Target::Group(g)) if *command_id == cmd.id && g == group => {}
+            _ => {
+                return Err(bad(format!(
+                    "abort_command must be a signed cancel of command {} for group {group}",
+                    to_hex(&cmd.id)
+                )))
+            }
+        }
+        let id = to_hex(&cmd.id);
+        if let Some(existing) = self.db.rollout(&id).await? {
+            return Ok(self.view(&existing));
+        }
+        let members: Vec<String> = self.db.devices(Some(group)).await?.into_iter().map(|d| d.device).collect();
+        if members.is_empty() {
+            return Err(bad(format!("group {group} has no members the fleet service knows of")));
+        }
+        let now = now_ms();
+        let mut row = Row {
+            id: id.clone(),
+            group: group.clone(),
+            model: manifest.name.clone(),
+            version: manifest.version.clone(),
+            spec: Spec {
+                waves: new.waves.clone(),
+                gates: new.gates.clone(),
+                approve_each: new.approve_each,
+                wave_timeout_secs: new.wave_timeout_secs,
+            },
+            abort_command: edge_proto::deployments::from_hex(&new.abort_command).unwrap_or_default(),
+            members: order(&id, members),
+            wave: 0,
+            wave_started_at: now,
+            state: RolloutState::Running,
+            look: Look::default(),
+            decisions: vec![],
+            created_at: now,
+            rev: 0,
+        };
+        let first = row.members[..row.admitted_count(0)].to_vec();
+        let deployment = NewDeployment { command: new.command.clone(), artifact_sha256: new.artifact_sha256.clone() };
+        self.watch(&first);
+        self.deployments.create_admitting(&deployment, Some(first.clone())).await?;
+        if !self.db.insert_rollout(&row).await? {
+            row = self.db.rollout(&id).await?.ok_or_else(|| RolloutError::NotFound(id.clone()))?;
+        }
+        tracing::info!(rollout = %id, group, model = %row.model, version = %row.version, first = ?first, "rollout started");
+        Ok(self.view(&row))
+    }
+
+    /// One rollout.
+    pub async fn get(&self, id: &str) -> Result<Option<Rollout>, DbError> {
+        Ok(self.db.rollout(id).await?.map(|r| self.view(&r)))
+    }
+
+    /// Every rollout, newest first.
+    pub async fn list(&self) -> Result<Vec<Rollout>, DbError> {
+        Ok(self.db.rollouts(false).await?.iter().map(|r| self.view(r)).collect())
+    }
+
+    /// Lets a rollout waiting for approval go on to its next wave.
+    pub async fn approve(&self, id: &str) -> Result<Rollout, RolloutError> {
+        loop {
+            let mut r = self.db.rollout(id).await?.ok_or_else(|| RolloutError::NotFound(id.into()))?;
+            if r.state != RolloutState::AwaitingApproval {
+                return Err(RolloutError::NotAwaiting { id: id.into(), state: r.state.name() });
+            }
+            r.decisions.push(Decision {
+                at: now_ms(),
+                wave: r.wave,
+                verdict: "approved".into(),
+                reason: "by the operator".into(),
+            });
+            r.wave += 1;
+            r.wave_started_at = now_ms();
+            r.state = RolloutState::Running;
+            r.look = Look::default();
+            if self.db.update_rollout(&r).await? {
+                r.rev += 1;
+                self.admit(&r).await?;
+                return Ok(self.view(&r));
+            }
+        }
+    }
+
+    /// A device's telemetry carried per-version figures: kept if it is in a rollout.
+    pub async fn on_telemetry(&self, device: &str, versions: &[VersionStats]) -> Result<(), DbError> {
+        if versions.is_empty() || !self.watched.read().expect("watched lock").contains(device) {
+            return Ok(());
+        }
+        self.db.put_versions(device, versions).await
+    }
+
+    fn watch(&self, devices: &[String]) {
+        self.watched.write().expect("watched lock").extend(devices.iter().cloned());
+    }
+
+    /// The periodic pass: judges every running rollout's wave and acts on the verdict.
+    pub async fn tick(&self) -> Result<(), RolloutError> {
+        let unfinished = self.db.rollouts(true).await?;
+        let mut watched = HashSet::new();
+        for r in &unfinished {
+            watched.extend(r.members[..r.admitted_count(r.wave)].iter().cloned());
+        }
+        *self.watched.write().expect("watched lock") = watched;
+        for r in unfinished {
+            let id = r.id.clone();
+            if let Err(e) = self.step(r).await {
+                tracing::warn!(rollout = %id, "rollout step failed, next tick retries: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    async fn step(&self, mut r: Row) -> Result<(), RolloutError> {
+        let Some(d) = self.db.deployment(&r.id).await? else { return Ok(()) };
+        if d.state != "active" {
+            r.state = RolloutState::Halted;
+            let reason = format!("its deployment is {}", d.state);
+            r.decisions.push(Decision { at: now_ms(), wave: r.wave, verdict: "failed".into(), reason });
+            self.db.update_rollout(&r).await?;
+            return Ok(());
+        }
+        // Redo an admission a crash cut short (repeatable).
+        let expected = &r.members[..r.admitted_count(r.wave)];
+        if d.admitted.as_deref() != Some(expected) {
+            self.admit(&r).await?;
+        }
+        if r.state != RolloutState::Running {
+            return Ok(());
+        }
+        let now = now_ms();
+        let devices = r.wave_devices(r.wave).to_vec();
+        let progress: BTreeMap<String, _> = self
+            .db
+            .deployment_devices(&r.id)
+            .await?
+            .into_iter()
+            .map(|row| (row.device.clone(), row.progress))
+            .collect();
+        let mut known = Vec::with_capacity(devices.len());
+        for device in &devices {
+            let active = self
+                .db
+                .device(device)
+                .await?
+                .and_then(|k| k.models.into_iter().find(|m| m.name == r.model).and_then(|m| m.active_version));
+            known.push((active, self.db.versions(device, &r.model).await?));
+        }
+        let members: Vec<Member<'_>> = devices
+            .iter()
+            .zip(&known)
+            .map(|(device, (active, versions))| Member {
+                device,
+                progress: progress.get(device).map(|p| (p.state.name(), p.detail.as_deref())),
+                active: active.as_deref(),
+                versions,
+            })
+            .collect();
+        let timeout_ms = (r.spec.wave_timeout_secs as i64).saturating_mul(1000);
+        let j = if members.is_empty() {
+            judge::Judgement {
+                figures: Default::default(),
+                devices: vec![],
+                verdict: Verdict::Pass("the wave adds no device".into()),
+            }
+        } else {
+            judge(&r.spec.gates, &r.version, &members, now - r.wave_started_at, timeout_ms)
+        };
+        let committed: Vec<String> = devices
+            .iter()
+            .filter(|d| progress.get(*d).is_some_and(|p| p.state.name() == "succeeded"))
+            .cloned()
+            .collect();
+        r.look = Look { figures: Some(j.figures), devices: j.devices, note: String::new() };
+        match j.verdict {
+            Verdict::Wait(note) => {
+                r.look.note = note;
+                self.db.update_rollout(&r).await?;
+            }
+            Verdict::Pass(reason) => {
+                r.decisions.push(Decision { at: now, wave: r.wave, verdict: "passed".into(), reason });
+                let last = r.wave + 1 >= r.spec.waves.len();
+                if last {
+                    // Every member, and those that join later, from now on.
+                    self.deployments.admit(&r.id, None).await?;
+                    r.state = RolloutState::Completed;
+                    r.decisions.push(Decision {
+                        at: now,
+                        wave: r.wave,
+                        verdict: "completed".into(),
+                        reason: "every wave passed".into(),
+                    });
+                } else if r.spec.approve_each {
+                    r.state = RolloutState::AwaitingApproval;
+                } else {
+                    r.wave += 1;
+                    r.wave_started_at = now;
+                    r.look = Look::default();
+                }
+                if self.db.update_rollout(&r).await? {
+                    tracing::info!(rollout = %r.id, wave = r.wave, state = r.state.name(), "rollout wave passed");
+                    if r.state == RolloutState::Running {
+                        self.admit(&r).await?;
+                    }
+                }
+            }
+            Verdict::Fail(reason) => {
+                // The cancel first: a crash after it leaves a rollout whose deployment is
+                // cancelled, which the next tick halts.
+                let cancel = CancelDeployment { command: to_hex(&r.abort_command) };
+                match self.deployments.cancel(&r.id, &cancel).await {
+                    Ok(_) | Err(DeployError::NotActive { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let mut reason = format!("{reason}; the wave's devices were sent the cancel (rolled back on trial)");
+                if !committed.is_empty() {
+                    reason.push_str(&format!(
+                        "; {} had already ended their trial and keep {}: roll them back with `edgectl cmd rollback`",
+                        committed.join(", "),
+                        r.version
+                    ));
+                }
+                tracing::warn!(rollout = %r.id, wave = r.wave, "rollout halted: {reason}");
+                r.decisions.push(Decision { at: now, wave: r.wave, verdict: "failed".into(), reason });
+                r.state = RolloutState::Halted;
+                self.db.update_rollout(&r).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Admits the members up to `r`'s current wave to its deployment.
+    async fn admit(&self, r: &Row) -> Result<(), RolloutError> {
+        let admitted = r.members[..r.admitted_count(r.wave)].to_vec();
+        self.watch(&admitted);
+        let reached = self.deployments.admit(&r.id, Some(&admitted)).await?;
+        if reached > 0 {
+            tracing::info!(rollout = %r.id, wave = r.wave, devices = reached, "wave admitted");
+        }
+        Ok(())
+    }
+
+    fn view(&self, r: &Row) -> Rollout {
+        let waves = (0..r.spec.waves.len())
+            .map(|w| {
+                let state = match (w.cmp(&r.wave), r.state) {
+                    (std::cmp::Ordering::Less, _) => "passed",
+                    (std::cmp::Ordering::Greater, _) => "pending",
+                    (_, RolloutState::Running) => "running",
+                    (_, RolloutState::Halted) => "failed",
+                    _ => "passed",
+                };
+                let current = w == r.wave;
+                Wave {
+                    size: r.spec.waves[w],
+                    devices: r.wave_devices(w).to_vec(),
+                    state: state.into(),
+                    figures: if current { r.look.figures.clone() } else { None },
+                    device_figures: if current { r.look.devices.clone() } else { vec![] },
+                }
+            })
+            .collect();
+        let mut decisions = r.decisions.clone();
+        if r.state == RolloutState::Running && !r.look.note.is_empty() {
+            decisions.push(Decision {
+                at: now_ms(),
+                wave: r.wave,
+                verdict: "waiting".into(),
+                reason: r.look.note.clone(),
+            });
+        }
+        Rollout {
+            id: r.id.clone(),
+            group: r.group.clone(),
+            model: r.model.clone(),
+            version: r.version.clone(),
+            state: r.state,
+            wave: r.wave,
+            waves,
+            gates: r.spec.gates.clone(),
+            decisions,
+            created_at: r.created_at,
+        }
+    }
+}
+
+fn decode(hex: &str, what: &str) -> Result<Command, RolloutError> {
+    let bytes = edge_proto::deployments::from_hex(hex).ok_or_else(|| RolloutError::Bad(format!("{what}: not hex")))?;
+    edge_proto::decode::<Command>(&bytes).map_err(|e| RolloutError::Bad(format!("{what} does not decode: {e}")))
+}
+
+/// Runs [`Rollouts::tick`] every [`crate::deployments::TICK`] until `cancel`.
+pub async fn ticker(rollouts: Rollouts, cancel: tokio_util::sync::CancellationToken) {
+    let mut interval = tokio::time::interval(crate::deployments::TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        if let Err(e) = rollouts.tick().await {
+            tracing::warn!("rollout pass failed, next in {:?}: {e}", crate::deployments::TICK);
+        }
+    }
+}
