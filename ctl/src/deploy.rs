@@ -50,6 +50,9 @@ pub enum DeployError {
     /// Building, signing or sending the command failed.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// A rollout's target, waves or gates are wrong: the message says how.
+    #[error("{0}")]
+    Rollout(String),
     /// The chunk size does not fit.
     #[error("--chunk-size {chunk_size}: {problem}")]
     ChunkSize {
