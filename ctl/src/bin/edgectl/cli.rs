@@ -442,6 +442,10 @@ pub struct DeployArgs {
 pub struct RolloutArgs {
     #[command(subcommand)]
     pub cmd: Option<RolloutCmd>,
+    // Two optional groups side by side: clap 4.6 leaves an optional group `None` when the
+    // group nests another flattened one.
+    #[command(flatten)]
+    pub what: Option<ModelArgs>,
     #[command(flatten)]
     pub start: Option<RolloutStart>,
 }
@@ -449,8 +453,6 @@ pub struct RolloutArgs {
 /// A new rollout: what to install, where, in which waves, judged by which gates.
 #[derive(Args)]
 pub struct RolloutStart {
-    #[command(flatten)]
-    pub what: ModelArgs,
     /// The group to roll out to.
     #[arg(long)]
     pub group: String,

@@ -12,14 +12,14 @@ use edgectl::deployments::FLEET_DEFAULT_TTL;
 use edgectl::fleet::Service;
 use edgectl::rollout::{self, Policy};
 
-use crate::cli::{RolloutArgs, RolloutCmd, RolloutStart};
+use crate::cli::{ModelArgs, RolloutArgs, RolloutCmd, RolloutStart};
 
 /// How often a followed rollout is looked at.
 const POLL: Duration = Duration::from_secs(2);
 
 /// Runs `edgectl rollout …`; the verdict is whether it completed (or the query worked).
 pub async fn run(svc: &Service, config: &CtlConfig, args: &RolloutArgs, json: bool) -> Result<bool> {
-    match (&args.cmd, &args.start) {
+    match (&args.cmd, (&args.what, &args.start)) {
         (Some(RolloutCmd::List), _) => {
             let all = edgectl::fleet::rollouts(svc).await?;
             if json {
@@ -53,8 +53,8 @@ pub async fn run(svc: &Service, config: &CtlConfig, args: &RolloutArgs, json: bo
             }
             Ok(true)
         }
-        (None, Some(start)) => {
-            let r = begin(svc, config, start).await?;
+        (None, (Some(what), Some(start))) => {
+            let r = begin(svc, config, what, start).await?;
             if start.detach {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r)?);
@@ -72,15 +72,15 @@ pub async fn run(svc: &Service, config: &CtlConfig, args: &RolloutArgs, json: bo
             }
             follow(svc, &r.id, json).await
         }
-        (None, None) => bail!(
+        (None, _) => bail!(
             "give --group, --model, --name and --version to start a rollout, or one of list, status, watch, approve"
         ),
     }
 }
 
-async fn begin(svc: &Service, config: &CtlConfig, start: &RolloutStart) -> Result<Rollout> {
-    let mut req = crate::model_request(&start.what, Target::Group(start.group.clone()))?;
-    req.ttl = start.what.ttl.map_or(FLEET_DEFAULT_TTL, Duration::from_secs);
+async fn begin(svc: &Service, config: &CtlConfig, what: &ModelArgs, start: &RolloutStart) -> Result<Rollout> {
+    let mut req = crate::model_request(what, Target::Group(start.group.clone()))?;
+    req.ttl = what.ttl.map_or(FLEET_DEFAULT_TTL, Duration::from_secs);
     check_chunk_size(req.chunk_size, config.mqtt.max_packet_bytes)?;
     let file = match &start.policy {
         Some(p) => Policy::load(p).map_err(anyhow::Error::msg)?,
