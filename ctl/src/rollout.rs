@@ -80,7 +80,7 @@ impl Policy {
             max_error_rate: self.max_error_rate.or(d.max_error_rate),
             min_requests: self.min_requests.unwrap_or(d.min_requests),
         };
-        if gates.max_p95_ratio.is_some_and(|r| !(r > 0.0)) {
+        if gates.max_p95_ratio.is_some_and(|r| r.is_nan() || r <= 0.0) {
             return Err("max_p95_ratio must be over 0 (e.g. 1.3: at most 30 % slower)".into());
         }
         if gates.max_error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
