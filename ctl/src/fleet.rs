@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use edge_proto::deployments::{CancelDeployment, Deployment, NewDeployment};
 use edge_proto::inventory::Device;
-use edge_proto::rollouts::{NewRollout, Rollout};
+use edge_proto::rollouts::{NewRollout, Rollout, VersionReport};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde::de::DeserializeOwned;
@@ -157,6 +157,13 @@ pub async fn deployment(svc: &Service, id: &str) -> Result<Deployment, FleetErro
     let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
     let path = format!("{prefix}/v1/deployments/{}", percent_encode(id));
     json(url, call(svc, &authority, "GET", &path, None, TIMEOUT).await?)
+}
+
+/// A model's versions pooled over the devices that ran them; `since_secs` bounds how old a
+/// device's figures may be.
+pub async fn model_versions(svc: &Service, model: &str, since_secs: Option<u64>) -> Result<VersionReport, FleetError> {
+    let query = since_secs.map(|s| format!("?since_secs={s}")).unwrap_or_default();
+    get_json(svc, &format!("/v1/models/{}/versions{query}", percent_encode(model))).await
 }
 
 /// Starts a rollout.

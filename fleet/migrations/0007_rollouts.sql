@@ -26,8 +26,9 @@ CREATE TABLE rollouts (
 );
 CREATE INDEX rollouts_by_state ON rollouts (state);
 
--- Each device's last per-version figures (telemetry version 4), kept for the devices of
--- running rollouts only: what a wave is judged on.
+-- Each device's last per-version figures (telemetry version 4): what a rollout's wave is
+-- judged on (kept from every sample of its devices) and what `GET /v1/models/{name}/versions`
+-- pools (kept once a minute from the others).
 CREATE TABLE device_versions (
     device      TEXT NOT NULL,
     model       TEXT NOT NULL,

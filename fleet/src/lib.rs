@@ -72,6 +72,7 @@ pub mod retention;
 pub mod rollouts;
 pub mod series;
 pub mod session;
+pub mod versions;
 
 use tokio_util::sync::CancellationToken;
 
@@ -143,7 +144,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetE
     let retention = tokio::spawn(retention::run(db.clone(), store.clone(), keep, cancel.clone()));
     let mut router = http::router(db.clone(), metrics.clone())
         .merge(deployments::api::router(deployments.clone()))
-        .merge(rollouts::api::router(rollouts.clone()));
+        .merge(rollouts::api::router(rollouts.clone()))
+        .merge(versions::router(db.clone()));
     if let Some(token) = &token {
         router = router.layer(axum::middleware::from_fn_with_state(token.clone(), http::require_token));
     }

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::*;
-use edge_proto::rollouts::{Rollout, RolloutState};
+use edge_proto::rollouts::{Rollout, RolloutState, VersionReport};
 
 /// Version 1, and the good version 3: the same small model (`input_1`, 1x256x256x3).
 const FAST: &str = "mediapipe__hand_recrop.tflite";
@@ -202,4 +202,15 @@ fn a_slow_version_halts_at_the_canary_and_a_good_one_goes_through_every_wave() {
     });
     let answered = traffic.stop();
     assert!(answered.iter().all(|&n| n > 0), "{answered:?}");
+
+    // A/B across the fleet: the slow version's latency against the others', side by side.
+    let out = edgectl(&ctl, &["--json", "compare", "hand"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: VersionReport = serde_json::from_slice(&out.stdout).unwrap();
+    let version = |v: &str| report.versions.iter().find(|x| x.version == v).unwrap_or_else(|| panic!("{report:#?}"));
+    let (v1, v2, v3) = (version("1"), version("2"), version("3"));
+    assert_eq!((v1.devices, v2.devices, v3.devices, v3.active_on), (3, 1, 3, 3), "{report:#?}");
+    assert!(v2.p95_ms.unwrap() > 2.0 * v1.p95_ms.unwrap(), "{report:#?}");
+    let table = String::from_utf8_lossy(&edgectl(&ctl, &["compare", "hand"]).stdout).to_string();
+    assert!(table.lines().filter(|l| l.starts_with(['1', '2', '3'])).count() == 3, "{table}");
 }

@@ -13,7 +13,9 @@
 //!   [`Rollout`];
 //! - `GET /v1/rollouts`: every [`Rollout`], newest first;
 //! - `GET /v1/rollouts/{id}`: one;
-//! - `POST /v1/rollouts/{id}/approve`: lets a rollout waiting for approval go on.
+//! - `POST /v1/rollouts/{id}/approve`: lets a rollout waiting for approval go on;
+//! - `GET /v1/models/{name}/versions[?since_secs=N]`: a [`VersionReport`], every version of a
+//!   model pooled over the devices that ran it (A/B across the fleet).
 
 use serde::{Deserialize, Serialize};
 
@@ -244,6 +246,42 @@ pub struct Rollout {
     pub decisions: Vec<Decision>,
     /// Created, ms since the Unix epoch.
     pub created_at: i64,
+}
+
+/// A model's versions side by side, each pooled over the devices that report figures of it
+/// (cumulative since each agent started; devices silent for longer than the report's window
+/// are left out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionReport {
+    /// Model name.
+    pub model: String,
+    /// Devices whose figures were updated within this many seconds.
+    pub since_secs: u64,
+    /// Every version reported, by label.
+    pub versions: Vec<VersionSummary>,
+}
+
+/// One version pooled over devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionSummary {
+    /// Version label.
+    pub version: String,
+    /// Devices that report figures of it.
+    pub devices: u64,
+    /// Of which run it now.
+    pub active_on: u64,
+    /// Requests it served.
+    pub requests: u64,
+    /// Of which the model's failures.
+    pub failures: u64,
+    /// Failures over requests.
+    pub error_rate: f64,
+    /// Latency quantiles, ms (upper bounds of histogram buckets).
+    pub p50_ms: Option<f64>,
+    /// 95th percentile.
+    pub p95_ms: Option<f64>,
+    /// 99th percentile.
+    pub p99_ms: Option<f64>,
 }
 
 #[cfg(test)]

@@ -99,6 +99,21 @@ impl VersionStats {
     pub fn latency_quantile(&self, q: f64) -> Option<f64> {
         quantile(&self.buckets, self.timed, q)
     }
+
+    /// Adds `other`'s figures to these (several devices pooled): counts and histograms sum.
+    /// A histogram of another length than [`LATENCY_BUCKETS`] is left out, its counts kept.
+    pub fn merge(&mut self, other: &VersionStats) {
+        self.requests += other.requests;
+        self.failures += other.failures;
+        if other.buckets.len() == LATENCY_BUCKETS.len() {
+            self.buckets.resize(LATENCY_BUCKETS.len(), 0);
+            for (total, n) in self.buckets.iter_mut().zip(&other.buckets) {
+                *total += n;
+            }
+            self.timed += other.timed;
+            self.sum_secs += other.sum_secs;
+        }
+    }
 }
 
 /// The `q` quantile of a cumulative histogram with the bounds [`LATENCY_BUCKETS`] and `count`

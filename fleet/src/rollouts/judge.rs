@@ -18,7 +18,7 @@
 //! version work before it goes further, and a wave that saw nothing has not.
 
 use edge_proto::rollouts::{Figures, Gates};
-use edge_proto::telemetry::{quantile, VersionStats, LATENCY_BUCKETS};
+use edge_proto::telemetry::{VersionStats, LATENCY_BUCKETS};
 
 /// A device of the wave, as the database knows it.
 #[derive(Debug, Clone, Copy)]
@@ -170,50 +170,27 @@ fn figures(version: &str, m: &Member<'_>) -> Figures {
     }
 }
 
-/// Histograms of several devices, summed.
-#[derive(Default)]
-struct Sum {
-    buckets: Vec<u64>,
-    timed: u64,
-}
-
-impl Sum {
-    fn add(&mut self, v: &VersionStats) {
-        if v.buckets.len() != LATENCY_BUCKETS.len() {
-            return;
-        }
-        self.buckets.resize(LATENCY_BUCKETS.len(), 0);
-        for (total, n) in self.buckets.iter_mut().zip(&v.buckets) {
-            *total += n;
-        }
-        self.timed += v.timed;
-    }
-
-    fn p95_ms(&self) -> Option<f64> {
-        quantile(&self.buckets, self.timed, 0.95).map(|s| s * 1e3)
-    }
-}
-
 struct Pooled {
     figures: Figures,
 }
 
 fn pool(version: &str, members: &[Member<'_>]) -> Pooled {
-    let (mut new_sum, mut old_sum) = (Sum::default(), Sum::default());
-    let mut f = Figures::default();
+    let (mut new_sum, mut old_sum) = (VersionStats::default(), VersionStats::default());
     for m in members {
         if let Some(v) = new(version, m) {
-            f.requests += v.requests;
-            f.failures += v.failures;
-            new_sum.add(v);
+            new_sum.merge(v);
         }
         if let Some(v) = old(version, m) {
-            f.old_requests += v.requests;
-            old_sum.add(v);
+            old_sum.merge(v);
         }
     }
-    f.p95_ms = new_sum.p95_ms();
-    f.old_p95_ms = old_sum.p95_ms();
+    let f = Figures {
+        requests: new_sum.requests,
+        failures: new_sum.failures,
+        p95_ms: p95_ms(&new_sum),
+        old_requests: old_sum.requests,
+        old_p95_ms: p95_ms(&old_sum),
+    };
     Pooled { figures: f }
 }
 

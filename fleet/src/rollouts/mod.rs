@@ -19,8 +19,8 @@ pub mod api;
 pub mod judge;
 pub mod store;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
 use edge_proto::command::{Command, Payload, Target};
 use edge_proto::deployments::{to_hex, CancelDeployment, NewDeployment};
@@ -63,9 +63,16 @@ pub enum RolloutError {
 pub struct Rollouts {
     db: Db,
     deployments: Deployments,
-    /// Devices admitted to unfinished rollouts: whose per-version figures are kept.
+    /// Devices admitted to unfinished rollouts: their per-version figures are kept from
+    /// every sample.
     watched: Arc<RwLock<HashSet<String>>>,
+    /// When each other device's figures were last kept (ms), by this process.
+    kept_at: Arc<Mutex<HashMap<String, i64>>>,
 }
+
+/// How often the per-version figures of a device outside rollouts are kept (for
+/// [`crate::versions`]): a write per device and minute at most, whatever the telemetry rate.
+pub const KEEP_EVERY_MS: i64 = 60_000;
 
 /// The order waves take a group's members in: by a hash of the rollout and the device, so
 /// that every rollout starts on other devices and the order does not follow naming.
@@ -78,7 +85,7 @@ fn order(id: &str, mut members: Vec<String>) -> Vec<String> {
 impl Rollouts {
     /// The rollouts over `db`, creating and cancelling through `deployments`.
     pub fn new(db: Db, deployments: Deployments) -> Self {
-        Rollouts { db, deployments, watched: Arc::default() }
+        Rollouts { db, deployments, watched: Arc::default(), kept_at: Arc::default() }
     }
 
     /// Checks and stores a rollout, creating its deployment for the first wave.
@@ -183,10 +190,19 @@ impl Rollouts {
         }
     }
 
-    /// A device's telemetry carried per-version figures: kept if it is in a rollout.
+    /// A device's telemetry carried per-version figures: kept from every sample of a device
+    /// in a rollout, otherwise once per [`KEEP_EVERY_MS`].
     pub async fn on_telemetry(&self, device: &str, versions: &[VersionStats]) -> Result<(), DbError> {
-        if versions.is_empty() || !self.watched.read().expect("watched lock").contains(device) {
+        if versions.is_empty() {
             return Ok(());
+        }
+        let now = now_ms();
+        if !self.watched.read().expect("watched lock").contains(device) {
+            let mut kept = self.kept_at.lock().expect("kept lock");
+            if kept.get(device).is_some_and(|&at| now - at < KEEP_EVERY_MS) {
+                return Ok(());
+            }
+            kept.insert(device.to_string(), now);
         }
         self.db.put_versions(device, versions).await
     }

@@ -75,6 +75,16 @@ pub enum Command {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Compare a model's versions across the fleet (A/B): each version's requests, error rate
+    /// and latency percentiles, pooled over the devices that ran it, side by side. Needs
+    /// `[fleet] url` in ctl.toml.
+    Compare {
+        /// Model name.
+        model: String,
+        /// Leave out devices whose figures are older than this many seconds (default a day).
+        #[arg(long)]
+        since: Option<u64>,
+    },
     /// Make the operator key pair that signs commands: DIR/operator.key (secret, 0600) and
     /// DIR/operator.pub (for the devices' [ota] trusted_keys). Never overwrites.
     Keygen {

@@ -53,6 +53,16 @@ pub fn run(command: &Command, config: &CtlConfig, json: bool) -> Result<Option<b
                 })
                 .map(Some)
         }
+        Command::Compare { model, since } => {
+            let url = &config.fleet_service()?;
+            let report = runtime()?.block_on(edgectl::fleet::model_versions(url, model, *since))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                crate::rollout_cmd::print_versions(&report);
+            }
+            Ok(Some(true))
+        }
         Command::Rollout(args) => {
             let url = &config.fleet_service()?;
             runtime()?.block_on(crate::rollout_cmd::run(url, config, args, json)).map(Some)

@@ -262,6 +262,7 @@ impl What {
             | Command::Completions { .. }
             | Command::Man { .. }
             | Command::Devices { .. }
+            | Command::Compare { .. }
             | Command::Cosign { .. }
             | Command::Deployments { .. }
             | Command::Rollout(_) => {

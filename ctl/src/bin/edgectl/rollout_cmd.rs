@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use edge_proto::command::Target;
-use edge_proto::rollouts::{Decision, Figures, Rollout, RolloutState};
+use edge_proto::rollouts::{Decision, Figures, Rollout, RolloutState, VersionReport};
 use edgectl::config::CtlConfig;
 use edgectl::deploy::check_chunk_size;
 use edgectl::deployments::FLEET_DEFAULT_TTL;
@@ -178,5 +178,37 @@ fn print_status(r: &Rollout) {
     }
     for d in &r.decisions {
         println!("  {}", decision(d));
+    }
+}
+
+/// `edgectl compare`: a model's versions side by side.
+pub fn print_versions(r: &VersionReport) {
+    println!("model {} (devices updated within {} s)", r.model, r.since_secs);
+    if r.versions.is_empty() {
+        println!("no device reports figures of it (agents send them from telemetry version 4)");
+        return;
+    }
+    println!(
+        "{:<16} {:>8} {:>7} {:>10} {:>9} {:>8} {:>10} {:>10} {:>10}",
+        "VERSION", "DEVICES", "ACTIVE", "REQUESTS", "FAILURES", "ERRORS", "P50", "P95", "P99"
+    );
+    let ms = |v: Option<f64>| match v {
+        Some(v) if v.is_finite() => format!("{v} ms"),
+        Some(_) => "over top".into(),
+        None => "-".into(),
+    };
+    for v in &r.versions {
+        println!(
+            "{:<16} {:>8} {:>7} {:>10} {:>9} {:>7.2}% {:>10} {:>10} {:>10}",
+            v.version,
+            v.devices,
+            v.active_on,
+            v.requests,
+            v.failures,
+            v.error_rate * 100.0,
+            ms(v.p50_ms),
+            ms(v.p95_ms),
+            ms(v.p99_ms)
+        );
     }
 }
