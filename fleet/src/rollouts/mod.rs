@@ -6,9 +6,10 @@
 //! edgectl rollout ──POST /v1/rollouts──> create: deployment admitting wave 0, rollout row
 //! telemetry v4 ──> ingest ──> on_telemetry: per-version figures of devices in rollouts
 //! tick (every TICK) ──> step each running rollout:
-//!     judge(wave) ── Wait ──> figures kept for `rollout status`
-//!                 ── Pass ──> next wave admitted (or awaiting approval; or completed: all)
-//!                 ── Fail ──> the signed cancel relayed, deployment ended: halted
+//!     judge(wave) ──> progress::after (pure) ──> act and write:
+//!         Wait ──> figures kept for `rollout status`
+//!         Pass ──> next wave admitted (or awaiting approval; or completed: all)
+//!         Fail ──> the signed cancel relayed, deployment ended: halted
 //! ```
 //!
 //! Like deployments, the state is in the database: a step is written only from the revision
@@ -17,6 +18,7 @@
 
 pub mod api;
 pub mod judge;
+pub mod progress;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,7 +32,8 @@ use sha2::{Digest, Sha256};
 
 use crate::db::{now_ms, Db, DbError};
 use crate::deployments::{DeployError, Deployments};
-use judge::{judge, Member, Verdict};
+use judge::{judge, Judgement, Member, Verdict};
+use progress::{Action, Transition};
 use store::{Look, Row, Spec};
 
 /// Why a rollout was not created or approved.
@@ -168,24 +171,13 @@ impl Rollouts {
     /// Lets a rollout waiting for approval go on to its next wave.
     pub async fn approve(&self, id: &str) -> Result<Rollout, RolloutError> {
         loop {
-            let mut r = self.db.rollout(id).await?.ok_or_else(|| RolloutError::NotFound(id.into()))?;
+            let r = self.db.rollout(id).await?.ok_or_else(|| RolloutError::NotFound(id.into()))?;
             if r.state != RolloutState::AwaitingApproval {
                 return Err(RolloutError::NotAwaiting { id: id.into(), state: r.state.name() });
             }
-            r.decisions.push(Decision {
-                at: now_ms(),
-                wave: r.wave,
-                verdict: "approved".into(),
-                reason: "by the operator".into(),
-            });
-            r.wave += 1;
-            r.wave_started_at = now_ms();
-            r.state = RolloutState::Running;
-            r.look = Look::default();
-            if self.db.update_rollout(&r).await? {
-                r.rev += 1;
-                self.admit(&r).await?;
-                return Ok(self.view(&r));
+            let t = progress::approved(&r, now_ms());
+            if let Some(row) = self.apply(t).await? {
+                return Ok(self.view(&row));
             }
         }
     }
@@ -228,24 +220,21 @@ impl Rollouts {
         Ok(())
     }
 
-    async fn step(&self, mut r: Row) -> Result<(), RolloutError> {
+    async fn step(&self, r: Row) -> Result<(), RolloutError> {
         let Some(d) = self.db.deployment(&r.id).await? else { return Ok(()) };
+        let now = now_ms();
         if d.state != "active" {
-            r.state = RolloutState::Halted;
-            let reason = format!("its deployment is {}", d.state);
-            r.decisions.push(Decision { at: now_ms(), wave: r.wave, verdict: "failed".into(), reason });
-            self.db.update_rollout(&r).await?;
+            self.apply(progress::deployment_ended(&r, &d.state, now)).await?;
             return Ok(());
         }
         // Redo an admission a crash cut short (repeatable).
         let expected = &r.members[..r.admitted_count(r.wave)];
         if d.admitted.as_deref() != Some(expected) {
-            self.admit(&r).await?;
+            self.admit(&r.id, Some(expected.to_vec()), r.wave).await?;
         }
         if r.state != RolloutState::Running {
             return Ok(());
         }
-        let now = now_ms();
         let devices = r.wave_devices(r.wave).to_vec();
         let progress: BTreeMap<String, _> = self
             .db
@@ -274,8 +263,8 @@ impl Rollouts {
             })
             .collect();
         let timeout_ms = (r.spec.wave_timeout_secs as i64).saturating_mul(1000);
-        let j = if members.is_empty() {
-            judge::Judgement {
+        let judgement = if members.is_empty() {
+            Judgement {
                 figures: Default::default(),
                 devices: vec![],
                 verdict: Verdict::Pass("the wave adds no device".into()),
@@ -288,71 +277,53 @@ impl Rollouts {
             .filter(|d| progress.get(*d).is_some_and(|p| p.state.name() == "succeeded"))
             .cloned()
             .collect();
-        r.look = Look { figures: Some(j.figures), devices: j.devices, note: String::new() };
-        match j.verdict {
-            Verdict::Wait(note) => {
-                r.look.note = note;
-                self.db.update_rollout(&r).await?;
-            }
-            Verdict::Pass(reason) => {
-                r.decisions.push(Decision { at: now, wave: r.wave, verdict: "passed".into(), reason });
-                let last = r.wave + 1 >= r.spec.waves.len();
-                if last {
-                    // Every member, and those that join later, from now on.
-                    self.deployments.admit(&r.id, None).await?;
-                    r.state = RolloutState::Completed;
-                    r.decisions.push(Decision {
-                        at: now,
-                        wave: r.wave,
-                        verdict: "completed".into(),
-                        reason: "every wave passed".into(),
-                    });
-                } else if r.spec.approve_each {
-                    r.state = RolloutState::AwaitingApproval;
-                } else {
-                    r.wave += 1;
-                    r.wave_started_at = now;
-                    r.look = Look::default();
-                }
-                if self.db.update_rollout(&r).await? {
-                    tracing::info!(rollout = %r.id, wave = r.wave, state = r.state.name(), "rollout wave passed");
-                    if r.state == RolloutState::Running {
-                        self.admit(&r).await?;
-                    }
-                }
-            }
-            Verdict::Fail(reason) => {
-                // The cancel first: a crash after it leaves a rollout whose deployment is
-                // cancelled, which the next tick halts.
-                let cancel = CancelDeployment { command: to_hex(&r.abort_command) };
-                match self.deployments.cancel(&r.id, &cancel).await {
-                    Ok(_) | Err(DeployError::NotActive { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                let mut reason = format!("{reason}; the wave's devices were sent the cancel (rolled back on trial)");
-                if !committed.is_empty() {
-                    reason.push_str(&format!(
-                        "; {} had already ended their trial and keep {}: roll them back with `edgectl cmd rollback`",
-                        committed.join(", "),
-                        r.version
-                    ));
-                }
-                tracing::warn!(rollout = %r.id, wave = r.wave, "rollout halted: {reason}");
-                r.decisions.push(Decision { at: now, wave: r.wave, verdict: "failed".into(), reason });
-                r.state = RolloutState::Halted;
-                self.db.update_rollout(&r).await?;
-            }
-        }
+        self.apply(progress::after(&r, judgement, &committed, now)).await?;
         Ok(())
     }
 
-    /// Admits the members up to `r`'s current wave to its deployment.
-    async fn admit(&self, r: &Row) -> Result<(), RolloutError> {
-        let admitted = r.members[..r.admitted_count(r.wave)].to_vec();
-        self.watch(&admitted);
-        let reached = self.deployments.admit(&r.id, Some(&admitted)).await?;
+    /// Acts and writes as `t` says; the row as written, or `None` when another writer got
+    /// there first (nothing after the write is done then).
+    async fn apply(&self, t: Transition) -> Result<Option<Row>, RolloutError> {
+        if let Some(action) = &t.before {
+            self.act(&t.row, action).await?;
+        }
+        if !self.db.update_rollout(&t.row).await? {
+            return Ok(None);
+        }
+        let row = Row { rev: t.row.rev + 1, ..t.row };
+        // A wait carries its note; every other transition ends in a decision, logged once.
+        if row.look.note.is_empty() {
+            if let Some(d) = row.decisions.last() {
+                tracing::info!(rollout = %row.id, wave = d.wave + 1, state = row.state.name(), "{}: {}", d.verdict, d.reason);
+            }
+        }
+        if let Some(action) = &t.after {
+            self.act(&row, action).await?;
+        }
+        Ok(Some(row))
+    }
+
+    async fn act(&self, r: &Row, action: &Action) -> Result<(), RolloutError> {
+        match action {
+            Action::Admit(admitted) => self.admit(&r.id, admitted.clone(), r.wave).await,
+            Action::Cancel => {
+                let cancel = CancelDeployment { command: to_hex(&r.abort_command) };
+                match self.deployments.cancel(&r.id, &cancel).await {
+                    Ok(_) | Err(DeployError::NotActive { .. }) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// Lets `admitted` members (all, with `None`) of rollout `id` be sent its deployment.
+    async fn admit(&self, id: &str, admitted: Option<Vec<String>>, wave: usize) -> Result<(), RolloutError> {
+        if let Some(a) = &admitted {
+            self.watch(a);
+        }
+        let reached = self.deployments.admit(id, admitted.as_deref()).await?;
         if reached > 0 {
-            tracing::info!(rollout = %r.id, wave = r.wave, devices = reached, "wave admitted");
+            tracing::info!(rollout = %id, wave = wave + 1, devices = reached, "wave admitted");
         }
         Ok(())
     }
