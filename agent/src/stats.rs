@@ -70,6 +70,8 @@ pub struct InferenceStats {
     active: Mutex<HashMap<String, ModelInfoLabel>>,
     /// What each version's tensors hold ([`crate::tensor_stats`]).
     pub tensors: crate::tensor_stats::TensorStats,
+    /// The shadows' counters ([`crate::serving::shadow`]).
+    pub shadow: crate::serving::shadow::ShadowMetrics,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +100,38 @@ struct VersionWindow {
     /// Not cumulative, as [`Window::buckets`].
     buckets: [u64; LATENCY_BUCKETS.len() + 1],
     sum_secs: f64,
+    shadow: bool,
+    compared: u64,
+    agreed: u64,
+    max_abs_diff: f64,
+}
+
+impl Window {
+    /// The index of `version`'s figures, made if need be. Past [`VERSIONS_KEPT`], the
+    /// oldest version that is neither active nor a shadow goes.
+    fn version_at(&mut self, version: &str) -> usize {
+        if let Some(at) = self.versions.iter().position(|v| v.version == version) {
+            return at;
+        }
+        if self.versions.len() >= VERSIONS_KEPT {
+            let current = self.current;
+            if let Some(gone) = (0..self.versions.len()).find(|&i| Some(i) != current && !self.versions[i].shadow) {
+                self.versions.remove(gone);
+                self.current = current.map(|c| if c > gone { c - 1 } else { c });
+            }
+        }
+        self.versions.push(VersionWindow { version: version.to_string(), ..Default::default() });
+        self.versions.len() - 1
+    }
+}
+
+/// How a shadow's outputs compared with the active version's for one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Comparison {
+    /// Whether they agree (see [`VersionStats::agreed`]).
+    pub agreed: bool,
+    /// The largest absolute difference of an element (infinite when shapes differ).
+    pub max_abs_diff: f64,
 }
 
 /// Cumulative counts of a histogram kept per bucket, without its overflow slot.
@@ -177,6 +211,7 @@ impl Default for InferenceStats {
             model_info: Family::default(),
             active: Mutex::new(HashMap::new()),
             tensors: Default::default(),
+            shadow: Default::default(),
         }
     }
 }
@@ -214,18 +249,49 @@ impl InferenceStats {
         drop(active);
         let mut recent = self.recent.lock().expect("stats lock");
         let w = recent.entry(model.to_string()).or_default();
-        let at = match w.versions.iter().position(|v| v.version == version) {
-            Some(at) => at,
-            None => {
-                if w.versions.len() == VERSIONS_KEPT {
-                    // The oldest activation goes; the active one is never the oldest here.
-                    w.versions.remove(0);
-                }
-                w.versions.push(VersionWindow { version: version.to_string(), ..Default::default() });
-                w.versions.len() - 1
-            }
-        };
+        let at = w.version_at(version);
+        w.versions[at].shadow = false;
         w.current = Some(at);
+    }
+
+    /// `version` of `model` runs as a shadow of the active version from now on (the only
+    /// shadow of `model`).
+    pub fn shadow_started(&self, model: &str, version: &str) {
+        let mut recent = self.recent.lock().expect("stats lock");
+        let w = recent.entry(model.to_string()).or_default();
+        let at = w.version_at(version);
+        for (i, v) in w.versions.iter_mut().enumerate() {
+            v.shadow = i == at;
+        }
+    }
+
+    /// `model` has no shadow any more.
+    pub fn shadow_ended(&self, model: &str) {
+        if let Some(w) = self.recent.lock().expect("stats lock").get_mut(model) {
+            w.versions.iter_mut().for_each(|v| v.shadow = false);
+        }
+    }
+
+    /// The shadow `version` of `model` ran a copied request in `elapsed`: `compared` is how
+    /// its outputs compared with the active version's, `None` when it failed.
+    pub fn shadow_ran(&self, model: &str, version: &str, elapsed: Duration, compared: Option<Comparison>) {
+        let mut recent = self.recent.lock().expect("stats lock");
+        let Some(v) = recent.get_mut(model).and_then(|w| w.versions.iter_mut().find(|v| v.version == version)) else {
+            return;
+        };
+        v.requests += 1;
+        match compared {
+            None => v.failures += 1,
+            Some(c) => {
+                let secs = elapsed.as_secs_f64();
+                v.timed += 1;
+                v.buckets[LATENCY_BUCKETS.partition_point(|&le| le < secs)] += 1;
+                v.sum_secs += secs;
+                v.compared += 1;
+                v.agreed += u64::from(c.agreed);
+                v.max_abs_diff = v.max_abs_diff.max(c.max_abs_diff);
+            }
+        }
     }
 
     /// `model` no longer serves: its `model_info` goes.
@@ -340,6 +406,10 @@ impl InferenceStats {
                     buckets: cumulative(&v.buckets),
                     timed: v.timed,
                     sum_secs: v.sum_secs,
+                    shadow: v.shadow,
+                    compared: v.compared,
+                    agreed: v.agreed,
+                    max_abs_diff: v.max_abs_diff,
                 })
             })
             .collect()
@@ -489,6 +559,31 @@ mod tests {
         assert_eq!(kept, ["3", "4", "5", "6"]);
         s.deactivated("m");
         assert!(s.versions().iter().all(|v| !v.active));
+    }
+
+    #[test]
+    fn a_shadow_keeps_its_own_figures_and_comparisons_beside_the_active_version() {
+        let s = InferenceStats::default();
+        s.activated("m", "1", "onnx");
+        s.shadow_started("m", "2");
+        s.end("m", Duration::from_millis(1), Outcome::Ok);
+        s.shadow_ran("m", "2", Duration::from_millis(10), Some(Comparison { agreed: true, max_abs_diff: 0.0 }));
+        s.shadow_ran("m", "2", Duration::from_millis(10), Some(Comparison { agreed: false, max_abs_diff: 3.5 }));
+        s.shadow_ran("m", "2", Duration::from_millis(10), None);
+        let [v1, v2] = s.versions().try_into().unwrap();
+        assert_eq!((v1.active, v1.shadow, v1.requests, v1.compared), (true, false, 1, 0));
+        assert_eq!((v2.active, v2.shadow, v2.requests, v2.failures, v2.timed), (false, true, 3, 1, 2));
+        assert_eq!((v2.compared, v2.agreed, v2.max_abs_diff), (2, 1, 3.5));
+        assert_eq!(v2.agreement(), Some(0.5));
+        // Kept past VERSIONS_KEPT activations while it is the shadow; promoted, it is active.
+        for v in 3..=6 {
+            s.activated("m", &v.to_string(), "onnx");
+        }
+        assert!(s.versions().iter().any(|v| v.version == "2" && v.shadow));
+        s.activated("m", "2", "onnx");
+        let v2 = s.versions().into_iter().find(|v| v.version == "2").unwrap();
+        assert!(v2.active && !v2.shadow);
+        s.shadow_ended("m");
     }
 
     #[test]

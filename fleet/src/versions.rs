@@ -109,6 +109,10 @@ mod tests {
             buckets: (0..LATENCY_BUCKETS.len()).map(|i| if i >= bucket { requests } else { 0 }).collect(),
             timed: requests,
             sum_secs: 0.0,
+            shadow: false,
+            compared: 0,
+            agreed: 0,
+            max_abs_diff: 0.0,
         }
     }
 

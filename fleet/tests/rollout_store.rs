@@ -66,6 +66,10 @@ fn figures(version: &str, requests: u64) -> VersionStats {
         buckets: vec![requests; LATENCY_BUCKETS.len()],
         timed: requests,
         sum_secs: 0.5,
+        shadow: false,
+        compared: 0,
+        agreed: 0,
+        max_abs_diff: 0.0,
     }
 }
 

@@ -89,6 +89,17 @@ pub struct VersionStats {
     pub timed: u64,
     /// Sum of their latencies, seconds.
     pub sum_secs: f64,
+    /// Whether it runs as a shadow of the active version now (a shadow deploy): its
+    /// requests are copies of sampled live requests, its answers never returned.
+    pub shadow: bool,
+    /// As a shadow: requests whose outputs were compared with the active version's.
+    pub compared: u64,
+    /// Of which agreed: the same arg-max for outputs of scores, every element within
+    /// 0.1 % of the active output's largest magnitude (at least 0.001) for the others.
+    pub agreed: u64,
+    /// As a shadow: the largest absolute difference seen from the active version's outputs
+    /// (infinite when their shapes differed).
+    pub max_abs_diff: f64,
 }
 
 impl VersionStats {
@@ -113,6 +124,15 @@ impl VersionStats {
             self.timed += other.timed;
             self.sum_secs += other.sum_secs;
         }
+        self.shadow |= other.shadow;
+        self.compared += other.compared;
+        self.agreed += other.agreed;
+        self.max_abs_diff = self.max_abs_diff.max(other.max_abs_diff);
+    }
+
+    /// Agreed over compared; `None` before any comparison.
+    pub fn agreement(&self) -> Option<f64> {
+        (self.compared > 0).then(|| self.agreed as f64 / self.compared as f64)
     }
 }
 
@@ -432,6 +452,10 @@ mod tests {
                 buckets: LATENCY_BUCKETS.iter().enumerate().map(|(i, _)| (i as u64).min(2)).collect(),
                 timed: 2,
                 sum_secs: 0.004,
+                shadow: false,
+                compared: 0,
+                agreed: 0,
+                max_abs_diff: 0.0,
             }],
         }
     }

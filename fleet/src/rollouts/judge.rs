@@ -210,6 +210,10 @@ mod tests {
             buckets: (0..LATENCY_BUCKETS.len()).map(|i| if i >= first { requests } else { 0 }).collect(),
             timed: requests,
             sum_secs: secs * requests as f64,
+            shadow: false,
+            compared: 0,
+            agreed: 0,
+            max_abs_diff: 0.0,
         }
     }
 

@@ -87,10 +87,11 @@ pub struct Cosignature {
 
 impl Versioned for Command {
     /// Version 2 carries [`Payload::DeployModelContent`]; version 3 adds the fleet id and
-    /// cosignatures, and carries the key changes. A command goes in the oldest version
-    /// that can carry it ([`Command::required_version`]), so that older agents keep
-    /// reading what they can act on.
-    const VERSION: u16 = 3;
+    /// cosignatures, and carries the key changes; version 4 (the same envelope as 3) carries
+    /// shadow deploys. A command goes in the oldest version that can carry it
+    /// ([`Command::required_version`]), so that older agents keep reading what they can act
+    /// on.
+    const VERSION: u16 = 4;
     const OLDEST: u16 = 1;
     fn version(&self) -> u16 {
         self.version
@@ -214,6 +215,23 @@ pub enum Payload {
         /// [`key_id`] of the key.
         key_id: [u8; 8],
     },
+    /// Receive, verify, validate and install a version as [`Payload::DeployModel`] (or
+    /// `DeployModelContent`, the `deploy` inside) does, then run it as a **shadow** of the
+    /// active version instead of activating it: it gets a copy of `sample_pct` % of the
+    /// model's requests on a spare worker, its outputs are compared with the active
+    /// version's and never returned. `activate` promotes it, `end-shadow` discards it.
+    /// Version 4.
+    Shadow {
+        /// The deploy: [`Payload::DeployModel`] or [`Payload::DeployModelContent`].
+        deploy: Box<Payload>,
+        /// Share of requests copied to the shadow, 1-100.
+        sample_pct: u8,
+    },
+    /// Stop the shadow of a model (the version stays installed). Version 4.
+    EndShadow {
+        /// Model name.
+        name: String,
+    },
 }
 
 impl Payload {
@@ -226,12 +244,26 @@ impl Payload {
         }
     }
 
-    /// The manifest of a deploy payload.
+    /// The manifest of a deploy payload (a shadow deploy's too).
     pub fn manifest(&self) -> Option<&Manifest> {
         match self {
             Payload::DeployModel(m) | Payload::DeployModelContent(m) => Some(m),
+            Payload::Shadow { deploy, .. } => deploy.manifest(),
             _ => None,
         }
+    }
+
+    /// The share of requests a shadow deploy copies; `None` for every other payload.
+    pub fn shadow_pct(&self) -> Option<u8> {
+        match self {
+            Payload::Shadow { sample_pct, .. } => Some(*sample_pct),
+            _ => None,
+        }
+    }
+
+    /// A shadow deploy of `manifest` on `sample_pct` % of the requests.
+    pub fn shadow(manifest: Manifest, sample_pct: u8) -> Payload {
+        Payload::Shadow { deploy: Box::new(Payload::deploy(manifest)), sample_pct }
     }
 
     /// The oldest command envelope version that may carry this payload.
@@ -239,6 +271,7 @@ impl Payload {
         match self {
             Payload::DeployModelContent(_) => 2,
             Payload::AddOperator(_) | Payload::RevokeKey { .. } => 3,
+            Payload::Shadow { .. } | Payload::EndShadow { .. } => 4,
             _ => 1,
         }
     }

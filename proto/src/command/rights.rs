@@ -101,6 +101,8 @@ impl Payload {
             Payload::Cancel { .. } => "cancel",
             Payload::AddOperator(_) => "add-operator",
             Payload::RevokeKey { .. } => "revoke-key",
+            Payload::Shadow { .. } => "shadow",
+            Payload::EndShadow { .. } => "end-shadow",
         }
     }
 
@@ -113,7 +115,9 @@ impl Payload {
             | Payload::Activate { .. }
             | Payload::Rollback { .. }
             | Payload::RemoveModel { .. }
-            | Payload::Cancel { .. } => Role::Deploy,
+            | Payload::Cancel { .. }
+            | Payload::Shadow { .. }
+            | Payload::EndShadow { .. } => Role::Deploy,
             Payload::SetConfig { .. }
             | Payload::Erase
             | Payload::Restart
@@ -131,7 +135,10 @@ impl Payload {
     /// Whether this command hands a deployment to a device: the one kind the fleet service
     /// may hold and deliver for days (docs/protocol.md, "Lifetime of a deployment").
     pub fn is_deployment(&self) -> bool {
-        matches!(self, Payload::DeployModel(_) | Payload::DeployModelContent(_) | Payload::Cancel { .. })
+        matches!(
+            self,
+            Payload::DeployModel(_) | Payload::DeployModelContent(_) | Payload::Shadow { .. } | Payload::Cancel { .. }
+        )
     }
 }
 
