@@ -11,6 +11,7 @@
 //! max_p95_ratio = 1.3
 //! max_error_rate = 0.01
 //! min_requests = 200
+//! min_agreement = 0.98     # in shadow (--shadow PCT)
 //! wave_timeout_secs = 1800
 //! approve_each = false
 //! ```
@@ -44,6 +45,8 @@ pub struct Policy {
     pub max_error_rate: Option<f64>,
     /// `--min-requests`.
     pub min_requests: Option<u64>,
+    /// `--min-agreement` (in shadow).
+    pub min_agreement: Option<f64>,
     /// `--wave-timeout`, seconds.
     pub wave_timeout_secs: Option<u64>,
     /// `--approve-each`.
@@ -64,6 +67,7 @@ impl Policy {
             max_p95_ratio: flags.max_p95_ratio.or(self.max_p95_ratio),
             max_error_rate: flags.max_error_rate.or(self.max_error_rate),
             min_requests: flags.min_requests.or(self.min_requests),
+            min_agreement: flags.min_agreement.or(self.min_agreement),
             wave_timeout_secs: flags.wave_timeout_secs.or(self.wave_timeout_secs),
             approve_each: flags.approve_each.or(self.approve_each),
         }
@@ -79,7 +83,11 @@ impl Policy {
             max_p95_ratio: self.max_p95_ratio.or(d.max_p95_ratio),
             max_error_rate: self.max_error_rate.or(d.max_error_rate),
             min_requests: self.min_requests.unwrap_or(d.min_requests),
+            min_agreement: self.min_agreement,
         };
+        if gates.min_agreement.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            return Err("min_agreement is a share between 0 and 1 (e.g. 0.98)".into());
+        }
         if gates.max_p95_ratio.is_some_and(|r| r.is_nan() || r <= 0.0) {
             return Err("max_p95_ratio must be over 0 (e.g. 1.3: at most 30 % slower)".into());
         }
@@ -94,8 +102,14 @@ impl Policy {
     }
 }
 
-/// Plans and signs `req` (a group deployment) and its cancel, uploads the artifact and
-/// starts the rollout on the service.
+/// The longest a device takes a pre-signed promotion or end of shadow for (they are not
+/// deployments: agents cap them at `[ota] max_command_lifetime_secs`, 24 h by default). A
+/// shadow rollout must be through within it.
+pub const SHADOW_COMMAND_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Plans and signs `req` (a group deployment, or with `req.shadow` a shadow deploy with its
+/// promotion and end of shadow) and its cancel, uploads the artifact and starts the rollout
+/// on the service.
 pub async fn start(
     svc: &fleet::Service,
     signer: &Signer,
@@ -119,9 +133,24 @@ pub async fn start(
         max_packet_bytes,
         "",
     )?;
+    let (mut promote_command, mut end_shadow_command) = (None, None);
+    if req.shadow.is_some() {
+        if gates.min_agreement.is_none() {
+            return Err(DeployError::Rollout("a shadow rollout needs --min-agreement (e.g. 0.98)".into()).into());
+        }
+        let sign = |payload| {
+            let ttl = req.ttl.min(SHADOW_COMMAND_TTL);
+            signed_command(random_id()?, now, ttl, req.target.clone(), payload, signer, max_packet_bytes, "")
+                .map(|(_, bytes)| hex(&bytes))
+        };
+        promote_command = Some(sign(Payload::Activate { name: req.name.clone(), version: req.version.clone() })?);
+        end_shadow_command = Some(sign(Payload::EndShadow { name: req.name.clone() })?);
+    }
     let sha256 = hex(&edge_proto::ota::sha256(&plan.artifact));
     fleet::upload_artifact(svc, &sha256, plan.artifact).await?;
     let new = NewRollout {
+        promote_command,
+        end_shadow_command,
         command: hex(&plan.command_bytes),
         artifact_sha256: sha256,
         abort_command: hex(&abort),
@@ -158,7 +187,10 @@ mod tests {
         let flags = Policy { min_requests: Some(50), ..Default::default() };
         let (waves, gates, approve, timeout) = file.or(flags).resolve().unwrap();
         assert_eq!(waves, [WaveSize::Devices(1), WaveSize::Percent(100.0)]);
-        assert_eq!(gates, Gates { max_p95_ratio: Some(1.3), max_error_rate: Some(0.01), min_requests: 50 });
+        assert_eq!(
+            gates,
+            Gates { max_p95_ratio: Some(1.3), max_error_rate: Some(0.01), min_requests: 50, min_agreement: None }
+        );
         assert_eq!((approve, timeout), (false, DEFAULT_WAVE_TIMEOUT));
         assert!(toml::from_str::<Policy>("max_p95 = 2").unwrap_err().to_string().contains("unknown field"));
         let bad = Policy { max_error_rate: Some(5.0), ..Default::default() };

@@ -213,4 +213,71 @@ fn a_slow_version_halts_at_the_canary_and_a_good_one_goes_through_every_wave() {
     assert!(v2.p95_ms.unwrap() > 2.0 * v1.p95_ms.unwrap(), "{report:#?}");
     let table = String::from_utf8_lossy(&edgectl(&ctl, &["compare", "hand"]).stdout).to_string();
     assert!(table.lines().filter(|l| l.starts_with(['1', '2', '3'])).count() == 3, "{table}");
+
+    // In shadow first: version 4 answers differently (weights changed) and is halted in
+    // shadow, never activated anywhere; version 5 (version 3's model) agrees and is promoted
+    // wave by wave.
+    let traffic = Traffic::start(&refs, "hand");
+    let changed = s.dir.path().join("changed.tflite");
+    std::fs::write(&changed, perturbed(&std::fs::read(model_path(FAST)).unwrap())).unwrap();
+    let shadow = ["--shadow", "100", "--min-agreement", "0.98", "--max-p95-ratio", "4"];
+    let mut args = vec!["--group", "cams", "--model", changed.to_str().unwrap(), "--name", "hand", "--version", "4"];
+    args.extend_from_slice(&gates);
+    args.extend_from_slice(&shadow);
+    let out = rollout(&ctl, &args).join().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("wave 1: failed: outputs agreed with the active version's on 0.0 %"), "{}", text(&out));
+    let halted = newest_rollout(&fleet).unwrap();
+    assert_eq!((halted.version.as_str(), halted.state), ("4", RolloutState::Halted), "{halted:#?}");
+    let canary = halted.waves[0].devices[0].clone();
+    let agent = &agents[names.iter().position(|n| *n == canary).unwrap()];
+    fleet.until("the canary's shadow is stopped", || agent.log().contains("shadow stopped"));
+    let log = plain(&agent.log());
+    assert!(log.lines().any(|l| l.contains("shadow started") && l.contains("version=4")), "{log}");
+    assert!(!log.lines().any(|l| l.contains("model version activated") && l.contains("to=\"4\"")), "{log}");
+    let all = devices(&ctl);
+    assert!(names.iter().all(|d| active_version(&all, d, "hand").as_deref() == Some("3")), "{all:#?}");
+
+    let mut args = vec!["--group", "cams", "--model", fast, "--name", "hand", "--version", "5"];
+    args.extend_from_slice(&gates);
+    args.extend_from_slice(&shadow);
+    let out = rollout(&ctl, &args).join().unwrap();
+    assert!(out.status.success(), "{}\nedge-fleet log:\n{}", text(&out), fleet.log());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("outputs agreed on 100.0 %"), "{}", text(&out));
+    fleet.until("every camera was promoted to hand 5", || {
+        let all = devices(&ctl);
+        names.iter().all(|d| active_version(&all, d, "hand").as_deref() == Some("5"))
+    });
+    traffic.stop();
+}
+
+/// `log` without its colours (ANSI escape sequences).
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `model` with some of its weights changed: the same graph, other answers.
+fn perturbed(model: &[u8]) -> Vec<u8> {
+    let mut out = model.to_vec();
+    // Inside the constant buffers of hand_recrop (checked: it still loads, outputs move by
+    // several units).
+    for chunk in out[40_000..44_000].chunks_exact_mut(4) {
+        let x = f32::from_le_bytes(chunk.try_into().unwrap());
+        chunk.copy_from_slice(&(x * 1.5 + 0.01).to_le_bytes());
+    }
+    out
 }

@@ -38,6 +38,14 @@ pub struct NewRollout {
     /// How long a wave may take to have its devices running the version and enough requests
     /// to judge; past it, the wave fails.
     pub wave_timeout_secs: u64,
+    /// With a shadow deploy as `command`: a signed `activate` of its version for the group,
+    /// which the service relays to a wave's devices when the wave passes (promotion).
+    #[serde(default)]
+    pub promote_command: Option<String>,
+    /// With a shadow deploy: a signed `end-shadow` of the model for the group, relayed to a
+    /// wave's devices when the wave fails.
+    #[serde(default)]
+    pub end_shadow_command: Option<String>,
 }
 
 /// How many of the group's members have the version once a wave is admitted (cumulative).
@@ -122,11 +130,15 @@ pub struct Gates {
     pub max_error_rate: Option<f64>,
     /// Requests the new version must have served across the wave before it is judged.
     pub min_requests: u64,
+    /// In shadow: the smallest share of compared requests whose outputs agreed with the
+    /// active version's.
+    #[serde(default)]
+    pub min_agreement: Option<f64>,
 }
 
 impl Default for Gates {
     fn default() -> Self {
-        Gates { max_p95_ratio: Some(1.5), max_error_rate: Some(0.01), min_requests: 100 }
+        Gates { max_p95_ratio: Some(1.5), max_error_rate: Some(0.01), min_requests: 100, min_agreement: None }
     }
 }
 
@@ -174,6 +186,12 @@ pub struct Figures {
     pub old_requests: u64,
     /// p95 latency of the version it replaced, ms.
     pub old_p95_ms: Option<f64>,
+    /// In shadow: requests whose outputs were compared with the active version's.
+    #[serde(default)]
+    pub compared: u64,
+    /// Of which agreed.
+    #[serde(default)]
+    pub agreed: u64,
 }
 
 impl Figures {
@@ -184,6 +202,11 @@ impl Figures {
         } else {
             self.failures as f64 / self.requests as f64
         }
+    }
+
+    /// Agreed over compared, when anything was compared.
+    pub fn agreement(&self) -> Option<f64> {
+        (self.compared > 0).then(|| self.agreed as f64 / self.compared as f64)
     }
 
     /// New p95 over old p95, when both are known.

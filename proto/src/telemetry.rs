@@ -103,10 +103,9 @@ pub struct VersionStats {
 }
 
 impl VersionStats {
-    /// The `q` quantile (0-1) of the latency histogram, in seconds: the upper bound of the
-    /// bucket it falls in (as Prometheus' `histogram_quantile` without interpolation, which
-    /// overstates a little and never understates). `None` without requests; past the top
-    /// bound, infinity.
+    /// The `q` quantile (0-1) of the latency histogram, in seconds, interpolated inside its
+    /// bucket as Prometheus' `histogram_quantile` does ([`quantile`]). `None` without
+    /// requests; past the top bound, infinity.
     pub fn latency_quantile(&self, q: f64) -> Option<f64> {
         quantile(&self.buckets, self.timed, q)
     }
@@ -137,14 +136,21 @@ impl VersionStats {
 }
 
 /// The `q` quantile of a cumulative histogram with the bounds [`LATENCY_BUCKETS`] and `count`
-/// observations: the upper bound of the bucket holding it; infinity past the last bound;
-/// `None` for an empty one or one of another length.
+/// observations, interpolated linearly inside the bucket holding it (as Prometheus'
+/// `histogram_quantile`; the first bucket starts at 0); infinity past the last bound; `None`
+/// for an empty one or one of another length.
 pub fn quantile(buckets: &[u64], count: u64, q: f64) -> Option<f64> {
     if count == 0 || buckets.len() != LATENCY_BUCKETS.len() {
         return None;
     }
-    let rank = (q.clamp(0.0, 1.0) * count as f64).ceil().max(1.0) as u64;
-    Some(buckets.iter().position(|&n| n >= rank).map_or(f64::INFINITY, |i| LATENCY_BUCKETS[i]))
+    let rank = q.clamp(0.0, 1.0) * count as f64;
+    let Some(i) = buckets.iter().position(|&n| n as f64 >= rank) else { return Some(f64::INFINITY) };
+    let (below, lower) = if i == 0 { (0, 0.0) } else { (buckets[i - 1], LATENCY_BUCKETS[i - 1]) };
+    let inside = (buckets[i] - below) as f64;
+    if inside == 0.0 {
+        return Some(LATENCY_BUCKETS[i]);
+    }
+    Some(lower + (LATENCY_BUCKETS[i] - lower) * (rank - below as f64) / inside)
 }
 
 /// Upper bounds, in seconds, of the latency histogram buckets in telemetry (and of the
@@ -472,9 +478,9 @@ mod tests {
     }
 
     #[test]
-    fn quantiles_are_the_upper_bound_of_the_bucket_they_fall_in() {
+    fn quantiles_are_interpolated_inside_the_bucket_they_fall_in() {
         let mut buckets = vec![0u64; LATENCY_BUCKETS.len()];
-        // 90 requests under 0.8 ms, 10 more under 12.8 ms.
+        // 90 requests in (0.4, 0.8] ms, 10 more in (6.4, 12.8] ms.
         for (i, b) in buckets.iter_mut().enumerate() {
             *b = if i < 4 {
                 0
@@ -484,9 +490,12 @@ mod tests {
                 100
             };
         }
-        assert_eq!(quantile(&buckets, 100, 0.5), Some(0.0008));
-        assert_eq!(quantile(&buckets, 100, 0.90), Some(0.0008));
-        assert_eq!(quantile(&buckets, 100, 0.95), Some(0.0128));
+        let close = |a: Option<f64>, b: f64| (a.unwrap() - b).abs() < 1e-9;
+        // The 50th of the 90 in (0.4, 0.8] ms: 0.4 + 0.4 * 50/90.
+        assert!(close(quantile(&buckets, 100, 0.5), 0.0004 + 0.0004 * 50.0 / 90.0));
+        assert!(close(quantile(&buckets, 100, 0.90), 0.0008));
+        // The 5th of the 10 in (6.4, 12.8] ms.
+        assert!(close(quantile(&buckets, 100, 0.95), 0.0064 + 0.0064 * 0.5));
         // Past the top bound: infinity; empty or of another length: nothing.
         assert_eq!(quantile(&buckets, 120, 0.99), Some(f64::INFINITY));
         assert_eq!(quantile(&buckets, 0, 0.5), None);

@@ -267,6 +267,13 @@ impl Deployments {
         Ok(count)
     }
 
+    /// Publishes signed command `bytes` to `device` (a rollout's promotion or end of shadow).
+    pub fn relay(&self, device: &str, bytes: Vec<u8>) {
+        // The sender only stops with the service.
+        let _ = self.out.send(Out::Command { device: device.into(), bytes: Arc::new(bytes) });
+        self.metrics.commands_sent.inc();
+    }
+
     /// Cancels an active deployment: devices that have its command are sent the signed
     /// cancel; the others will not be sent anything.
     pub async fn cancel(&self, id: &str, cancel: &CancelDeployment) -> Result<Deployment, DeployError> {

@@ -117,6 +117,30 @@ impl Rollouts {
                 )))
             }
         }
+        let shadow = cmd.payload.shadow_pct().is_some();
+        if shadow {
+            let promote = decode(new.promote_command.as_deref().unwrap_or(""), "promote_command")?;
+            match (&promote.payload, &promote.target) {
+                (Payload::Activate { name, version }, Target::Group(g))
+                    if *name == manifest.name && *version == manifest.version && g == group => {}
+                _ => {
+                    return Err(bad(format!(
+                        "a shadow rollout's promote_command must be a signed activate of {} {} for group {group}",
+                        manifest.name, manifest.version
+                    )))
+                }
+            }
+            let end = decode(new.end_shadow_command.as_deref().unwrap_or(""), "end_shadow_command")?;
+            match (&end.payload, &end.target) {
+                (Payload::EndShadow { name }, Target::Group(g)) if *name == manifest.name && g == group => {}
+                _ => {
+                    return Err(bad(format!(
+                        "a shadow rollout's end_shadow_command must be a signed end-shadow of {} for group {group}",
+                        manifest.name
+                    )))
+                }
+            }
+        }
         let id = to_hex(&cmd.id);
         if let Some(existing) = self.db.rollout(&id).await? {
             return Ok(self.view(&existing));
@@ -136,6 +160,9 @@ impl Rollouts {
                 gates: new.gates.clone(),
                 approve_each: new.approve_each,
                 wave_timeout_secs: new.wave_timeout_secs,
+                shadow,
+                promote_command: new.promote_command.clone().filter(|_| shadow),
+                end_shadow_command: new.end_shadow_command.clone().filter(|_| shadow),
             },
             abort_command: edge_proto::deployments::from_hex(&new.abort_command).unwrap_or_default(),
             members: order(&id, members),
@@ -270,7 +297,8 @@ impl Rollouts {
                 verdict: Verdict::Pass("the wave adds no device".into()),
             }
         } else {
-            judge(&r.spec.gates, &r.version, &members, now - r.wave_started_at, timeout_ms)
+            let mode = if r.spec.shadow { judge::Mode::Shadow } else { judge::Mode::Trial };
+            judge(&r.spec.gates, &r.version, mode, &members, now - r.wave_started_at, timeout_ms)
         };
         let committed: Vec<String> = devices
             .iter()
@@ -284,7 +312,7 @@ impl Rollouts {
     /// Acts and writes as `t` says; the row as written, or `None` when another writer got
     /// there first (nothing after the write is done then).
     async fn apply(&self, t: Transition) -> Result<Option<Row>, RolloutError> {
-        if let Some(action) = &t.before {
+        for action in &t.before {
             self.act(&t.row, action).await?;
         }
         if !self.db.update_rollout(&t.row).await? {
@@ -297,7 +325,7 @@ impl Rollouts {
                 tracing::info!(rollout = %row.id, wave = d.wave + 1, state = row.state.name(), "{}: {}", d.verdict, d.reason);
             }
         }
-        if let Some(action) = &t.after {
+        for action in &t.after {
             self.act(&row, action).await?;
         }
         Ok(Some(row))
@@ -312,6 +340,21 @@ impl Rollouts {
                     Ok(_) | Err(DeployError::NotActive { .. }) => Ok(()),
                     Err(e) => Err(e.into()),
                 }
+            }
+            Action::Promote(devices) | Action::EndShadow(devices) => {
+                let (command, what) = match action {
+                    Action::Promote(_) => (&r.spec.promote_command, "promote"),
+                    _ => (&r.spec.end_shadow_command, "end-shadow"),
+                };
+                let bytes = command
+                    .as_deref()
+                    .and_then(edge_proto::deployments::from_hex)
+                    .ok_or_else(|| RolloutError::Bad(format!("rollout {} in shadow has no {what} command", r.id)))?;
+                for device in devices {
+                    self.deployments.relay(device, bytes.clone());
+                }
+                tracing::info!(rollout = %r.id, devices = ?devices, "{what} relayed");
+                Ok(())
             }
         }
     }

@@ -21,6 +21,15 @@ pub struct Spec {
     pub approve_each: bool,
     /// How long a wave may take.
     pub wave_timeout_secs: u64,
+    /// Each wave runs the version in shadow first, promoted when it passes.
+    #[serde(default)]
+    pub shadow: bool,
+    /// In shadow: the signed `activate` for the group (hex), relayed to a passed wave.
+    #[serde(default)]
+    pub promote_command: Option<String>,
+    /// In shadow: the signed `end-shadow` for the group (hex), relayed to a failed wave.
+    #[serde(default)]
+    pub end_shadow_command: Option<String>,
 }
 
 /// The current wave's figures at the last look, kept as JSON in `figures`.

@@ -198,6 +198,17 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum Cmd {
+    /// Stop a model's shadow (a version deployed with --shadow); the version stays
+    /// installed. `edgectl activate` promotes a shadow instead.
+    EndShadow {
+        #[command(flatten)]
+        to: TargetArgs,
+        /// Model name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        timing: Timing,
+    },
     /// Print a device's agent version, configuration and models.
     GetStatus {
         /// Device id.
@@ -421,6 +432,12 @@ pub struct ModelArgs {
     /// devices that are offline now.
     #[arg(long)]
     pub ttl: Option<u64>,
+    /// Install it as a shadow of the active version instead of activating it: it runs on a
+    /// copy of this percentage (1-100) of the requests and its outputs are compared, never
+    /// returned (agents of command version 4). For a rollout: each wave runs it in shadow
+    /// first and is promoted if it passes (--min-agreement).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub shadow: Option<u8>,
 }
 
 #[derive(Args)]
@@ -480,6 +497,10 @@ pub struct RolloutStart {
     /// Requests the new version must serve across a wave before it is judged (default 100).
     #[arg(long)]
     pub min_requests: Option<u64>,
+    /// With --shadow: the smallest share of compared requests whose outputs agreed with the
+    /// active version's (e.g. 0.98); a wave that passes is promoted.
+    #[arg(long)]
+    pub min_agreement: Option<f64>,
     /// Seconds a wave may take to run the version and see enough requests (default 1800);
     /// past it the wave fails.
     #[arg(long)]
@@ -488,7 +509,7 @@ pub struct RolloutStart {
     #[arg(long)]
     pub approve_each: bool,
     /// A TOML file of the settings above (waves, max_p95_ratio, max_error_rate,
-    /// min_requests, wave_timeout_secs, approve_each); flags win over it.
+    /// min_requests, min_agreement, wave_timeout_secs, approve_each); flags win over it.
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// Start it and exit without following it (`edgectl rollout watch ID` follows it).

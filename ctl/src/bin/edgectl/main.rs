@@ -336,6 +336,9 @@ impl What {
                 Cmd::RemoveModel { to, name, timing } => {
                     (to.target(), Payload::RemoveModel { name: name.clone() }, timing, Goal::Terminal, Show::Lines)
                 }
+                Cmd::EndShadow { to, name, timing } => {
+                    (to.target(), Payload::EndShadow { name: name.clone() }, timing, Goal::Terminal, Show::Lines)
+                }
                 Cmd::Cancel { to, command, timing } => {
                     let command_id = parse_command_id(command)?;
                     (to.target(), Payload::Cancel { command_id }, timing, Goal::Terminal, Show::Lines)
@@ -414,6 +417,7 @@ fn model_request(args: &ModelArgs, target: Target) -> Result<DeployRequest> {
     req.chunk_size = args.chunk_size;
     req.delta = args.chunking == cli::Chunking::Content;
     req.ttl = args.ttl.map_or(edgectl::deploy::DEFAULT_TTL, secs);
+    req.shadow = args.shadow;
     Ok(req)
 }
 

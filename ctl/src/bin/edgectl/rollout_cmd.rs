@@ -91,6 +91,7 @@ async fn begin(svc: &Service, config: &CtlConfig, what: &ModelArgs, start: &Roll
         max_p95_ratio: start.max_p95_ratio,
         max_error_rate: start.max_error_rate,
         min_requests: start.min_requests,
+        min_agreement: start.min_agreement,
         wave_timeout_secs: start.wave_timeout,
         approve_each: start.approve_each.then_some(true),
     };
@@ -145,10 +146,11 @@ fn decision(d: &Decision) -> String {
 }
 
 fn figures(f: &Figures) -> String {
-    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v} ms"));
+    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} ms"));
     let ratio = f.p95_ratio().map_or("-".into(), |r| format!("{r:.2} x"));
+    let agreement = f.agreement().map_or(String::new(), |a| format!(", agreed {:.1} % of {}", a * 100.0, f.compared));
     format!(
-        "{} requests, {} failed ({:.2} %), p95 {} vs {} before ({ratio})",
+        "{} requests, {} failed ({:.2} %), p95 {} vs {} before ({ratio}){agreement}",
         f.requests,
         f.failures,
         f.error_rate() * 100.0,
@@ -162,10 +164,11 @@ fn print_status(r: &Rollout) {
     let g = &r.gates;
     let gate = |v: Option<f64>| v.map_or("not checked".into(), |v| v.to_string());
     println!(
-        "gates: p95 ratio <= {}, error rate <= {}, at least {} requests",
+        "gates: p95 ratio <= {}, error rate <= {}, at least {} requests, agreement >= {}",
         gate(g.max_p95_ratio),
         gate(g.max_error_rate),
-        g.min_requests
+        g.min_requests,
+        gate(g.min_agreement)
     );
     for (i, w) in r.waves.iter().enumerate() {
         println!("wave {} ({}): {}, {} device(s): {}", i + 1, w.size, w.state, w.devices.len(), w.devices.join(", "));
@@ -193,7 +196,7 @@ pub fn print_versions(r: &VersionReport) {
         "VERSION", "DEVICES", "ACTIVE", "REQUESTS", "FAILURES", "ERRORS", "P50", "P95", "P99"
     );
     let ms = |v: Option<f64>| match v {
-        Some(v) if v.is_finite() => format!("{v} ms"),
+        Some(v) if v.is_finite() => format!("{v:.1} ms"),
         Some(_) => "over top".into(),
         None => "-".into(),
     };
