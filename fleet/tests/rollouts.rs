@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Output;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -33,6 +33,7 @@ const OTA: &str = "health_window_secs = 600\nhealth_max_latency_ratio = 1000.0\n
 /// Requests to `model` on each agent, one after the other with a pause, until dropped.
 struct Traffic {
     stop: Arc<AtomicBool>,
+    answered: Vec<Arc<AtomicU64>>,
     threads: Vec<JoinHandle<u64>>,
 }
 
@@ -40,24 +41,34 @@ impl Traffic {
     fn start(agents: &[&Agent], model: &str) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let body = std::fs::read(model_path(INPUT)).unwrap();
+        let answered: Vec<Arc<AtomicU64>> = agents.iter().map(|_| Arc::default()).collect();
         let threads = agents
             .iter()
-            .map(|a| {
-                let (stop, body, addr, path) =
-                    (stop.clone(), body.clone(), a.http.clone(), format!("/v1/models/{model}:predict"));
+            .zip(&answered)
+            .map(|(a, count)| {
+                let (stop, body, addr, path, count) =
+                    (stop.clone(), body.clone(), a.http.clone(), format!("/v1/models/{model}:predict"), count.clone());
                 std::thread::spawn(move || {
-                    let mut answered = 0;
                     while !stop.load(Ordering::Relaxed) {
                         if post_npy(&addr, &path, &body) == Some(200) {
-                            answered += 1;
+                            count.fetch_add(1, Ordering::Relaxed);
                         }
                         std::thread::sleep(Duration::from_millis(150));
                     }
-                    answered
+                    count.load(Ordering::Relaxed)
                 })
             })
             .collect();
-        Traffic { stop, threads }
+        Traffic { stop, answered, threads }
+    }
+
+    /// Waits until every agent answered `n` requests more than now: the version they run
+    /// has figures to be compared with.
+    fn until_answered(&self, fleet: &Fleet, n: u64) {
+        let start: Vec<u64> = self.answered.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        fleet.until(&format!("every agent answered {n} more requests"), || {
+            self.answered.iter().zip(&start).all(|(c, s)| c.load(Ordering::Relaxed) >= s + n)
+        });
     }
 
     /// Stops and returns the answered requests per agent.
@@ -130,6 +141,7 @@ fn a_slow_version_halts_at_the_canary_and_a_good_one_goes_through_every_wave() {
     let _ = v1;
     let refs: Vec<&Agent> = agents.iter().collect();
     let traffic = Traffic::start(&refs, "hand");
+    traffic.until_answered(&fleet, 10);
 
     // Version 2 is several times slower on the same inputs: the canary wave halts.
     let gates = ["--waves", "1,50%,100%", "--min-requests", "5", "--wave-timeout", "240"];
@@ -218,6 +230,7 @@ fn a_slow_version_halts_at_the_canary_and_a_good_one_goes_through_every_wave() {
     // shadow, never activated anywhere; version 5 (version 3's model) agrees and is promoted
     // wave by wave.
     let traffic = Traffic::start(&refs, "hand");
+    traffic.until_answered(&fleet, 5);
     let changed = s.dir.path().join("changed.tflite");
     std::fs::write(&changed, perturbed(&std::fs::read(model_path(FAST)).unwrap())).unwrap();
     let shadow = ["--shadow", "100", "--min-agreement", "0.98", "--max-p95-ratio", "4"];

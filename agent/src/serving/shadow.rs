@@ -4,7 +4,9 @@
 //! - A sampled request is answered by the active version as usual; afterwards a copy of its
 //!   inputs and of the active version's outputs goes to the shadow's one worker thread,
 //!   which runs the shadow version, compares the outputs ([`compare`]) and records the pair
-//!   ([`InferenceStats::shadow_ran`]: the shadow's latency, failures and agreement).
+//!   ([`InferenceStats::shadow_ran`]: the shadow's latency, failures and agreement). The
+//!   shadow's latency is the CPU time of its run, not its wall time, which at a low priority
+//!   would measure the board's load.
 //! - The shadow never delays an answer: the copy is handed over after the answer exists,
 //!   with a queue of one; when the worker is still busy, the copy is dropped (counted).
 //!   The worker runs at a lower CPU priority (nice 10), so on a busy board the active
@@ -14,7 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -131,9 +133,9 @@ impl Shadow {
                 lower_priority();
                 while let Ok(job) = rx.recv() {
                     session.reset();
-                    let started = Instant::now();
+                    let started = thread_cpu_time();
                     let result = session.run(job.inputs);
-                    let took = started.elapsed();
+                    let took = thread_cpu_time().saturating_sub(started);
                     let compared = result.ok().map(|outputs| compare(&job.reference, &outputs));
                     record(&st, &n, &v, took, compared);
                 }
@@ -180,6 +182,18 @@ fn record(stats: &InferenceStats, name: &str, version: &str, took: Duration, com
         stats.shadow.duration.get_or_create(&label).observe(took.as_secs_f64());
     }
     stats.shadow_ran(name, version, took, compared);
+}
+
+/// CPU time the calling thread has used. A shadow's latency is the CPU time of its run: it
+/// runs at a low priority, so its wall time would measure the board's load rather than the
+/// model.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Lowers the calling thread's CPU priority (nice 10): the shadow yields to the active

@@ -300,9 +300,11 @@ impl Rollouts {
             let mode = if r.spec.shadow { judge::Mode::Shadow } else { judge::Mode::Trial };
             judge(&r.spec.gates, &r.version, mode, &members, now - r.wave_started_at, timeout_ms)
         };
+        // On trial, `succeeded` means the trial ended (a cancel no longer rolls it back); in
+        // shadow it only means the shadow runs.
         let committed: Vec<String> = devices
             .iter()
-            .filter(|d| progress.get(*d).is_some_and(|p| p.state.name() == "succeeded"))
+            .filter(|d| !r.spec.shadow && progress.get(*d).is_some_and(|p| p.state.name() == "succeeded"))
             .cloned()
             .collect();
         self.apply(progress::after(&r, judgement, &committed, now)).await?;
