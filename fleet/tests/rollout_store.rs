@@ -40,9 +40,12 @@ fn rollout(id: &str) -> Row {
         version: "2".into(),
         spec: Spec {
             waves: vec![WaveSize::Devices(1), WaveSize::Percent(100.0)],
-            gates: Gates { max_p95_ratio: Some(1.3), max_error_rate: None, min_requests: 50 },
+            gates: Gates { max_p95_ratio: Some(1.3), max_error_rate: None, min_requests: 50, min_agreement: Some(0.9) },
             approve_each: true,
             wave_timeout_secs: 600,
+            shadow: true,
+            promote_command: Some("0a0b".into()),
+            end_shadow_command: Some("0c0d".into()),
         },
         abort_command: vec![9, 8, 7],
         members: vec!["b".into(), "a".into()],
