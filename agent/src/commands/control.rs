@@ -353,7 +353,9 @@ impl Control {
     fn execute(&mut self, cmd: Command, bytes: &[u8]) {
         let id = cmd.id;
         let result: Result<Option<Reply>, String> = match &cmd.payload {
-            Payload::DeployModel(_) | Payload::DeployModelContent(_) => return self.deploys.start(cmd, bytes),
+            Payload::DeployModel(_) | Payload::DeployModelContent(_) | Payload::DeployModelProfiled(_) => {
+                return self.deploys.start(cmd, bytes)
+            }
             Payload::Infer { model, inputs } => return self.infer(id, model.clone(), inputs.clone()),
             Payload::Restart => return self.restart(id),
             Payload::Activate { name, version } => {

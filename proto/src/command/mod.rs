@@ -87,10 +87,11 @@ pub struct Cosignature {
 
 impl Versioned for Command {
     /// Version 2 carries [`Payload::DeployModelContent`]; version 3 adds the fleet id and
-    /// cosignatures, and carries the key changes. A command goes in the oldest version
-    /// that can carry it ([`Command::required_version`]), so that older agents keep
-    /// reading what they can act on.
-    const VERSION: u16 = 3;
+    /// cosignatures, and carries the key changes; version 4 (the layout of 3) carries
+    /// [`Payload::DeployModelProfiled`]. A command goes in the oldest version that can
+    /// carry it ([`Command::required_version`]), so that older agents keep reading what
+    /// they can act on.
+    const VERSION: u16 = 4;
     const OLDEST: u16 = 1;
     fn version(&self) -> u16 {
         self.version
@@ -214,22 +215,30 @@ pub enum Payload {
         /// [`key_id`] of the key.
         key_id: [u8; 8],
     },
+    /// [`Payload::DeployModel`] or [`Payload::DeployModelContent`] with a reference profile
+    /// ([`Manifest::profile`] set), for drift. Carried by version 4 commands only, so that
+    /// an agent that predates profiles refuses it as an unknown command version rather
+    /// than installing the model without its profile. Build it with [`Payload::deploy`].
+    #[serde(with = "profiled_manifest")]
+    DeployModelProfiled(Manifest),
 }
 
 impl Payload {
-    /// The deploy payload for `manifest`: [`Payload::DeployModelContent`] when it is cut by
-    /// content, [`Payload::DeployModel`] otherwise.
+    /// The deploy payload for `manifest`: [`Payload::DeployModelProfiled`] when it carries a
+    /// profile, else [`Payload::DeployModelContent`] when it is cut by content, else
+    /// [`Payload::DeployModel`].
     pub fn deploy(manifest: Manifest) -> Payload {
-        match manifest.content {
-            Some(_) => Payload::DeployModelContent(manifest),
-            None => Payload::DeployModel(manifest),
+        match (&manifest.profile, &manifest.content) {
+            (Some(_), _) => Payload::DeployModelProfiled(manifest),
+            (None, Some(_)) => Payload::DeployModelContent(manifest),
+            (None, None) => Payload::DeployModel(manifest),
         }
     }
 
     /// The manifest of a deploy payload.
     pub fn manifest(&self) -> Option<&Manifest> {
         match self {
-            Payload::DeployModel(m) | Payload::DeployModelContent(m) => Some(m),
+            Payload::DeployModel(m) | Payload::DeployModelContent(m) | Payload::DeployModelProfiled(m) => Some(m),
             _ => None,
         }
     }
@@ -239,6 +248,7 @@ impl Payload {
         match self {
             Payload::DeployModelContent(_) => 2,
             Payload::AddOperator(_) | Payload::RevokeKey { .. } => 3,
+            Payload::DeployModelProfiled(_) => 4,
             _ => 1,
         }
     }
@@ -259,6 +269,27 @@ mod content_manifest {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Manifest, D::Error> {
         let (mut m, content) = <(Manifest, ContentChunks)>::deserialize(d)?;
         m.content = Some(content);
+        Ok(m)
+    }
+}
+
+/// serde for [`Payload::DeployModelProfiled`]: the manifest as a fixed-size one encodes, its
+/// content chunks if it is cut by content, then its profile.
+mod profiled_manifest {
+    use serde::{de::Deserializer, ser::Error, Deserialize, Serialize, Serializer};
+
+    use crate::ota::{ContentChunks, Manifest};
+    use crate::profile::Profile;
+
+    pub fn serialize<S: Serializer>(m: &Manifest, s: S) -> Result<S::Ok, S::Error> {
+        let profile = m.profile.as_ref().ok_or_else(|| S::Error::custom("a profiled deploy without a profile"))?;
+        (m, &m.content, profile).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Manifest, D::Error> {
+        let (mut m, content, profile) = <(Manifest, Option<ContentChunks>, Profile)>::deserialize(d)?;
+        m.content = content;
+        m.profile = Some(profile);
         Ok(m)
     }
 }
@@ -434,9 +465,13 @@ pub fn verify(bytes: &[u8], trusted: &[VerifyingKey]) -> Result<Command, Command
         return Err(CommandError::Malformed(format!("{} trailing bytes", rest.len())));
     }
     if cmd.version < cmd.payload.command_version() {
+        let what = match &cmd.payload {
+            Payload::DeployModelContent(_) => "content-chunked deploy",
+            Payload::DeployModelProfiled(_) => "profiled deploy",
+            p => p.name(),
+        };
         return Err(CommandError::Malformed(format!(
-            "a {} payload needs command version {}",
-            if cmd.payload.manifest().is_some() { "content-chunked deploy" } else { cmd.payload.name() },
+            "a {what} payload needs command version {}",
             cmd.payload.command_version()
         )));
     }
@@ -515,6 +550,7 @@ mod tests {
             Payload::Restart,
             Payload::Cancel { command_id: [3; 16] },
             Payload::deploy(content_manifest()),
+            Payload::deploy(profiled_manifest(false)),
         ];
         for p in payloads {
             let cmd =
@@ -567,6 +603,64 @@ mod tests {
             sign(Command::new([7; 16], 1, 2, Target::Device("d".into()), Payload::deploy(content_manifest())), &k);
         let (found, _) = postcard::take_from_bytes::<u16>(&encode(&cmd)).unwrap();
         assert_eq!(found, 2);
+    }
+
+    fn profiled_manifest(content: bool) -> Manifest {
+        let mut m = match content {
+            true => content_manifest(),
+            false => crate::ota::prepare([1; 16], "m", "1", crate::ota::ModelFormat::Onnx, &[1; 300], None, 100).0,
+        };
+        let mut values: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        m.profile = Some(crate::profile::Profile {
+            version: crate::profile::Profile::VERSION,
+            model_sha256: hex(&m.sha256),
+            samples: 1,
+            tensors: vec![crate::profile::TensorProfile::from_values("input:x", &mut values, 10).unwrap()],
+        });
+        m.check_consistent().unwrap();
+        m
+    }
+
+    #[test]
+    fn a_profiled_deploy_goes_in_version_4_and_keeps_its_profile_and_content_chunks() {
+        let k = key(1);
+        for content in [false, true] {
+            let m = profiled_manifest(content);
+            let cmd = Command::new([7; 16], 1, 2, Target::Device("d".into()), Payload::deploy(m.clone()));
+            assert_eq!(cmd.version, 4);
+            let cmd = sign(cmd, &k);
+            let bytes = encode(&cmd);
+            // What an agent that reads versions up to 3 looks at first: an unknown version
+            // (4), which it refuses as such ("upgrade the agent") instead of misreading it.
+            assert_eq!(postcard::take_from_bytes::<u16>(&bytes).unwrap().0, 4);
+            let got = verify(&bytes, &[k.verifying_key()]).unwrap();
+            assert_eq!(got.payload.manifest(), Some(&m));
+            assert_eq!(got.payload.manifest().unwrap().content.is_some(), content);
+            assert_eq!(got.payload.name(), "deploy-model");
+            assert!(got.payload.is_deployment());
+        }
+        // Version 3 cannot carry it, even signed.
+        let mut downgraded = sign(
+            Command::new([7; 16], 1, 2, Target::Device("d".into()), Payload::deploy(profiled_manifest(false))),
+            &k,
+        );
+        downgraded.version = 3;
+        let downgraded = sign(downgraded, &k);
+        assert_eq!(downgraded.version, 4, "sign raises the version to what the payload needs");
+        let mut forced = downgraded.clone();
+        forced.version = 3;
+        let err = verify(&encode(&forced), &[k.verifying_key()]).unwrap_err();
+        assert!(matches!(&err, CommandError::Malformed(m) if m.contains("profiled deploy")), "{err}");
+    }
+
+    #[test]
+    fn a_profile_made_with_another_model_is_refused_with_the_manifest() {
+        let mut m = profiled_manifest(false);
+        m.profile.as_mut().unwrap().model_sha256 = "00".repeat(32);
+        assert!(m.check_consistent().unwrap_err().contains("made with model"));
+        let mut m = profiled_manifest(false);
+        m.profile.as_mut().unwrap().tensors[0].fractions[0] = 2.0;
+        assert!(m.check_consistent().unwrap_err().starts_with("profile:"));
     }
 
     #[test]
