@@ -95,7 +95,7 @@ impl Bins {
 
 /// The smallest prime at or above `n` (n >= 2).
 fn prime_at_least(n: usize) -> usize {
-    let is_prime = |k: usize| k >= 2 && (2..).take_while(|d| d * d <= k).all(|d| k % d != 0);
+    let is_prime = |k: usize| k >= 2 && (2..).take_while(|d| d * d <= k).all(|d| !k.is_multiple_of(d));
     (n.max(2)..).find(|&k| is_prime(k)).expect("primes never run out")
 }
 
@@ -231,7 +231,7 @@ mod tests {
         let ramp: Vec<f32> = (0..n).map(|i| i as f32 / n as f32).collect();
         w.add(&ramp, t);
         let stride = w.stride.1;
-        assert!(stride >= 11 && (2..stride).all(|d| stride % d != 0), "a prime stride: {stride}");
+        assert!(stride >= 11 && (2..stride).all(|d| !stride.is_multiple_of(d)), "a prime stride: {stride}");
         assert!(w.weight() <= MAX_BINNED as f64 + 1.0, "{}", w.weight());
         for _ in 1..stride {
             w.add(&ramp, t);

@@ -143,9 +143,14 @@ impl Models {
         self.registry.activate(name, version, Arc::new(model), settings).map_err(|e| e.to_string())
     }
 
-    /// `version` of `name` from the store, with its profile.
+    /// `version` of `name` from the store, with its profile. A profile file that cannot be
+    /// read costs the version its drift, not its serving.
     fn load_installed(&self, name: &str, version: &str) -> Result<(Model, Option<Profile>), String> {
-        let profile = self.store.profile(name, version).map_err(|e| e.to_string())?;
+        let profile = self.store.profile(name, version).unwrap_or_else(|e| {
+            self.failures.inc();
+            tracing::error!(model = name, version, "{e}; serving without drift");
+            None
+        });
         let model = load::installed(&self.store, name, version, &load::Settings::of(&self.config, name))?;
         Ok((model, profile))
     }
