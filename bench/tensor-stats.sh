@@ -32,8 +32,8 @@ PY
     # shellcheck disable=SC2086 # args are flags split on purpose (paths have no spaces)
     if out=$("$AGENT" infer --model "models/$file" $args --repeat "$RUNS" --threads 1 2>&1 | tail -n 1); then
         median=$(sed -n 's/.* median_ms=\([0-9.]*\).*/\1/p' <<<"$out")
-        stats=$(sed -n 's/.*stats_median_ms=\([0-9.]*\).*/\1/p' <<<"$out")
-        share=$(sed -n 's/.*stats_share_pct=\([0-9.]*\).*/\1/p' <<<"$out")
+        stats=$(sed -n 's/.* stats_median_ms=\([0-9.]*\).*/\1/p' <<<"$out")
+        share=$(sed -n 's/.* stats_share_pct=\([0-9.]*\).*/\1/p' <<<"$out")
         described=$(awk -v s="$share" 'BEGIN { d = (s <= 1) ? 100 : 100 / s; printf "%.0f", d }')
         dstats=$(sed -n 's/.*drift_stats_median_ms=\([0-9.]*\).*/\1/p' <<<"$out")
         dshare=$(sed -n 's/.*drift_stats_share_pct=\([0-9.]*\).*/\1/p' <<<"$out")

@@ -15,7 +15,10 @@
 //!   binned per request: every `stride`-th element, the stride a prime (so it does not
 //!   beat against a channel count or a row length), starting at an offset that moves by
 //!   one each request, so that over `stride` requests every element position is counted
-//!   once. The bin search is branch-free over edges padded to [`PADDED`].
+//!   once. An element's bin is the count of edges at or below it, taken for eight elements
+//!   at a time so that the compiler vectorises the comparisons ([`Bins::of8`]): about 1 ns
+//!   an element for 20 bins, where a binary search costs several times that in dependent
+//!   loads.
 
 use std::time::{Duration, Instant};
 
@@ -25,9 +28,9 @@ use crate::engine::TensorSpec;
 
 /// Most elements of one tensor binned per request.
 pub const MAX_BINNED: usize = 4096;
-/// Edges are padded to this many (with +inf) for the fixed-step search.
-pub const PADDED: usize = 64;
-const _: () = assert!(MAX_EDGES <= PADDED && PADDED.is_power_of_two());
+/// Most edges a profile's tensor has ([`MAX_EDGES`]): the counters per bin are this many
+/// plus one.
+pub const PADDED: usize = MAX_EDGES;
 
 /// Default half-life of the window's counts.
 pub const DEFAULT_HALF_LIFE: Duration = Duration::from_secs(300);
@@ -52,44 +55,46 @@ pub fn check_fits(profile: &Profile, inputs: &[TensorSpec], outputs: &[TensorSpe
     }
 }
 
-/// A profile's bin edges, ready for a fixed-step search.
+/// A profile's bin edges.
 #[derive(Debug, Clone)]
 pub struct Bins {
-    padded: [f32; PADDED],
-    bins: usize,
+    edges: Vec<f32>,
 }
 
 impl Bins {
-    /// The bins of `edges` (finite, strictly increasing, at most [`PADDED`]).
+    /// The bins of `edges` (finite, strictly increasing, at most [`PADDED`], as
+    /// [`Profile::check`] makes sure; edges past [`PADDED`] are left out).
     pub fn new(edges: &[f32]) -> Bins {
-        let mut padded = [f32::INFINITY; PADDED];
-        padded[..edges.len()].copy_from_slice(edges);
-        Bins { padded, bins: edges.len() + 1 }
+        Bins { edges: edges[..edges.len().min(PADDED)].to_vec() }
     }
 
     /// Bins, underflow and overflow included.
     pub fn len(&self) -> usize {
-        self.bins
+        self.edges.len() + 1
     }
 
-    /// Whether there are no bins (never: a profile has at least one edge).
+    /// Whether there are no bins (never: there is always at least one).
     pub fn is_empty(&self) -> bool {
-        self.bins == 0
+        false
     }
 
-    /// The bin of finite `x`: the same as [`edge_proto::profile::bin_of`], without branches
-    /// on the data (six halvings of the padded edges, then one comparison).
+    /// The bin of finite `x`: the number of edges at or below it, as
+    /// [`edge_proto::profile::bin_of`] defines it.
     #[inline]
     pub fn of(&self, x: f32) -> usize {
-        let e = &self.padded;
-        let mut lo = 0;
-        let mut size = PADDED;
-        while size > 1 {
-            let half = size / 2;
-            lo = if e[lo + half - 1] <= x { lo + half } else { lo };
-            size -= half;
+        self.edges.iter().map(|&e| (e <= x) as usize).sum()
+    }
+
+    /// [`Self::of`] for eight finite values at once, without branches on the data.
+    #[inline]
+    pub fn of8(&self, xs: &[f32; 8]) -> [u32; 8] {
+        let mut bins = [0u32; 8];
+        for &e in &self.edges {
+            for (b, &x) in bins.iter_mut().zip(xs) {
+                *b += (e <= x) as u32;
+            }
         }
-        lo + (e[lo] <= x) as usize
+        bins
     }
 }
 
@@ -141,16 +146,29 @@ impl Window {
         }
         let stride = self.stride.1;
         self.offset = (self.offset + 1) % stride;
-        // Four sets of counters, so that runs of equal bins do not wait on each other.
-        let mut local = [[0u32; PADDED + 1]; 4];
-        let picked = values.iter().skip(self.offset).step_by(stride);
-        for (i, &v) in picked.enumerate() {
+        // Two sets of counters, so that runs of equal bins do not wait on each other.
+        let mut local = [[0u32; PADDED + 1]; 2];
+        let mut batch = [0f32; 8];
+        let mut n = 0;
+        for &v in values.iter().skip(self.offset).step_by(stride) {
+            // Non-finite values are left out, as they are from the profile.
             if v.is_finite() {
-                local[i & 3][self.bins.of(v)] += 1;
+                batch[n] = v;
+                n += 1;
+                if n == 8 {
+                    let bins = self.bins.of8(&batch);
+                    for (i, b) in bins.iter().enumerate() {
+                        local[i & 1][*b as usize] += 1;
+                    }
+                    n = 0;
+                }
             }
         }
+        for &v in &batch[..n] {
+            local[0][self.bins.of(v)] += 1;
+        }
         for (b, c) in self.counts.iter_mut().enumerate() {
-            *c += local.iter().map(|l| l[b] as f64).sum::<f64>();
+            *c += (local[0][b] + local[1][b]) as f64;
         }
     }
 
@@ -180,7 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn the_branch_free_search_agrees_with_the_profile_s_definition() {
+    fn the_counted_bins_agree_with_the_profile_s_definition() {
         let p = reference();
         let bins = Bins::new(&p.edges);
         assert_eq!(bins.len(), p.fractions.len());
@@ -188,8 +206,12 @@ mod tests {
         probes.extend(p.edges.iter().copied());
         probes.extend(p.edges.iter().map(|e| e.next_down()));
         probes.extend([f32::MIN, f32::MAX, 0.0, -0.0]);
-        for x in probes {
-            assert_eq!(bins.of(x), bin_of(&p.edges, x), "{x}");
+        for x in &probes {
+            assert_eq!(bins.of(*x), bin_of(&p.edges, *x), "{x}");
+        }
+        for xs in probes.chunks_exact(8) {
+            let xs: &[f32; 8] = xs.try_into().unwrap();
+            assert_eq!(bins.of8(xs), xs.map(|x| bin_of(&p.edges, x) as u32), "{xs:?}");
         }
         let full: Vec<f32> = (0..PADDED).map(|i| i as f32).collect();
         let bins = Bins::new(&full);
