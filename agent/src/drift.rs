@@ -27,7 +27,7 @@ use edge_proto::profile::{psi, Profile, TensorProfile, MAX_EDGES};
 use crate::engine::TensorSpec;
 
 /// Most elements of one tensor binned per request.
-pub const MAX_BINNED: usize = 4096;
+pub const MAX_BINNED: usize = 1024;
 /// Most edges a profile's tensor has ([`MAX_EDGES`]): the counters per bin are this many
 /// plus one.
 pub const PADDED: usize = MAX_EDGES;
