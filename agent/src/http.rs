@@ -131,6 +131,7 @@ impl Metrics {
             models.requests.clone(),
         );
         registry.register("edge_agent_inference_in_flight", "Inference requests running", models.in_flight.clone());
+        models.shadow.register(&mut registry);
         registry.register(
             "edge_agent_model_info",
             "1 for the active version of each model, labelled with its version and format",

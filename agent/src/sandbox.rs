@@ -132,6 +132,7 @@ const AUDIT_ARCH: u32 = 0x4000_0028;
 
 /// System calls refused, with the errno they answer.
 fn refused() -> Vec<(libc::c_long, i32)> {
+    #[cfg_attr(target_arch = "aarch64", allow(unused_mut))] // no fork or vfork there
     let mut calls = vec![
         (libc::SYS_socket, libc::EACCES),
         (libc::SYS_socketpair, libc::EACCES),

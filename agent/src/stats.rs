@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use edge_proto::telemetry::{ModelLatency, ModelStats, LATENCY_BUCKETS};
+use edge_proto::telemetry::{ModelLatency, ModelStats, VersionStats, LATENCY_BUCKETS};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,6 +17,10 @@ use prometheus_client::metrics::histogram::Histogram;
 
 /// How many recent latencies each model keeps for percentiles.
 const WINDOW: usize = 1024;
+
+/// How many versions of a model keep their figures (the active one and those before it):
+/// enough for a rollout's old and new and a rollback or two.
+pub const VERSIONS_KEPT: usize = 4;
 
 /// Label set of the per-model metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -66,6 +70,8 @@ pub struct InferenceStats {
     active: Mutex<HashMap<String, ModelInfoLabel>>,
     /// What each version's tensors hold ([`crate::tensor_stats`]).
     pub tensors: crate::tensor_stats::TensorStats,
+    /// The shadows' counters ([`crate::serving::shadow`]).
+    pub shadow: crate::serving::shadow::ShadowMetrics,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +85,64 @@ struct Window {
     /// slot is over the top bound), and the sum of their latencies, since the start.
     buckets: [u64; LATENCY_BUCKETS.len() + 1],
     latency_sum_secs: f64,
+    /// The same per version, oldest activation first; `current` indexes the active one.
+    versions: Vec<VersionWindow>,
+    current: Option<usize>,
+}
+
+/// What one version did, as [`VersionStats`] reports it.
+#[derive(Debug, Default)]
+struct VersionWindow {
+    version: String,
+    requests: u64,
+    failures: u64,
+    timed: u64,
+    /// Not cumulative, as [`Window::buckets`].
+    buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    sum_secs: f64,
+    shadow: bool,
+    compared: u64,
+    agreed: u64,
+    max_abs_diff: f64,
+}
+
+impl Window {
+    /// The index of `version`'s figures, made if need be. Past [`VERSIONS_KEPT`], the
+    /// oldest version that is neither active nor a shadow goes.
+    fn version_at(&mut self, version: &str) -> usize {
+        if let Some(at) = self.versions.iter().position(|v| v.version == version) {
+            return at;
+        }
+        if self.versions.len() >= VERSIONS_KEPT {
+            let current = self.current;
+            if let Some(gone) = (0..self.versions.len()).find(|&i| Some(i) != current && !self.versions[i].shadow) {
+                self.versions.remove(gone);
+                self.current = current.map(|c| if c > gone { c - 1 } else { c });
+            }
+        }
+        self.versions.push(VersionWindow { version: version.to_string(), ..Default::default() });
+        self.versions.len() - 1
+    }
+}
+
+/// How a shadow's outputs compared with the active version's for one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Comparison {
+    /// Whether they agree (see [`VersionStats::agreed`]).
+    pub agreed: bool,
+    /// The largest absolute difference of an element (infinite when shapes differ).
+    pub max_abs_diff: f64,
+}
+
+/// Cumulative counts of a histogram kept per bucket, without its overflow slot.
+fn cumulative(buckets: &[u64]) -> Vec<u64> {
+    buckets[..LATENCY_BUCKETS.len()]
+        .iter()
+        .scan(0, |total, n| {
+            *total += n;
+            Some(*total)
+        })
+        .collect()
 }
 
 /// How a request ended, as the health of a model version sees it.
@@ -147,6 +211,7 @@ impl Default for InferenceStats {
             model_info: Family::default(),
             active: Mutex::new(HashMap::new()),
             tensors: Default::default(),
+            shadow: Default::default(),
         }
     }
 }
@@ -181,12 +246,61 @@ impl InferenceStats {
             self.model_info.remove(&old);
         }
         self.model_info.get_or_create(&label).set(1);
+        drop(active);
+        let mut recent = self.recent.lock().expect("stats lock");
+        let w = recent.entry(model.to_string()).or_default();
+        let at = w.version_at(version);
+        w.versions[at].shadow = false;
+        w.current = Some(at);
+    }
+
+    /// `version` of `model` runs as a shadow of the active version from now on (the only
+    /// shadow of `model`).
+    pub fn shadow_started(&self, model: &str, version: &str) {
+        let mut recent = self.recent.lock().expect("stats lock");
+        let w = recent.entry(model.to_string()).or_default();
+        let at = w.version_at(version);
+        for (i, v) in w.versions.iter_mut().enumerate() {
+            v.shadow = i == at;
+        }
+    }
+
+    /// `model` has no shadow any more.
+    pub fn shadow_ended(&self, model: &str) {
+        if let Some(w) = self.recent.lock().expect("stats lock").get_mut(model) {
+            w.versions.iter_mut().for_each(|v| v.shadow = false);
+        }
+    }
+
+    /// The shadow `version` of `model` ran a copied request in `elapsed`: `compared` is how
+    /// its outputs compared with the active version's, `None` when it failed.
+    pub fn shadow_ran(&self, model: &str, version: &str, elapsed: Duration, compared: Option<Comparison>) {
+        let mut recent = self.recent.lock().expect("stats lock");
+        let Some(v) = recent.get_mut(model).and_then(|w| w.versions.iter_mut().find(|v| v.version == version)) else {
+            return;
+        };
+        v.requests += 1;
+        match compared {
+            None => v.failures += 1,
+            Some(c) => {
+                let secs = elapsed.as_secs_f64();
+                v.timed += 1;
+                v.buckets[LATENCY_BUCKETS.partition_point(|&le| le < secs)] += 1;
+                v.sum_secs += secs;
+                v.compared += 1;
+                v.agreed += u64::from(c.agreed);
+                v.max_abs_diff = v.max_abs_diff.max(c.max_abs_diff);
+            }
+        }
     }
 
     /// `model` no longer serves: its `model_info` goes.
     pub fn deactivated(&self, model: &str) {
         if let Some(old) = self.active.lock().expect("stats lock").remove(model) {
             self.model_info.remove(&old);
+        }
+        if let Some(w) = self.recent.lock().expect("stats lock").get_mut(model) {
+            w.current = None;
         }
     }
 
@@ -216,8 +330,20 @@ impl InferenceStats {
         let w = recent.entry(model.to_string()).or_default();
         w.requests += 1;
         let secs = elapsed.as_secs_f64();
-        w.buckets[LATENCY_BUCKETS.partition_point(|&le| le < secs)] += 1;
+        let bucket = LATENCY_BUCKETS.partition_point(|&le| le < secs);
+        w.buckets[bucket] += 1;
         w.latency_sum_secs += secs;
+        // A request that began before an activation and ends after it counts for the new
+        // version, as in the health window.
+        if let Some(v) = w.current.and_then(|at| w.versions.get_mut(at)) {
+            v.requests += 1;
+            v.failures += u64::from(outcome.is_failure());
+            if timed {
+                v.timed += 1;
+                v.buckets[bucket] += 1;
+                v.sum_secs += secs;
+            }
+        }
         if outcome != Outcome::Ok {
             w.errors += 1;
         }
@@ -256,15 +382,35 @@ impl InferenceStats {
         let recent = self.recent.lock().expect("stats lock");
         recent
             .iter()
-            .map(|(name, w)| {
-                let buckets: Vec<u64> = w.buckets[..LATENCY_BUCKETS.len()]
-                    .iter()
-                    .scan(0, |total, n| {
-                        *total += n;
-                        Some(*total)
-                    })
-                    .collect();
-                ModelLatency { name: name.clone(), buckets, count: w.requests, sum_secs: w.latency_sum_secs }
+            .map(|(name, w)| ModelLatency {
+                name: name.clone(),
+                buckets: cumulative(&w.buckets),
+                count: w.requests,
+                sum_secs: w.latency_sum_secs,
+            })
+            .collect()
+    }
+
+    /// Telemetry's per-version figures: every version kept of every model, since the start.
+    pub fn versions(&self) -> Vec<VersionStats> {
+        let recent = self.recent.lock().expect("stats lock");
+        recent
+            .iter()
+            .flat_map(|(name, w)| {
+                w.versions.iter().enumerate().map(move |(at, v)| VersionStats {
+                    name: name.clone(),
+                    version: v.version.clone(),
+                    active: w.current == Some(at),
+                    requests: v.requests,
+                    failures: v.failures,
+                    buckets: cumulative(&v.buckets),
+                    timed: v.timed,
+                    sum_secs: v.sum_secs,
+                    shadow: v.shadow,
+                    compared: v.compared,
+                    agreed: v.agreed,
+                    max_abs_diff: v.max_abs_diff,
+                })
             })
             .collect()
     }
@@ -384,6 +530,61 @@ mod tests {
         s.deactivated("m");
         let text = exposition(&s);
         assert!(!text.contains("model_info{"), "a removed model still has a model_info:\n{text}");
+    }
+
+    #[test]
+    fn each_version_keeps_its_own_figures_across_activations() {
+        let s = InferenceStats::default();
+        s.activated("m", "1", "onnx");
+        for _ in 0..4 {
+            s.end("m", Duration::from_millis(1), Outcome::Ok);
+        }
+        s.activated("m", "2", "onnx");
+        s.end("m", Duration::from_millis(100), Outcome::Ok);
+        s.end("m", Duration::from_millis(100), Outcome::ModelError);
+        s.end("m", Duration::from_millis(100), Outcome::ClientError);
+        // A rollback: version 1 goes on from its own figures.
+        s.activated("m", "1", "onnx");
+        s.end("m", Duration::from_millis(1), Outcome::Timeout);
+        let [v1, v2] = s.versions().try_into().unwrap();
+        assert_eq!((v1.version.as_str(), v1.active, v1.requests, v1.failures, v1.timed), ("1", true, 5, 1, 5));
+        assert_eq!((v2.version.as_str(), v2.active, v2.requests, v2.failures, v2.timed), ("2", false, 3, 1, 1));
+        // Interpolated inside (0.8, 1.6] ms and (51.2, 102.4] ms.
+        assert!((v1.latency_quantile(0.95).unwrap() - 0.00156).abs() < 1e-9);
+        assert!((v2.latency_quantile(0.95).unwrap() - 0.09984).abs() < 1e-9, "{:?}", v2.latency_quantile(0.95));
+        // Only the last VERSIONS_KEPT versions stay.
+        for v in 3..=6 {
+            s.activated("m", &v.to_string(), "onnx");
+        }
+        let kept: Vec<String> = s.versions().into_iter().map(|v| v.version).collect();
+        assert_eq!(kept, ["3", "4", "5", "6"]);
+        s.deactivated("m");
+        assert!(s.versions().iter().all(|v| !v.active));
+    }
+
+    #[test]
+    fn a_shadow_keeps_its_own_figures_and_comparisons_beside_the_active_version() {
+        let s = InferenceStats::default();
+        s.activated("m", "1", "onnx");
+        s.shadow_started("m", "2");
+        s.end("m", Duration::from_millis(1), Outcome::Ok);
+        s.shadow_ran("m", "2", Duration::from_millis(10), Some(Comparison { agreed: true, max_abs_diff: 0.0 }));
+        s.shadow_ran("m", "2", Duration::from_millis(10), Some(Comparison { agreed: false, max_abs_diff: 3.5 }));
+        s.shadow_ran("m", "2", Duration::from_millis(10), None);
+        let [v1, v2] = s.versions().try_into().unwrap();
+        assert_eq!((v1.active, v1.shadow, v1.requests, v1.compared), (true, false, 1, 0));
+        assert_eq!((v2.active, v2.shadow, v2.requests, v2.failures, v2.timed), (false, true, 3, 1, 2));
+        assert_eq!((v2.compared, v2.agreed, v2.max_abs_diff), (2, 1, 3.5));
+        assert_eq!(v2.agreement(), Some(0.5));
+        // Kept past VERSIONS_KEPT activations while it is the shadow; promoted, it is active.
+        for v in 3..=6 {
+            s.activated("m", &v.to_string(), "onnx");
+        }
+        assert!(s.versions().iter().any(|v| v.version == "2" && v.shadow));
+        s.activated("m", "2", "onnx");
+        let v2 = s.versions().into_iter().find(|v| v.version == "2").unwrap();
+        assert!(v2.active && !v2.shadow);
+        s.shadow_ended("m");
     }
 
     #[test]

@@ -179,6 +179,7 @@ impl Sampler {
             disk_full: self.disk.full(),
             cert_not_after: self.cert_not_after,
             latency: models.latencies(),
+            versions: models.versions(),
         }
     }
 }

@@ -12,6 +12,7 @@ use edge_agent::commands::control::{CommandStats, Reason};
 use edge_agent::engine::{LoadOptions, Model};
 use edge_agent::http::Metrics;
 use edge_agent::link::LinkStats;
+use edge_agent::serving::shadow::{ShadowLabel, ShadowVersion};
 use edge_agent::serving::{PoolSettings, Registry};
 use edge_agent::stats::InferenceStats;
 use prometheus_client::metrics::counter::Counter;
@@ -58,6 +59,13 @@ fn exported() -> Vec<(String, String)> {
         Some(1_900_000_000),
     );
     metrics.http_stats().refused("unauthorized");
+    stats.shadow_started("deepa", "2");
+    stats
+        .shadow
+        .requests
+        .get_or_create(&ShadowLabel { model: "deepa".into(), version: "2".into(), result: "agreed" })
+        .inc();
+    stats.shadow.duration.get_or_create(&ShadowVersion { model: "deepa".into(), version: "2".into() }).observe(0.01);
     let text = metrics.render();
     let families: Vec<(String, String)> = text
         .lines()

@@ -51,6 +51,9 @@ pub enum DeployError {
     /// Building, signing or sending the command failed.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// A rollout's target, waves or gates are wrong: the message says how.
+    #[error("{0}")]
+    Rollout(String),
     /// The chunk size does not fit.
     #[error("--chunk-size {chunk_size}: {problem}")]
     ChunkSize {
@@ -139,6 +142,9 @@ pub struct DeployRequest {
     pub ttl: Duration,
     /// Wait for the install's result (`Succeeded`/`Failed`), not only for the transfer.
     pub wait: bool,
+    /// Install as a shadow on this percentage of the requests instead of activating
+    /// ([`Payload::Shadow`], command version 4).
+    pub shadow: Option<u8>,
 }
 
 impl DeployRequest {
@@ -165,6 +171,7 @@ impl DeployRequest {
             timeout: DEFAULT_TIMEOUT,
             ttl: DEFAULT_TTL,
             wait: false,
+            shadow: None,
         }
     }
 }
@@ -313,7 +320,10 @@ pub fn plan(
         now_ms,
         req.ttl,
         req.target.clone(),
-        Payload::deploy(manifest.clone()),
+        match req.shadow {
+            Some(pct) => Payload::shadow(manifest.clone(), pct),
+            None => Payload::deploy(manifest.clone()),
+        },
         signer,
         max_packet_bytes,
         // 32 bytes of manifest per chunk: fewer, larger chunks.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use edge_proto::deployments::{CancelDeployment, Deployment, NewDeployment};
 use edge_proto::inventory::Device;
+use edge_proto::rollouts::{NewRollout, Rollout, VersionReport};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde::de::DeserializeOwned;
@@ -156,6 +157,39 @@ pub async fn deployment(svc: &Service, id: &str) -> Result<Deployment, FleetErro
     let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
     let path = format!("{prefix}/v1/deployments/{}", percent_encode(id));
     json(url, call(svc, &authority, "GET", &path, None, TIMEOUT).await?)
+}
+
+/// A model's versions pooled over the devices that ran them; `since_secs` bounds how old a
+/// device's figures may be.
+pub async fn model_versions(svc: &Service, model: &str, since_secs: Option<u64>) -> Result<VersionReport, FleetError> {
+    let query = since_secs.map(|s| format!("?since_secs={s}")).unwrap_or_default();
+    get_json(svc, &format!("/v1/models/{}/versions{query}", percent_encode(model))).await
+}
+
+/// Starts a rollout.
+pub async fn create_rollout(svc: &Service, new: &NewRollout) -> Result<Rollout, FleetError> {
+    post_json(svc, "/v1/rollouts", new).await
+}
+
+/// Every rollout, newest first.
+pub async fn rollouts(svc: &Service) -> Result<Vec<Rollout>, FleetError> {
+    get_json(svc, "/v1/rollouts").await
+}
+
+/// One rollout.
+pub async fn rollout(svc: &Service, id: &str) -> Result<Rollout, FleetError> {
+    get_json(svc, &format!("/v1/rollouts/{}", percent_encode(id))).await
+}
+
+/// Lets a rollout waiting for approval go on.
+pub async fn approve_rollout(svc: &Service, id: &str) -> Result<Rollout, FleetError> {
+    post_json(svc, &format!("/v1/rollouts/{}/approve", percent_encode(id)), &serde_json::json!({})).await
+}
+
+async fn get_json<T: DeserializeOwned>(svc: &Service, path: &str) -> Result<T, FleetError> {
+    let url = svc.url.as_str();
+    let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
+    json(url, call(svc, &authority, "GET", &format!("{prefix}{path}"), None, TIMEOUT).await?)
 }
 
 /// Cancels a deployment with a signed cancel command.

@@ -66,6 +66,7 @@ pub mod npy;
 pub mod observe;
 pub mod pki;
 pub mod report;
+pub mod rollout;
 pub mod tally;
 pub mod track;
 pub mod transfer;

@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "replicas", include_str!("../migrations/0004_replicas.sql")),
     (5, "artifact_copies", include_str!("../migrations/0005_artifact_copies.sql")),
     (6, "bytes_sent", include_str!("../migrations/0006_bytes_sent.sql")),
+    (7, "rollouts", include_str!("../migrations/0007_rollouts.sql")),
 ];
 
 /// The versions of every migration this build carries, in order.

@@ -30,6 +30,7 @@ use crate::db::Db;
 use crate::deployments::Deployments;
 use crate::inventory::{self, Observation};
 use crate::metrics::Metrics;
+use crate::rollouts::Rollouts;
 use crate::session::{self, Acks, Consumer, Filters};
 
 /// Delays between attempts to store a message the database refused.
@@ -71,13 +72,15 @@ pub async fn run(
     share_group: Option<String>,
     db: Db,
     deployments: Deployments,
+    rollouts: Rollouts,
     metrics: Metrics,
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
     let (client, mut eventloop) = crate::session::connect(&mqtt, client_id, session::REQUESTS, true)?;
     let (mut consumer, rx, acks) = Consumer::new(QUEUE);
     let stop_store = cancel.child_token();
-    let store = tokio::spawn(store(rx, acks, mqtt.topic_prefix.clone(), db, deployments, metrics, stop_store.clone()));
+    let parts = Parts { db, deployments, rollouts, metrics };
+    let store = tokio::spawn(store(rx, acks, mqtt.topic_prefix.clone(), parts, stop_store.clone()));
     let subscriptions = filters(&mqtt.topic_prefix, share_group.as_deref());
     session::pump(&mqtt, "inventory", &client, &mut eventloop, &subscriptions, Some(&mut consumer), &cancel).await;
     stop_store.cancel();
@@ -86,16 +89,16 @@ pub async fn run(
     Ok(())
 }
 
-/// Stores each message, then acks it to the broker.
-async fn store(
-    mut rx: mpsc::Receiver<Publish>,
-    acks: Acks,
-    prefix: String,
+/// What a message is stored into and moves on.
+struct Parts {
     db: Db,
     deployments: Deployments,
+    rollouts: Rollouts,
     metrics: Metrics,
-    cancel: CancellationToken,
-) {
+}
+
+/// Stores each message, then acks it to the broker.
+async fn store(mut rx: mpsc::Receiver<Publish>, acks: Acks, prefix: String, parts: Parts, cancel: CancellationToken) {
     loop {
         // Stops at once when cancelled: what is queued here is not acked yet, so the broker
         // delivers it again on the next start.
@@ -106,7 +109,7 @@ async fn store(
                 None => return,
             },
         };
-        if !handle(&p, &prefix, &db, &deployments, &metrics, &cancel).await {
+        if !handle(&p, &prefix, &parts, &cancel).await {
             // Cancelled mid-retry: not acked, so the broker delivers it again.
             return;
         }
@@ -135,14 +138,8 @@ async fn watched<T>(what: &str, topic: &str, step: impl std::future::Future<Outp
 
 /// Decodes and stores one message, then moves the deployments on. `false` when cancelled
 /// before it was stored.
-async fn handle(
-    p: &Publish,
-    prefix: &str,
-    db: &Db,
-    deployments: &Deployments,
-    metrics: &Metrics,
-    cancel: &CancellationToken,
-) -> bool {
+async fn handle(p: &Publish, prefix: &str, parts: &Parts, cancel: &CancellationToken) -> bool {
+    let Parts { db, deployments, rollouts, metrics } = parts;
     let (device, kind, obs) = match inventory::observe(prefix, &p.topic, &p.payload) {
         Ok(o) => o,
         Err(e) => {
@@ -162,7 +159,8 @@ async fn handle(
                         Observation::Status(_) => deployments.on_status(&device).await,
                         Observation::Ack(a) => deployments.on_ack(&device, a).await,
                         Observation::Need(n) => deployments.on_need(&device, n).await,
-                        Observation::Telemetry { .. } | Observation::Cleared => Ok(()),
+                        Observation::Telemetry { versions, .. } => rollouts.on_telemetry(&device, versions).await,
+                        Observation::Cleared => Ok(()),
                     }
                 };
                 watched("moving the deployments on", &p.topic, moved).await

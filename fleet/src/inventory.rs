@@ -64,6 +64,8 @@ pub enum Observation {
         agent_version: String,
         /// Certificate expiry, if reported.
         cert_not_after: Option<i64>,
+        /// Per-version figures (telemetry version 4), for rollouts.
+        versions: Vec<edge_proto::telemetry::VersionStats>,
     },
     /// A command ack.
     Ack(Ack),
@@ -131,8 +133,12 @@ pub fn observe(prefix: &str, topic: &str, payload: &[u8]) -> Result<(String, Kin
         }
         Kind::Telemetry => {
             let t: Telemetry = edge_proto::telemetry::decode(payload).map_err(|e| bad(e.to_string()))?;
-            let obs =
-                Observation::Telemetry { ts: t.ts, agent_version: t.agent.version, cert_not_after: t.cert_not_after };
+            let obs = Observation::Telemetry {
+                ts: t.ts,
+                agent_version: t.agent.version,
+                cert_not_after: t.cert_not_after,
+                versions: t.versions,
+            };
             (t.device, obs)
         }
         Kind::Ack => {
@@ -203,7 +209,7 @@ pub fn apply(device: &str, known: Option<Device>, obs: &Observation) -> Change {
             }
             d.models.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        Observation::Telemetry { ts, agent_version, cert_not_after } => {
+        Observation::Telemetry { ts, agent_version, cert_not_after, .. } => {
             seen(&mut d, *ts);
             if !agent_version.is_empty() {
                 d.agent_version = Some(agent_version.clone());
@@ -313,15 +319,24 @@ mod tests {
     fn late_telemetry_never_moves_last_seen_back_nor_sets_online() {
         let on = put(apply("dev-1", None, &Observation::Status(status(State::Offline, 9_000))));
         assert_eq!(on.last_seen, None);
-        let obs =
-            |ts| Observation::Telemetry { ts, agent_version: "0.2.1".into(), cert_not_after: Some(1_900_000_000) };
+        let obs = |ts| Observation::Telemetry {
+            ts,
+            agent_version: "0.2.1".into(),
+            cert_not_after: Some(1_900_000_000),
+            versions: vec![],
+        };
         let d = put(apply("dev-1", Some(on), &obs(10_000)));
         let d = put(apply("dev-1", Some(d), &obs(7_000)));
         assert_eq!(d.last_seen, Some(10_000));
         assert!(!d.online);
         assert_eq!((d.agent_version.as_deref(), d.cert_not_after), (Some("0.2.1"), Some(1_900_000_000)));
         // A v1 sample (no expiry) keeps the one known.
-        let v1 = Observation::Telemetry { ts: 11_000, agent_version: "0.2.1".into(), cert_not_after: None };
+        let v1 = Observation::Telemetry {
+            ts: 11_000,
+            agent_version: "0.2.1".into(),
+            cert_not_after: None,
+            versions: vec![],
+        };
         assert_eq!(put(apply("dev-1", Some(d), &v1)).cert_not_after, Some(1_900_000_000));
     }
 

@@ -69,8 +69,10 @@ pub mod metrics;
 pub mod progress;
 pub mod remote_write;
 pub mod retention;
+pub mod rollouts;
 pub mod series;
 pub mod session;
+pub mod versions;
 
 use tokio_util::sync::CancellationToken;
 
@@ -136,9 +138,14 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetE
         cancel.clone(),
     ));
     let ticker = tokio::spawn(deployments::ticker(deployments.clone(), cancel.clone()));
+    let rollouts = rollouts::Rollouts::new(db.clone(), deployments.clone());
+    let rollout_ticker = tokio::spawn(rollouts::ticker(rollouts.clone(), cancel.clone()));
     let keep = std::time::Duration::from_secs(config.artifacts.keep_days.saturating_mul(86_400));
     let retention = tokio::spawn(retention::run(db.clone(), store.clone(), keep, cancel.clone()));
-    let mut router = http::router(db.clone(), metrics.clone()).merge(deployments::api::router(deployments.clone()));
+    let mut router = http::router(db.clone(), metrics.clone())
+        .merge(deployments::api::router(deployments.clone()))
+        .merge(rollouts::api::router(rollouts.clone()))
+        .merge(versions::router(db.clone()));
     if let Some(token) = &token {
         router = router.layer(axum::middleware::from_fn_with_state(token.clone(), http::require_token));
     }
@@ -150,6 +157,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetE
         config.share_group,
         db.clone(),
         deployments,
+        rollouts,
         metrics,
         cancel.clone(),
     )
@@ -158,6 +166,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), FleetE
     cancel.cancel();
     let served = server.await;
     let _ = ticker.await;
+    let _ = rollout_ticker.await;
     let _ = retention.await;
     if let Some(exporter) = exporter {
         let _ = exporter.await;

@@ -211,6 +211,7 @@ mod tests {
                 count: 20,
                 sum_secs: 0.5,
             }],
+            versions: vec![],
         }
     }
 

@@ -114,6 +114,7 @@ fn telemetry(device: &str, seq: u64, ts: u64, requests: u64) -> Vec<u8> {
             count: requests,
             sum_secs: requests as f64 * 0.01,
         }],
+        versions: vec![],
     }
     .encode(Encoding::Postcard)
 }

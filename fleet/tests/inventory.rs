@@ -78,6 +78,7 @@ fn telemetry(id: &str, cert_not_after: i64) -> Vec<u8> {
         disk_full: false,
         cert_not_after: Some(cert_not_after),
         latency: vec![],
+        versions: vec![],
     }
     .encode(Encoding::Postcard)
 }

@@ -27,6 +27,7 @@ pub mod deployments;
 pub mod inventory;
 pub mod ota;
 pub mod profile;
+pub mod rollouts;
 pub mod status;
 pub mod telemetry;
 pub mod topics;

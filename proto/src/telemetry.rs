@@ -3,8 +3,10 @@
 //! Two encodings on the wire, told apart by the first byte ([`decode`]):
 //! - postcard (the default): version first, then the fields in order. Version 2 appended
 //!   `disk_full` and `cert_not_after` to version 1; version 3 appended `latency`, each
-//!   model's latency histogram with the fixed bounds [`LATENCY_BUCKETS`]. Older samples
-//!   still decode, with the later fields unknown (`false`, `None`, no histograms).
+//!   model's latency histogram with the fixed bounds [`LATENCY_BUCKETS`]; version 4
+//!   appended `versions`, the same figures per model version, which staged rollouts compare.
+//!   Older samples still decode, with the later fields unknown (`false`, `None`, empty
+//!   lists).
 //! - JSON (`[telemetry] encoding = "json"`), for Telegraf, Node-RED and broker rule
 //!   engines: one object whose field names are the Rust field names, the schema in
 //!   `docs/telemetry.schema.json`. Scripts can rely on `device`, `seq`, `ts`,
@@ -57,6 +59,98 @@ pub struct Telemetry {
     /// several devices add up to a fleet-wide distribution. Since version 3.
     #[serde(default)]
     pub latency: Vec<ModelLatency>,
+    /// Requests, failures and latencies per model version served since the agent started
+    /// (the active one and the last few before it): what a staged rollout compares, old
+    /// version against new on the same device. Since version 4.
+    #[serde(default)]
+    pub versions: Vec<VersionStats>,
+}
+
+/// What one version of a model did since the agent started, cumulative. A version that is
+/// active again after a rollback goes on from its own figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VersionStats {
+    /// Model name.
+    pub name: String,
+    /// Version label.
+    pub version: String,
+    /// Whether it serves requests now.
+    pub active: bool,
+    /// Requests that reached it and ended, whatever their outcome.
+    pub requests: u64,
+    /// Of which the model's failures: errors, timeouts, a full queue, requests the version it
+    /// replaced accepted (not the callers' bad requests).
+    pub failures: u64,
+    /// Latency histogram of the requests it answered or let time out (a timeout counts at its
+    /// deadline): cumulative counts with the bounds of [`LATENCY_BUCKETS`], as
+    /// [`ModelLatency::buckets`].
+    pub buckets: Vec<u64>,
+    /// How many requests the histogram holds (the `+Inf` bucket).
+    pub timed: u64,
+    /// Sum of their latencies, seconds.
+    pub sum_secs: f64,
+    /// Whether it runs as a shadow of the active version now (a shadow deploy): its
+    /// requests are copies of sampled live requests, its answers never returned.
+    pub shadow: bool,
+    /// As a shadow: requests whose outputs were compared with the active version's.
+    pub compared: u64,
+    /// Of which agreed: the same arg-max for outputs of scores, every element within
+    /// 0.1 % of the active output's largest magnitude (at least 0.001) for the others.
+    pub agreed: u64,
+    /// As a shadow: the largest absolute difference seen from the active version's outputs
+    /// (infinite when their shapes differed).
+    pub max_abs_diff: f64,
+}
+
+impl VersionStats {
+    /// The `q` quantile (0-1) of the latency histogram, in seconds, interpolated inside its
+    /// bucket as Prometheus' `histogram_quantile` does ([`quantile`]). `None` without
+    /// requests; past the top bound, infinity.
+    pub fn latency_quantile(&self, q: f64) -> Option<f64> {
+        quantile(&self.buckets, self.timed, q)
+    }
+
+    /// Adds `other`'s figures to these (several devices pooled): counts and histograms sum.
+    /// A histogram of another length than [`LATENCY_BUCKETS`] is left out, its counts kept.
+    pub fn merge(&mut self, other: &VersionStats) {
+        self.requests += other.requests;
+        self.failures += other.failures;
+        if other.buckets.len() == LATENCY_BUCKETS.len() {
+            self.buckets.resize(LATENCY_BUCKETS.len(), 0);
+            for (total, n) in self.buckets.iter_mut().zip(&other.buckets) {
+                *total += n;
+            }
+            self.timed += other.timed;
+            self.sum_secs += other.sum_secs;
+        }
+        self.shadow |= other.shadow;
+        self.compared += other.compared;
+        self.agreed += other.agreed;
+        self.max_abs_diff = self.max_abs_diff.max(other.max_abs_diff);
+    }
+
+    /// Agreed over compared; `None` before any comparison.
+    pub fn agreement(&self) -> Option<f64> {
+        (self.compared > 0).then(|| self.agreed as f64 / self.compared as f64)
+    }
+}
+
+/// The `q` quantile of a cumulative histogram with the bounds [`LATENCY_BUCKETS`] and `count`
+/// observations, interpolated linearly inside the bucket holding it (as Prometheus'
+/// `histogram_quantile`; the first bucket starts at 0); infinity past the last bound; `None`
+/// for an empty one or one of another length.
+pub fn quantile(buckets: &[u64], count: u64, q: f64) -> Option<f64> {
+    if count == 0 || buckets.len() != LATENCY_BUCKETS.len() {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * count as f64;
+    let Some(i) = buckets.iter().position(|&n| n as f64 >= rank) else { return Some(f64::INFINITY) };
+    let (below, lower) = if i == 0 { (0, 0.0) } else { (buckets[i - 1], LATENCY_BUCKETS[i - 1]) };
+    let inside = (buckets[i] - below) as f64;
+    if inside == 0.0 {
+        return Some(LATENCY_BUCKETS[i]);
+    }
+    Some(lower + (LATENCY_BUCKETS[i] - lower) * (rank - below as f64) / inside)
 }
 
 /// Upper bounds, in seconds, of the latency histogram buckets in telemetry (and of the
@@ -83,7 +177,7 @@ pub struct ModelLatency {
 }
 
 impl Versioned for Telemetry {
-    const VERSION: u16 = 3;
+    const VERSION: u16 = 4;
     fn version(&self) -> u16 {
         self.version
     }
@@ -135,6 +229,7 @@ impl From<TelemetryV1> for Telemetry {
             disk_full: false,
             cert_not_after: None,
             latency: Vec::new(),
+            versions: Vec::new(),
         }
     }
 }
@@ -161,6 +256,26 @@ impl From<TelemetryV2> for Telemetry {
     }
 }
 
+/// Version 3: version 2 and `latency`; version 4 without `versions`. Read, never written.
+#[derive(Deserialize)]
+struct TelemetryV3 {
+    v2: TelemetryV2,
+    latency: Vec<ModelLatency>,
+}
+
+impl Versioned for TelemetryV3 {
+    const VERSION: u16 = 3;
+    fn version(&self) -> u16 {
+        self.v2.v1.version
+    }
+}
+
+impl From<TelemetryV3> for Telemetry {
+    fn from(v: TelemetryV3) -> Telemetry {
+        Telemetry { latency: v.latency, ..Telemetry::from(v.v2) }
+    }
+}
+
 /// How a device encodes its telemetry (`[telemetry] encoding`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -182,7 +297,7 @@ impl Telemetry {
     }
 }
 
-/// Decodes a sample in either encoding and any version this build reads (1 to 3): a JSON
+/// Decodes a sample in either encoding and any version this build reads (1 to 4): a JSON
 /// object starts with `{`, which no postcard sample does (its first byte is the version).
 pub fn decode(bytes: &[u8]) -> Result<Telemetry, ProtoError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
@@ -201,6 +316,9 @@ pub fn decode(bytes: &[u8]) -> Result<Telemetry, ProtoError> {
         }
         Err(ProtoError::UnknownVersion { found: 2, .. }) => {
             crate::codec::decode::<TelemetryV2>(bytes).map(Telemetry::from)
+        }
+        Err(ProtoError::UnknownVersion { found: 3, .. }) => {
+            crate::codec::decode::<TelemetryV3>(bytes).map(Telemetry::from)
         }
         other => other,
     }
@@ -331,7 +449,57 @@ mod tests {
                 count: 3,
                 sum_secs: 0.0125,
             }],
+            versions: vec![VersionStats {
+                name: "wake".into(),
+                version: "2".into(),
+                active: true,
+                requests: 3,
+                failures: 1,
+                buckets: LATENCY_BUCKETS.iter().enumerate().map(|(i, _)| (i as u64).min(2)).collect(),
+                timed: 2,
+                sum_secs: 0.004,
+                shadow: false,
+                compared: 0,
+                agreed: 0,
+                max_abs_diff: 0.0,
+            }],
         }
+    }
+
+    #[test]
+    fn a_version_3_sample_still_decodes_without_version_figures() {
+        let mut t = sample();
+        t.version = 3;
+        t.versions.clear();
+        let mut bytes = encode(&t);
+        assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
+        assert_eq!(super::decode(&bytes).unwrap(), t);
+        assert!(matches!(decode::<Telemetry>(&bytes), Err(ProtoError::UnknownVersion { found: 3, .. })));
+    }
+
+    #[test]
+    fn quantiles_are_interpolated_inside_the_bucket_they_fall_in() {
+        let mut buckets = vec![0u64; LATENCY_BUCKETS.len()];
+        // 90 requests in (0.4, 0.8] ms, 10 more in (6.4, 12.8] ms.
+        for (i, b) in buckets.iter_mut().enumerate() {
+            *b = if i < 4 {
+                0
+            } else if i < 8 {
+                90
+            } else {
+                100
+            };
+        }
+        let close = |a: Option<f64>, b: f64| (a.unwrap() - b).abs() < 1e-9;
+        // The 50th of the 90 in (0.4, 0.8] ms: 0.4 + 0.4 * 50/90.
+        assert!(close(quantile(&buckets, 100, 0.5), 0.0004 + 0.0004 * 50.0 / 90.0));
+        assert!(close(quantile(&buckets, 100, 0.90), 0.0008));
+        // The 5th of the 10 in (6.4, 12.8] ms.
+        assert!(close(quantile(&buckets, 100, 0.95), 0.0064 + 0.0064 * 0.5));
+        // Past the top bound: infinity; empty or of another length: nothing.
+        assert_eq!(quantile(&buckets, 120, 0.99), Some(f64::INFINITY));
+        assert_eq!(quantile(&buckets, 0, 0.5), None);
+        assert_eq!(quantile(&buckets[1..], 100, 0.5), None);
     }
 
     #[test]
@@ -344,43 +512,48 @@ mod tests {
 
     #[test]
     fn a_version_2_sample_still_decodes_without_histograms() {
-        // Version 2 is version 3 without `latency`: cut it off the encoding.
+        // Version 2 is version 4 without `latency` and `versions`: cut them off the encoding.
         let mut t = sample();
         t.version = 2;
         t.latency.clear();
+        t.versions.clear();
         let mut bytes = encode(&t);
+        assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
         assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
         assert_eq!(super::decode(&bytes).unwrap(), t);
         assert!(matches!(decode::<Telemetry>(&bytes), Err(ProtoError::UnknownVersion { found: 2, .. })));
         // The same in JSON: a version 2 object has no `latency` key.
         let mut v = serde_json::to_value(&t).unwrap();
         v.as_object_mut().unwrap().remove("latency");
+        v.as_object_mut().unwrap().remove("versions");
         assert_eq!(super::decode(&serde_json::to_vec(&v).unwrap()).unwrap(), t);
     }
 
     #[test]
     fn a_version_1_sample_still_decodes_with_the_new_fields_unknown() {
-        // Version 1 is version 3 without the last three fields: cut them off the encoding.
+        // Version 1 is version 4 without the last four fields: cut them off the encoding.
         let mut t = sample();
         t.version = 1;
         t.disk_full = false;
         t.cert_not_after = None;
         t.latency.clear();
+        t.versions.clear();
         let mut bytes = encode(&t);
+        assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
         assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
         assert_eq!(bytes.pop(), Some(0), "None is one 0 byte");
         assert_eq!(bytes.pop(), Some(0), "false is one 0 byte");
         assert_eq!(super::decode(&bytes).unwrap(), t);
-        // And a version 3 decoder alone refuses it as an older version, not as garbage.
+        // And a version 4 decoder alone refuses it as an older version, not as garbage.
         assert!(matches!(decode::<Telemetry>(&bytes), Err(ProtoError::UnknownVersion { found: 1, .. })));
     }
 
     #[test]
     fn json_samples_of_unknown_versions_or_shapes_are_refused() {
         let mut v = serde_json::to_value(sample()).unwrap();
-        v["version"] = 4.into();
+        v["version"] = 5.into();
         let bytes = serde_json::to_vec(&v).unwrap();
-        assert!(matches!(super::decode(&bytes), Err(ProtoError::UnknownVersion { found: 4, .. })));
+        assert!(matches!(super::decode(&bytes), Err(ProtoError::UnknownVersion { found: 5, .. })));
         assert!(matches!(super::decode(b"{\"device\": 1}"), Err(ProtoError::Malformed(_))));
         let mut big = b"{".to_vec();
         big.resize(MAX_MESSAGE_BYTES + 1, b' ');

@@ -191,6 +191,7 @@ impl Device {
             disk_full: false,
             cert_not_after: Some(2_000_000_000),
             latency: vec![ModelLatency { name, buckets: cumulative, count: self.requests, sum_secs: self.sum_secs }],
+            versions: vec![],
         }
     }
 

@@ -517,6 +517,32 @@ impl Models {
         self.switch_to(name, version).map(|_| ())
     }
 
+    /// Runs installed `version` of `name` as a shadow of the active version on `sample_pct`
+    /// % of its requests ([`crate::serving::shadow`]); the active version keeps serving.
+    pub fn start_shadow(&mut self, name: &str, version: &str, sample_pct: u8) -> Result<(), String> {
+        let active = self.registry.get(name).map_err(|_| format!("{name:?} has no active version to shadow"))?;
+        if active.version == version {
+            return Err(format!("{name} {version} is the active version already"));
+        }
+        let model = load::installed(&self.store, name, version, &load::Settings::of(&self.config, name))?;
+        let stats = self.registry.stats();
+        let shadow = crate::serving::shadow::Shadow::start(name, version, Arc::new(model), sample_pct, stats)
+            .map_err(|e| e.to_string())?;
+        self.registry.set_shadow(name, Some(shadow));
+        Ok(())
+    }
+
+    /// `end-shadow`: stops `name`'s shadow (its version stays installed).
+    pub fn end_shadow(&mut self, name: &str) -> Result<(), String> {
+        match self.registry.shadow(name) {
+            Some(_) => {
+                self.registry.set_shadow(name, None);
+                Ok(())
+            }
+            None => Err(format!("{name:?} has no shadow running")),
+        }
+    }
+
     /// `rollback`: the version before the active one, or the configuration entry.
     pub fn rollback(&mut self, name: &str) -> Result<(), String> {
         self.abandon_trial(name);

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edge_proto::codec::Versioned;
-use edge_proto::command::{hex, AckState, Command};
+use edge_proto::command::{hex, AckState, Command, Payload};
 use edge_proto::ota::{decode_chunk, Need};
 use tokio::sync::mpsc;
 
@@ -130,6 +130,14 @@ impl Deploys {
     /// Checks a deploy against this device before it is accepted: a model it cannot take
     /// is refused with nothing changed.
     pub fn precheck(&self, cmd: &Command) -> Result<(), String> {
+        if let Payload::Shadow { deploy, sample_pct } = &cmd.payload {
+            if !matches!(**deploy, Payload::DeployModel(_) | Payload::DeployModelContent(_)) {
+                return Err(format!("a shadow carries a deploy-model, not {}", deploy.name()));
+            }
+            if !(1..=100).contains(sample_pct) {
+                return Err(format!("a shadow's sample is 1 to 100 % of the requests, not {sample_pct}"));
+            }
+        }
         let Some(m) = cmd.payload.manifest() else { return Ok(()) };
         m.check_consistent().map_err(|e| format!("manifest: {e}"))?;
         let ota = &self.deps.config.ota;
@@ -158,13 +166,13 @@ impl Deploys {
         };
         match installed {
             Some(Ok(true)) => {
-                tracing::info!(model = %name, version = %version, "already installed; activating");
+                tracing::info!(model = %name, version = %version, "already installed");
                 // The deploy's profile (or none) replaces the one installed with the version.
                 if let Err(e) = self.models().replace_profile(&name, &version, m.profile.as_ref()) {
                     return self.fail(id, e);
                 }
                 self.deps.acks.send(id, AckState::Progress(100));
-                return self.activate_new(id, &name, &version);
+                return self.installed(id, &name, &version, cmd.payload.shadow_pct());
             }
             Some(_) => {
                 return self
@@ -414,8 +422,18 @@ impl Deploys {
         }
         // The staging goes once the trial is recorded: a power cut before that finds it
         // complete at the next start and installs it again (the same hash: nothing to do).
-        self.activate_new(id, &m.name, &m.version);
+        self.installed(id, &m.name, &m.version, staging.command.payload.shadow_pct());
         staging.remove();
+    }
+
+    /// An installed version goes on trial, or, for a shadow deploy, runs as a shadow of the
+    /// active version on `shadow_pct` % of the requests (the deploy succeeds once it runs).
+    fn installed(&mut self, id: [u8; 16], name: &str, version: &str, shadow_pct: Option<u8>) {
+        let Some(pct) = shadow_pct else { return self.activate_new(id, name, version) };
+        match self.models().start_shadow(name, version, pct) {
+            Ok(()) => self.succeed(id, name, version, &format!("running as a shadow on {pct} % of the requests")),
+            Err(e) => self.fail(id, format!("installed, but not started as a shadow: {e}")),
+        }
     }
 
     /// Puts a freshly installed version on trial and watches its health against the one

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod json;
+pub mod shadow;
 pub mod v2;
 
 use std::collections::HashMap;
@@ -230,6 +231,8 @@ pub struct Registry {
     /// Input signatures of the versions that models on trial replaced: a request the new
     /// version refuses but the previous one would have taken counts as the model's failure.
     priors: RwLock<HashMap<String, Vec<TensorSpec>>>,
+    /// The shadow of each model that has one ([`shadow`]).
+    shadows: RwLock<HashMap<String, Arc<shadow::Shadow>>>,
     /// How long a request may wait for its answer.
     pub timeout: Duration,
     /// How long an unused session lives.
@@ -247,6 +250,7 @@ impl Registry {
             sessions: Sessions::default(),
             stats,
             priors: RwLock::new(HashMap::new()),
+            shadows: RwLock::new(HashMap::new()),
             timeout,
             session_ttl,
             max_sessions: 64,
@@ -273,6 +277,10 @@ impl Registry {
             activated: Instant::now(),
         });
         let old = self.models.write().expect("registry lock").insert(name.to_string(), served);
+        // A shadow promoted is no shadow any more.
+        if self.shadow(name).is_some_and(|s| s.version == version) {
+            self.set_shadow(name, None);
+        }
         if let Some(old) = old {
             if old.version != version {
                 self.stats.tensors.retire(name, &old.version);
@@ -301,6 +309,38 @@ impl Registry {
         };
     }
 
+    /// Runs `shadow` beside `name`'s active version (replacing any other), or, with `None`,
+    /// stops `name`'s shadow. Its worker ends with the last request it holds.
+    pub fn set_shadow(&self, name: &str, shadow: Option<Arc<shadow::Shadow>>) {
+        let mut shadows = self.shadows.write().expect("registry lock");
+        let old = match shadow {
+            Some(s) => {
+                tracing::info!(model = name, version = %s.version, sample_pct = s.sample_pct, "shadow started");
+                shadows.insert(name.to_string(), s)
+            }
+            None => {
+                let old = shadows.remove(name);
+                if old.is_some() {
+                    self.stats.shadow_ended(name);
+                }
+                old
+            }
+        };
+        if let Some(old) = old {
+            tracing::info!(model = name, version = %old.version, "shadow stopped");
+        }
+    }
+
+    /// The statistics requests are recorded in.
+    pub fn stats(&self) -> Arc<InferenceStats> {
+        self.stats.clone()
+    }
+
+    /// `name`'s shadow, if it has one.
+    pub fn shadow(&self, name: &str) -> Option<Arc<shadow::Shadow>> {
+        self.shadows.read().expect("registry lock").get(name).cloned()
+    }
+
     /// The models the configuration asks for; readiness waits for all of them.
     pub fn expect(&self, names: Vec<String>) {
         *self.expected.write().expect("registry lock") = names;
@@ -320,6 +360,7 @@ impl Registry {
         }
         let removed = removed.is_some();
         if removed {
+            self.set_shadow(name, None);
             self.stats.deactivated(name);
             tracing::info!(model = name, "model deactivated");
         }
@@ -421,9 +462,15 @@ impl Registry {
         let name = served.name.clone();
         // Only while a trial runs: would the replaced version have taken these inputs?
         let prior_fits = self.priors.read().expect("registry lock").get(&name).map(|p| inputs_fit(p, &inputs).is_ok());
+        // A sampled stateless request is copied to the shadow once answered.
+        let shadow = session.is_none().then(|| self.shadow(&name)).flatten().filter(|s| s.sampled());
+        let copy = shadow.as_ref().map(|_| inputs.clone());
         let started = Instant::now();
         self.stats.begin(&name);
         let result = self.submit(served, inputs, session).await;
+        if let (Some(shadow), Some(inputs), Ok(outputs)) = (shadow, copy, &result) {
+            shadow.offer(inputs, outputs.clone());
+        }
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
             Err(ServeError::BadInput(_)) if prior_fits == Some(true) => Outcome::Regression,

@@ -161,6 +161,16 @@ impl Deployments {
     /// a task of its own then reaches them (online ones are sent the command at once).
     /// The same request again returns the stored deployment.
     pub async fn create(&self, new: &NewDeployment) -> Result<Deployment, DeployError> {
+        self.create_admitting(new, None).await
+    }
+
+    /// [`Deployments::create`] for a group deployment that only the `admitted` members may be
+    /// sent for now ([`Deployments::admit`] lets more in): a rollout's first wave.
+    pub async fn create_admitting(
+        &self,
+        new: &NewDeployment,
+        admitted: Option<Vec<String>>,
+    ) -> Result<Deployment, DeployError> {
         let (bytes, cmd) = decode_command(&new.command)?;
         let Some(manifest) = cmd.payload.manifest() else {
             return Err(DeployError::BadCommand("the command is not a deploy-model command".into()));
@@ -190,6 +200,7 @@ impl Deployments {
             superseded_by: None,
             created_at: now,
             expires_at: cmd.expires_at.min(i64::MAX as u64) as i64,
+            admitted,
         };
         if !self.db.insert_deployment(&d).await? {
             let existing = self.db.deployment(&d.id).await?.ok_or_else(|| DeployError::NotFound(d.id.clone()))?;
@@ -209,7 +220,9 @@ impl Deployments {
             }
         }
         let members: Vec<String> = match d.target_kind {
-            TargetKind::Group => self.db.devices(Some(&d.target)).await?.into_iter().map(|m| m.device).collect(),
+            TargetKind::Group => {
+                self.db.devices(Some(&d.target)).await?.into_iter().map(|m| m.device).filter(|m| d.admits(m)).collect()
+            }
             TargetKind::Device => vec![d.target.clone()],
         };
         // Every member known now gets its row, `pending`, before the answer: the deployment
@@ -234,6 +247,31 @@ impl Deployments {
                 tracing::warn!(deployment = %d.id, device, "reaching a member failed, the tick retries: {e}");
             }
         }
+    }
+
+    /// Lets `admitted` members (all, with `None`) be sent deployment `id` from now on, and
+    /// reaches those that are new to it. Returns their number.
+    pub async fn admit(&self, id: &str, admitted: Option<&[String]>) -> Result<usize, DeployError> {
+        let before = self.db.deployment(id).await?.ok_or_else(|| DeployError::NotFound(id.into()))?;
+        self.db.set_admitted(id, admitted).await?;
+        let d = self.db.deployment(id).await?.ok_or_else(|| DeployError::NotFound(id.into()))?;
+        let members = self.db.devices(Some(&d.target)).await?;
+        let new: Vec<String> =
+            members.into_iter().map(|m| m.device).filter(|m| d.admits(m) && !before.admits(m)).collect();
+        for device in &new {
+            self.db.put_progress(&d.id, device, &Progress::default(), None).await?;
+        }
+        let count = new.len();
+        let this = self.clone();
+        tokio::spawn(async move { this.reach(&d, &new).await });
+        Ok(count)
+    }
+
+    /// Publishes signed command `bytes` to `device` (a rollout's promotion or end of shadow).
+    pub fn relay(&self, device: &str, bytes: Vec<u8>) {
+        // The sender only stops with the service.
+        let _ = self.out.send(Out::Command { device: device.into(), bytes: Arc::new(bytes) });
+        self.metrics.commands_sent.inc();
     }
 
     /// Cancels an active deployment: devices that have its command are sent the signed

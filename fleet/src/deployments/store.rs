@@ -41,6 +41,9 @@ pub struct Stored {
     pub created_at: i64,
     /// ms since the Unix epoch.
     pub expires_at: i64,
+    /// The members of a group that may be sent it (a rollout's waves so far); `None` for
+    /// every member, now and later.
+    pub admitted: Option<Vec<String>>,
 }
 
 impl Stored {
@@ -55,13 +58,18 @@ impl Stored {
     pub fn targets(&self, device: &str, groups: &[String]) -> bool {
         match self.target_kind {
             TargetKind::Device => self.target == device,
-            TargetKind::Group => groups.contains(&self.target),
+            TargetKind::Group => groups.contains(&self.target) && self.admits(device),
         }
+    }
+
+    /// Whether `device` may be sent it ([`Stored::admitted`]).
+    pub fn admits(&self, device: &str) -> bool {
+        self.admitted.as_ref().is_none_or(|a| a.iter().any(|d| d == device))
     }
 }
 
 const COLUMNS: &str = "id, target_kind, target, model, version, transfer_id, artifact_sha256, artifact_bytes, \
-                       command, cancel_command, state, superseded_by, created_at, expires_at";
+                       command, cancel_command, state, superseded_by, created_at, expires_at, admitted";
 
 fn stored(row: &AnyRow) -> Result<Stored, DbError> {
     let read = |what| query(what);
@@ -82,6 +90,11 @@ fn stored(row: &AnyRow) -> Result<Stored, DbError> {
         }
     };
     let cancel: Option<String> = row.try_get(9).map_err(read("read a deployment"))?;
+    let admitted: Option<String> = row.try_get(14).map_err(read("read a deployment"))?;
+    let admitted = admitted
+        .map(|a| serde_json::from_str::<Vec<String>>(&a))
+        .transpose()
+        .map_err(|e| DbError::CorruptDeployment { id: id.clone(), column: "admitted", problem: e.to_string() })?;
     Ok(Stored {
         target_kind,
         target: row.try_get(2).map_err(read("read a deployment"))?,
@@ -96,6 +109,7 @@ fn stored(row: &AnyRow) -> Result<Stored, DbError> {
         superseded_by: row.try_get(11).map_err(read("read a deployment"))?,
         created_at: row.try_get(12).map_err(read("read a deployment"))?,
         expires_at: row.try_get(13).map_err(read("read a deployment"))?,
+        admitted,
         id,
     })
 }
@@ -190,8 +204,9 @@ impl Db {
     pub async fn insert_deployment(&self, d: &Stored) -> Result<bool, DbError> {
         let done = sqlx::query(
             "INSERT INTO deployments (id, target_kind, target, model, version, transfer_id, artifact_sha256, \
-             artifact_bytes, command, cancel_command, state, superseded_by, created_at, expires_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, NULL, $11, $12, $11) ON CONFLICT (id) DO NOTHING",
+             artifact_bytes, command, cancel_command, state, superseded_by, created_at, expires_at, updated_at, \
+             admitted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, NULL, $11, $12, $11, $13) \
+             ON CONFLICT (id) DO NOTHING",
         )
         .bind(&d.id)
         .bind(kind_name(&d.target_kind))
@@ -205,10 +220,23 @@ impl Db {
         .bind(&d.state)
         .bind(d.created_at)
         .bind(d.expires_at)
+        .bind(d.admitted.as_ref().map(|a| serde_json::to_string(a).expect("a list of strings serializes")))
         .execute(&self.pool)
         .await
         .map_err(query("store a deployment"))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Lets more members (or, with `None`, every member) be sent deployment `id`.
+    pub async fn set_admitted(&self, id: &str, admitted: Option<&[String]>) -> Result<(), DbError> {
+        sqlx::query("UPDATE deployments SET admitted = $1, updated_at = $2 WHERE id = $3")
+            .bind(admitted.map(|a| serde_json::to_string(a).expect("a list of strings serializes")))
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(query("admit devices to a deployment"))?;
+        Ok(())
     }
 
     /// One deployment.
@@ -405,6 +433,8 @@ impl Db {
                 .map_err(query("find new members"))?,
             );
         }
-        rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().map_err(query("find waiting devices"))
+        let devices: Vec<String> =
+            rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().map_err(query("find waiting devices"))?;
+        Ok(devices.into_iter().filter(|device| d.admits(device)).collect())
     }
 }

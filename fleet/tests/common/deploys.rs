@@ -16,7 +16,8 @@ pub fn model_path(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models").join(file)
 }
 
-/// `edge-agent run` for `device` in `groups`, trusting the operator key; killed on drop.
+/// `edge-agent run` for `device` in `groups`, trusting the operator key, with `ota` added to
+/// its `[ota]` table; killed on drop.
 pub struct Agent {
     child: Child,
     log: PathBuf,
@@ -37,7 +38,9 @@ impl Agent {
                  [mqtt]\nurl = \"{url}\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
                  keep_alive_secs = 5\nreconnect_max_secs = 1\n\
                  [telemetry]\ninterval_secs = 5\n[http]\nlisten = \"{listen}\"\n\
-                 [ota]\ntrusted_keys = [\"{pubkey}\"]\nhealth_window_secs = 1\nstall_secs = 1\n{ota}\n",
+                 [ota]\ntrusted_keys = [\"{pubkey}\"]\nstall_secs = 1\n{window}{ota}\n",
+                // A one-second trial unless the test sets its own window.
+                window = if ota.contains("health_window_secs") { "" } else { "health_window_secs = 1\n" },
                 state = s.dir.path().join(format!("state-{device}")).display(),
                 groups = groups.join(", "),
                 url = s.broker.url(),

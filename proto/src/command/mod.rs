@@ -87,11 +87,12 @@ pub struct Cosignature {
 
 impl Versioned for Command {
     /// Version 2 carries [`Payload::DeployModelContent`]; version 3 adds the fleet id and
-    /// cosignatures, and carries the key changes; version 4 (the layout of 3) carries
-    /// [`Payload::DeployModelProfiled`]. A command goes in the oldest version that can
-    /// carry it ([`Command::required_version`]), so that older agents keep reading what
-    /// they can act on.
-    const VERSION: u16 = 4;
+    /// cosignatures, and carries the key changes; version 4 (the same envelope as 3) carries
+    /// shadow deploys; version 5 (the same envelope) carries [`Payload::DeployModelProfiled`]
+    /// and shadow deploys of a profiled deploy. A command goes in the oldest version that can
+    /// carry it ([`Command::required_version`]), so that older agents keep reading what they
+    /// can act on.
+    const VERSION: u16 = 5;
     const OLDEST: u16 = 1;
     fn version(&self) -> u16 {
         self.version
@@ -215,8 +216,26 @@ pub enum Payload {
         /// [`key_id`] of the key.
         key_id: [u8; 8],
     },
+    /// Receive, verify, validate and install a version as [`Payload::DeployModel`] (or
+    /// `DeployModelContent`, the `deploy` inside) does, then run it as a **shadow** of the
+    /// active version instead of activating it: it gets a copy of `sample_pct` % of the
+    /// model's requests on a spare worker, its outputs are compared with the active
+    /// version's and never returned. `activate` promotes it, `end-shadow` discards it.
+    /// Version 4 (5 when the deploy inside is [`Payload::DeployModelProfiled`]).
+    Shadow {
+        /// The deploy: [`Payload::DeployModel`], [`Payload::DeployModelContent`] or
+        /// [`Payload::DeployModelProfiled`].
+        deploy: Box<Payload>,
+        /// Share of requests copied to the shadow, 1-100.
+        sample_pct: u8,
+    },
+    /// Stop the shadow of a model (the version stays installed). Version 4.
+    EndShadow {
+        /// Model name.
+        name: String,
+    },
     /// [`Payload::DeployModel`] or [`Payload::DeployModelContent`] with a reference profile
-    /// ([`Manifest::profile`] set), for drift. Carried by version 4 commands only, so that
+    /// ([`Manifest::profile`] set), for drift. Carried by version 5 commands only, so that
     /// an agent that predates profiles refuses it as an unknown command version rather
     /// than installing the model without its profile. Build it with [`Payload::deploy`].
     #[serde(with = "profiled_manifest")]
@@ -235,12 +254,26 @@ impl Payload {
         }
     }
 
-    /// The manifest of a deploy payload.
+    /// The manifest of a deploy payload (a shadow deploy's too).
     pub fn manifest(&self) -> Option<&Manifest> {
         match self {
             Payload::DeployModel(m) | Payload::DeployModelContent(m) | Payload::DeployModelProfiled(m) => Some(m),
+            Payload::Shadow { deploy, .. } => deploy.manifest(),
             _ => None,
         }
+    }
+
+    /// The share of requests a shadow deploy copies; `None` for every other payload.
+    pub fn shadow_pct(&self) -> Option<u8> {
+        match self {
+            Payload::Shadow { sample_pct, .. } => Some(*sample_pct),
+            _ => None,
+        }
+    }
+
+    /// A shadow deploy of `manifest` on `sample_pct` % of the requests.
+    pub fn shadow(manifest: Manifest, sample_pct: u8) -> Payload {
+        Payload::Shadow { deploy: Box::new(Payload::deploy(manifest)), sample_pct }
     }
 
     /// The oldest command envelope version that may carry this payload.
@@ -248,7 +281,9 @@ impl Payload {
         match self {
             Payload::DeployModelContent(_) => 2,
             Payload::AddOperator(_) | Payload::RevokeKey { .. } => 3,
-            Payload::DeployModelProfiled(_) => 4,
+            Payload::DeployModelProfiled(_) => 5,
+            Payload::Shadow { deploy, .. } => deploy.command_version().max(4),
+            Payload::EndShadow { .. } => 4,
             _ => 1,
         }
     }
@@ -622,17 +657,17 @@ mod tests {
     }
 
     #[test]
-    fn a_profiled_deploy_goes_in_version_4_and_keeps_its_profile_and_content_chunks() {
+    fn a_profiled_deploy_goes_in_version_5_and_keeps_its_profile_and_content_chunks() {
         let k = key(1);
         for content in [false, true] {
             let m = profiled_manifest(content);
             let cmd = Command::new([7; 16], 1, 2, Target::Device("d".into()), Payload::deploy(m.clone()));
-            assert_eq!(cmd.version, 4);
+            assert_eq!(cmd.version, 5);
             let cmd = sign(cmd, &k);
             let bytes = encode(&cmd);
-            // What an agent that reads versions up to 3 looks at first: an unknown version
-            // (4), which it refuses as such ("upgrade the agent") instead of misreading it.
-            assert_eq!(postcard::take_from_bytes::<u16>(&bytes).unwrap().0, 4);
+            // What an agent that reads versions up to 4 looks at first: an unknown version
+            // (5), which it refuses as such ("upgrade the agent") instead of misreading it.
+            assert_eq!(postcard::take_from_bytes::<u16>(&bytes).unwrap().0, 5);
             let got = verify(&bytes, &[k.verifying_key()]).unwrap();
             assert_eq!(got.payload.manifest(), Some(&m));
             assert_eq!(got.payload.manifest().unwrap().content.is_some(), content);

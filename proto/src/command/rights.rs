@@ -103,6 +103,8 @@ impl Payload {
             Payload::Cancel { .. } => "cancel",
             Payload::AddOperator(_) => "add-operator",
             Payload::RevokeKey { .. } => "revoke-key",
+            Payload::Shadow { .. } => "shadow",
+            Payload::EndShadow { .. } => "end-shadow",
         }
     }
 
@@ -116,7 +118,9 @@ impl Payload {
             | Payload::Activate { .. }
             | Payload::Rollback { .. }
             | Payload::RemoveModel { .. }
-            | Payload::Cancel { .. } => Role::Deploy,
+            | Payload::Cancel { .. }
+            | Payload::Shadow { .. }
+            | Payload::EndShadow { .. } => Role::Deploy,
             Payload::SetConfig { .. }
             | Payload::Erase
             | Payload::Restart

@@ -75,6 +75,16 @@ pub enum Command {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Compare a model's versions across the fleet (A/B): each version's requests, error rate
+    /// and latency percentiles, pooled over the devices that ran it, side by side. Needs
+    /// `[fleet] url` in ctl.toml.
+    Compare {
+        /// Model name.
+        model: String,
+        /// Leave out devices whose figures are older than this many seconds (default a day).
+        #[arg(long)]
+        since: Option<u64>,
+    },
     /// Make the operator key pair that signs commands: DIR/operator.key (secret, 0600) and
     /// DIR/operator.pub (for the devices' [ota] trusted_keys). Never overwrites.
     Keygen {
@@ -94,6 +104,15 @@ pub enum Command {
     /// with --direct): send the signed manifest, then the chunks, then serve repairs until
     /// every device that answered has it (or, with --wait, has installed it).
     Deploy(Box<DeployArgs>),
+    /// Roll a model out to a group in waves through the fleet service (`[fleet] url`):
+    /// each wave's devices run the new version on trial and the service compares it with
+    /// the version it replaced on the same devices (p95 latency, error rate) against the
+    /// gates; a wave that passes admits the next, one that fails halts the rollout and rolls
+    /// its devices back, and later waves never get the model. Follows it until it completes
+    /// (exit 0) or halts (exit 1); interrupting edgectl leaves it running (`rollout watch
+    /// ID`). Subcommands: list, status, watch, approve.
+    #[command(args_conflicts_with_subcommands = true)]
+    Rollout(Box<RolloutArgs>),
     /// The fleet service's deployments: list them, show or watch one device by device
     /// (from any machine, at any time), or cancel one. Needs `[fleet] url` in ctl.toml.
     Deployments {
@@ -179,6 +198,17 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum Cmd {
+    /// Stop a model's shadow (a version deployed with --shadow); the version stays
+    /// installed. `edgectl activate` promotes a shadow instead.
+    EndShadow {
+        #[command(flatten)]
+        to: TargetArgs,
+        /// Model name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        timing: Timing,
+    },
     /// Print a device's agent version, configuration and models.
     GetStatus {
         /// Device id.
@@ -355,8 +385,9 @@ pub enum FormatArg {
     Onnx,
 }
 
+/// What a deploy installs: shared by `deploy` and `rollout`.
 #[derive(Args)]
-pub struct DeployArgs {
+pub struct ModelArgs {
     /// The model file (.tflite or .onnx).
     #[arg(long)]
     pub model: PathBuf,
@@ -366,11 +397,6 @@ pub struct DeployArgs {
     /// Version label.
     #[arg(long)]
     pub version: String,
-    #[command(flatten)]
-    pub to: TargetArgs,
-    /// Wait until every device has installed it (or failed), not only received it.
-    #[arg(long)]
-    pub wait: bool,
     /// Model format; by default from the file's extension.
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
@@ -406,6 +432,28 @@ pub struct DeployArgs {
     /// version 2) or `fixed` (every chunk is sent; any agent).
     #[arg(long, value_enum, default_value_t = Chunking::Content)]
     pub chunking: Chunking,
+    /// Seconds the command stays valid (devices refuse it, and a resumed transfer, after).
+    /// Default: 3600 for a direct deploy; 604800 (7 days) through the fleet service, for
+    /// devices that are offline now.
+    #[arg(long)]
+    pub ttl: Option<u64>,
+    /// Install it as a shadow of the active version instead of activating it: it runs on a
+    /// copy of this percentage (1-100) of the requests and its outputs are compared, never
+    /// returned (agents of command version 4). For a rollout: each wave runs it in shadow
+    /// first and is promoted if it passes (--min-agreement).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub shadow: Option<u8>,
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub what: ModelArgs,
+    #[command(flatten)]
+    pub to: TargetArgs,
+    /// Wait until every device has installed it (or failed), not only received it.
+    #[arg(long)]
+    pub wait: bool,
     /// Most bytes per second to publish, chunks and repairs together.
     #[arg(long)]
     pub rate: Option<u64>,
@@ -416,15 +464,83 @@ pub struct DeployArgs {
     /// Seconds to wait for every device.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
-    /// Seconds the command stays valid (devices refuse it, and a resumed transfer, after).
-    /// Default: 3600 for a direct deploy; 604800 (7 days) through the fleet service, for
-    /// devices that are offline now.
-    #[arg(long)]
-    pub ttl: Option<u64>,
     /// Deploy straight over the broker even when `[fleet] url` is set: only the devices
     /// online now get it, and edgectl serves the transfer itself.
     #[arg(long)]
     pub direct: bool,
+}
+
+#[derive(Args)]
+pub struct RolloutArgs {
+    #[command(subcommand)]
+    pub cmd: Option<RolloutCmd>,
+    // Two optional groups side by side: clap 4.6 leaves an optional group `None` when the
+    // group nests another flattened one.
+    #[command(flatten)]
+    pub what: Option<ModelArgs>,
+    #[command(flatten)]
+    pub start: Option<RolloutStart>,
+}
+
+/// A new rollout: what to install, where, in which waves, judged by which gates.
+#[derive(Args)]
+pub struct RolloutStart {
+    /// The group to roll out to.
+    #[arg(long)]
+    pub group: String,
+    /// Cumulative wave sizes: a number of devices or a percentage of the members
+    /// (default 1,10%,50%,100%).
+    #[arg(long)]
+    pub waves: Option<String>,
+    /// Largest p95 latency of the new version over the old one's on the same devices
+    /// (default 1.5).
+    #[arg(long)]
+    pub max_p95_ratio: Option<f64>,
+    /// Largest share of the new version's requests that fail (default 0.01).
+    #[arg(long)]
+    pub max_error_rate: Option<f64>,
+    /// Requests the new version must serve across a wave before it is judged (default 100).
+    #[arg(long)]
+    pub min_requests: Option<u64>,
+    /// With --shadow: the smallest share of compared requests whose outputs agreed with the
+    /// active version's (e.g. 0.98); a wave that passes is promoted.
+    #[arg(long)]
+    pub min_agreement: Option<f64>,
+    /// Seconds a wave may take to run the version and see enough requests (default 1800);
+    /// past it the wave fails.
+    #[arg(long)]
+    pub wave_timeout: Option<u64>,
+    /// Wait for `edgectl rollout approve ID` after each wave that passes.
+    #[arg(long)]
+    pub approve_each: bool,
+    /// A TOML file of the settings above (waves, max_p95_ratio, max_error_rate,
+    /// min_requests, min_agreement, wave_timeout_secs, approve_each); flags win over it.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Start it and exit without following it (`edgectl rollout watch ID` follows it).
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Subcommand)]
+pub enum RolloutCmd {
+    /// Every rollout, newest first.
+    List,
+    /// One rollout: its waves, gates, figures and every decision with its numbers.
+    Status {
+        /// Rollout id (the deployment id `rollout` printed).
+        id: String,
+    },
+    /// Follow a rollout until it completes (exit 0) or halts (exit 1).
+    Watch {
+        /// Rollout id.
+        id: String,
+    },
+    /// Let a rollout waiting for approval go on to its next wave.
+    Approve {
+        /// Rollout id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -35,7 +35,7 @@ pub fn run(command: &Command, config: &CtlConfig, json: bool) -> Result<Option<b
         Command::Deploy(args) if config.fleet.is_some() && !args.direct => {
             let url = &config.fleet_service()?;
             let mut req = crate::deploy_request(args)?;
-            req.ttl = args.ttl.map_or(FLEET_DEFAULT_TTL, Duration::from_secs);
+            req.ttl = args.what.ttl.map_or(FLEET_DEFAULT_TTL, Duration::from_secs);
             check_chunk_size(req.chunk_size, config.mqtt.max_packet_bytes)?;
             let key = config.signer()?;
             let timeout = Duration::from_secs(args.timeout);
@@ -52,6 +52,20 @@ pub fn run(command: &Command, config: &CtlConfig, json: bool) -> Result<Option<b
                     watch(url, &d.id, Some(timeout), json).await
                 })
                 .map(Some)
+        }
+        Command::Compare { model, since } => {
+            let url = &config.fleet_service()?;
+            let report = runtime()?.block_on(edgectl::fleet::model_versions(url, model, *since))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                crate::rollout_cmd::print_versions(&report);
+            }
+            Ok(Some(true))
+        }
+        Command::Rollout(args) => {
+            let url = &config.fleet_service()?;
+            runtime()?.block_on(crate::rollout_cmd::run(url, config, args, json)).map(Some)
         }
         _ => Ok(None),
     }

@@ -8,6 +8,7 @@ mod exit;
 mod fleet_cmds;
 mod output;
 mod progress;
+mod rollout_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,7 +27,7 @@ use edgectl::track::Goal;
 use edgectl::{cosign, keys, npy, observe, Link};
 use serde_json::json;
 
-use crate::cli::{Cli, Cmd, Command, DeployArgs, FormatArg, RoleArg, Timing};
+use crate::cli::{Cli, Cmd, Command, DeployArgs, FormatArg, ModelArgs, RoleArg, Timing};
 use crate::exit::Exit;
 use crate::output::Show;
 use crate::progress::DeployUi;
@@ -261,8 +262,10 @@ impl What {
             | Command::Completions { .. }
             | Command::Man { .. }
             | Command::Devices { .. }
+            | Command::Compare { .. }
             | Command::Cosign { .. }
-            | Command::Deployments { .. } => {
+            | Command::Deployments { .. }
+            | Command::Rollout(_) => {
                 unreachable!("handled before connecting to the broker")
             }
             Command::Watch { device, all: _, count } => {
@@ -333,6 +336,9 @@ impl What {
                 Cmd::RemoveModel { to, name, timing } => {
                     (to.target(), Payload::RemoveModel { name: name.clone() }, timing, Goal::Terminal, Show::Lines)
                 }
+                Cmd::EndShadow { to, name, timing } => {
+                    (to.target(), Payload::EndShadow { name: name.clone() }, timing, Goal::Terminal, Show::Lines)
+                }
                 Cmd::Cancel { to, command, timing } => {
                     let command_id = parse_command_id(command)?;
                     (to.target(), Payload::Cancel { command_id }, timing, Goal::Terminal, Show::Lines)
@@ -372,6 +378,16 @@ impl What {
 }
 
 fn deploy_request(args: &DeployArgs) -> Result<DeployRequest> {
+    let mut req = model_request(&args.what, args.to.target())?;
+    req.rate = args.rate;
+    req.accept_wait = secs(args.accept_wait);
+    req.timeout = secs(args.timeout);
+    req.wait = args.wait;
+    Ok(req)
+}
+
+/// A deploy of what `args` describes to `target`, with the defaults for how it is sent.
+fn model_request(args: &ModelArgs, target: Target) -> Result<DeployRequest> {
     let format = match args.format {
         Some(FormatArg::Tflite) => ModelFormat::Tflite,
         Some(FormatArg::Onnx) => ModelFormat::Onnx,
@@ -393,7 +409,7 @@ fn deploy_request(args: &DeployArgs) -> Result<DeployRequest> {
         }),
         _ => bail!("--validate-input and --validate-output go together: the device needs both to check the model"),
     };
-    let mut req = DeployRequest::new(args.to.target(), &args.name, &args.version, format, model);
+    let mut req = DeployRequest::new(target, &args.name, &args.version, format, model);
     req.validation = validation;
     req.profile = args.profile.as_deref().map(read_profile).transpose()?;
     req.pins = args.pins.clone();
@@ -401,11 +417,8 @@ fn deploy_request(args: &DeployArgs) -> Result<DeployRequest> {
     req.min_agent_version = args.min_agent_version.clone().unwrap_or_default();
     req.chunk_size = args.chunk_size;
     req.delta = args.chunking == cli::Chunking::Content;
-    req.rate = args.rate;
-    req.accept_wait = secs(args.accept_wait);
-    req.timeout = secs(args.timeout);
     req.ttl = args.ttl.map_or(edgectl::deploy::DEFAULT_TTL, secs);
-    req.wait = args.wait;
+    req.shadow = args.shadow;
     Ok(req)
 }
 
