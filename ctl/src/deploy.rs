@@ -115,7 +115,7 @@ pub struct DeployRequest {
     pub model: Vec<u8>,
     /// Golden inputs and outputs the device checks before switching.
     pub validation: Option<Validation>,
-    /// The model's reference profile, for drift (`edge-agent profile`): a version 4 command,
+    /// The model's reference profile, for drift (`edge-agent profile`): a version 5 command,
     /// which agents older than profiles refuse.
     pub profile: Option<Profile>,
     /// Scalar inputs fixed at load.
@@ -563,7 +563,7 @@ mod tests {
     }
 
     #[test]
-    fn a_profiled_plan_is_a_version_4_command_and_a_profile_of_another_model_is_refused() {
+    fn a_profiled_plan_is_a_version_5_command_and_a_profile_of_another_model_is_refused() {
         use edge_proto::codec::Versioned;
         let mut req = request(Target::Device("d".into()));
         let mut values: Vec<f32> = (0..100).map(|i| i as f32).collect();
@@ -576,7 +576,7 @@ mod tests {
         req.profile = Some(profile.clone());
         let p = plan(&req, &signer(), [1; 16], [2; 16], 0, 256 * 1024).unwrap();
         let cmd = verify(&p.command_bytes, &[key().verifying_key()]).unwrap();
-        assert_eq!(cmd.version, 4);
+        assert_eq!(cmd.version, 5);
         let Payload::DeployModelProfiled(m) = cmd.payload else { panic!("{:?}", cmd.payload) };
         assert_eq!(m.profile.as_ref(), Some(&profile));
         profile.model_sha256 = "0".repeat(64);

@@ -113,7 +113,7 @@ pub struct Manifest {
     pub content: Option<ContentChunks>,
     /// The reference profile of the model's tensors, for drift ([`crate::profile`]). Not
     /// part of this struct's own encoding either: `Payload::DeployModelProfiled` carries it
-    /// beside the manifest, in a version 4 command.
+    /// beside the manifest, in a version 5 command.
     #[serde(skip)]
     pub profile: Option<Profile>,
 }

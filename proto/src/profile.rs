@@ -7,7 +7,7 @@
 //! `edge-agent profile` makes one from sample inputs by running the model; `edgectl deploy
 //! --profile FILE` carries it inside the signed deploy command
 //! ([`Payload::DeployModelProfiled`](crate::command::Payload::DeployModelProfiled), command
-//! version 4); the device counts the elements it serves into the same bins and exports the
+//! version 5); the device counts the elements it serves into the same bins and exports the
 //! population stability index ([`psi`]) per tensor.
 //!
 //! # Bins

@@ -674,16 +674,18 @@ mod tests {
             assert_eq!(got.payload.name(), "deploy-model");
             assert!(got.payload.is_deployment());
         }
-        // Version 3 cannot carry it, even signed.
+        // A shadow deploy of it too; version 4 cannot carry either, even signed.
+        let shadow = Payload::shadow(profiled_manifest(false), 10);
+        assert_eq!(Command::new([7; 16], 1, 2, Target::Device("d".into()), shadow).version, 5);
         let mut downgraded = sign(
             Command::new([7; 16], 1, 2, Target::Device("d".into()), Payload::deploy(profiled_manifest(false))),
             &k,
         );
-        downgraded.version = 3;
+        downgraded.version = 4;
         let downgraded = sign(downgraded, &k);
-        assert_eq!(downgraded.version, 4, "sign raises the version to what the payload needs");
+        assert_eq!(downgraded.version, 5, "sign raises the version to what the payload needs");
         let mut forced = downgraded.clone();
-        forced.version = 3;
+        forced.version = 4;
         let err = verify(&encode(&forced), &[k.verifying_key()]).unwrap_err();
         assert!(matches!(&err, CommandError::Malformed(m) if m.contains("profiled deploy")), "{err}");
     }

@@ -411,7 +411,7 @@ pub struct ModelArgs {
     pub tolerance: f32,
     /// The model's reference profile (JSON from `edge-agent profile --model F --inputs DIR
     /// --out FILE`), signed into the deploy: devices report each tensor's drift against it
-    /// (edge_agent_tensor_drift_psi). Needs agents that read command version 4.
+    /// (edge_agent_tensor_drift_psi). Needs agents that read command version 5.
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
     /// Longest acceptable median latency of a validation run, in ms (0: no budget).
