@@ -204,7 +204,7 @@ pub enum Payload {
     /// set): the device copies the chunks it already holds and asks only for the others.
     /// Carried by version 2 commands only, so that an agent that predates it refuses it as
     /// an unknown command version, not as garbage. Build it with [`Payload::deploy`].
-    #[serde(with = "content_manifest")]
+    #[serde(with = "wire::content_manifest")]
     DeployModelContent(Manifest),
     /// Trust another operator key from now on, with a role and scope (key rotation: add
     /// the new key, then revoke the old one). Needs an admin key. Version 3.
@@ -238,7 +238,7 @@ pub enum Payload {
     /// ([`Manifest::profile`] set), for drift. Carried by version 5 commands only, so that
     /// an agent that predates profiles refuses it as an unknown command version rather
     /// than installing the model without its profile. Build it with [`Payload::deploy`].
-    #[serde(with = "profiled_manifest")]
+    #[serde(with = "wire::profiled_manifest")]
     DeployModelProfiled(Manifest),
 }
 
@@ -286,46 +286,6 @@ impl Payload {
             Payload::EndShadow { .. } => 4,
             _ => 1,
         }
-    }
-}
-
-/// serde for [`Payload::DeployModelContent`]: the manifest as a fixed-size one encodes, then
-/// its [`ContentChunks`](crate::ota::ContentChunks).
-mod content_manifest {
-    use serde::{de::Deserializer, ser::Error, Deserialize, Serialize, Serializer};
-
-    use crate::ota::{ContentChunks, Manifest};
-
-    pub fn serialize<S: Serializer>(m: &Manifest, s: S) -> Result<S::Ok, S::Error> {
-        let content = m.content.as_ref().ok_or_else(|| S::Error::custom("a content deploy without content chunks"))?;
-        (m, content).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Manifest, D::Error> {
-        let (mut m, content) = <(Manifest, ContentChunks)>::deserialize(d)?;
-        m.content = Some(content);
-        Ok(m)
-    }
-}
-
-/// serde for [`Payload::DeployModelProfiled`]: the manifest as a fixed-size one encodes, its
-/// content chunks if it is cut by content, then its profile.
-mod profiled_manifest {
-    use serde::{de::Deserializer, ser::Error, Deserialize, Serialize, Serializer};
-
-    use crate::ota::{ContentChunks, Manifest};
-    use crate::profile::Profile;
-
-    pub fn serialize<S: Serializer>(m: &Manifest, s: S) -> Result<S::Ok, S::Error> {
-        let profile = m.profile.as_ref().ok_or_else(|| S::Error::custom("a profiled deploy without a profile"))?;
-        (m, &m.content, profile).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Manifest, D::Error> {
-        let (mut m, content, profile) = <(Manifest, Option<ContentChunks>, Profile)>::deserialize(d)?;
-        m.content = content;
-        m.profile = Some(profile);
-        Ok(m)
     }
 }
 
