@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! version 1, 2   version ‖ id ‖ issued_at ‖ expires_at ‖ target ‖ payload ‖ key_id ‖ signature
-//! version 3, 4   version ‖ id ‖ issued_at ‖ expires_at ‖ target ‖ payload ‖ fleet ‖ cosignatures
+//! version 3-5    version ‖ id ‖ issued_at ‖ expires_at ‖ target ‖ payload ‖ fleet ‖ cosignatures
 //!                ‖ key_id ‖ signature
 //! ```
 //!
