@@ -13,7 +13,9 @@ use serde::Deserialize;
 
 use edge_mqtt::valid_segment;
 
+mod drift;
 mod http;
+pub use self::drift::DriftConfig;
 pub use self::http::{read_token_file, HttpConfig};
 /// The `[mqtt]` table and its URL helper live in edge-mqtt, shared with edgectl.
 pub use edge_mqtt::{host_port, MqttConfig};
@@ -83,6 +85,9 @@ pub struct Config {
     /// Fleet commands and over-the-air model updates.
     #[serde(default)]
     pub ota: OtaConfig,
+    /// Drift of model versions deployed with a reference profile.
+    #[serde(default)]
+    pub drift: DriftConfig,
 }
 
 /// `[ota]`
@@ -408,7 +413,7 @@ impl Config {
         if self.telemetry.interval_secs == 0 {
             return Err(bad("[telemetry] interval_secs", "must be at least 1".into()));
         }
-        if let Err((key, message)) = self.http.check() {
+        if let Err((key, message)) = self.http.check().and_then(|_| self.drift.check()) {
             return Err(bad(key, message));
         }
         for (i, g) in self.groups.iter().enumerate() {

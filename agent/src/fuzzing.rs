@@ -18,6 +18,7 @@
 //! | `outbox` | an outbox segment file, opened and drained |
 //! | `operators` | the key changes file |
 //! | `json` | a TF Serving JSON request body, against a two-input signature |
+//! | `profile` | a stored reference profile, checked, then used for drift |
 //! | `tflite`, `onnx` | a model, imported and planned |
 
 use std::time::Duration;
@@ -28,7 +29,7 @@ use edge_proto::command::{verify, SigningKey, VerifyingKey};
 pub type Target = fn(&[u8]);
 
 /// The targets by name, for the drivers.
-pub const TARGETS: [(&str, Target); 11] = [
+pub const TARGETS: [(&str, Target); 12] = [
     ("command", command),
     ("chunk", chunk),
     ("need", need),
@@ -40,6 +41,7 @@ pub const TARGETS: [(&str, Target); 11] = [
     ("onnx", onnx),
     ("manifest", manifest),
     ("json", json),
+    ("profile", profile),
 ];
 
 /// The key the `command` corpus is signed with: a fuzzed command that keeps a valid
@@ -78,6 +80,22 @@ pub fn need(data: &[u8]) {
 pub fn manifest(data: &[u8]) {
     if let Ok(m) = postcard::from_bytes::<edge_proto::ota::Manifest>(data) {
         let _ = m.check_consistent();
+    }
+}
+
+/// A stored reference profile (`models/NAME/VERSION/profile`): what decodes and passes
+/// its check must re-encode to itself and serve as a drift reference.
+pub fn profile(data: &[u8]) {
+    let Ok(p) = edge_proto::decode::<edge_proto::profile::Profile>(data) else { return };
+    if p.check().is_err() {
+        return;
+    }
+    assert_eq!(edge_proto::decode::<edge_proto::profile::Profile>(&edge_proto::encode(&p)).expect("round trip"), p);
+    let now = std::time::Instant::now();
+    for t in &p.tensors {
+        let mut w = crate::drift::Window::new(t, Duration::from_secs(1));
+        w.add(&[t.min as f32, t.max as f32, f32::NAN, 0.0, -1e30, 1e30], now);
+        assert!(w.psi().is_some_and(f64::is_finite), "{t:?}");
     }
 }
 

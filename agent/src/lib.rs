@@ -13,6 +13,8 @@
 //! - [`daemon`]: `edge-agent run`, which wires the components below and shuts them down in
 //!   order on SIGTERM:
 //!   - [`telemetry`] samples the box (sysinfo), the agent and [`stats`] on an interval;
+//!     the serving workers describe what each model version is given and gives
+//!     ([`tensor_stats`]) and how far it has moved from its reference profile ([`drift`]);
 //!   - [`link`] carries samples to the broker over mutual-TLS MQTT, through the [`outbox`]
 //!     on disk, with the topic layout and messages of `edge-proto`;
 //!   - [`http`] serves `/metrics`, `/healthz` and `/readyz`, and the local inference API
@@ -39,6 +41,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod disk;
+pub mod drift;
 pub mod engine;
 pub mod exit;
 pub mod fsutil;

@@ -27,6 +27,10 @@ enum Command {
     Inspect(cli::inspect::Args),
     /// Run a model on .npy inputs and write its outputs as .npy files.
     Infer(cli::infer::Args),
+    /// Make a model's reference profile (bins and fractions of every input and output) from
+    /// sample inputs, as JSON for `edgectl deploy --profile FILE`; devices report drift
+    /// against it.
+    Profile(cli::reference::Args),
     /// Validate a staged OTA transfer (run by the agent itself in a child process under
     /// memory and time limits): load the model, run its validation vector, print a JSON
     /// report.
@@ -52,6 +56,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         Command::CheckConfig(args) => cli::check_config::run(args),
         Command::Inspect(args) => cli::inspect::run(args),
         Command::Infer(args) => cli::infer::run(args),
+        Command::Profile(args) => cli::reference::run(args),
         Command::Validate(args) => cli::validate::run(args),
         // Generated from the definitions the binary parses with; the .deb ships them.
         Command::Completions { shell } => {

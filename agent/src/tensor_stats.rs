@@ -1,7 +1,7 @@
 //! What each model version sees and says: running statistics of every input and output
 //! tensor, and for outputs that are scores, which class wins and with what score. The first
 //! slice of model-aware rollouts (issue 13): the figures a rollout gate or a drift alert
-//! reads, on `/metrics` (telemetry, reference profiles and drift scores come next).
+//! reads, on `/metrics` (telemetry comes next).
 //!
 //! The serving workers describe a request on their own thread ([`TensorStats::admit`],
 //! [`TensorStats::describe_side`] for its inputs before the run and its outputs before the
@@ -19,12 +19,16 @@
 //! For an output holding one row of scores (every value in [0, 1], at least two of them):
 //! `edge_agent_model_top_class_total{class}` (the arg-max; classes past [`MAX_CLASSES`] count
 //! as `other`) and the histogram `edge_agent_model_top_score`.
+//!
+//! For a version deployed with a reference profile ([`TensorStats::set_profile`]):
+//! `edge_agent_tensor_drift_psi`, the drift of each profiled tensor ([`crate::drift`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use edge_proto::profile::Profile;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -32,6 +36,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tract_core::internal::{DatumType, Tensor};
 
+use crate::drift::Window;
 use crate::engine::TensorSpec;
 
 /// Classes counted one by one; higher ones count as `other`.
@@ -152,7 +157,7 @@ fn lanes(block: &[f32]) -> Option<(f64, f64, f64, f64)> {
 }
 
 /// The elements of `t` as `f32`, if it is numeric (quantized types are dequantized).
-fn as_f32(t: &Tensor) -> Option<std::borrow::Cow<'_, Tensor>> {
+pub(crate) fn as_f32(t: &Tensor) -> Option<std::borrow::Cow<'_, Tensor>> {
     let dt = t.datum_type();
     if dt == DatumType::F32 {
         return Some(std::borrow::Cow::Borrowed(t));
@@ -250,6 +255,8 @@ struct TensorSeries {
     std: FloatGauge,
     min: FloatGauge,
     max: FloatGauge,
+    /// With a profile for this tensor: the window and its PSI gauge.
+    drift: Option<(Window, FloatGauge)>,
 }
 
 /// One version's budget, tensors and per-version series.
@@ -261,6 +268,8 @@ struct VersionState {
     /// By side (0 inputs, 1 outputs) and position.
     tensors: [Vec<Option<TensorSeries>>; 2],
     classes: HashMap<usize, Counter>,
+    /// The version's reference profile and the half-life of its drift window.
+    profile: Option<(Arc<Profile>, Duration)>,
 }
 
 /// The statistics of every served model version, and their `/metrics` families.
@@ -280,6 +289,7 @@ pub struct TensorStats {
     top_class: Family<ClassLabel, Counter>,
     top_score: Family<VersionLabel, Histogram, fn() -> Histogram>,
     seconds: Family<VersionLabel, Counter<f64, AtomicU64>>,
+    psi: Family<TensorLabel, FloatGauge>,
 }
 
 impl Default for TensorStats {
@@ -297,6 +307,7 @@ impl Default for TensorStats {
             top_class: Family::default(),
             top_score: Family::new_with_constructor(score_histogram as fn() -> Histogram),
             seconds: Family::default(),
+            psi: Family::default(),
         }
     }
 }
@@ -388,6 +399,7 @@ impl TensorStats {
         let v = state(&mut versions, model, version);
         let mut top_score = None;
         let side = side as usize;
+        let profile = v.profile.clone();
         for (i, t) in tensors.iter().enumerate() {
             let Some(owned) = as_f32(t) else { continue };
             let Ok(view) = owned.try_as_plain_ram() else { continue };
@@ -398,9 +410,11 @@ impl TensorStats {
             }
             let series = slots[i].get_or_insert_with(|| {
                 let name = specs.get(i).map_or_else(|| i.to_string(), |s| s.name.clone());
-                let prefix = if side == 0 { "input" } else { "output" };
-                let label =
-                    TensorLabel { model: model.into(), version: version.into(), tensor: format!("{prefix}:{name}") };
+                let label = TensorLabel {
+                    model: model.into(),
+                    version: version.into(),
+                    tensor: crate::drift::label(side == 1, &name),
+                };
                 TensorSeries {
                     summary: Summary::default(),
                     values: self.values.get_or_create(&label).clone(),
@@ -410,6 +424,7 @@ impl TensorStats {
                     std: self.std.get_or_create(&label).clone(),
                     min: self.min.get_or_create(&label).clone(),
                     max: self.max.get_or_create(&label).clone(),
+                    drift: self.drift_of(profile.as_ref(), &label),
                     label,
                 }
             });
@@ -424,6 +439,10 @@ impl TensorStats {
             if s.finite() > 0 {
                 series.min.set(s.min);
                 series.max.set(s.max);
+            }
+            if let Some((window, psi)) = &mut series.drift {
+                window.add(values, started);
+                psi.set(window.psi().unwrap_or(0.0));
             }
             if side == 1 {
                 if let Some((class, score)) = top(values, t.shape()) {
@@ -444,6 +463,33 @@ impl TensorStats {
         started.elapsed()
     }
 
+    /// The drift window and gauge of `label` when `profile` describes it.
+    fn drift_of(
+        &self,
+        profile: Option<&(Arc<Profile>, Duration)>,
+        label: &TensorLabel,
+    ) -> Option<(Window, FloatGauge)> {
+        let (profile, half_life) = profile?;
+        let reference = profile.get(&label.tensor)?;
+        Some((Window::new(reference, *half_life), self.psi.get_or_create(label).clone()))
+    }
+
+    /// Gives `version` of `model` its reference `profile` (or none), whose drift windows
+    /// halve their counts every `half_life`: call it before the version serves. Windows
+    /// already counting start over.
+    pub fn set_profile(&self, model: &str, version: &str, profile: Option<Arc<Profile>>, half_life: Duration) {
+        let mut versions = self.versions.lock().expect("tensor stats lock");
+        let v = state(&mut versions, model, version);
+        v.profile = profile.map(|p| (p, half_life));
+        let profile = v.profile.clone();
+        for series in v.tensors.iter_mut().flatten().flatten() {
+            if series.drift.take().is_some() {
+                self.psi.remove(&series.label);
+            }
+            series.drift = self.drift_of(profile.as_ref(), &series.label);
+        }
+    }
+
     /// Forgets `version` of `model` (it is no longer served): its series leave `/metrics`.
     pub fn retire(&self, model: &str, version: &str) {
         let gone = self.versions.lock().expect("tensor stats lock").get_mut(model).and_then(|v| v.remove(version));
@@ -453,7 +499,7 @@ impl TensorStats {
             for f in [&self.values, &self.nan, &self.inf] {
                 f.remove(l);
             }
-            for f in [&self.mean, &self.std, &self.min, &self.max] {
+            for f in [&self.mean, &self.std, &self.min, &self.max, &self.psi] {
                 f.remove(l);
             }
         }
@@ -493,6 +539,11 @@ impl TensorStats {
         r.register("edge_agent_tensor_max", "Largest finite element", self.max.clone());
         r.register("edge_agent_model_top_class", "Requests by the arg-max of a score output", self.top_class.clone());
         r.register("edge_agent_model_top_score", "Top score of a score output per request", self.top_score.clone());
+        r.register(
+            "edge_agent_tensor_drift_psi",
+            "Population stability index of a tensor against its reference profile, over a decaying window",
+            self.psi.clone(),
+        );
         r.register(
             "edge_agent_tensor_stats_seconds",
             "Time the serving workers spent on these statistics (compare with inference_duration_seconds)",
@@ -541,6 +592,34 @@ mod tests {
         assert_eq!(top(&[0.1, 1.7], &[1, 2]), None, "not scores");
         assert_eq!(top(&[0.1, 0.2, 0.3, 0.4], &[2, 2]), None, "two rows");
         assert_eq!(top(&[0.9], &[1]), None, "one value");
+    }
+
+    #[test]
+    fn a_profiled_version_exports_the_drift_of_its_profiled_tensors_only() {
+        use edge_proto::codec::Versioned;
+        let stats = TensorStats::default();
+        let mut sample: Vec<f32> = (0..1000).map(|i| i as f32 / 1000.0).collect();
+        let reference = edge_proto::profile::TensorProfile::from_values("input:0", &mut sample, 10).unwrap();
+        let profile =
+            Profile { version: Profile::VERSION, model_sha256: "0".repeat(64), samples: 1, tensors: vec![reference] };
+        stats.set_profile("m", "1", Some(Arc::new(profile)), Duration::from_secs(60));
+        let shifted = Tensor::from_shape(&[4], &[5.0f32, 6.0, 7.0, 8.0]).unwrap();
+        stats.describe_side("m", "1", Side::Input, &[], &[shifted.clone(), shifted]);
+        let mut r = Registry::default();
+        stats.register(&mut r);
+        let text = |r: &Registry| {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, r).unwrap();
+            text
+        };
+        let psi = |tensor: &str| {
+            let prefix = format!(r#"edge_agent_tensor_drift_psi{{model="m",version="1",tensor="{tensor}"}} "#);
+            text(&r).lines().find_map(|l| l.strip_prefix(&prefix).map(|v| v.parse::<f64>().unwrap()))
+        };
+        assert!(psi("input:0").is_some_and(|p| p > 5.0), "everything past the maximum:\n{}", text(&r));
+        assert_eq!(psi("input:1"), None, "not in the profile");
+        stats.retire("m", "1");
+        assert!(!text(&r).contains("edge_agent_tensor_drift_psi{"), "{}", text(&r));
     }
 
     #[test]

@@ -34,6 +34,14 @@ fn exported() -> Vec<(String, String)> {
     let serving = Arc::new(Registry::new(stats.clone(), Duration::from_secs(1), Duration::from_secs(1)));
     let model = Model::load(&repo("models/openwakeword-js__hello_deepa.onnx"), &LoadOptions::default()).unwrap();
     serving.activate("deepa", "1", Arc::new(model), PoolSettings::default()).unwrap();
+    // A version with a reference profile, and one request's inputs described: the tensor
+    // statistics and the drift of a tensor.
+    let mut sample = vec![0.0f32, 1.0];
+    let tensors = vec![edge_proto::profile::TensorProfile::from_values("input:0", &mut sample, 2).unwrap()];
+    let profile = edge_proto::profile::Profile { version: 1, model_sha256: "0".repeat(64), samples: 1, tensors };
+    stats.tensors.set_profile("deepa", "1", Some(Arc::new(profile)), Duration::from_secs(60));
+    let input = tract_core::internal::Tensor::from_shape(&[2], &[0.5f32, f32::NAN]).unwrap();
+    stats.tensors.describe_side("deepa", "1", edge_agent::tensor_stats::Side::Input, &[], &[input]);
     let commands = CommandStats::default();
     commands.accepted("get-status");
     CommandStats::count(&commands.deploys, "succeeded");
@@ -216,6 +224,7 @@ fn alert_rules_pass_promtool_fire_in_their_unit_tests_and_name_exported_metrics(
         "EdgeAgentInferenceErrorRateHigh",
         "EdgeAgentQueueSaturated",
         "EdgeAgentTrialRolledBack",
+        "EdgeAgentTensorDrift",
     ] {
         assert!(rules.contains(&format!("alert: {alert}\n")), "{alert} missing from the rules");
     }

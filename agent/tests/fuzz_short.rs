@@ -132,10 +132,19 @@ fn write_seeds() {
     let (content, _) = prepare_cut([2; 16], "m", "2", ModelFormat::Onnx, &model, None, Cut::Content(params));
     let cmd = |id: u8, payload| Command::new([id; 16], 1, u64::MAX / 2, Target::Device("dev-1".into()), payload);
     let grant = OperatorGrant { key: [9; 32], role: Role::Deploy, groups: vec!["lab".into()], max_ttl_secs: Some(60) };
+    let mut values: Vec<f32> = (0..200).map(|i| (i % 17) as f32 * 0.5 - 2.0).collect();
+    let profile = edge_proto::profile::Profile {
+        version: 1,
+        model_sha256: edge_proto::command::hex(&content.sha256),
+        samples: 2,
+        tensors: vec![edge_proto::profile::TensorProfile::from_values("input:x", &mut values, 8).unwrap()],
+    };
+    let profiled = edge_proto::ota::Manifest { profile: Some(profile.clone()), ..content.clone() };
     let commands = [
         ("get-status", sign(cmd(1, Payload::GetStatus), &key)),
         ("deploy", sign(cmd(2, Payload::deploy(fixed.clone())), &key)),
         ("deploy-content", sign(cmd(3, Payload::deploy(content.clone())), &key)),
+        ("deploy-profiled", sign(cmd(6, Payload::deploy(profiled)), &key)),
         ("add-operator", sign(cmd(4, Payload::AddOperator(grant)).for_fleet("prod"), &key)),
         (
             "erase-cosigned",
@@ -160,6 +169,7 @@ fn write_seeds() {
     put("need", "need", &edge_proto::encode(&need));
     put("manifest", "fixed", &postcard::to_stdvec(&fixed).unwrap());
     put("manifest", "content", &postcard::to_stdvec(&content).unwrap());
+    put("profile", "one-tensor", &edge_proto::encode(&profile));
     for npy in ["pymicro-wakeword__okay_nabu.input.npy", "openwakeword-js__hello_deepa.output.npy"] {
         put("npy", npy, &std::fs::read(root().join("models").join(npy)).unwrap());
     }

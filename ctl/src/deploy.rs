@@ -26,6 +26,7 @@ use edge_proto::command::{Command, Payload, Target};
 use edge_proto::ota::{
     prepare_cut, valid_label, Chunk, Cut, Manifest, ModelFormat, Need, Validation, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES,
 };
+use edge_proto::profile::Profile;
 use edge_proto::topics::fleet;
 use tokio::time::Instant;
 
@@ -114,6 +115,9 @@ pub struct DeployRequest {
     pub model: Vec<u8>,
     /// Golden inputs and outputs the device checks before switching.
     pub validation: Option<Validation>,
+    /// The model's reference profile, for drift (`edge-agent profile`): a version 5 command,
+    /// which agents older than profiles refuse.
+    pub profile: Option<Profile>,
     /// Scalar inputs fixed at load.
     pub pins: Vec<(String, f64)>,
     /// Longest acceptable median latency of a validation run, ms; 0 for none.
@@ -155,6 +159,7 @@ impl DeployRequest {
             format,
             model,
             validation: None,
+            profile: None,
             pins: vec![],
             latency_budget_ms: 0,
             min_agent_version: String::new(),
@@ -308,6 +313,7 @@ pub fn plan(
     manifest.pins = req.pins.clone();
     manifest.latency_budget_ms = req.latency_budget_ms;
     manifest.min_agent_version = req.min_agent_version.clone();
+    manifest.profile = req.profile.clone();
     manifest.check_consistent().map_err(DeployError::Manifest)?;
     let (command, command_bytes) = signed_command(
         command_id,
@@ -321,7 +327,8 @@ pub fn plan(
         signer,
         max_packet_bytes,
         // 32 bytes of manifest per chunk: fewer, larger chunks.
-        " (the manifest lists every chunk's hash: use a larger --chunk-size)",
+        " (the manifest lists every chunk's hash: use a larger --chunk-size; a profile takes \
+         about 200 bytes per tensor: fewer --bins)",
     )?;
     Ok(Plan { command, command_bytes, manifest, artifact })
 }
@@ -553,6 +560,29 @@ mod tests {
         req.chunk_size = 300;
         let err = plan(&req, &signer(), [1; 16], [2; 16], 0, 256 * 1024).unwrap_err().to_string();
         assert!(err.contains("--chunking fixed"), "{err}");
+    }
+
+    #[test]
+    fn a_profiled_plan_is_a_version_5_command_and_a_profile_of_another_model_is_refused() {
+        use edge_proto::codec::Versioned;
+        let mut req = request(Target::Device("d".into()));
+        let mut values: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        let mut profile = Profile {
+            version: Profile::VERSION,
+            model_sha256: edge_proto::command::hex(&edge_proto::ota::sha256(&req.model)),
+            samples: 1,
+            tensors: vec![edge_proto::profile::TensorProfile::from_values("input:x", &mut values, 20).unwrap()],
+        };
+        req.profile = Some(profile.clone());
+        let p = plan(&req, &signer(), [1; 16], [2; 16], 0, 256 * 1024).unwrap();
+        let cmd = verify(&p.command_bytes, &[key().verifying_key()]).unwrap();
+        assert_eq!(cmd.version, 5);
+        let Payload::DeployModelProfiled(m) = cmd.payload else { panic!("{:?}", cmd.payload) };
+        assert_eq!(m.profile.as_ref(), Some(&profile));
+        profile.model_sha256 = "0".repeat(64);
+        req.profile = Some(profile);
+        let err = plan(&req, &signer(), [1; 16], [2; 16], 0, 256 * 1024).unwrap_err().to_string();
+        assert!(err.contains("make the profile with this model file"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`inventory`]: the fleet service's device list, as its HTTP API returns it.
 //! - [`deployments`]: the fleet service's deployments, as its HTTP API takes and returns them.
 //! - [`ota`]: the model transfer: manifest, chunks, repair requests.
+//! - [`profile`]: reference profiles of a model's tensors (bins, fractions, summary) and
+//!   the drift index a device computes against them.
 //! - [`cdc`]: content-defined chunk boundaries, so that a new version's unchanged bytes
 //!   cut into the same chunks as the old one's.
 //! - [`codec`]: postcard encoding with an explicit schema version, and a size bound
@@ -24,6 +26,7 @@ pub mod command;
 pub mod deployments;
 pub mod inventory;
 pub mod ota;
+pub mod profile;
 pub mod rollouts;
 pub mod status;
 pub mod telemetry;

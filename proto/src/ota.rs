@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::cdc::CdcParams;
 use crate::codec::Versioned;
 use crate::command::NpyBytes;
+use crate::profile::Profile;
 
 /// Largest chunk payload. Brokers must accept packets a little larger (the fleet
 /// Mosquitto configuration allows 1 MiB + 4 KiB).
@@ -110,6 +111,11 @@ pub struct Manifest {
     /// version 2 command.
     #[serde(skip)]
     pub content: Option<ContentChunks>,
+    /// The reference profile of the model's tensors, for drift ([`crate::profile`]). Not
+    /// part of this struct's own encoding either: `Payload::DeployModelProfiled` carries it
+    /// beside the manifest, in a version 5 command.
+    #[serde(skip)]
+    pub profile: Option<Profile>,
 }
 
 /// How an artifact cut by content is cut: the rule's limits, which a device needs to cut the
@@ -235,6 +241,16 @@ impl Manifest {
                 self.artifact_size(),
                 self.chunk_size
             ));
+        }
+        if let Some(p) = &self.profile {
+            p.check().map_err(|e| format!("profile: {e}"))?;
+            if p.model_sha256 != crate::command::hex(&self.sha256) {
+                return Err(format!(
+                    "profile: made with model {}, this is model {}: make the profile with this model file",
+                    p.model_sha256,
+                    crate::command::hex(&self.sha256)
+                ));
+            }
         }
         if !crate::topics::valid_level(&self.name) || !valid_label(&self.version) {
             return Err(format!(
@@ -391,6 +407,7 @@ pub fn prepare_cut(
         latency_budget_ms: 0,
         min_agent_version: String::new(),
         content,
+        profile: None,
     };
     (manifest, artifact)
 }

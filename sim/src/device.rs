@@ -206,7 +206,9 @@ impl Device {
         };
         let ack = |state| Out::Ack { command_id: cmd.id, state, reply: None };
         match cmd.payload {
-            Payload::DeployModel(manifest) | Payload::DeployModelContent(manifest) => {
+            Payload::DeployModel(manifest)
+            | Payload::DeployModelContent(manifest)
+            | Payload::DeployModelProfiled(manifest) => {
                 if let Err(e) = manifest.check_consistent() {
                     return vec![ack(AckState::Rejected(format!("bad manifest: {e}")))];
                 }

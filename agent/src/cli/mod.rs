@@ -9,12 +9,15 @@
 //! - [`inspect`]: a model's format, signature, operators and support;
 //! - [`infer`]: runs a model on `.npy` inputs, with [`profile`] for `--repeat` timings and
 //!   `--profile` reports;
+//! - [`reference`]: `edge-agent profile`, a model's reference profile from sample inputs
+//!   (for drift; `edgectl deploy --profile` carries it);
 //! - [`validate`]: the OTA model check the agent runs in a child process.
 
 pub mod check_config;
 pub mod infer;
 pub mod inspect;
 pub mod profile;
+pub mod reference;
 pub mod run;
 pub mod validate;
 

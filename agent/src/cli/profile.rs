@@ -6,6 +6,8 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use edge_proto::codec::Versioned;
+use edge_proto::profile::{Profile, TensorProfile, DEFAULT_BINS};
 use tract_core::internal::Tensor;
 
 use crate::engine::Session;
@@ -14,17 +16,29 @@ use crate::engine::Session;
 /// prints `runs= median_ms= min_ms= p95_ms=`, then what the serving workers' tensor
 /// statistics ([`crate::tensor_stats`]) cost to describe one run: `stats_median_ms=` and
 /// `stats_share_pct=` (of the median run; the workers describe a sample of the requests so
-/// that this stays within [`crate::tensor_stats::BUDGET`] overall).
+/// that this stays within [`crate::tensor_stats::BUDGET`] overall), and the same with a
+/// reference profile of 20 bins per tensor, i.e. with drift counted too
+/// (`drift_stats_median_ms=`, `drift_stats_share_pct=`).
 pub fn repeat(session: &mut Session, inputs: &[Tensor], n: usize) -> Result<()> {
     let mut times = Vec::with_capacity(n);
     let mut stats_times = Vec::with_capacity(n);
+    let mut drift_times = Vec::with_capacity(n);
     let stats = crate::tensor_stats::TensorStats::default();
+    let drift = crate::tensor_stats::TensorStats::default();
+    let mut profiled = false;
     for _ in 0..n {
         let feed = inputs.to_vec();
         let start = Instant::now();
         let outputs = session.run(feed)?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
         stats_times.push(stats.describe("m", "1", (&[], &[]), inputs, &outputs).as_secs_f64() * 1e3);
+        if !profiled {
+            // The run's own tensors as the reference: every tensor gets its bins.
+            let profile = self_profile(inputs, &outputs);
+            drift.set_profile("m", "1", Some(std::sync::Arc::new(profile)), crate::drift::DEFAULT_HALF_LIFE);
+            profiled = true;
+        }
+        drift_times.push(drift.describe("m", "1", (&[], &[]), inputs, &outputs).as_secs_f64() * 1e3);
     }
     if times.is_empty() {
         bail!("--repeat needs at least 1");
@@ -33,14 +47,35 @@ pub fn repeat(session: &mut Session, inputs: &[Tensor], n: usize) -> Result<()> 
     stats_times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     let p95 = times[((times.len() as f64 * 0.95).ceil() as usize).clamp(1, times.len()) - 1];
+    drift_times.sort_by(|a, b| a.total_cmp(b));
     let stats_median = stats_times[stats_times.len() / 2];
+    let drift_median = drift_times[drift_times.len() / 2];
     println!(
         "runs={n} median_ms={median:.4} min_ms={:.4} p95_ms={p95:.4} stats_median_ms={stats_median:.4} \
-         stats_share_pct={:.2}",
+         stats_share_pct={:.2} drift_stats_median_ms={drift_median:.4} drift_stats_share_pct={:.2}",
         times[0],
-        100.0 * stats_median / median.max(1e-9)
+        100.0 * stats_median / median.max(1e-9),
+        100.0 * drift_median / median.max(1e-9)
     );
     Ok(())
+}
+
+/// A profile of `inputs` and `outputs` themselves (labelled by position, as
+/// [`crate::tensor_stats::TensorStats::describe`] labels them without specs).
+fn self_profile(inputs: &[Tensor], outputs: &[Tensor]) -> Profile {
+    let sides = [(false, inputs), (true, outputs)];
+    let tensors = sides
+        .iter()
+        .flat_map(|(output, ts)| {
+            ts.iter().enumerate().map(move |(i, t)| (crate::drift::label(*output, &i.to_string()), t))
+        })
+        .filter_map(|(label, t)| {
+            let f = crate::tensor_stats::as_f32(t)?;
+            let mut values = f.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec();
+            TensorProfile::from_values(&label, &mut values, DEFAULT_BINS)
+        })
+        .collect();
+    Profile { version: Profile::VERSION, model_sha256: "0".repeat(64), samples: 1, tensors }
 }
 
 /// Profiles `runs` runs and prints the slowest plan nodes, then the time per operator.

@@ -353,9 +353,10 @@ impl Control {
     fn execute(&mut self, cmd: Command, bytes: &[u8]) {
         let id = cmd.id;
         let result: Result<Option<Reply>, String> = match &cmd.payload {
-            Payload::DeployModel(_) | Payload::DeployModelContent(_) | Payload::Shadow { .. } => {
-                return self.deploys.start(cmd, bytes)
-            }
+            Payload::DeployModel(_)
+            | Payload::DeployModelContent(_)
+            | Payload::DeployModelProfiled(_)
+            | Payload::Shadow { .. } => return self.deploys.start(cmd, bytes),
             Payload::EndShadow { name } => self.models().end_shadow(name).map(|_| None),
             Payload::Infer { model, inputs } => return self.infer(id, model.clone(), inputs.clone()),
             Payload::Restart => return self.restart(id),

@@ -21,6 +21,9 @@ pub mod trial;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use edge_proto::profile::Profile;
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -65,6 +68,8 @@ pub struct Models {
     failures: Counter,
     /// Configuration entries serving now, by name: (path, version) as loaded.
     configured: HashMap<String, (PathBuf, String)>,
+    /// `[drift] half_life_secs`.
+    drift_half_life: Duration,
 }
 
 impl Models {
@@ -79,6 +84,7 @@ impl Models {
             keep_versions: config.ota.keep_versions,
             failures,
             configured: HashMap::new(),
+            drift_half_life: config.drift.half_life(),
         }
     }
 
@@ -125,16 +131,51 @@ impl Models {
         self.markers.get(name).is_some()
     }
 
-    fn serve(&self, name: &str, version: &str, model: Model) -> Result<(), String> {
+    /// Serves `model` as `version` of `name`, with its reference `profile` for drift (one
+    /// that does not fit the model is refused).
+    fn serve(&self, name: &str, version: &str, model: Model, profile: Option<Profile>) -> Result<(), String> {
+        if let Some(p) = &profile {
+            crate::drift::check_fits(p, model.inputs(), model.outputs())
+                .map_err(|e| format!("{name} {version}: {e}"))?;
+        }
+        self.registry.set_profile(name, version, profile.map(Arc::new), self.drift_half_life);
         let settings = load::pool_settings(&self.config, name);
         self.registry.activate(name, version, Arc::new(model), settings).map_err(|e| e.to_string())
+    }
+
+    /// `version` of `name` from the store, with its profile. A profile file that cannot be
+    /// read costs the version its drift, not its serving.
+    fn load_installed(&self, name: &str, version: &str) -> Result<(Model, Option<Profile>), String> {
+        let profile = self.store.profile(name, version).unwrap_or_else(|e| {
+            self.failures.inc();
+            tracing::error!(model = name, version, "{e}; serving without drift");
+            None
+        });
+        let model = load::installed(&self.store, name, version, &load::Settings::of(&self.config, name))?;
+        Ok((model, profile))
+    }
+
+    /// Replaces the reference profile of installed `version` of `name` (a deploy of a version
+    /// already installed carries its own, or none), in the store and, if it serves, for drift.
+    pub fn replace_profile(&mut self, name: &str, version: &str, profile: Option<&Profile>) -> Result<(), String> {
+        self.store.set_profile(name, version, profile).map_err(|e| e.to_string())?;
+        if let Ok(served) = self.registry.get(name) {
+            if served.version == version {
+                if let Some(p) = profile {
+                    crate::drift::check_fits(p, served.inputs(), served.outputs())
+                        .map_err(|e| format!("{name} {version}: {e}"))?;
+                }
+                self.registry.set_profile(name, version, profile.cloned().map(Arc::new), self.drift_half_life);
+            }
+        }
+        Ok(())
     }
 
     /// Loads and serves the configuration entry of `name` (memory only).
     fn serve_configured(&mut self, m: &ModelConfig) -> Result<(), String> {
         let model =
             load::configured(m).map_err(|e| format!("{} from the configuration file does not load: {e}", m.name))?;
-        self.serve(&m.name, &m.version, model)?;
+        self.serve(&m.name, &m.version, model, None)?;
         self.configured.insert(m.name.clone(), (m.path.clone(), m.version.clone()));
         Ok(())
     }
@@ -143,9 +184,9 @@ impl Models {
     /// and on disk. Returns the store's `current` from before.
     pub fn switch_to(&mut self, name: &str, version: &str) -> Result<Current, String> {
         let before = self.store.current(name).map_err(|e| e.to_string())?;
-        let model = load::installed(&self.store, name, version, &load::Settings::of(&self.config, name))?;
+        let (model, profile) = self.load_installed(name, version)?;
         let old = self.registry.get(name).ok();
-        self.serve(name, version, model)?;
+        self.serve(name, version, model, profile)?;
         if let Err(e) = self.store.set_active(name, version) {
             // Memory and disk must agree on what serves: put the old version back.
             if let Some(old) = old {
@@ -323,9 +364,7 @@ impl Models {
             }
         };
         for version in current.active.iter().chain(current.previous.iter()) {
-            match load::installed(&self.store, name, version, &load::Settings::of(&self.config, name))
-                .and_then(|m| self.serve(name, version, m))
-            {
+            match self.load_installed(name, version).and_then(|(m, p)| self.serve(name, version, m, p)) {
                 Ok(()) => {
                     tracing::info!(model = %name, version = %version, "deployed model loaded");
                     if Some(version) != current.active.as_ref() {

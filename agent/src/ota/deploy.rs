@@ -167,6 +167,10 @@ impl Deploys {
         match installed {
             Some(Ok(true)) => {
                 tracing::info!(model = %name, version = %version, "already installed");
+                // The deploy's profile (or none) replaces the one installed with the version.
+                if let Err(e) = self.models().replace_profile(&name, &version, m.profile.as_ref()) {
+                    return self.fail(id, e);
+                }
                 self.deps.acks.send(id, AckState::Progress(100));
                 return self.installed(id, &name, &version, cmd.payload.shadow_pct());
             }

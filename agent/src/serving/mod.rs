@@ -25,6 +25,7 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use edge_proto::profile::Profile;
 use tract_core::internal::Tensor;
 
 use crate::engine::{inputs_fit, EngineError, Model, Session, TensorSpec};
@@ -289,6 +290,13 @@ impl Registry {
             tracing::info!(model = name, version, "model activated");
         }
         Ok(())
+    }
+
+    /// Gives `version` of `name` its reference profile (or none) for drift, with the
+    /// half-life of its drift windows ([`crate::tensor_stats::TensorStats::set_profile`]):
+    /// before it is activated, so that its first requests count.
+    pub fn set_profile(&self, name: &str, version: &str, profile: Option<Arc<Profile>>, half_life: Duration) {
+        self.stats.tensors.set_profile(name, version, profile, half_life);
     }
 
     /// While a new version of `name` is on trial: the input signature of the version it

@@ -4,6 +4,7 @@
 //! {state_dir}/models/{name}/current            JSON: active, previous, installed (oldest first)
 //! {state_dir}/models/{name}/{version}/manifest  postcard Manifest
 //! {state_dir}/models/{name}/{version}/model     the file, or nonce ‖ AES-256-GCM(file) ‖ tag
+//! {state_dir}/models/{name}/{version}/profile   postcard Profile, when deployed with one
 //! ```
 //!
 //! Every change is crash-safe:
@@ -32,6 +33,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use edge_proto::ota::{sha256, valid_label, Manifest};
+use edge_proto::profile::Profile;
 use ring::aead::LessSafeKey;
 use serde::{Deserialize, Serialize};
 
@@ -240,6 +242,9 @@ impl Store {
         let written = fsutil::create_dir_all(&tmp).map_err(io_err("create directory", &tmp)).and_then(|_| {
             write_synced(&tmp.join("model"), &body)?;
             write_synced(&tmp.join("manifest"), &manifest_bytes)?;
+            if let Some(p) = &manifest.profile {
+                write_synced(&tmp.join("profile"), &edge_proto::encode(p))?;
+            }
             fsync_dir(&tmp)
         });
         if let Err(e) = written {
@@ -283,6 +288,37 @@ impl Store {
         let manifest: Manifest = postcard::from_bytes(&bytes)
             .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: format!("manifest: {e}") })?;
         Ok((manifest, dir))
+    }
+
+    /// The reference profile installed with `version` of `name`, if it came with one.
+    pub fn profile(&self, name: &str, version: &str) -> Result<Option<Profile>, StoreError> {
+        let path = self.version_dir(name, version)?.join("profile");
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        let corrupt = |reason: String| StoreError::Corrupt { path: path.clone(), reason };
+        let profile: Profile = edge_proto::decode(&bytes).map_err(|e| corrupt(format!("profile: {e}")))?;
+        profile.check().map_err(|e| corrupt(format!("profile: {e}")))?;
+        Ok(Some(profile))
+    }
+
+    /// Replaces the profile of installed `version` of `name` (a deploy of a version already
+    /// installed brings its own, or none).
+    pub fn set_profile(&self, name: &str, version: &str, profile: Option<&Profile>) -> Result<(), StoreError> {
+        if !self.has(name, version) {
+            let installed = self.current(name)?.installed.join(", ");
+            return Err(StoreError::NotInstalled { name: name.into(), version: version.into(), installed });
+        }
+        let path = self.version_dir(name, version)?.join("profile");
+        match profile {
+            Some(p) => write_atomic(&path, &edge_proto::encode(p)).map_err(io_err("write", &path)),
+            None => match fsutil::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", &path)(e)),
+                _ => Ok(()),
+            },
+        }
     }
 
     /// The manifest and the model bytes of an installed version, decrypted and checked
@@ -398,10 +434,41 @@ fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edge_proto::codec::Versioned;
     use edge_proto::ota::{prepare, ModelFormat};
 
     fn manifest(version: &str, model: &[u8]) -> Manifest {
         prepare([1; 16], "kws", version, ModelFormat::Tflite, model, None, 64).0
+    }
+
+    #[test]
+    fn a_profile_is_kept_with_its_version_and_replaced_by_a_later_deploy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Some([7; 32])).unwrap();
+        let mut m = manifest("1", b"one");
+        let mut values: Vec<f32> = (0..50).map(|i| i as f32).collect();
+        let profile = Profile {
+            version: Profile::VERSION,
+            model_sha256: edge_proto::command::hex(&m.sha256),
+            samples: 1,
+            tensors: vec![edge_proto::profile::TensorProfile::from_values("input:x", &mut values, 5).unwrap()],
+        };
+        m.profile = Some(profile.clone());
+        store.install(&m, b"one").unwrap();
+        store.install(&manifest("2", b"two"), b"two").unwrap();
+        let reopened = Store::open(dir.path(), Some([7; 32])).unwrap();
+        assert_eq!(reopened.profile("kws", "1").unwrap(), Some(profile.clone()));
+        assert_eq!(reopened.profile("kws", "2").unwrap(), None);
+        reopened.set_profile("kws", "2", Some(&profile)).unwrap();
+        reopened.set_profile("kws", "1", None).unwrap();
+        reopened.set_profile("kws", "1", None).unwrap();
+        assert_eq!(
+            (reopened.profile("kws", "1").unwrap(), reopened.profile("kws", "2").unwrap()),
+            (None, Some(profile))
+        );
+        assert!(matches!(reopened.set_profile("kws", "3", None), Err(StoreError::NotInstalled { .. })));
+        std::fs::write(dir.path().join("kws/2/profile"), b"\x01garbage").unwrap();
+        assert!(matches!(reopened.profile("kws", "2"), Err(StoreError::Corrupt { .. })));
     }
 
     #[test]

@@ -88,10 +88,11 @@ pub struct Cosignature {
 impl Versioned for Command {
     /// Version 2 carries [`Payload::DeployModelContent`]; version 3 adds the fleet id and
     /// cosignatures, and carries the key changes; version 4 (the same envelope as 3) carries
-    /// shadow deploys. A command goes in the oldest version that can carry it
-    /// ([`Command::required_version`]), so that older agents keep reading what they can act
-    /// on.
-    const VERSION: u16 = 4;
+    /// shadow deploys; version 5 (the same envelope) carries [`Payload::DeployModelProfiled`]
+    /// and shadow deploys of a profiled deploy. A command goes in the oldest version that can
+    /// carry it ([`Command::required_version`]), so that older agents keep reading what they
+    /// can act on.
+    const VERSION: u16 = 5;
     const OLDEST: u16 = 1;
     fn version(&self) -> u16 {
         self.version
@@ -203,7 +204,7 @@ pub enum Payload {
     /// set): the device copies the chunks it already holds and asks only for the others.
     /// Carried by version 2 commands only, so that an agent that predates it refuses it as
     /// an unknown command version, not as garbage. Build it with [`Payload::deploy`].
-    #[serde(with = "content_manifest")]
+    #[serde(with = "wire::content_manifest")]
     DeployModelContent(Manifest),
     /// Trust another operator key from now on, with a role and scope (key rotation: add
     /// the new key, then revoke the old one). Needs an admin key. Version 3.
@@ -220,9 +221,10 @@ pub enum Payload {
     /// active version instead of activating it: it gets a copy of `sample_pct` % of the
     /// model's requests on a spare worker, its outputs are compared with the active
     /// version's and never returned. `activate` promotes it, `end-shadow` discards it.
-    /// Version 4.
+    /// Version 4 (5 when the deploy inside is [`Payload::DeployModelProfiled`]).
     Shadow {
-        /// The deploy: [`Payload::DeployModel`] or [`Payload::DeployModelContent`].
+        /// The deploy: [`Payload::DeployModel`], [`Payload::DeployModelContent`] or
+        /// [`Payload::DeployModelProfiled`].
         deploy: Box<Payload>,
         /// Share of requests copied to the shadow, 1-100.
         sample_pct: u8,
@@ -232,22 +234,30 @@ pub enum Payload {
         /// Model name.
         name: String,
     },
+    /// [`Payload::DeployModel`] or [`Payload::DeployModelContent`] with a reference profile
+    /// ([`Manifest::profile`] set), for drift. Carried by version 5 commands only, so that
+    /// an agent that predates profiles refuses it as an unknown command version rather
+    /// than installing the model without its profile. Build it with [`Payload::deploy`].
+    #[serde(with = "wire::profiled_manifest")]
+    DeployModelProfiled(Manifest),
 }
 
 impl Payload {
-    /// The deploy payload for `manifest`: [`Payload::DeployModelContent`] when it is cut by
-    /// content, [`Payload::DeployModel`] otherwise.
+    /// The deploy payload for `manifest`: [`Payload::DeployModelProfiled`] when it carries a
+    /// profile, else [`Payload::DeployModelContent`] when it is cut by content, else
+    /// [`Payload::DeployModel`].
     pub fn deploy(manifest: Manifest) -> Payload {
-        match manifest.content {
-            Some(_) => Payload::DeployModelContent(manifest),
-            None => Payload::DeployModel(manifest),
+        match (&manifest.profile, &manifest.content) {
+            (Some(_), _) => Payload::DeployModelProfiled(manifest),
+            (None, Some(_)) => Payload::DeployModelContent(manifest),
+            (None, None) => Payload::DeployModel(manifest),
         }
     }
 
     /// The manifest of a deploy payload (a shadow deploy's too).
     pub fn manifest(&self) -> Option<&Manifest> {
         match self {
-            Payload::DeployModel(m) | Payload::DeployModelContent(m) => Some(m),
+            Payload::DeployModel(m) | Payload::DeployModelContent(m) | Payload::DeployModelProfiled(m) => Some(m),
             Payload::Shadow { deploy, .. } => deploy.manifest(),
             _ => None,
         }
@@ -271,28 +281,11 @@ impl Payload {
         match self {
             Payload::DeployModelContent(_) => 2,
             Payload::AddOperator(_) | Payload::RevokeKey { .. } => 3,
-            Payload::Shadow { .. } | Payload::EndShadow { .. } => 4,
+            Payload::DeployModelProfiled(_) => 5,
+            Payload::Shadow { deploy, .. } => deploy.command_version().max(4),
+            Payload::EndShadow { .. } => 4,
             _ => 1,
         }
-    }
-}
-
-/// serde for [`Payload::DeployModelContent`]: the manifest as a fixed-size one encodes, then
-/// its [`ContentChunks`](crate::ota::ContentChunks).
-mod content_manifest {
-    use serde::{de::Deserializer, ser::Error, Deserialize, Serialize, Serializer};
-
-    use crate::ota::{ContentChunks, Manifest};
-
-    pub fn serialize<S: Serializer>(m: &Manifest, s: S) -> Result<S::Ok, S::Error> {
-        let content = m.content.as_ref().ok_or_else(|| S::Error::custom("a content deploy without content chunks"))?;
-        (m, content).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Manifest, D::Error> {
-        let (mut m, content) = <(Manifest, ContentChunks)>::deserialize(d)?;
-        m.content = Some(content);
-        Ok(m)
     }
 }
 
@@ -467,9 +460,13 @@ pub fn verify(bytes: &[u8], trusted: &[VerifyingKey]) -> Result<Command, Command
         return Err(CommandError::Malformed(format!("{} trailing bytes", rest.len())));
     }
     if cmd.version < cmd.payload.command_version() {
+        let what = match &cmd.payload {
+            Payload::DeployModelContent(_) => "content-chunked deploy",
+            Payload::DeployModelProfiled(_) => "profiled deploy",
+            p => p.name(),
+        };
         return Err(CommandError::Malformed(format!(
-            "a {} payload needs command version {}",
-            if cmd.payload.manifest().is_some() { "content-chunked deploy" } else { cmd.payload.name() },
+            "a {what} payload needs command version {}",
             cmd.payload.command_version()
         )));
     }
@@ -548,6 +545,7 @@ mod tests {
             Payload::Restart,
             Payload::Cancel { command_id: [3; 16] },
             Payload::deploy(content_manifest()),
+            Payload::deploy(profiled_manifest(false)),
         ];
         for p in payloads {
             let cmd =
@@ -600,6 +598,66 @@ mod tests {
             sign(Command::new([7; 16], 1, 2, Target::Device("d".into()), Payload::deploy(content_manifest())), &k);
         let (found, _) = postcard::take_from_bytes::<u16>(&encode(&cmd)).unwrap();
         assert_eq!(found, 2);
+    }
+
+    fn profiled_manifest(content: bool) -> Manifest {
+        let mut m = match content {
+            true => content_manifest(),
+            false => crate::ota::prepare([1; 16], "m", "1", crate::ota::ModelFormat::Onnx, &[1; 300], None, 100).0,
+        };
+        let mut values: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        m.profile = Some(crate::profile::Profile {
+            version: crate::profile::Profile::VERSION,
+            model_sha256: hex(&m.sha256),
+            samples: 1,
+            tensors: vec![crate::profile::TensorProfile::from_values("input:x", &mut values, 10).unwrap()],
+        });
+        m.check_consistent().unwrap();
+        m
+    }
+
+    #[test]
+    fn a_profiled_deploy_goes_in_version_5_and_keeps_its_profile_and_content_chunks() {
+        let k = key(1);
+        for content in [false, true] {
+            let m = profiled_manifest(content);
+            let cmd = Command::new([7; 16], 1, 2, Target::Device("d".into()), Payload::deploy(m.clone()));
+            assert_eq!(cmd.version, 5);
+            let cmd = sign(cmd, &k);
+            let bytes = encode(&cmd);
+            // What an agent that reads versions up to 4 looks at first: an unknown version
+            // (5), which it refuses as such ("upgrade the agent") instead of misreading it.
+            assert_eq!(postcard::take_from_bytes::<u16>(&bytes).unwrap().0, 5);
+            let got = verify(&bytes, &[k.verifying_key()]).unwrap();
+            assert_eq!(got.payload.manifest(), Some(&m));
+            assert_eq!(got.payload.manifest().unwrap().content.is_some(), content);
+            assert_eq!(got.payload.name(), "deploy-model");
+            assert!(got.payload.is_deployment());
+        }
+        // A shadow deploy of it too; version 4 cannot carry either, even signed.
+        let shadow = Payload::shadow(profiled_manifest(false), 10);
+        assert_eq!(Command::new([7; 16], 1, 2, Target::Device("d".into()), shadow).version, 5);
+        let mut downgraded = sign(
+            Command::new([7; 16], 1, 2, Target::Device("d".into()), Payload::deploy(profiled_manifest(false))),
+            &k,
+        );
+        downgraded.version = 4;
+        let downgraded = sign(downgraded, &k);
+        assert_eq!(downgraded.version, 5, "sign raises the version to what the payload needs");
+        let mut forced = downgraded.clone();
+        forced.version = 4;
+        let err = verify(&encode(&forced), &[k.verifying_key()]).unwrap_err();
+        assert!(matches!(&err, CommandError::Malformed(m) if m.contains("profiled deploy")), "{err}");
+    }
+
+    #[test]
+    fn a_profile_made_with_another_model_is_refused_with_the_manifest() {
+        let mut m = profiled_manifest(false);
+        m.profile.as_mut().unwrap().model_sha256 = "00".repeat(32);
+        assert!(m.check_consistent().unwrap_err().contains("made with model"));
+        let mut m = profiled_manifest(false);
+        m.profile.as_mut().unwrap().tensors[0].fractions[0] = 2.0;
+        assert!(m.check_consistent().unwrap_err().starts_with("profile:"));
     }
 
     #[test]

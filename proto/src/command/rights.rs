@@ -89,7 +89,9 @@ impl Payload {
     /// The command's name, as edgectl spells it and metrics label it.
     pub fn name(&self) -> &'static str {
         match self {
-            Payload::DeployModel(_) | Payload::DeployModelContent(_) => "deploy-model",
+            Payload::DeployModel(_) | Payload::DeployModelContent(_) | Payload::DeployModelProfiled(_) => {
+                "deploy-model"
+            }
             Payload::Activate { .. } => "activate",
             Payload::Rollback { .. } => "rollback",
             Payload::RemoveModel { .. } => "remove-model",
@@ -112,6 +114,7 @@ impl Payload {
             Payload::GetStatus | Payload::Infer { .. } => Role::Observe,
             Payload::DeployModel(_)
             | Payload::DeployModelContent(_)
+            | Payload::DeployModelProfiled(_)
             | Payload::Activate { .. }
             | Payload::Rollback { .. }
             | Payload::RemoveModel { .. }
@@ -135,10 +138,7 @@ impl Payload {
     /// Whether this command hands a deployment to a device: the one kind the fleet service
     /// may hold and deliver for days (docs/protocol.md, "Lifetime of a deployment").
     pub fn is_deployment(&self) -> bool {
-        matches!(
-            self,
-            Payload::DeployModel(_) | Payload::DeployModelContent(_) | Payload::Shadow { .. } | Payload::Cancel { .. }
-        )
+        self.manifest().is_some() || matches!(self, Payload::Cancel { .. })
     }
 }
 

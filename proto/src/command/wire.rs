@@ -2,9 +2,12 @@
 //!
 //! ```text
 //! version 1, 2   version ‖ id ‖ issued_at ‖ expires_at ‖ target ‖ payload ‖ key_id ‖ signature
-//! version 3, 4   version ‖ id ‖ issued_at ‖ expires_at ‖ target ‖ payload ‖ fleet ‖ cosignatures
+//! version 3-5    version ‖ id ‖ issued_at ‖ expires_at ‖ target ‖ payload ‖ fleet ‖ cosignatures
 //!                ‖ key_id ‖ signature
 //! ```
+//!
+//! The deploy payloads that carry more than a manifest encodes on its own are here too
+//! (`content_manifest`, `profiled_manifest`).
 //!
 //! Version 3 inserts the fleet id and the cosignatures before the key id, so that in every
 //! version the signature is the last 64 bytes. A version 1 or 2 command has no fleet (the
@@ -141,5 +144,45 @@ pub(super) mod sig_bytes {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
         Sig::deserialize(d).map(|s| s.0)
+    }
+}
+
+/// serde for [`Payload::DeployModelContent`]: the manifest as a fixed-size one encodes, then
+/// its [`ContentChunks`](crate::ota::ContentChunks).
+pub(super) mod content_manifest {
+    use serde::{de::Deserializer, ser::Error, Deserialize, Serialize, Serializer};
+
+    use crate::ota::{ContentChunks, Manifest};
+
+    pub fn serialize<S: Serializer>(m: &Manifest, s: S) -> Result<S::Ok, S::Error> {
+        let content = m.content.as_ref().ok_or_else(|| S::Error::custom("a content deploy without content chunks"))?;
+        (m, content).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Manifest, D::Error> {
+        let (mut m, content) = <(Manifest, ContentChunks)>::deserialize(d)?;
+        m.content = Some(content);
+        Ok(m)
+    }
+}
+
+/// serde for [`Payload::DeployModelProfiled`]: the manifest as a fixed-size one encodes, its
+/// content chunks if it is cut by content, then its profile.
+pub(super) mod profiled_manifest {
+    use serde::{de::Deserializer, ser::Error, Deserialize, Serialize, Serializer};
+
+    use crate::ota::{ContentChunks, Manifest};
+    use crate::profile::Profile;
+
+    pub fn serialize<S: Serializer>(m: &Manifest, s: S) -> Result<S::Ok, S::Error> {
+        let profile = m.profile.as_ref().ok_or_else(|| S::Error::custom("a profiled deploy without a profile"))?;
+        (m, &m.content, profile).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Manifest, D::Error> {
+        let (mut m, content, profile) = <(Manifest, Option<ContentChunks>, Profile)>::deserialize(d)?;
+        m.content = content;
+        m.profile = Some(profile);
+        Ok(m)
     }
 }

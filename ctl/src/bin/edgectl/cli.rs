@@ -409,6 +409,11 @@ pub struct ModelArgs {
     /// Largest accepted absolute difference per output element.
     #[arg(long, default_value_t = 1e-4)]
     pub tolerance: f32,
+    /// The model's reference profile (JSON from `edge-agent profile --model F --inputs DIR
+    /// --out FILE`), signed into the deploy: devices report each tensor's drift against it
+    /// (edge_agent_tensor_drift_psi). Needs agents that read command version 5.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
     /// Longest acceptable median latency of a validation run, in ms (0: no budget).
     #[arg(long, default_value_t = 0)]
     pub latency_budget_ms: u32,

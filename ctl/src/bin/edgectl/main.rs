@@ -411,6 +411,7 @@ fn model_request(args: &ModelArgs, target: Target) -> Result<DeployRequest> {
     };
     let mut req = DeployRequest::new(target, &args.name, &args.version, format, model);
     req.validation = validation;
+    req.profile = args.profile.as_deref().map(read_profile).transpose()?;
     req.pins = args.pins.clone();
     req.latency_budget_ms = args.latency_budget_ms;
     req.min_agent_version = args.min_agent_version.clone().unwrap_or_default();
@@ -432,6 +433,16 @@ fn parse_key_id(text: &str) -> Result<[u8; 8]> {
         *b = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).with_context(|| format!("--key-id {text:?}: not hex"))?;
     }
     Ok(id)
+}
+
+/// Reads a reference profile (`edge-agent profile --out FILE`), checking it as a device
+/// would (its model is checked against the deploy's when the manifest is built).
+fn read_profile(path: &Path) -> Result<edge_proto::profile::Profile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("--profile {}", path.display()))?;
+    let profile: edge_proto::profile::Profile = serde_json::from_str(&text)
+        .with_context(|| format!("--profile {}: not a profile from edge-agent profile", path.display()))?;
+    profile.check().map_err(|e| anyhow::anyhow!("--profile {}: {e}", path.display()))?;
+    Ok(profile)
 }
 
 /// Reads an .npy file, checking its header.
