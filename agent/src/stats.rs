@@ -409,7 +409,8 @@ impl InferenceStats {
                     shadow: v.shadow,
                     compared: v.compared,
                     agreed: v.agreed,
-                    max_abs_diff: v.max_abs_diff,
+                    // Infinite (shapes differed) does not survive JSON: the largest finite.
+                    max_abs_diff: if v.max_abs_diff.is_finite() { v.max_abs_diff } else { f64::MAX },
                 })
             })
             .collect()

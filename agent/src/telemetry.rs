@@ -180,6 +180,7 @@ impl Sampler {
             cert_not_after: self.cert_not_after,
             latency: models.latencies(),
             versions: models.versions(),
+            tensors: models.tensors.summaries(),
         }
     }
 }

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edge_proto::profile::Profile;
+use edge_proto::telemetry::{TensorSummary, MAX_TENSORS};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -490,6 +491,38 @@ impl TensorStats {
         }
     }
 
+    /// Telemetry's view: every described tensor of every version served, sorted by model,
+    /// version and tensor, at most [`MAX_TENSORS`].
+    pub fn summaries(&self) -> Vec<TensorSummary> {
+        let versions = self.versions.lock().expect("tensor stats lock");
+        let mut out: Vec<TensorSummary> = versions
+            .values()
+            .flat_map(|by_version| by_version.values())
+            .flat_map(|state| state.tensors.iter().flatten().flatten())
+            .filter(|t| t.summary.count > 0)
+            .map(|t| {
+                let s = &t.summary;
+                let finite = s.finite() > 0;
+                TensorSummary {
+                    name: t.label.model.clone(),
+                    version: t.label.version.clone(),
+                    tensor: t.label.tensor.clone(),
+                    values: s.count,
+                    nan: s.nan,
+                    inf: s.inf,
+                    mean: if finite { s.mean() } else { 0.0 },
+                    std: if finite { s.std() } else { 0.0 },
+                    min: if finite { s.min } else { 0.0 },
+                    max: if finite { s.max } else { 0.0 },
+                    drift_psi: t.drift.as_ref().and_then(|(w, _)| w.psi()),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.name, &a.version, &a.tensor).cmp(&(&b.name, &b.version, &b.tensor)));
+        out.truncate(MAX_TENSORS);
+        out
+    }
+
     /// Forgets `version` of `model` (it is no longer served): its series leave `/metrics`.
     pub fn retire(&self, model: &str, version: &str) {
         let gone = self.versions.lock().expect("tensor stats lock").get_mut(model).and_then(|v| v.remove(version));
@@ -654,7 +687,14 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
         }
+        // The same figures for telemetry, sorted by tensor.
+        let summaries = stats.summaries();
+        let tensors: Vec<&str> = summaries.iter().map(|t| t.tensor.as_str()).collect();
+        assert_eq!(tensors, ["input:0", "input:1", "output:0"]);
+        let first = &summaries[0];
+        assert_eq!((first.values, first.nan, first.max, first.drift_psi), (4, 1, 2.5, None));
         stats.retire("m", "2");
+        assert!(stats.summaries().is_empty(), "a retired version leaves telemetry too");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
         assert!(!text.contains("version=\"2\""), "{text}");

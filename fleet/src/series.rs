@@ -15,6 +15,12 @@
 //! Per-model latency percentiles (`p50_ms`…) are not exported: percentiles of several
 //! devices cannot be combined. The histograms (telemetry version 3) are, as
 //! `edge_device_model_latency_seconds_{bucket,count,sum}`.
+//!
+//! Telemetry version 4 adds, with the version as the figures name it:
+//! `edge_device_model_version_*` (requests, failures, latency histogram, and a shadow's
+//! compared and agreed requests: versions side by side across the fleet) and
+//! `edge_device_tensor_*{tensor}` (what each version's inputs and outputs held, and their
+//! drift against the version's reference profile).
 
 use std::collections::HashMap;
 
@@ -55,6 +61,19 @@ pub const FAMILIES: &[&str] = &[
     "edge_device_model_in_flight",
     "edge_device_model_latency_seconds",
     "edge_device_cert_not_after_seconds",
+    "edge_device_model_version_requests_total",
+    "edge_device_model_version_failures_total",
+    "edge_device_model_version_latency_seconds",
+    "edge_device_model_version_shadow_compared_total",
+    "edge_device_model_version_shadow_agreed_total",
+    "edge_device_tensor_values_total",
+    "edge_device_tensor_nan_total",
+    "edge_device_tensor_inf_total",
+    "edge_device_tensor_mean",
+    "edge_device_tensor_std",
+    "edge_device_tensor_min",
+    "edge_device_tensor_max",
+    "edge_device_tensor_drift_psi",
 ];
 
 /// What the inventory says about a device, for its labels.
@@ -153,6 +172,37 @@ pub fn of(t: &Telemetry, labels: &DeviceLabels) -> Vec<Series> {
         put("edge_device_model_latency_seconds_count", &l, h.count as f64);
         put("edge_device_model_latency_seconds_sum", &l, h.sum_secs);
     }
+    // Per version (telemetry version 4): A/B of versions across the fleet in PromQL, the
+    // version a label of the figures rather than the inventory's active one.
+    for v in t.versions.iter().filter(|v| v.buckets.len() == LATENCY_BUCKETS.len()) {
+        let l = [("model", v.name.as_str()), ("version", v.version.as_str())];
+        put("edge_device_model_version_requests_total", &l, v.requests as f64);
+        put("edge_device_model_version_failures_total", &l, v.failures as f64);
+        for (bound, n) in LATENCY_BUCKETS.iter().zip(&v.buckets) {
+            let bound = le(*bound);
+            put("edge_device_model_version_latency_seconds_bucket", &[l[0], l[1], ("le", &bound)], *n as f64);
+        }
+        put("edge_device_model_version_latency_seconds_bucket", &[l[0], l[1], ("le", "+Inf")], v.timed as f64);
+        put("edge_device_model_version_latency_seconds_count", &l, v.timed as f64);
+        put("edge_device_model_version_latency_seconds_sum", &l, v.sum_secs);
+        if v.compared > 0 || v.shadow {
+            put("edge_device_model_version_shadow_compared_total", &l, v.compared as f64);
+            put("edge_device_model_version_shadow_agreed_total", &l, v.agreed as f64);
+        }
+    }
+    for x in &t.tensors {
+        let l = [("model", x.name.as_str()), ("version", x.version.as_str()), ("tensor", x.tensor.as_str())];
+        put("edge_device_tensor_values_total", &l, x.values as f64);
+        put("edge_device_tensor_nan_total", &l, x.nan as f64);
+        put("edge_device_tensor_inf_total", &l, x.inf as f64);
+        put("edge_device_tensor_mean", &l, x.mean);
+        put("edge_device_tensor_std", &l, x.std);
+        put("edge_device_tensor_min", &l, x.min);
+        put("edge_device_tensor_max", &l, x.max);
+        if let Some(psi) = x.drift_psi {
+            put("edge_device_tensor_drift_psi", &l, psi);
+        }
+    }
     out
 }
 
@@ -186,6 +236,7 @@ mod tests {
     use edge_proto::telemetry::{ModelLatency, ModelStats, Temp};
 
     use super::*;
+    use edge_proto::telemetry::{TensorSummary, VersionStats};
 
     fn sample() -> Telemetry {
         Telemetry {
@@ -211,8 +262,45 @@ mod tests {
                 count: 20,
                 sum_secs: 0.5,
             }],
-            versions: vec![],
+            versions: vec![VersionStats {
+                name: "wake".into(),
+                version: "4".into(),
+                active: false,
+                requests: 12,
+                failures: 1,
+                buckets: vec![10; LATENCY_BUCKETS.len()],
+                timed: 11,
+                sum_secs: 0.1,
+                shadow: true,
+                compared: 10,
+                agreed: 9,
+                max_abs_diff: 0.5,
+            }],
+            tensors: vec![TensorSummary {
+                name: "wake".into(),
+                version: "3".into(),
+                tensor: "output:score".into(),
+                values: 40,
+                nan: 2,
+                mean: 0.25,
+                drift_psi: Some(0.3),
+                ..Default::default()
+            }],
         }
+    }
+
+    #[test]
+    fn version_and_tensor_series_name_the_version_their_figures_are_of() {
+        let series = of(&sample(), &labels());
+        // The shadow version 4, not the inventory's active 3.
+        let l = [("model", "wake"), ("version", "4")];
+        assert_eq!(find(&series, "edge_device_model_version_requests_total", &l)[0].samples[0].value, 12.0);
+        assert_eq!(find(&series, "edge_device_model_version_shadow_agreed_total", &l)[0].samples[0].value, 9.0);
+        let inf = find(&series, "edge_device_model_version_latency_seconds_bucket", &[("le", "+Inf")]);
+        assert_eq!(inf[0].samples[0].value, 11.0);
+        let t = [("tensor", "output:score"), ("version", "3")];
+        assert_eq!(find(&series, "edge_device_tensor_drift_psi", &t)[0].samples[0].value, 0.3);
+        assert_eq!(find(&series, "edge_device_tensor_nan_total", &t)[0].samples[0].value, 2.0);
     }
 
     fn find<'a>(series: &'a [Series], name: &str, extra: &[(&str, &str)]) -> Vec<&'a Series> {

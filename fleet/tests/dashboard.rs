@@ -17,12 +17,12 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
-/// The series names a query may use: the written families (the latency histogram by its
+/// The series names a query may use: the written families (the latency histograms by their
 /// `_bucket`, `_sum` and `_count`) and the service's own, with their family.
 fn known_series() -> Vec<(String, String)> {
     let mut out = vec![];
     for family in FAMILIES {
-        if *family == "edge_device_model_latency_seconds" {
+        if family.ends_with("_latency_seconds") {
             for suffix in ["_bucket", "_sum", "_count"] {
                 out.push((format!("{family}{suffix}"), family.to_string()));
             }

@@ -115,6 +115,7 @@ fn telemetry(device: &str, seq: u64, ts: u64, requests: u64) -> Vec<u8> {
             sum_secs: requests as f64 * 0.01,
         }],
         versions: vec![],
+        tensors: vec![],
     }
     .encode(Encoding::Postcard)
 }

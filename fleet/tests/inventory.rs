@@ -79,6 +79,7 @@ fn telemetry(id: &str, cert_not_after: i64) -> Vec<u8> {
         cert_not_after: Some(cert_not_after),
         latency: vec![],
         versions: vec![],
+        tensors: vec![],
     }
     .encode(Encoding::Postcard)
 }

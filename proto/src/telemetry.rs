@@ -4,7 +4,8 @@
 //! - postcard (the default): version first, then the fields in order. Version 2 appended
 //!   `disk_full` and `cert_not_after` to version 1; version 3 appended `latency`, each
 //!   model's latency histogram with the fixed bounds [`LATENCY_BUCKETS`]; version 4
-//!   appended `versions`, the same figures per model version, which staged rollouts compare.
+//!   appended `versions`, the same figures per model version, which staged rollouts compare,
+//!   and `tensors`, what each version's tensors held and their drift.
 //!   Older samples still decode, with the later fields unknown (`false`, `None`, empty
 //!   lists).
 //! - JSON (`[telemetry] encoding = "json"`), for Telegraf, Node-RED and broker rule
@@ -64,6 +65,43 @@ pub struct Telemetry {
     /// version against new on the same device. Since version 4.
     #[serde(default)]
     pub versions: Vec<VersionStats>,
+    /// What each model version's input and output tensors held since it was activated (at
+    /// most [`MAX_TENSORS`] of them), with its drift score where the version has a reference
+    /// profile. Since version 4.
+    #[serde(default)]
+    pub tensors: Vec<TensorSummary>,
+}
+
+/// Most tensor summaries one sample carries (the first by model, version and tensor).
+pub const MAX_TENSORS: usize = 64;
+
+/// The running figures of one tensor of one model version, as the agent's
+/// `edge_agent_tensor_*` series show them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TensorSummary {
+    /// Model name.
+    pub name: String,
+    /// Version label.
+    pub version: String,
+    /// `input:NAME` or `output:NAME`.
+    pub tensor: String,
+    /// Elements seen.
+    pub values: u64,
+    /// Of which NaN.
+    pub nan: u64,
+    /// Of which infinite.
+    pub inf: u64,
+    /// Mean, standard deviation, smallest and largest of the finite elements.
+    pub mean: f64,
+    /// Standard deviation.
+    pub std: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+    /// Population stability index against the version's reference profile over the recent
+    /// window; `None` without a profile or before enough values.
+    pub drift_psi: Option<f64>,
 }
 
 /// What one version of a model did since the agent started, cumulative. A version that is
@@ -98,7 +136,7 @@ pub struct VersionStats {
     /// 0.1 % of the active output's largest magnitude (at least 0.001) for the others.
     pub agreed: u64,
     /// As a shadow: the largest absolute difference seen from the active version's outputs
-    /// (infinite when their shapes differed).
+    /// (the largest finite number when their shapes differed).
     pub max_abs_diff: f64,
 }
 
@@ -230,6 +268,7 @@ impl From<TelemetryV1> for Telemetry {
             cert_not_after: None,
             latency: Vec::new(),
             versions: Vec::new(),
+            tensors: Vec::new(),
         }
     }
 }
@@ -463,6 +502,18 @@ mod tests {
                 agreed: 0,
                 max_abs_diff: 0.0,
             }],
+            tensors: vec![TensorSummary {
+                name: "wake".into(),
+                version: "2".into(),
+                tensor: "input:audio".into(),
+                values: 120,
+                mean: 0.5,
+                std: 0.1,
+                min: 0.0,
+                max: 1.0,
+                drift_psi: Some(0.02),
+                ..Default::default()
+            }],
         }
     }
 
@@ -471,7 +522,9 @@ mod tests {
         let mut t = sample();
         t.version = 3;
         t.versions.clear();
+        t.tensors.clear();
         let mut bytes = encode(&t);
+        assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
         assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
         assert_eq!(super::decode(&bytes).unwrap(), t);
         assert!(matches!(decode::<Telemetry>(&bytes), Err(ProtoError::UnknownVersion { found: 3, .. })));
@@ -517,7 +570,9 @@ mod tests {
         t.version = 2;
         t.latency.clear();
         t.versions.clear();
+        t.tensors.clear();
         let mut bytes = encode(&t);
+        assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
         assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
         assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
         assert_eq!(super::decode(&bytes).unwrap(), t);
@@ -526,6 +581,7 @@ mod tests {
         let mut v = serde_json::to_value(&t).unwrap();
         v.as_object_mut().unwrap().remove("latency");
         v.as_object_mut().unwrap().remove("versions");
+        v.as_object_mut().unwrap().remove("tensors");
         assert_eq!(super::decode(&serde_json::to_vec(&v).unwrap()).unwrap(), t);
     }
 
@@ -538,7 +594,9 @@ mod tests {
         t.cert_not_after = None;
         t.latency.clear();
         t.versions.clear();
+        t.tensors.clear();
         let mut bytes = encode(&t);
+        assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
         assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
         assert_eq!(bytes.pop(), Some(0), "an empty list is one 0 byte");
         assert_eq!(bytes.pop(), Some(0), "None is one 0 byte");

@@ -192,6 +192,7 @@ impl Device {
             cert_not_after: Some(2_000_000_000),
             latency: vec![ModelLatency { name, buckets: cumulative, count: self.requests, sum_secs: self.sum_secs }],
             versions: vec![],
+            tensors: vec![],
         }
     }
 
