@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edge_it::{mqtt_options, unique_client_id, Broker, Pki};
+use edge_proto::codec::Versioned;
 use edge_proto::command::{sign, Ack, AckState, Command, Payload, SigningKey, Target};
 use edge_proto::ota::{prepare, Chunk, ModelFormat, Need};
 use edge_proto::status::{State, Status};
@@ -100,7 +101,7 @@ async fn simulated_devices_report_take_a_deploy_with_a_repair_and_leave_a_last_w
                 }
             }
             Msg::Telemetry(t) if t.device == "sim-a" => {
-                assert_eq!(t.version, 3);
+                assert_eq!(t.version, edge_proto::telemetry::Telemetry::VERSION, "the current telemetry version");
                 assert_eq!(t.latency.len(), 1);
                 seqs.push(t.seq);
             }
