@@ -162,13 +162,14 @@ fn figures(f: &Figures) -> String {
 fn print_status(r: &Rollout) {
     println!("{}", header(r));
     let g = &r.gates;
-    let gate = |v: Option<f64>| v.map_or("not checked".into(), |v| v.to_string());
+    let gate =
+        |what: &str, op: &str, v: Option<f64>| v.map_or(format!("{what} not checked"), |v| format!("{what} {op} {v}"));
     println!(
-        "gates: p95 ratio <= {}, error rate <= {}, at least {} requests, agreement >= {}",
-        gate(g.max_p95_ratio),
-        gate(g.max_error_rate),
+        "gates: {}, {}, at least {} requests, {}",
+        gate("p95 ratio", "<=", g.max_p95_ratio),
+        gate("error rate", "<=", g.max_error_rate),
         g.min_requests,
-        gate(g.min_agreement)
+        gate("agreement", ">=", g.min_agreement)
     );
     for (i, w) in r.waves.iter().enumerate() {
         println!("wave {} ({}): {}, {} device(s): {}", i + 1, w.size, w.state, w.devices.len(), w.devices.join(", "));
