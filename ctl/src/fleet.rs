@@ -146,17 +146,12 @@ pub async fn create_deployment(svc: &Service, new: &NewDeployment) -> Result<Dep
 
 /// Every deployment, newest first, without the devices.
 pub async fn deployments(svc: &Service) -> Result<Vec<Deployment>, FleetError> {
-    let url = svc.url.as_str();
-    let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
-    json(url, call(svc, &authority, "GET", &format!("{prefix}/v1/deployments"), None, TIMEOUT).await?)
+    get_json(svc, "/v1/deployments").await
 }
 
 /// One deployment, with every device's progress.
 pub async fn deployment(svc: &Service, id: &str) -> Result<Deployment, FleetError> {
-    let url = svc.url.as_str();
-    let (authority, prefix) = split_url(url).ok_or_else(|| FleetError::BadUrl(url.into()))?;
-    let path = format!("{prefix}/v1/deployments/{}", percent_encode(id));
-    json(url, call(svc, &authority, "GET", &path, None, TIMEOUT).await?)
+    get_json(svc, &format!("/v1/deployments/{}", percent_encode(id))).await
 }
 
 /// A model's versions pooled over the devices that ran them; `since_secs` bounds how old a
