@@ -5,6 +5,7 @@
 //! the version it replaced **on the same devices**, pooled over the wave:
 //!
 //! ```text
+//! no device in the wave ───────────────────────────────────────────────> Pass
 //! a device failed, was rejected, cancelled or superseded ──────────────> Fail
 //! some device not running the version yet ──── before the timeout ─────> Wait
 //!                                          └── past it ────────────────> Fail
@@ -106,6 +107,10 @@ fn verdict(
     pooled: &Pooled,
     timed_out: bool,
 ) -> Verdict {
+    if members.is_empty() {
+        // A wave no larger than the one before (e.g. 50% then 50%).
+        return Verdict::Pass("the wave adds no device".into());
+    }
     for m in members {
         if let Some((state, detail)) = m.progress {
             if FAILED.contains(&state) {
@@ -379,6 +384,12 @@ mod tests {
         assert!(
             matches!(judge(&gates(), "2", Mode::Trial, &late, 61_000, 60_000).verdict, Verdict::Fail(w) if w.starts_with("timed out"))
         );
+    }
+
+    #[test]
+    fn a_wave_that_adds_no_device_passes_saying_so() {
+        let j = judge(&gates(), "2", Mode::Trial, &[], 0, 60_000);
+        assert_eq!(j.verdict, Verdict::Pass("the wave adds no device".into()));
     }
 
     #[test]

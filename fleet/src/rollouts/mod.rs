@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 
 use crate::db::{now_ms, Db, DbError};
 use crate::deployments::{DeployError, Deployments};
-use judge::{judge, Judgement, Member, Verdict};
+use judge::{judge, Member};
 use progress::{Action, Transition};
 use store::{Look, Row, Spec};
 
@@ -290,16 +290,8 @@ impl Rollouts {
             })
             .collect();
         let timeout_ms = (r.spec.wave_timeout_secs as i64).saturating_mul(1000);
-        let judgement = if members.is_empty() {
-            Judgement {
-                figures: Default::default(),
-                devices: vec![],
-                verdict: Verdict::Pass("the wave adds no device".into()),
-            }
-        } else {
-            let mode = if r.spec.shadow { judge::Mode::Shadow } else { judge::Mode::Trial };
-            judge(&r.spec.gates, &r.version, mode, &members, now - r.wave_started_at, timeout_ms)
-        };
+        let mode = if r.spec.shadow { judge::Mode::Shadow } else { judge::Mode::Trial };
+        let judgement = judge(&r.spec.gates, &r.version, mode, &members, now - r.wave_started_at, timeout_ms);
         // On trial, `succeeded` means the trial ended (a cancel no longer rolls it back); in
         // shadow it only means the shadow runs.
         let committed: Vec<String> = devices
